@@ -1,6 +1,6 @@
 """The recognition engine: pure functions over numpy arrays and dataclasses.
 
-Nothing here imports Django or touches a database; files are read and written only
+Nothing here imports the web framework or touches a database; files are read and written only
 by the command line (``python -m batches.omr``).
 """
 
