@@ -64,8 +64,9 @@ def render_pdf(template: Template, out: str | os.PathLike | BinaryIO, *, exam: s
 
     ``out`` is a file path or a binary file object (written from its current
     position, left open). Each page is exactly ``template.page_width`` x
-    ``page_height`` mm. ``exam`` and ``student`` go into each page's QR code
-    only. Returns nothing.
+    ``page_height`` mm. ``exam`` and ``student`` (free text) go into each page's
+    QR code, and into the small footer line when the PDF's standard fonts can
+    print them (Windows-1252 characters). Returns nothing.
     """
     data = _pdf_bytes(template, exam, student)
     if isinstance(out, (str, os.PathLike)):
@@ -309,8 +310,6 @@ class _Page:
         size = self.label_pt - 0.5
         r = self.r
         x_first = block.x
-        x_last = block.x + (block.digits - 1) * block.column_pitch
-        y_last = block.y + (len(block.values) - 1) * block.row_pitch
         for j, v in enumerate(block.values):
             self.text_mid(x_first - r - 1.0, block.y + j * block.row_pitch, v, size, align="right")
         top = block.y - r - 1.2
