@@ -1,0 +1,320 @@
+"""The scan simulator: reproducible, truthful about what it drew, and producing
+images of the size and kind a scanner or a phone delivers."""
+
+import dataclasses
+import json
+import random
+
+import cv2
+import numpy as np
+import pytest
+
+from batches.omr import load_template, page_layout
+from batches.omr.simulate import PRESETS, STYLES, SimOptions, Simulated, random_answers, simulate_sheet
+
+TEMPLATE = "a4-100q-4"
+
+
+@pytest.fixture(scope="module")
+def template():
+    return load_template(TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def answers(template):
+    return random_answers(template, 1, 7)
+
+
+@pytest.fixture(scope="module")
+def preset_sims(template, answers):
+    """One simulation per preset (the slow part, shared by several tests)."""
+    return {name: simulate_sheet(template, answers, seed=11, preset=name) for name in PRESETS}
+
+
+def grey(img: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+
+
+def disc_mean(g: np.ndarray, x: float, y: float, radius: float) -> float:
+    """Mean grey of the pixels whose centres lie within ``radius`` of (x, y)."""
+    x0, y0 = int(x - radius) - 1, int(y - radius) - 1
+    patch = g[y0:y0 + int(2 * radius) + 3, x0:x0 + int(2 * radius) + 3].astype(float)
+    yy, xx = np.mgrid[0:patch.shape[0], 0:patch.shape[1]]
+    inside = (xx + x0 + 0.5 - x) ** 2 + (yy + y0 + 0.5 - y) ** 2 <= radius ** 2
+    return float(patch[inside].mean())
+
+
+def marked_values(truth: dict, group) -> str:
+    value = truth["answers"][group.field]
+    if group.kind == "digit":
+        return value[group.position:group.position + 1]
+    return value
+
+
+# ---------------------------------------------------------------- reproducibility and truth
+
+
+def test_same_seed_same_sheet_other_seed_other_sheet(template, answers):
+    a = simulate_sheet(template, answers, seed=3, preset="scan_moderate")
+    b = simulate_sheet(template, answers, seed=3, preset="scan_moderate")
+    c = simulate_sheet(template, answers, seed=4, preset="scan_moderate")
+    assert np.array_equal(a.image, b.image)
+    assert a.truth == b.truth
+    assert a.image.shape != c.image.shape or not np.array_equal(a.image, c.image)
+    assert a.truth["params"] != c.truth["params"]
+
+
+def test_truth_records_answers_and_settings(template):
+    fields = page_layout(template, 1).fields()
+    given = {"q1": "B", "q2": "DB", "q3": "", "q5": "ABCD", "student_number": "0421", "exam_version": "C"}
+    sim = simulate_sheet(template, given, seed=1, exam="midterm", student="s-17", style={"q1": "tick"})
+    truth = sim.truth
+    assert set(truth["answers"]) == set(fields)
+    assert truth["answers"]["q1"] == "B"
+    assert truth["answers"]["q2"] == "BD"  # printed order
+    assert truth["answers"]["q3"] == "" and truth["answers"]["q4"] == ""  # blank and left out
+    assert truth["answers"]["q5"] == "ABCD"
+    assert truth["answers"]["student_number"] == "0421"
+    assert truth["answers"]["exam_version"] == "C"
+    assert (truth["template"], truth["page"], truth["exam"], truth["student"]) == (TEMPLATE, 1, "midterm", "s-17")
+    assert truth["preset"] == "clean" and truth["options"]["style"] == "filled"
+    assert truth["styles"]["q1"] == "tick" and truth["styles"]["q2"] == "filled"
+    assert truth["bubble_styles"]["q2"] == {"B": "filled", "D": "filled"}
+    assert "q3" not in truth["styles"]
+    assert truth["erased"] == []
+    assert truth["handwriting"]["student_number"] == "0421"
+    json.dumps(truth)  # JSON-ready as it is
+
+
+def test_bad_answers_are_refused(template):
+    with pytest.raises(ValueError, match="q999"):
+        simulate_sheet(template, {"q999": "A"})
+    with pytest.raises(ValueError, match="q1"):
+        simulate_sheet(template, {"q1": "E"})
+    with pytest.raises(ValueError, match="student_number"):
+        simulate_sheet(template, {"student_number": "12345678901"})
+    with pytest.raises(ValueError, match="preset"):
+        simulate_sheet(template, {}, preset="nope")
+    with pytest.raises(ValueError, match="style"):
+        simulate_sheet(template, {}, style="smudge")
+
+
+def test_every_mixed_style_and_erasure_is_recorded(template, answers):
+    opts = dataclasses.replace(PRESETS["clean"], style="mixed", erasure_rate=0.2)
+    truth = simulate_sheet(template, answers, seed=5, preset=opts).truth
+    used = {s for per in truth["bubble_styles"].values() for s in per.values()}
+    assert used <= {"filled", "pencil", "half", "tick", "cross"} and len(used) >= 4
+    assert len(truth["erased"]) == 20
+    for field in truth["erased"]:
+        assert truth["erased_values"][field] not in truth["answers"][field]
+
+
+# ---------------------------------------------------------------- sizes and geometry
+
+
+def test_every_preset_gives_an_image_of_plausible_size(preset_sims, template):
+    assert {"clean", "scan_mild", "scan_moderate", "scan_hard", "photo_mild", "photo_hard"} <= set(PRESETS)
+    for name, sim in preset_sims.items():
+        opts = PRESETS[name]
+        img = sim.image
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3, name
+        h, w = img.shape[:2]
+        if opts.photo:
+            mp = opts.megapixels if isinstance(opts.megapixels, tuple) else (opts.megapixels, opts.megapixels)
+            assert mp[0] * 0.9 <= w * h / 1e6 <= mp[1] * 1.1, name
+            assert max(w, h) / min(w, h) == pytest.approx(4 / 3, rel=0.01), name
+        else:
+            px = opts.dpi / 25.4
+            short, long_ = sorted((w, h))
+            # Around the page at the scan resolution, give or take scale, skew and border.
+            assert 0.85 * template.page_width * px <= short <= 1.35 * template.page_width * px, name
+            assert 0.85 * template.page_height * px <= long_ <= 1.35 * template.page_height * px, name
+        assert sim.truth["geometry"]["image_size"] == [w, h]
+    clean = preset_sims["clean"].image
+    layout = page_layout(template, 1, 300)
+    assert clean.shape[:2] == (layout.height, layout.width)
+
+
+def test_photo_megapixels_are_honoured(template, answers):
+    for mp in (1.0, 5.0):
+        opts = dataclasses.replace(PRESETS["photo_mild"], megapixels=mp, jpeg_quality=None)
+        h, w = simulate_sheet(template, answers, seed=2, preset=opts).image.shape[:2]
+        assert w * h / 1e6 == pytest.approx(mp, rel=0.1)
+
+
+def test_quarter_turns_swap_dimensions_exactly(template, answers):
+    upright = simulate_sheet(template, answers, seed=6).image
+    for angle, k in ((90, 1), (180, 2), (270, 3)):
+        opts = dataclasses.replace(PRESETS["clean"], rotation_deg=angle)
+        turned = simulate_sheet(template, answers, seed=6, preset=opts)
+        assert turned.image.shape[:2] == (upright.shape[:2][::-1] if k % 2 else upright.shape[:2])
+        # Counter-clockwise, as numpy's rot90, and without resampling.
+        assert np.array_equal(turned.image, np.rot90(upright, k))
+        assert turned.truth["params"]["quarter_turns"] == k
+
+
+@pytest.mark.parametrize("name", ["scan_moderate", "scan_hard", "photo_mild", "photo_hard"])
+def test_truth_geometry_finds_the_registration_marks(preset_sims, template, name):
+    sim = preset_sims[name]
+    geometry = sim.truth["geometry"]
+    H = np.array(geometry["page_mm_to_image"])
+    g = grey(sim.image)
+    h, w = g.shape
+    paper = np.percentile(g, 90)
+    scale = geometry["dpi"] / 25.4  # image px per page mm, on average
+    assert len(geometry["marks_px"]) == 4
+    for m, (x, y) in zip(template.marks, geometry["marks_px"], strict=True):
+        if not (0 <= x < w and 0 <= y < h):
+            continue  # cropped off
+        assert disc_mean(g, x, y, max(1.0, m.size * scale * 0.3)) < 0.55 * paper, (name, m)
+        if not geometry.get("curl_mm"):
+            # Without curl the homography is exact too.
+            p = H @ np.array([m.x, m.y, 1.0])
+            assert np.hypot(*(p[:2] / p[2] - (x, y))) < 1e-3
+
+
+# ---------------------------------------------------------------- what is drawn
+
+
+def test_marked_bubbles_are_darker_than_blank_ones(template):
+    layout = page_layout(template, 1, 300)
+    answers = random_answers(template, 1, 3, blank_rate=0.0, multiple_rate=0.0)
+    for style in STYLES:
+        sim = simulate_sheet(template, answers, seed=8, style=style)
+        g = grey(sim.image)
+        marked, blank, ring_marked, ring_blank = [], [], [], []
+        for group in layout.groups:
+            chosen = marked_values(sim.truth, group)
+            for b in group.bubbles:
+                inner = disc_mean(g, b.x, b.y, 0.6 * b.r)
+                (marked if b.value in chosen else blank).append(inner)
+                if group.kind == "question" and style == "circled":
+                    ring = disc_mean(g, b.x, b.y, 1.5 * b.r) * 2.25 - disc_mean(g, b.x, b.y, 1.15 * b.r) * 1.3225
+                    (ring_marked if b.value in chosen else ring_blank).append(ring / (2.25 - 1.3225))
+        assert min(blank) > 245, style
+        if style == "circled":
+            assert min(marked) > 245  # a ring around the bubble leaves it empty
+            assert np.mean(ring_marked) < np.mean(ring_blank) - 50
+        else:
+            # The faintest of each style is still clearly darker than any blank bubble.
+            assert max(marked) < min(blank) - 35, style
+    filled = simulate_sheet(template, answers, seed=8, style="filled")
+    g = grey(filled.image)
+    darkest = [disc_mean(g, b.x, b.y, 0.6 * b.r) for grp in layout.groups for b in grp.bubbles
+               if b.value in marked_values(filled.truth, grp)]
+    assert np.mean(darkest) < 90
+
+
+def test_erasure_residue_lies_between_paper_and_a_mark(template):
+    layout = page_layout(template, 1, 300)
+    answers = random_answers(template, 1, 4, blank_rate=0.0, multiple_rate=0.0)
+    for style in ("filled", "light"):
+        opts = dataclasses.replace(PRESETS["clean"], style=style, erasure_rate=0.5)
+        sim = simulate_sheet(template, answers, seed=9, preset=opts)
+        g = grey(sim.image)
+        erased_values = sim.truth["erased_values"]
+        assert len(erased_values) == 50
+        residue, marks, blank = [], [], []
+        for group in layout.groups:
+            if group.kind != "question":
+                continue
+            for b in group.bubbles:
+                inner = disc_mean(g, b.x, b.y, 0.6 * b.r)
+                if erased_values.get(group.field) == b.value:
+                    residue.append(inner)
+                elif b.value in sim.truth["answers"][group.field]:
+                    marks.append(inner)
+                else:
+                    blank.append(inner)
+        assert np.mean(residue) < np.mean(blank) - 8, style
+        assert np.mean(residue) > np.mean(marks) + (150 if style == "filled" else 25), style
+        assert min(residue) < 250 and max(residue) < np.mean(blank), style
+
+
+def test_handwriting_fills_the_write_in_boxes(template):
+    given = {"student_number": "31415926"}
+    written = grey(simulate_sheet(template, given, seed=1).image)
+    bare = grey(simulate_sheet(template, given, seed=1,
+                               preset=dataclasses.replace(PRESETS["clean"], handwriting=False)).image)
+    block = template.digit_grids[0]
+    px = 300 / 25.4
+    r = template.bubble_diameter / 2
+    top = block.y - r - 1.2 - max(4.5, min(6.5, block.column_pitch * 1.1))
+    for k in range(block.digits):
+        x0 = int((block.x + (k - 0.4) * block.column_pitch) * px)
+        x1 = int((block.x + (k + 0.4) * block.column_pitch) * px)
+        y0, y1 = int((top + 0.8) * px), int((block.y - r - 2.0) * px)
+        ink = (bare[y0:y1, x0:x1].astype(int) - written[y0:y1, x0:x1]).clip(0).sum()
+        assert (ink > 2000) == (k < 8), k  # written digits only, trailing boxes empty
+
+
+# ---------------------------------------------------------------- output
+
+
+def test_jpeg_round_trip(template, answers):
+    opts = dataclasses.replace(PRESETS["scan_moderate"], jpeg_quality=60)
+    sim = simulate_sheet(template, answers, seed=2, preset=opts)
+    data = sim.encode_jpeg()
+    assert data[:2] == b"\xff\xd8"
+    # The image is what the JPEG holds: the compression is part of the capture.
+    assert np.array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), sim.image)
+    again = cv2.imdecode(np.frombuffer(sim.encode_jpeg(95), np.uint8), cv2.IMREAD_COLOR)
+    assert again.shape == sim.image.shape
+    assert np.abs(again.astype(int) - sim.image).mean() < 3
+    clean = simulate_sheet(template, answers, seed=2)
+    assert clean.jpeg is None and clean.encode_jpeg()[:2] == b"\xff\xd8"
+
+
+def test_save_writes_image_and_truth(tmp_path, template, answers):
+    sim = simulate_sheet(template, answers, seed=1, preset="scan_mild")
+    img_path, truth_path = sim.save(tmp_path / "sheet.jpg")
+    assert truth_path == tmp_path / "sheet.jpg.truth.json"
+    assert json.loads(truth_path.read_text()) == sim.truth
+    assert img_path.read_bytes() == sim.encode_jpeg()
+    png, png_truth = Simulated(sim.image, sim.truth).save(tmp_path / "sheet.png")
+    assert np.array_equal(cv2.imread(str(png)), sim.image) and png_truth.exists()
+
+
+# ---------------------------------------------------------------- random answers
+
+
+def test_random_answers_cover_every_field_with_valid_values(template):
+    layout = page_layout(template, 1)
+    by_field = {g.field: g for g in layout.groups}
+    answers = random_answers(template, 1, 0)
+    assert list(answers) == layout.fields()
+    for field, value in answers.items():
+        group = by_field[field]
+        if group.kind == "digit":
+            assert value.isdigit() and 1 <= len(value) <= 10
+        elif group.kind == "choice":
+            assert value in group.values
+        else:
+            assert value == "" or ("".join(v for v in group.values if v in value) == value)
+    # Any kind of generator, reproducibly; fixed ids when asked.
+    assert random_answers(template, 1, random.Random(5)) == random_answers(template, 1, random.Random(5))
+    assert random_answers(template, 1, np.random.default_rng(5)) == random_answers(template, 1, 5)
+    fixed = random_answers(template, 1, 1, student="12345", exam="D")
+    assert fixed["student_number"] == "12345" and fixed["exam_version"] == "D"
+    page2 = random_answers("a4-200q-4", 2, 1)
+    assert "q101" in page2 and "q1" not in page2
+
+
+def test_random_answers_respect_the_rates(template):
+    rng = np.random.default_rng(1)
+    values, lengths = [], []
+    for _ in range(30):
+        a = random_answers(template, 1, rng, blank_rate=0.2, multiple_rate=0.1)
+        values += [v for k, v in a.items() if k.startswith("q")]
+        lengths.append(len(a["student_number"]))
+    n = len(values)
+    assert sum(v == "" for v in values) / n == pytest.approx(0.2, abs=0.04)
+    assert sum(len(v) > 1 for v in values) / n == pytest.approx(0.1, abs=0.03)
+    assert lengths.count(10) > 15 and min(lengths) < 10  # mostly full, now and then shorter
+
+
+def test_options_are_plain_data():
+    opts = SimOptions(skew_deg=(1.0, 2.0))
+    assert opts.to_dict()["skew_deg"] == [1.0, 2.0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.dpi = 200  # type: ignore[misc]
