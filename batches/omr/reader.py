@@ -1,0 +1,376 @@
+"""Reading one answer sheet image: page location, QR code, bubbles, decisions.
+
+``read_sheet`` takes a decoded image; ``read_image_bytes`` takes an uploaded
+file (every page of a multi-page TIFF). Both return ``SheetReading`` objects
+whose ``to_dict()`` is the JSON the command line prints per image:
+
+``file``, ``template``, ``page``, ``qr`` (payload dict or null), ``qr_error``,
+``answers`` {field: value}, ``confidence`` {field: 0..1}, ``flags`` {field:
+[...]} (every field, ``[]`` when none), ``sheet_flags`` [...], ``needs_review``,
+``error`` (why nothing could be read, else null), ``orientation`` (clockwise
+degrees the page is turned in the image), ``timings_ms``, ``image_size`` [w,
+h], ``marks_px`` [[x, y] x4: TL, TR, BR, BL], ``homography`` (3x3, page mm ->
+image px), ``bubbles`` [[group, value, score, marked, x, y], ...].
+
+Review policy: a sheet ``needs_review`` whenever any doubt remains: any sheet
+flag, an error, or any field flag other than a plain ``blank`` (an unanswered
+question is an answer, not a doubt).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from . import bubbles as bub
+from .align import (AlignError, BubbleFrame, MarkGeometry, PageFit, layout_mm, locate_page, refine_on_bubbles,
+                    to_grey)
+from .imageio import ImageError, load_grey_for_reading
+from .layout import PageLayout
+from .payload import QrPayload
+from .qr import QrResult, read_qr, scan_region
+from .template import Template, builtin_names, load_template
+
+#: Field flags that do not by themselves call for review.
+NOT_REVIEW = {"blank"}
+#: Share of unfilled bubbles whose outline must be found for the page to count
+#: as this template at all, and for it to count as well aligned.
+RING_FIT_FAIL = 0.6
+RING_FIT_OK = 0.92
+#: A scanned page's x/y scale ratio beyond this is another page size.
+ASPECT_LIMIT = 0.03
+#: Printed black must be at least this much darker than paper (0..1).
+MIN_CONTRAST = 0.35
+
+
+@dataclass
+class SheetReading:
+    """The reading of one sheet image; see the module docstring for the JSON."""
+
+    file: str = ""
+    template: str | None = None
+    page: int | None = None
+    qr: QrPayload | None = None
+    qr_error: str | None = None
+    answers: dict[str, str] = field(default_factory=dict)
+    confidence: dict[str, float] = field(default_factory=dict)
+    flags: dict[str, list[str]] = field(default_factory=dict)
+    sheet_flags: list[str] = field(default_factory=list)
+    error: str | None = None
+    orientation: int | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    image_size: tuple[int, int] | None = None
+    marks_px: np.ndarray | None = None
+    homography: np.ndarray | None = None
+    pixel_scale: float = 1.0  # coordinates above are multiplied by this in to_dict()
+    _bubble_data: tuple | None = field(default=None, repr=False)
+
+    @property
+    def bubbles(self) -> list[list]:
+        """[group, value, score, marked, x, y] per bubble (x, y: image px of
+        this reading's image, before ``pixel_scale``)."""
+        if self._bubble_data is None:
+            return []
+        lay, score, marked, cen = self._bubble_data
+        keys = [(g.key, b.value) for g in lay.groups for b in g.bubbles]
+        xs = np.round(cen[:, 0] * self.pixel_scale, 1).tolist()
+        ys = np.round(cen[:, 1] * self.pixel_scale, 1).tolist()
+        return [[k, v, s, bool(mk), x, y]
+                for (k, v), s, mk, x, y in zip(keys, score.tolist(), marked.tolist(), xs, ys, strict=True)]
+
+    @property
+    def needs_review(self) -> bool:
+        """True when any doubt remains (see the module docstring)."""
+        if self.error or self.sheet_flags:
+            return True
+        return any(set(f) - NOT_REVIEW for f in self.flags.values())
+
+    def flag(self, name: str) -> None:
+        if name not in self.sheet_flags:
+            self.sheet_flags.append(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict (plain lists, floats and strings)."""
+        s = self.pixel_scale
+        marks = None
+        if self.marks_px is not None:
+            marks = [[round(float(x) * s, 1), round(float(y) * s, 1)] for x, y in self.marks_px]
+        hom = None
+        if self.homography is not None:
+            Hs = np.diag([s, s, 1.0]) @ self.homography
+            Hs = Hs / Hs[2, 2]
+            hom = [[float(f"{v:.9g}") for v in row] for row in Hs]
+        bubbles = self.bubbles
+        return {
+            "file": self.file,
+            "template": self.template,
+            "page": self.page,
+            "qr": self.qr.to_dict() if self.qr else None,
+            "qr_error": self.qr_error,
+            "answers": dict(self.answers),
+            "confidence": dict(self.confidence),
+            "flags": {k: list(v) for k, v in self.flags.items()},
+            "sheet_flags": list(self.sheet_flags),
+            "needs_review": self.needs_review,
+            "error": self.error,
+            "orientation": self.orientation,
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "image_size": list(self.image_size) if self.image_size else None,
+            "marks_px": marks,
+            "homography": hom,
+            "bubbles": bubbles,
+        }
+
+
+# ---------------------------------------------------------------- templates
+
+
+@lru_cache(maxsize=1)
+def _builtin_geometries() -> tuple[tuple[MarkGeometry, Template], ...]:
+    """One reference template per distinct mark geometry among the built-ins."""
+    seen: dict[tuple, tuple[MarkGeometry, Template]] = {}
+    for name in builtin_names():
+        t = load_template(name)
+        g = MarkGeometry.of(t)
+        key = (g.centres.round(3).tobytes(), round(g.size, 3), tuple(round(v, 3) for v in g.key))
+        seen.setdefault(key, (g, t))
+    return tuple(seen.values())
+
+
+def _qr_box(t: Template) -> tuple[float, float, float, float]:
+    return (t.qr.x, t.qr.y, t.qr.w, t.qr.h)
+
+
+def _same_geometry(a: MarkGeometry, b: MarkGeometry) -> bool:
+    return bool(np.allclose(a.centres, b.centres, atol=0.05) and abs(a.size - b.size) < 0.05
+                and np.allclose(a.key, b.key, atol=0.05))
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass
+class _Eval:
+    lay: PageLayout
+    frame: BubbleFrame
+    m: bub.Measures
+    ring_fit: float  # share of unfilled bubbles whose outline was found
+
+
+def _evaluate(grey: np.ndarray, fit: PageFit, template: Template, page: int) -> _Eval:
+    lay = layout_mm(template, page)
+    frame = refine_on_bubbles(grey, fit, lay)
+    m = bub.measure(grey, frame, fit)
+    unfilled = m.score < 0.3
+    ring_fit = float(np.mean(m.ring[unfilled] >= bub.RING_MIN)) if unfilled.any() else 0.0
+    return _Eval(lay, frame, m, ring_fit)
+
+
+def read_sheet(image: np.ndarray, template: Template | None = None, *, source: str = "",
+               resolve: Callable[[str], Template] = load_template, page: int | None = None) -> SheetReading:
+    """Read one sheet image.
+
+    ``image``: the decoded page, grey (HxW) or BGR (HxWx3) uint8, any
+    resolution (about 100-600 dpi) and any orientation. ``template``: the
+    layout to read, or None to take it from the sheet's QR code (resolved with
+    ``resolve(name)``). ``source``: the file name reported back. ``page``:
+    force the template page (otherwise the QR code's, else found from the
+    layout, else 1).
+
+    Returns a ``SheetReading``; never raises for a bad image (the reading
+    carries ``error`` and sheet flags instead).
+    """
+    t_start = time.perf_counter()
+    out = SheetReading(file=source)
+    grey = to_grey(image)
+    out.image_size = (int(grey.shape[1]), int(grey.shape[0]))
+    timings = out.timings_ms
+
+    def done() -> SheetReading:
+        timings["total"] = (time.perf_counter() - t_start) * 1000 + timings.get("decode", 0.0)
+        return out
+
+    # 1. Marks.
+    t0 = time.perf_counter()
+    if template is not None:
+        geoms = [(MarkGeometry.of(template), template)]
+    else:
+        geoms = list(_builtin_geometries())
+    try:
+        fit = locate_page(grey, [g for g, _ in geoms])
+    except AlignError as exc:
+        timings["align"] = (time.perf_counter() - t0) * 1000
+        out.error = exc.reason
+        out.flag(exc.flag)
+        if template is not None:
+            out.template = template.name
+        return done()
+    ref = template or next(t for g, t in geoms if g is fit.geometry)
+    out.orientation = fit.orientation
+    timings["align"] = (time.perf_counter() - t0) * 1000
+
+    # 2. QR code (also settles a 180-degree doubt the key bar left).
+    t0 = time.perf_counter()
+    qr = read_qr(grey, fit.H, _qr_box(ref), thorough=fit.alternative is None)
+    if qr.status != "qr_missing":
+        fit.orientation_sure = True  # a code reads only the right way up in its box
+    elif fit.alternative is not None:
+        qr_alt = read_qr(grey, fit.alternative.H, _qr_box(ref))
+        if qr_alt.status != "qr_missing":
+            fit, qr = fit.alternative, qr_alt
+            fit.orientation_sure = True
+            out.orientation = fit.orientation
+    if qr.status == "qr_missing" and template is None:
+        # The QR box may sit elsewhere on an unknown layout: scan the top part.
+        pw, ph = fit.geometry.page
+        qr = scan_region(grey, fit.H, (0.0, 0.0, pw, ph * 0.3))
+    timings["qr"] = (time.perf_counter() - t0) * 1000
+    if qr.status == "ok":
+        out.qr = qr.payload
+    else:
+        out.qr_error = qr.message
+        out.flag(qr.status)
+
+    # 3. Which template and page.
+    t0 = time.perf_counter()
+    chosen = template
+    if qr.status == "ok" and (template is None or qr.payload.template != template.name):
+        try:
+            named = resolve(qr.payload.template)
+        except (FileNotFoundError, ValueError, OSError) as exc:
+            named = None
+            if template is None:
+                out.error = f"the QR code names template {qr.payload.template!r}, which is not known ({exc})"
+                out.flag("unknown_template")
+                timings["bubbles"] = (time.perf_counter() - t0) * 1000
+                return done()
+        if template is not None:
+            out.flag("wrong_template")
+        if named is not None:
+            if template is not None:
+                out.qr_error = (f"the sheet's QR code names template {named.name!r}, "
+                                f"not {template.name!r}; read with {named.name!r}")
+            chosen = named
+    if chosen is None:
+        out.error = "no template given and the sheet's QR code cannot be read"
+        timings["bubbles"] = (time.perf_counter() - t0) * 1000
+        return done()
+    out.template = chosen.name
+    if not _same_geometry(MarkGeometry.of(chosen), fit.geometry):
+        try:
+            fit = locate_page(grey, [MarkGeometry.of(chosen)])
+            out.orientation = fit.orientation
+        except AlignError as exc:
+            out.error = f"page does not match template {chosen.name}: {exc.reason}"
+            out.flag("wrong_template")
+            return done()
+
+    pages = [page] if page else []
+    if not pages and out.qr is not None and out.qr.template == chosen.name:
+        if 1 <= out.qr.page <= chosen.pages:
+            pages = [out.qr.page]
+        else:
+            out.flag("wrong_template")
+            out.error = f"the QR code says page {out.qr.page}, but template {chosen.name} has {chosen.pages}"
+            return done()
+    if not pages:
+        pages = list(range(1, chosen.pages + 1))
+    fits = [fit] + ([fit.alternative] if fit.alternative is not None and not fit.orientation_sure else [])
+    evals = []
+    for f in fits:
+        for p in pages:
+            evals.append((_evaluate(grey, f, chosen, p), f, p))
+    evals.sort(key=lambda e: -e[0].ring_fit)
+    ev, fit, pg = evals[0]
+    if len(evals) > 1:
+        rivals = [e for e in evals[1:] if e[0].ring_fit > ev.ring_fit - 0.04]
+        if any(e[1] is not fit for e in rivals):
+            out.flag("misaligned")  # cannot tell which way up the page is
+        if any(e[1] is fit and e[2] != pg for e in rivals):
+            out.flag("page_unknown")
+    out.page = pg
+    out.orientation = fit.orientation
+    out.marks_px = fit.marks_px
+    out.homography = ev.frame.H
+
+    # 4. Does the page match the template?
+    if fit.aspect_error is not None and fit.aspect_error > ASPECT_LIMIT:
+        out.error = (f"page does not match template {chosen.name} "
+                     f"(its proportions differ by {fit.aspect_error * 100:.0f} %)")
+        out.flag("wrong_template")
+        timings["bubbles"] = (time.perf_counter() - t0) * 1000
+        return done()
+    if ev.ring_fit < RING_FIT_FAIL:
+        out.error = (f"page does not match template {chosen.name} "
+                     f"(bubbles are not where the template puts them: {ev.ring_fit * 100:.0f} % found)")
+        out.flag("wrong_template" if qr.status != "ok" or out.qr.template != chosen.name
+                 or "wrong_template" in out.sheet_flags else "misaligned")
+        timings["bubbles"] = (time.perf_counter() - t0) * 1000
+        return done()
+    if ev.ring_fit < RING_FIT_OK:
+        out.flag("misaligned")
+    if 1.0 - ev.m.ink_ratio < MIN_CONTRAST:
+        out.flag("low_contrast")
+
+    # 5. Decide.
+    levels = bub.sheet_levels(ev.m)
+    groups, marked = bub.decide_groups(ev.lay, ev.m, levels)
+    out.answers, out.flags, out.confidence = bub.field_values(groups)
+    # Every field of the template page, in the template's order.
+    order = [f for f in chosen.field_names() if f in out.answers]
+    out.answers = {f: out.answers[f] for f in order}
+    out.flags = {f: out.flags[f] for f in order}
+    out.confidence = {f: out.confidence[f] for f in order}
+    out._bubble_data = (ev.lay, np.round(ev.m.score, 3), marked, ev.frame.centres)
+    timings["bubbles"] = (time.perf_counter() - t0) * 1000
+    return done()
+
+
+def read_image_bytes(data: bytes, template: Template | None = None, *, source: str = "",
+                     resolve: Callable[[str], Template] = load_template) -> list[SheetReading]:
+    """Read every page of an uploaded image file.
+
+    ``data``: the file's bytes; ``template``/``resolve``: as ``read_sheet``;
+    ``source``: the file name reported back. Returns one ``SheetReading`` per
+    page; a file that cannot be decoded gives one reading with ``error`` and the
+    sheet flag ``unreadable``. Large page-sized JPEG scans are decoded at
+    reduced size (see ``imageio.load_grey_for_reading``); coordinates in the
+    readings are in the file's own pixels either way.
+    """
+    t0 = time.perf_counter()
+    try:
+        pages = load_grey_for_reading(data)
+    except ImageError as exc:
+        r = SheetReading(file=source, error=str(exc), sheet_flags=["unreadable"])
+        r.timings_ms = {"decode": (time.perf_counter() - t0) * 1000}
+        r.timings_ms["total"] = r.timings_ms["decode"]
+        if template is not None:
+            r.template = template.name
+        return [r]
+    decode_ms = (time.perf_counter() - t0) * 1000 / max(1, len(pages))
+    out = []
+    for k, p in enumerate(pages):
+        name = source if len(pages) == 1 else f"{source}#{k + 1}" if source else f"#{k + 1}"
+        r = read_sheet(p.image, template, source=name, resolve=resolve)
+        if p.scale != 1 and r.error and "unreadable" not in r.sheet_flags:
+            # A shrunk decode that failed: try the full image before giving up.
+            t1 = time.perf_counter()
+            try:
+                full = load_grey_for_reading(data, min_dpi=1e9)[0]
+                r2 = read_sheet(full.image, template, source=name, resolve=resolve)
+                decode_ms += (time.perf_counter() - t1) * 1000 - r2.timings_ms.get("total", 0.0)
+                if not r2.error:
+                    r, p = r2, full
+            except ImageError:
+                pass
+        r.pixel_scale = float(p.scale)
+        r.image_size = (p.width, p.height)
+        r.timings_ms["decode"] = decode_ms
+        r.timings_ms["total"] = r.timings_ms.get("total", 0.0) + decode_ms
+        out.append(r)
+    return out
