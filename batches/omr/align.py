@@ -278,49 +278,101 @@ def _order_ring(pts: np.ndarray) -> np.ndarray:
     return np.argsort(ang)
 
 
+def _batch_homographies(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Homographies (C, 3, 3) taking the 4 points ``src`` (4, 2) to each
+    ``dst`` (C, 4, 2), solved together."""
+    c = len(dst)
+    A = np.zeros((c, 8, 8))
+    b = np.zeros((c, 8))
+    X, Y = src[:, 0], src[:, 1]
+    x, y = dst[..., 0], dst[..., 1]
+    A[:, 0::2, 0] = X
+    A[:, 0::2, 1] = Y
+    A[:, 0::2, 2] = 1
+    A[:, 0::2, 6] = -x * X
+    A[:, 0::2, 7] = -x * Y
+    A[:, 1::2, 3] = X
+    A[:, 1::2, 4] = Y
+    A[:, 1::2, 5] = 1
+    A[:, 1::2, 6] = -y * X
+    A[:, 1::2, 7] = -y * Y
+    b[:, 0::2] = x
+    b[:, 1::2] = y
+    A += np.eye(8) * 1e-9
+    h = np.linalg.solve(A, b[..., None])[..., 0]
+    return np.concatenate([h, np.ones((c, 1))], 1).reshape(c, 3, 3)
+
+
+def _scales_at(Hs: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """sqrt(|det J|) (image px per page mm) of each homography (C, 3, 3) at
+    each page point (P, 2): (C, P)."""
+    X, Y = pts[None, :, 0], pts[None, :, 1]
+    h = Hs.reshape(len(Hs), 9)[:, :, None]
+    den = h[:, 6] * X + h[:, 7] * Y + h[:, 8]
+    u = (h[:, 0] * X + h[:, 1] * Y + h[:, 2]) / den
+    v = (h[:, 3] * X + h[:, 4] * Y + h[:, 5]) / den
+    j00 = (h[:, 0] - u * h[:, 6]) / den
+    j01 = (h[:, 1] - u * h[:, 7]) / den
+    j10 = (h[:, 3] - v * h[:, 6]) / den
+    j11 = (h[:, 4] - v * h[:, 7]) / den
+    return np.sqrt(np.abs(j00 * j11 - j01 * j10))
+
+
 def _quads(cands: list[_Candidate], geoms: list[MarkGeometry]) -> list[tuple[float, np.ndarray, MarkGeometry]]:
     """Four-candidate sets that fit a template's mark geometry, best first.
 
-    Returns (error, indices in clockwise order, geometry); lower error is better.
+    For each convex set and each of its two namings (which pair of sides is
+    the page's width), the homography through the four centres predicts how
+    large each mark must look where it is (perspective makes near marks
+    larger): the candidates' measured sizes must agree. Returns (error,
+    indices in clockwise order starting at the corner named top-left, up to a
+    half turn, geometry); lower error is better.
     """
     n = len(cands)
     if n < 4:
         return []
     xy = np.array([[c.x, c.y] for c in cands])
     side = np.array([c.side for c in cands])
+    qual = np.array([c.quality for c in cands])
     combos = np.array(list(itertools.combinations(range(n), 4)))
     pts = xy[combos]  # (C, 4, 2)
     cen = pts.mean(1, keepdims=True)
     ang = np.arctan2(pts[..., 1] - cen[..., 1], pts[..., 0] - cen[..., 0])
-    order = np.argsort(ang, 1)
-    combos = np.take_along_axis(combos, order, 1)
+    combos = np.take_along_axis(combos, np.argsort(ang, 1), 1)
     pts = xy[combos]
-    sides = np.linalg.norm(pts - np.roll(pts, -1, 1), axis=2)  # s01, s12, s23, s30
     d1 = pts - np.roll(pts, 1, 1)
     d2 = np.roll(pts, -1, 1) - pts
     cross = d1[..., 0] * d2[..., 1] - d1[..., 1] * d2[..., 0]
     convex = np.all(cross > 0, 1) | np.all(cross < 0, 1)
-    a_pair = (sides[:, 0] + sides[:, 2]) / 2
-    b_pair = (sides[:, 1] + sides[:, 3]) / 2
-    persp = np.minimum(np.minimum(sides[:, 0], sides[:, 2]) / np.maximum(sides[:, 0], sides[:, 2]),
-                       np.minimum(sides[:, 1], sides[:, 3]) / np.maximum(sides[:, 1], sides[:, 3]))
     ms = side[combos]
-    size_spread = ms.max(1) / ms.min(1)
-    mean_side = ms.mean(1)
-    # Diagonals: perspective keeps them crossing inside; degenerate sets collapse them.
+    combos, pts, ms = combos[convex], pts[convex], ms[convex]
+    if len(combos) == 0:
+        return []
+    sides = np.linalg.norm(pts - np.roll(pts, -1, 1), axis=2)
     out = []
     for g in geoms:
         ratio = g.width / g.height
-        for short, long_ in ((a_pair, b_pair), (b_pair, a_pair)):
-            aspect_err = np.abs(np.log((short / np.maximum(long_, 1e-6)) / ratio))
-            # Mark side against the page size it implies, from both pairs of sides.
-            implied = np.sqrt(short * long_ / (g.width * g.height)) * g.size
-            size_err = np.abs(np.log(mean_side / np.maximum(implied, 1e-6)))
-            ok = convex & (persp > 0.55) & (size_spread < 1.8) & (aspect_err < 0.3) & (size_err < 0.38)
+        for shift in (0, 1):
+            order = np.roll(np.arange(4), -shift)
+            p = pts[:, order]
+            Hs = _batch_homographies(g.centres, p)
+            expect = _scales_at(Hs, g.centres) * g.size  # (C, 4) px
+            m = ms[:, order]
+            # Blobs measured on the shrunk copy come out a little small or large
+            # with blur: a constant factor is allowed, the rest must agree.
+            lr = np.log(m / np.maximum(expect, 1e-6))
+            bias = np.median(lr, 1)
+            size_err = np.abs(lr - bias[:, None]).max(1)
+            sc = expect / g.size
+            persp = sc.max(1) / np.maximum(sc.min(1), 1e-9)
+            s = sides[:, order]
+            aspect = ((s[:, 0] + s[:, 2]) / 2) / np.maximum((s[:, 1] + s[:, 3]) / 2, 1e-6)
+            aspect_err = np.abs(np.log(aspect / ratio))
+            ok = (size_err < 0.3) & (np.abs(bias) < 0.4) & (persp < 2.6) & (aspect_err < 0.6)
             for i in np.flatnonzero(ok):
-                err = aspect_err[i] + size_err[i] + 0.5 * np.log(size_spread[i]) + 0.5 * (1 - persp[i])
-                err += 0.2 * (1 - min(cands[j].quality for j in combos[i]))
-                out.append((float(err), combos[i], g))
+                err = 2.0 * size_err[i] + 0.5 * abs(bias[i]) + 0.3 * aspect_err[i] + 0.15 * np.log(persp[i])
+                err += 0.2 * (1 - qual[combos[i]].min())
+                out.append((float(err), combos[i][order], g))
     out.sort(key=lambda t: t[0])
     return out
 
@@ -349,11 +401,6 @@ def _key_darkness(img: np.ndarray, bg: np.ndarray, H: np.ndarray, g: MarkGeometr
     hh, ww = bg.shape
     paper = float(bg[min(max(int(c[1]), 0), hh - 1), min(max(int(c[0]), 0), ww - 1)])
     return max(0.0, 1.0 - grey / max(paper, 1.0))
-
-
-def _hypotheses(xy: np.ndarray, g: MarkGeometry) -> list[tuple[int, np.ndarray]]:
-    """The four ways to name clockwise corners ``xy`` TL, TR, BR, BL: (shift, points)."""
-    return [(k, np.roll(xy, -k, 0)) for k in range(4)]
 
 
 def _h_from_marks(g: MarkGeometry, marks_px: np.ndarray) -> np.ndarray:
@@ -483,17 +530,12 @@ def _finish(grey: np.ndarray, small: np.ndarray, bg: np.ndarray, s: float, chose
     """Name the corners of one candidate quad, measure its marks at full
     resolution and build the fit; ``AlignError`` when they are not marks."""
     xy = np.array([[c.x, c.y] for c in chosen])
+    # ``chosen`` is named up to a half turn; the key bar (beside the top-left
+    # mark only) tells which. A firmer look at full resolution follows.
     hyps = []
-    for k, pts in _hypotheses(xy, g):
-        Hs = _h_from_marks(g, pts)
-        top = (np.linalg.norm(pts[1] - pts[0]) + np.linalg.norm(pts[2] - pts[3])) / 2
-        side_ = (np.linalg.norm(pts[3] - pts[0]) + np.linalg.norm(pts[2] - pts[1])) / 2
-        a_err = abs(math.log((top / side_) / (g.width / g.height)))
-        hyps.append((k, pts, Hs, a_err, _key_darkness(small, bg, Hs, g)))
-    # Aspect first (portrait vs landscape naming), then the key bar.
-    min_a = min(hp[3] for hp in hyps)
-    plausible = sorted((hp for hp in hyps if hp[3] <= min_a + 0.12), key=lambda hp: -hp[4])
-    _, pts_small, _, _, _ = plausible[0]
+    for pts in (xy, np.roll(xy, -2, 0)):
+        hyps.append((pts, _key_darkness(small, bg, _h_from_marks(g, pts), g)))
+    pts_small = max(hyps, key=lambda hp: hp[1])[0]
     # Full-resolution centres of the four marks.
     expect_side = float(np.mean([c.side for c in chosen])) / s
     marks = []
@@ -596,20 +638,10 @@ _ANGLES = np.arange(_N_ANGLES) * (2 * np.pi / _N_ANGLES)
 _DIRS = np.stack([np.cos(_ANGLES), np.sin(_ANGLES)], -1)  # (A, 2)
 
 
-def _sample(grey: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Nearest-pixel grey values at (..., 2) image points (float32); outside
-    the image counts as paper-white so it never looks like ink."""
-    h, w = grey.shape
-    xi = np.rint(pts[..., 0]).astype(np.int32)
-    yi = np.rint(pts[..., 1]).astype(np.int32)
-    inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-    v = grey[np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)].astype(np.float32)
-    return np.where(inside, v, np.float32(255))
-
-
-def ray_profiles(grey: np.ndarray, centres: np.ndarray, J: np.ndarray, radii_mm: np.ndarray) -> np.ndarray:
+def ray_profiles(grey: np.ndarray, centres: np.ndarray, J: np.ndarray, radii_mm: np.ndarray,
+                 dirs: np.ndarray = _DIRS) -> np.ndarray:
     """Grey values along rays: (N, A, R) for N bubbles, A directions, R radii."""
-    return sample_offsets(grey, centres, J, _DIRS[:, None, :] * radii_mm[None, :, None])
+    return sample_offsets(grey, centres, J, dirs[:, None, :] * radii_mm[None, :, None])
 
 
 def sample_offsets(grey: np.ndarray, centres: np.ndarray, J: np.ndarray, offsets_mm: np.ndarray) -> np.ndarray:
@@ -622,58 +654,63 @@ def sample_offsets(grey: np.ndarray, centres: np.ndarray, J: np.ndarray, offsets
     J = J.astype(np.float32)
     x = c[:, 0, None] + J[:, 0, 0, None] * off[None, :, 0] + J[:, 0, 1, None] * off[None, :, 1]
     y = c[:, 1, None] + J[:, 1, 0, None] * off[None, :, 0] + J[:, 1, 1, None] * off[None, :, 1]
-    # cv2.remap is one C pass; maps are limited to 32767 columns, so keep rows.
+    # cv2.remap is one C pass over all the points.
     out = cv2.remap(grey, x, y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=255)
     return out.astype(np.float32).reshape((len(centres),) + shape)
 
 
 def _ring_offsets(prof: np.ndarray, radii: np.ndarray, paper: np.ndarray, r: float,
-                  min_depth: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Estimate each bubble's outline centre offset from its ray profiles.
 
-    ``prof`` (N, A, R) grey, ``paper`` (N,) local paper grey. The darkest
-    radius on each ray is where the ray crosses the outline; a circle fit
-    ``rho(a) = r + dx cos a + dy sin a`` over the rays gives the offset (mm).
-    Returns (offsets (N, 2) mm, fraction of rays that saw the outline (N,),
-    fit residual (N,) mm).
+    ``prof`` (N, A, R) grey along rays going out from the expected centre,
+    ``paper`` (N,) local paper grey. Each ray's *first* clear darkening is
+    where it crosses this bubble's own outline (a neighbour's outline can only
+    come later), so the capture range is most of the radius. A circle fit
+    ``rho(a) = r' + dx cos a + dy sin a`` over the rays gives the offset.
+    Returns (offsets (N, 2) mm, NaN where the outline was not found; fit
+    residual (N,) mm).
     """
-    # Light smoothing along the ray against speckle.
-    sm = prof.copy()
-    sm[..., 1:-1] = (prof[..., :-2] + 2 * prof[..., 1:-1] + prof[..., 2:]) / 4
-    idx = np.argmin(sm, axis=2)
-    vmin = np.take_along_axis(sm, idx[..., None], 2)[..., 0]
-    depth = (paper[:, None] - vmin) / np.maximum(paper[:, None], 1)
-    seen = depth > min_depth
-    # Sub-step position of the minimum: parabola through it and its neighbours.
-    i0 = np.clip(idx, 1, len(radii) - 2)
-    a = np.take_along_axis(sm, (i0 - 1)[..., None], 2)[..., 0]
-    b = np.take_along_axis(sm, i0[..., None], 2)[..., 0]
-    c = np.take_along_axis(sm, (i0 + 1)[..., None], 2)[..., 0]
-    den = a - 2 * b + c
-    frac_step = np.where(den > 1e-3, 0.5 * (a - c) / np.maximum(den, 1e-3), 0.0)
+    n, a, nr = prof.shape
+    depth = (paper[:, None, None] - prof) / np.maximum(paper[:, None, None], 1.0)
+    sm = depth.copy()
+    sm[..., 1:-1] = (depth[..., :-2] + 2 * depth[..., 1:-1] + depth[..., 2:]) / 4
+    peak = sm.max(2)
+    thr = np.maximum(0.1, 0.5 * peak)
+    above = sm > thr[..., None]
+    has = above.any(2) & (peak > 0.14)
+    first = np.argmax(above, axis=2)
+    # The outline's darkest point: the maximum within a few steps after the crossing.
+    win = 4
+    cols = np.clip(first[..., None] + np.arange(win), 0, nr - 1)
+    vals = np.take_along_axis(sm, cols, 2)
+    idx = np.take_along_axis(cols, np.argmax(vals, 2)[..., None], 2)[..., 0]
+    i0 = np.clip(idx, 1, nr - 2)
+    g = lambda k: np.take_along_axis(sm, k[..., None], 2)[..., 0]  # noqa: E731
+    ya, yb, yc = g(i0 - 1), g(i0), g(i0 + 1)
+    den = ya - 2 * yb + yc
+    frac = np.where(den < -1e-4, 0.5 * (ya - yc) / np.where(den < -1e-4, den, -1.0), 0.0)
     step = radii[1] - radii[0]
-    rho = radii[i0] + np.clip(frac_step, -0.5, 0.5) * step
-    rho = np.where(idx == i0, rho, radii[idx])
-    wts = seen.astype(np.float64)
-    # Weighted least squares, 3 unknowns (r', dx, dy), batched over bubbles.
-    A = np.stack([np.ones(_N_ANGLES), _DIRS[:, 0], _DIRS[:, 1]], -1)  # (A, 3)
-    out = np.zeros((len(prof), 2))
-    resid = np.full(len(prof), np.inf)
-    frac = wts.mean(1)
-    AA = (A[:, :, None] * A[:, None, :]).reshape(_N_ANGLES, 9)  # (A, 9)
-    for _ in range(2):  # second pass drops rays far off the first circle (strokes, neighbours)
+    rho = radii[i0] + np.clip(frac, -0.5, 0.5) * step
+    wts = has.astype(np.float64)
+    A = np.stack([np.ones(a), dirs[:, 0], dirs[:, 1]], -1)  # (A, 3)
+    AA = (A[:, :, None] * A[:, None, :]).reshape(a, 9)
+    out = np.full((n, 2), np.nan)
+    resid = np.full(n, np.inf)
+    need = max(6, int(0.45 * a))
+    for _ in range(3):  # later passes drop rays far off the circle (strokes inside, clutter)
         AtWA = (wts @ AA).reshape(-1, 3, 3) + np.eye(3) * 1e-6
         AtWy = (wts * rho) @ A
         sol = np.linalg.solve(AtWA, AtWy[..., None])[..., 0]
-        pred = sol @ A.T  # (N, A)
-        err = np.abs(rho - pred)
-        ok_rows = wts.sum(1) >= 8
-        resid = np.where(ok_rows, np.sqrt((wts * err ** 2).sum(1) / np.maximum(wts.sum(1), 1)), np.inf)
-        wts = wts * (err < max(0.12 * r, 0.25))
-        out = sol[:, 1:]
-    bad = (wts.sum(1) < 8) | (frac < 0.5)
-    out[bad] = np.nan
-    return out, frac, resid
+        err = np.abs(rho - sol @ A.T)
+        cnt = wts.sum(1)
+        resid = np.where(cnt >= need, np.sqrt((wts * err ** 2).sum(1) / np.maximum(cnt, 1)), np.inf)
+        wts = wts * (err < max(0.1 * r, 0.2))
+        out = sol[:, 1:].copy()
+        # The fitted radius must be the printed one: anything else is not this outline.
+        out[np.abs(sol[:, 0] - r) > 0.2 * r] = np.nan
+    out[wts.sum(1) < need] = np.nan
+    return out, resid
 
 
 def _sampled_subset(lay: PageLayout) -> np.ndarray:
@@ -691,61 +728,143 @@ def _sampled_subset(lay: PageLayout) -> np.ndarray:
     return np.array(idx, dtype=np.int64)
 
 
-def refine_on_bubbles(grey: np.ndarray, fit: PageFit, lay: PageLayout) -> BubbleFrame:
+def _local_fit(q: np.ndarray, ku: np.ndarray, kd: np.ndarray, kw: np.ndarray, sigma: float) -> np.ndarray:
+    """Displacement at page points ``q`` (Q, 2) from known ones (``ku`` page
+    mm, ``kd`` displacement, ``kw`` weight): Gaussian-weighted local linear
+    regression (a moving least-squares plane per point, its slope held back by
+    a ridge so a few points far away do not tilt it wildly)."""
+    if len(ku) == 0:
+        return np.zeros((len(q), 2))
+    dx = ku[None, :, 0] - q[:, None, 0]  # (Q, K), centred on each query
+    dy = ku[None, :, 1] - q[:, None, 1]
+    w = np.exp(-(dx * dx + dy * dy) / (2 * sigma * sigma)) * kw[None, :] + 1e-12
+    s0 = w.sum(1)
+    sx, sy = (w * dx).sum(1), (w * dy).sum(1)
+    sxx, sxy, syy = (w * dx * dx).sum(1), (w * dx * dy).sum(1), (w * dy * dy).sum(1)
+    ridge = s0 * (sigma * sigma) * 0.01
+    M = np.empty((len(q), 3, 3))
+    M[:, 0, 0], M[:, 0, 1], M[:, 0, 2] = s0, sx, sy
+    M[:, 1, 0], M[:, 1, 1], M[:, 1, 2] = sx, sxx + ridge, sxy
+    M[:, 2, 0], M[:, 2, 1], M[:, 2, 2] = sy, sxy, syy + ridge
+    rhs = np.stack([w @ kd, (w * dx) @ kd, (w * dy) @ kd], 1)  # (Q, 3, 2)
+    sol = np.linalg.solve(M, rhs)
+    return sol[:, 0, :]  # the plane's value at the query point
+
+
+def refine_on_bubbles(grey: np.ndarray, fit: PageFit, lay: PageLayout, *, max_rounds: int = 14) -> BubbleFrame:
     """Correct the marks-only homography on the printed bubble outlines.
 
     ``lay``: the page layout in mm (``layout_mm``). Returns a ``BubbleFrame``
-    with every bubble's image centre. The correction is a homography refit
-    (marks weigh heavily) plus, where the outlines still disagree with it (curl,
-    lens distortion), a smooth residual field over the page.
+    with every bubble's image centre.
+
+    Curled paper and lens distortion move the middle of the page by up to a
+    few mm, more than a bubble's radius, so outlines cannot all be searched for
+    where the flat homography puts them without catching a neighbour's. The
+    search grows instead: outlines are first looked for everywhere at the flat
+    position and kept where they agree with their neighbours; then, round by
+    round, the next bubbles out are looked for where the outlines already found
+    around them (and the marks, fixed) predict them, a few mm at a time. The
+    displacement of every bubble is finally a smooth local fit to all outlines
+    found.
     """
     bubbles = lay.bubbles
     page = np.array([[b.x, b.y] for b in bubbles], np.float64)
     r = float(bubbles[0].r) if bubbles else 2.2
     H = fit.H
-    J = jacobians(H, page)
-    cen = apply_h(H, page)
-    frame = BubbleFrame(cen, J, r, H, page)
+    frame = BubbleFrame(apply_h(H, page), jacobians(H, page), r, H, page)
     if len(bubbles) < 6:
         return frame
-    kinds = np.concatenate([[g.kind] * len(g.bubbles) for g in lay.groups])
     sub = _sampled_subset(lay)
-    # Rays may reach further where the neighbours are further away.
-    pitch = _neighbour_gap(page)
-    total = np.zeros((len(page), 2))
-    used = 0
-    rms = 0.0
-    for it in range(2):
-        s_page = page[sub] + total[sub]
-        Hc = H
-        c_sub = apply_h(Hc, page[sub]) + np.einsum("nij,nj->ni", J[sub], total[sub])
-        reach = np.clip(pitch[sub] - r * 1.15, r * 1.1, r * 1.65)  # outward limit, mm
-        lo = 0.45 if it == 0 else 0.65
-        hi_frac = reach.max() / r if it == 0 else 1.3
-        radii = np.linspace(lo * r, hi_frac * r, 14 if it == 0 else 10)
-        prof = ray_profiles(grey, c_sub, J[sub], radii)
-        # Rays beyond this bubble's own reach would see the neighbour: blank them.
-        prof = np.where(radii[None, None, :] > reach[:, None, None], np.float32(255), prof)
-        paper = fit.background.at(c_sub)
-        interior = prof[..., : max(2, np.searchsorted(radii, 0.7 * r))].mean((1, 2))
-        filled = (paper - interior) / np.maximum(paper, 1) > 0.2
-        off, frac, resid = _ring_offsets(prof, radii, paper, r, min_depth=0.12)
-        good = ~np.isnan(off[:, 0]) & ~filled & (resid < 0.3 * r)
-        if good.sum() < 6:
+    u = page[sub]
+    n = len(sub)
+    marks = fit.geometry.centres
+    radii = np.linspace(0.15 * r, 1.75 * r, 22)
+    known = np.zeros(n, bool)  # outline found and consistent
+    dead = np.zeros(n, dtype=np.int8)  # failed looks (filled, smudged, off)
+    disp = np.zeros((n, 2))
+    sigma = 12.0
+
+    def look(idx: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pts = u[idx] + pred
+        c = apply_h(H, pts)
+        prof = ray_profiles(grey, c, jacobians(H, pts), radii)
+        paper = fit.background.at(c)
+        inner = prof[..., :5].mean((1, 2))  # within ~0.5 r of the centre
+        filled = (paper - inner) / np.maximum(paper, 1) > 0.18
+        off, resid = _ring_offsets(prof, radii, paper, r, _DIRS)
+        ok = ~np.isnan(off[:, 0]) & ~filled & (resid < 0.12 * r + 0.1)
+        return ok, pred + np.nan_to_num(off), filled
+
+    def predict(q: np.ndarray) -> np.ndarray:
+        ku = np.vstack([u[known], marks])
+        kd = np.vstack([disp[known], np.zeros_like(marks)])
+        kw = np.concatenate([np.ones(int(known.sum())), np.full(len(marks), 4.0)])
+        return _local_fit(q, ku, kd, kw, sigma)
+
+    # Round 0: everywhere at the flat position.
+    ok, d, filled = look(np.arange(n), np.zeros((n, 2)))
+    # Where the page moved by more than about a bubble radius, the outline found
+    # may be a neighbour's, seen from inside it: such regions are left to the
+    # growth rounds, which come at them from where the page moved less.
+    ok &= np.linalg.norm(d, axis=1) < 0.9
+    disp[ok] = d[ok]
+    known[ok] = True
+    dead[~ok] = 1
+    dead[filled] = 99  # a filled bubble's outline is hidden: never looked at again
+    if ok.sum() >= 6:
+        # Keep what agrees with its neighbourhood (catches a neighbour's outline
+        # taken for this one where the page moved a lot).
+        for _ in range(2):
+            ki = np.flatnonzero(known)
+            if len(ki) < 6:
+                break
+            ku, kd = u[ki], disp[ki]
+            d2 = ((ku[:, None, :] - ku[None, :, :]) ** 2).sum(-1)
+            w = np.exp(-d2 / (2 * 10.0 ** 2))
+            np.fill_diagonal(w, 0)
+            wsum = w.sum(1)
+            mean = (w @ kd) / np.maximum(wsum, 1e-9)[:, None]
+            bad = (wsum > 0.5) & (np.linalg.norm(kd - mean, axis=1) > 0.45)
+            if not bad.any():
+                break
+            known[ki[bad]] = False
+            dead[ki[bad]] = 1
+    # Growth rounds, one ring of neighbours at a time, while outlines are
+    # missing that a better prediction may find.
+    rounds = 0
+    while rounds < max_rounds and known.any():
+        cand = np.flatnonzero(~known & (dead < 3))
+        if len(cand) == 0:
             break
-        # Observed outline centres in page mm (through the current model).
-        obs_page = s_page[good] + off[good]
-        src = page[sub][good]
-        new_total = _fit_correction(page, src, obs_page, fit.geometry.centres)
-        total = new_total
-        used = int(good.sum())
-        rms = float(np.sqrt(np.mean(np.sum((obs_page - (src + total[sub][good])) ** 2, 1))))
-        del s_page
-    frame.centres = apply_h(H, page) + np.einsum("nij,nj->ni", J, total)
+        rounds += 1
+        ku = u[known]
+        dist = np.sqrt(((u[cand][:, None, :] - ku[None, :, :]) ** 2).sum(-1).min(1))
+        reach = 10.0 if rounds <= 8 else 10.0 + 5.0 * (rounds - 8)
+        sel = dist < reach
+        near, dist = cand[sel], dist[sel]
+        if len(near) == 0:
+            if reach > 60:
+                break
+            continue
+        pred = predict(u[near])
+        ok, d, filled = look(near, pred)
+        # A new outline must sit about where its neighbours said: the
+        # prediction is good to a few tenths of a mm a bubble away.
+        close = np.linalg.norm(d - pred, axis=1) < 0.5 + 0.06 * dist
+        acc = near[ok & close]
+        disp[acc] = d[ok & close]
+        known[acc] = True
+        dead[near[~(ok & close)]] += 1
+        dead[near[filled]] = 99
+    total = predict(page) if known.any() else np.zeros_like(page)
+    fitted = total[sub][known]
+    rms = float(np.sqrt(np.mean(np.sum((disp[known] - fitted) ** 2, 1)))) if known.any() else 0.0
+    pts = page + total
+    frame.centres = apply_h(H, pts)
+    frame.J = jacobians(H, pts)
     frame.fit_rms_mm = rms
     frame.shift_mm = float(np.max(np.linalg.norm(total, axis=1))) if len(total) else 0.0
-    frame.used = used
-    del kinds
+    frame.used = int(known.sum())
     return frame
 
 
@@ -779,32 +898,3 @@ def _neighbour_gap(page: np.ndarray) -> np.ndarray:
         _GAPS.clear()
     _GAPS[key] = gaps
     return gaps
-
-
-def _fit_correction(page: np.ndarray, src: np.ndarray, obs: np.ndarray, marks: np.ndarray) -> np.ndarray:
-    """Page-mm correction for every bubble from outline observations.
-
-    ``src``: layout positions of the observed bubbles; ``obs``: where their
-    outlines are, in the page frame of the current model. A page-frame
-    homography (marks pinned, robust to outliers) takes the global part; a
-    Gaussian-weighted average of what remains, shrunk towards zero where there
-    are few observations, takes the local part (curl).
-    """
-    mk = np.repeat(marks, 6, 0)  # marks are exact by construction; pin them
-    s_all = np.vstack([src, mk]).astype(np.float32)
-    o_all = np.vstack([obs, mk]).astype(np.float32)
-    Hc, inl = cv2.findHomography(s_all, o_all, cv2.RANSAC, 0.35)
-    if Hc is None:
-        Hc = np.eye(3)
-    pred_src = apply_h(Hc, src)
-    res = obs - pred_src
-    inlier = np.linalg.norm(res, axis=1) < 0.6
-    corr = apply_h(Hc, page) - page
-    if inlier.sum() >= 6 and float(np.sqrt(np.mean(np.sum(res[inlier] ** 2, 1)))) > 0.1:
-        sigma = 14.0
-        p32, s32 = page.astype(np.float32), src[inlier].astype(np.float32)
-        d2 = (p32[:, None, 0] - s32[None, :, 0]) ** 2 + (p32[:, None, 1] - s32[None, :, 1]) ** 2
-        w = np.exp(d2 * np.float32(-1 / (2 * sigma * sigma)))
-        local = (w @ res[inlier]) / (w.sum(1, keepdims=True) + 1.0)
-        corr = corr + local
-    return corr
