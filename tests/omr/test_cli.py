@@ -1,0 +1,88 @@
+"""The engine's command line, run as a user would: python -m batches.omr ..."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pypdfium2
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def omr(*args, check=True):
+    return subprocess.run([sys.executable, "-m", "batches.omr", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, check=check, timeout=120)
+
+
+def test_templates_lists_builtins_as_json():
+    lines = [json.loads(line) for line in omr("templates", "--json").stdout.splitlines()]
+    by_name = {t["name"]: t for t in lines}
+    assert by_name["a4-200q-5"]["pages"] == 2
+    assert by_name["letter-20q-4"]["questions"] == 20
+
+
+def test_layout_json_gives_every_bubble_in_pixels():
+    out = omr("layout", "a4-20q-4", "--dpi", 300, "--json").stdout.splitlines()
+    assert len(out) == 1
+    page = json.loads(out[0])
+    assert (page["width"], page["height"]) == (2480, 3508)
+    assert len(page["bubbles"]) == 20 * 4 + 100 + 4
+    q1 = [b for b in page["bubbles"] if b["field"] == "q1"]
+    assert [b["value"] for b in q1] == ["A", "B", "C", "D"]
+    assert all({"x", "y", "r", "group"} <= set(b) for b in q1)
+    assert len(page["marks"]) == 4 and set(page["qr"]) == {"x", "y", "w", "h"}
+
+
+def test_layout_of_two_page_template_prints_a_line_per_page():
+    out = omr("layout", "a4-200q-4", "--json").stdout.splitlines()
+    assert [json.loads(line)["page"] for line in out] == [1, 2]
+
+
+def test_render_pdf_and_png(tmp_path):
+    pdf = tmp_path / "sheet.pdf"
+    omr("render", "letter-200q-5", "--out", pdf, "--exam", "FINAL")
+    doc = pypdfium2.PdfDocument(str(pdf))
+    assert len(doc) == 2
+    assert [round(v, 1) for v in doc[0].get_size()] == [612.0, 792.0]
+    png = tmp_path / "sheet.png"
+    printed = omr("render", "a4-20q-5", "--png", "--dpi", 100, "--out", png).stdout.split()
+    assert printed == [str(png)] and png.stat().st_size > 10_000
+
+
+def test_unknown_template_is_a_clear_error():
+    result = omr("layout", "a4-999q-9", check=False)
+    assert result.returncode != 0
+    assert "no template 'a4-999q-9'" in result.stderr
+
+
+def test_simulate_then_read_round_trip(tmp_path):
+    answers = {"q1": "A", "q2": "C", "q3": "", "q4": "BD", "student_number": "2024001234", "exam_version": "B"}
+    answers_file = tmp_path / "answers.json"
+    answers_file.write_text(json.dumps(answers))
+    scan = tmp_path / "scan.jpg"
+    omr("simulate", "a4-20q-4", "--answers", answers_file, "--out", scan, "--seed", 3, "--student", "S-1")
+    truth = json.loads(Path(f"{scan}.truth.json").read_text())
+    assert truth["answers"]["q4"] == "BD"
+
+    lines = omr("read", scan, "--json", check=False).stdout.splitlines()
+    assert len(lines) == 1
+    reading = json.loads(lines[0])
+    # No --template: the QR code names it.
+    assert reading["template"] == "a4-20q-4"
+    assert reading["qr"]["student"] == "S-1"
+    for field, value in answers.items():
+        assert reading["answers"][field] == value, field
+    assert "multiple" in reading["flags"]["q4"]
+    assert reading["needs_review"] is True
+    assert {"decode", "align", "qr", "bubbles"} <= set(reading["timings_ms"])
+
+
+def test_read_reports_a_file_that_is_not_an_image(tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("these are not pixels")
+    result = omr("read", bad, "--template", "a4-20q-4", "--json", check=False)
+    reading = json.loads(result.stdout.splitlines()[0])
+    assert result.returncode == 2
+    assert reading["error"] and "not an image" in reading["error"]
+    assert reading["needs_review"] is True
