@@ -31,8 +31,10 @@ read through.
 from __future__ import annotations
 
 import itertools
+import os
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -44,8 +46,12 @@ from .template import Template
 #: (marks ~14 px when the page fills the image); larger copies are tried when
 #: nothing is found, for photos where the page is small in the frame.
 SEARCH_LONG_SIDES = (640, 1200, 2000)
-#: Darker than this fraction of the local paper brightness counts as ink.
-INK_RATIO = 0.55
+#: Darker than this fraction of the local paper brightness counts as ink; the
+#: second value is tried when nothing is found (marks in deep shadow, washed-out
+#: photos where black prints as dark grey).
+INK_RATIOS = (0.55, 0.72, 0.84)
+_DEBUG = bool(os.environ.get("OMR_DEBUG"))
+
 #: Most candidates kept for the four-mark search (cluttered photos).
 MAX_CANDIDATES = 14
 
@@ -217,13 +223,15 @@ class _Candidate:
     quality: float
 
 
-def _candidates(small: np.ndarray, bg: np.ndarray) -> tuple[list[_Candidate], np.ndarray]:
+def _candidates(small: np.ndarray, bg: np.ndarray, ratio: float = INK_RATIOS[0]) -> tuple[list[_Candidate], np.ndarray]:
     """Solid square dark blobs in the search copy."""
     h, w = small.shape
-    # Ink: darker than INK_RATIO of the local paper and by at least 25 levels
+    # Ink: darker than ``ratio`` of the local paper and by at least 25 levels
     # (uint8 arithmetic saturates, so dark surroundings never wrap around).
-    thr = cv2.min(cv2.multiply(bg, INK_RATIO, dtype=cv2.CV_8U), cv2.subtract(bg, 25))
-    mask = cv2.compare(small, thr, cv2.CMP_LT)
+    thr = cv2.min(cv2.multiply(bg, ratio, dtype=cv2.CV_8U), cv2.subtract(bg, 25 if ratio < 0.8 else 12))
+    # At the lower contrasts, smooth first so sensor noise does not break a mark up.
+    src = small if ratio < 0.7 else cv2.GaussianBlur(small, (5, 5), 1.2)
+    mask = cv2.compare(src, thr, cv2.CMP_LT)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) // 255  # drops thin strokes
     n, labels, stats, cents = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n <= 1:
@@ -465,9 +473,24 @@ def locate_page(image: np.ndarray, geometries: list[MarkGeometry]) -> PageFit:
     """Find the page of one of ``geometries`` (one per candidate template
     shape, tried together) in a grey or colour ``image``.
 
-    Returns the ``PageFit`` with the homography page mm -> image px. Raises
-    ``AlignError`` ("registration marks not found", or why the marks found do
-    not fit).
+    Returns the most likely ``PageFit`` (homography page mm -> image px); see
+    ``page_candidates`` for the others. Raises ``AlignError`` ("registration
+    marks not found", or why the marks found do not fit).
+    """
+    for fit in page_candidates(image, geometries):
+        return fit
+    raise AlignError("registration marks not found")  # not reached: the generator raises
+
+
+def page_candidates(image: np.ndarray, geometries: list[MarkGeometry], *, limit: int = 6):
+    """Every plausible placement of the page, most likely first (a generator
+    of ``PageFit``, at most ``limit``).
+
+    A caller that can check a placement (printed bubble outlines where the
+    template puts them) takes the first that passes; a wrong set of four
+    squares that happens to fit (filled bubbles, clutter, marks lost in a
+    shadow) is then passed over. Raises ``AlignError`` when it has nothing (more)
+    to offer and offered nothing.
     """
     grey = to_grey(image)
     h, w = grey.shape
@@ -476,7 +499,9 @@ def locate_page(image: np.ndarray, geometries: list[MarkGeometry]) -> PageFit:
     sparse = grey[::9, ::9]
     if int(np.percentile(sparse, 99.5)) - int(np.percentile(sparse, 0.5)) < 30:
         raise AlignError("image is blank (one uniform colour, nothing printed)", "unreadable")
-    last_error: AlignError | None = None
+    failure = ["registration marks not found (fewer than four corner squares visible)"]
+    given = 0
+    seen: list[np.ndarray] = []
     tried: set[int] = set()
     for long_side in SEARCH_LONG_SIDES:
         # A whole shrink factor: INTER_AREA is several times faster then.
@@ -484,18 +509,22 @@ def locate_page(image: np.ndarray, geometries: list[MarkGeometry]) -> PageFit:
         if k in tried:
             break
         tried.add(k)
-        factor = 1.0 / k
-        try:
-            return _locate(grey, geometries, factor)
-        except AlignError as exc:
-            last_error = exc
-            if factor >= 1.0:
-                break
-    assert last_error is not None
-    raise last_error
+        for fit in _locate(grey, geometries, 1.0 / k, failure):
+            # The same marks found again at another scale or threshold: skip.
+            if any(np.abs(fit.marks_px - m).max() < 0.5 * fit.mark_size_px for m in seen):
+                continue
+            seen.append(fit.marks_px)
+            given += 1
+            yield fit
+            if given >= limit:
+                return
+        if k == 1:
+            break
+    if not given:
+        raise AlignError(failure[0])
 
 
-def _locate(grey: np.ndarray, geometries: list[MarkGeometry], factor: float) -> PageFit:
+def _locate(grey: np.ndarray, geometries: list[MarkGeometry], factor: float, failure: list[str]):
     h, w = grey.shape
     k = round(1.0 / factor)
     if k > 1:
@@ -504,25 +533,37 @@ def _locate(grey: np.ndarray, geometries: list[MarkGeometry], factor: float) -> 
     else:
         small = grey
     bg = _background(small)
-    cands, _ = _candidates(small, bg)
-    if len(cands) < 4:
-        raise AlignError("registration marks not found (fewer than four corner squares visible)")
-    # The marks are the largest solid squares of a sheet (filled bubbles are
-    # smaller discs); in a cluttered photo larger squares may exist, so the
-    # search slides down the size order in overlapping windows.
-    cands.sort(key=lambda c: -c.area)
-    windows = [cands[i:i + MAX_CANDIDATES] for i in range(0, max(1, len(cands) - 3), MAX_CANDIDATES - 4)][:4]
-    failure = "registration marks not found (no four squares form the page's corners)"
-    for window in windows:
-        quads = _quads(window, geometries)
-        for err, idx, g in quads[:5]:
+    pending: list[tuple[float, PageFit]] = []
+    for ratio in INK_RATIOS:
+        cands, _ = _candidates(small, bg, ratio)
+        if len(cands) < 4:
+            continue
+        # The marks are the largest solid squares of a sheet (filled bubbles are
+        # smaller discs); in a cluttered photo larger squares may exist, so the
+        # search slides down the size order in overlapping windows.
+        cands.sort(key=lambda c: -c.area)
+        windows = [cands[i:i + MAX_CANDIDATES] for i in range(0, max(1, len(cands) - 3), MAX_CANDIDATES - 4)][:4]
+        failure[0] = "registration marks not found (no four squares form the page's corners)"
+        quads = []
+        for window in windows:
+            quads += [(err, [window[i] for i in idx], g) for err, idx, g in _quads(window, geometries)[:4]]
+        quads.sort(key=lambda q: q[0])
+        for err, chosen, g in quads[:8]:
             try:
-                return _finish(grey, small, bg, factor, [window[i] for i in idx], g, err)
+                fit = _finish(grey, small, bg, factor, chosen, g, err)
             except AlignError as exc:
-                failure = exc.reason
-                if exc.flag != "not_a_sheet":
-                    raise
-    raise AlignError(failure)
+                failure[0] = exc.reason
+                continue
+            # The key bar is strong evidence: a clean fit with a clear key
+            # goes out at once; otherwise the placements found are ranked on
+            # both before any is offered.
+            if err < 0.3 and fit.orientation_sure and fit.key_contrast > 0.6:
+                yield fit
+                continue
+            pending.append((err - 0.6 * min(fit.key_contrast, 1.0), fit))
+    pending.sort(key=lambda p: p[0])
+    for _, fit in pending:
+        yield fit
 
 
 def _finish(grey: np.ndarray, small: np.ndarray, bg: np.ndarray, s: float, chosen: list[_Candidate],
@@ -625,6 +666,7 @@ class BubbleFrame:
     fit_rms_mm: float = 0.0
     shift_mm: float = 0.0
     used: int = 0
+    found_share: float = 0.0  # outlines found / bubbles looked at that were not filled
 
 
 def layout_mm(template: Template, page: int) -> PageLayout:
@@ -676,9 +718,11 @@ def _ring_offsets(prof: np.ndarray, radii: np.ndarray, paper: np.ndarray, r: flo
     sm = depth.copy()
     sm[..., 1:-1] = (depth[..., :-2] + 2 * depth[..., 1:-1] + depth[..., 2:]) / 4
     peak = sm.max(2)
-    thr = np.maximum(0.1, 0.5 * peak)
+    # Blur and camera shake leave a thin printed outline only ~0.1-0.2 darker
+    # than the paper: the half-peak crossing finds it at any contrast.
+    thr = np.maximum(0.05, 0.5 * peak)
     above = sm > thr[..., None]
-    has = above.any(2) & (peak > 0.14)
+    has = above.any(2) & (peak > 0.08)
     first = np.argmax(above, axis=2)
     # The outline's darkest point: the maximum within a few steps after the crossing.
     win = 4
@@ -751,7 +795,76 @@ def _local_fit(q: np.ndarray, ku: np.ndarray, kd: np.ndarray, kw: np.ndarray, si
     return sol[:, 0, :]  # the plane's value at the query point
 
 
-def refine_on_bubbles(grey: np.ndarray, fit: PageFit, lay: PageLayout, *, max_rounds: int = 14) -> BubbleFrame:
+_DIRS16 = np.stack([np.cos(np.arange(16) * np.pi / 8), np.sin(np.arange(16) * np.pi / 8)], -1)
+
+
+@lru_cache(maxsize=64)
+def _probe_indices(key: tuple) -> np.ndarray:
+    """A sparse, even spread of bubbles for the quick check: the first and last
+    bubble of every other group."""
+    sizes = np.array(key)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    idx = []
+    for gi, (s0, n) in enumerate(zip(starts, sizes, strict=True)):
+        if gi % 2 == 0 or n <= 2:
+            idx.append(s0)
+            if n > 1:
+                idx.append(s0 + n - 1)
+    return np.array(sorted(set(idx)), dtype=np.int64)
+
+
+def _quick_fit(grey: np.ndarray, fit: PageFit, lay: PageLayout, page: np.ndarray,
+               r: float) -> tuple[np.ndarray, float, int] | None:
+    """The common case, cheaply: the page is flat enough that the marks'
+    homography is within a fraction of a millimetre everywhere. Looks for a
+    sparse spread of outlines near their flat position and, when nearly all are
+    found close by and agree with a gentle global correction (a quadratic
+    field pinned at the marks), returns (displacement per bubble (N, 2) mm,
+    share found, number used). None sends the caller to the full search."""
+    idx = _probe_indices(tuple(len(g.bubbles) for g in lay.groups))
+    if len(idx) < 12:
+        return None
+    u = page[idx]
+    c = apply_h(fit.H, u)
+    radii = np.linspace(0.5 * r, 1.5 * r, 13)
+    prof = ray_profiles(grey, c, jacobians(fit.H, u), radii, _DIRS16)
+    paper = fit.background.at(c)
+    inner = prof[..., :2].mean((1, 2))
+    filled = (paper - inner) / np.maximum(paper, 1) > 0.18
+    off, resid = _ring_offsets(prof, radii, paper, r, _DIRS16)
+    ok = ~np.isnan(off[:, 0]) & ~filled & (resid < 0.12 * r + 0.1)
+    looked = int((~filled).sum())
+    if ok.sum() < max(12, 0.8 * looked):
+        return None
+    mag = np.linalg.norm(off[ok], axis=1)
+    if float(np.percentile(mag, 90)) > 0.3:
+        return None
+    size = fit.geometry.page
+    src = np.vstack([u[ok], fit.geometry.centres])
+    y = np.vstack([off[ok], np.zeros((4, 2))])
+    B = _basis(src, size, 2)
+    w = np.concatenate([np.ones(int(ok.sum())), np.full(4, 10.0)])
+    coef = np.zeros((B.shape[1], 2))
+    for _ in range(3):  # Cauchy-reweighted: a stray stroke inside one bubble does not bend the page
+        Bw = B * w[:, None]
+        coef = np.linalg.solve(Bw.T @ B + np.eye(B.shape[1]) * 1e-3, Bw.T @ y)
+        res = np.linalg.norm(y - B @ coef, axis=1)
+        w = np.concatenate([1.0 / (1.0 + (res[:-4] / 0.12) ** 2), np.full(4, 10.0)])
+    res_obs = res[:-4]
+    if float(np.mean(res_obs < 0.2)) < 0.85:
+        return None
+    return _basis(page, size, 2) @ coef, float(ok.sum()) / max(1, looked), int(ok.sum())
+
+
+def _basis(u: np.ndarray, size: tuple[float, float], degree: int) -> np.ndarray:
+    """Polynomial basis in page coordinates scaled to [-1, 1]: (N, terms)."""
+    x = u[:, 0] / size[0] * 2 - 1
+    y = u[:, 1] / size[1] * 2 - 1
+    cols = [x ** i * y ** j for i in range(degree + 1) for j in range(degree + 1 - i)]
+    return np.stack(cols, -1)
+
+
+def refine_on_bubbles(grey: np.ndarray, fit: PageFit, lay: PageLayout, *, max_rounds: int = 30) -> BubbleFrame:
     """Correct the marks-only homography on the printed bubble outlines.
 
     ``lay``: the page layout in mm (``layout_mm``). Returns a ``BubbleFrame``
@@ -774,10 +887,19 @@ def refine_on_bubbles(grey: np.ndarray, fit: PageFit, lay: PageLayout, *, max_ro
     frame = BubbleFrame(apply_h(H, page), jacobians(H, page), r, H, page)
     if len(bubbles) < 6:
         return frame
+    marks = fit.geometry.centres
+    quick = _quick_fit(grey, fit, lay, page, r)
+    if quick is not None:
+        total, share, used = quick
+        pts = page + total
+        frame.centres = apply_h(H, pts)
+        frame.J = jacobians(H, pts)
+        frame.shift_mm = float(np.max(np.linalg.norm(total, axis=1)))
+        frame.found_share, frame.used = share, used
+        return frame
     sub = _sampled_subset(lay)
     u = page[sub]
     n = len(sub)
-    marks = fit.geometry.centres
     radii = np.linspace(0.15 * r, 1.75 * r, 22)
     known = np.zeros(n, bool)  # outline found and consistent
     dead = np.zeros(n, dtype=np.int8)  # failed looks (filled, smudged, off)
@@ -793,6 +915,10 @@ def refine_on_bubbles(grey: np.ndarray, fit: PageFit, lay: PageLayout, *, max_ro
         filled = (paper - inner) / np.maximum(paper, 1) > 0.18
         off, resid = _ring_offsets(prof, radii, paper, r, _DIRS)
         ok = ~np.isnan(off[:, 0]) & ~filled & (resid < 0.12 * r + 0.1)
+        if _DEBUG:
+            print("  look: n", len(idx), "nan", int(np.isnan(off[:, 0]).sum()), "filled", int(filled.sum()),
+                  "resid-fail", int((~np.isnan(off[:, 0]) & ~filled & (resid >= 0.12 * r + 0.1)).sum()),
+                  "resid med", float(np.median(resid[np.isfinite(resid)])) if np.isfinite(resid).any() else -1)
         return ok, pred + np.nan_to_num(off), filled
 
     def predict(q: np.ndarray) -> np.ndarray:
@@ -806,6 +932,8 @@ def refine_on_bubbles(grey: np.ndarray, fit: PageFit, lay: PageLayout, *, max_ro
     # Where the page moved by more than about a bubble radius, the outline found
     # may be a neighbour's, seen from inside it: such regions are left to the
     # growth rounds, which come at them from where the page moved less.
+    if _DEBUG:
+        print("round0: n", n, "ok", int(ok.sum()), "filled", int(filled.sum()), "big", int((ok & (np.linalg.norm(d, axis=1) >= 0.9)).sum()))
     ok &= np.linalg.norm(d, axis=1) < 0.9
     disp[ok] = d[ok]
     known[ok] = True
@@ -830,22 +958,24 @@ def refine_on_bubbles(grey: np.ndarray, fit: PageFit, lay: PageLayout, *, max_ro
             known[ki[bad]] = False
             dead[ki[bad]] = 1
     # Growth rounds, one ring of neighbours at a time, while outlines are
-    # missing that a better prediction may find.
+    # missing that a better prediction may find. Gaps between blocks are
+    # crossed by reaching further when nothing is within reach.
     rounds = 0
+    reach = 10.0
     while rounds < max_rounds and known.any():
         cand = np.flatnonzero(~known & (dead < 3))
         if len(cand) == 0:
             break
-        rounds += 1
         ku = u[known]
         dist = np.sqrt(((u[cand][:, None, :] - ku[None, :, :]) ** 2).sum(-1).min(1))
-        reach = 10.0 if rounds <= 8 else 10.0 + 5.0 * (rounds - 8)
         sel = dist < reach
-        near, dist = cand[sel], dist[sel]
-        if len(near) == 0:
-            if reach > 60:
+        if not sel.any():
+            reach = max(reach + 8.0, float(dist.min()) + 1.0)
+            if reach > 80:
                 break
             continue
+        rounds += 1
+        near, dist = cand[sel], dist[sel]
         pred = predict(u[near])
         ok, d, filled = look(near, pred)
         # A new outline must sit about where its neighbours said: the
@@ -856,6 +986,12 @@ def refine_on_bubbles(grey: np.ndarray, fit: PageFit, lay: PageLayout, *, max_ro
         known[acc] = True
         dead[near[~(ok & close)]] += 1
         dead[near[filled]] = 99
+        reach = 10.0 if len(acc) else reach + 6.0
+        if _DEBUG:
+            err_ = np.linalg.norm(d - pred, axis=1)
+            print(f"round {rounds} reach {reach:.0f} near {len(near)} ok {int(ok.sum())} acc {len(acc)} "
+                  f"filled {int(filled.sum())} |d-pred| med {np.median(err_[ok]) if ok.any() else -1:.2f} "
+                  f"known {int(known.sum())}/{n} maxdist {dist.max():.1f}")
     total = predict(page) if known.any() else np.zeros_like(page)
     fitted = total[sub][known]
     rms = float(np.sqrt(np.mean(np.sum((disp[known] - fitted) ** 2, 1)))) if known.any() else 0.0
@@ -865,6 +1001,7 @@ def refine_on_bubbles(grey: np.ndarray, fit: PageFit, lay: PageLayout, *, max_ro
     frame.fit_rms_mm = rms
     frame.shift_mm = float(np.max(np.linalg.norm(total, axis=1))) if len(total) else 0.0
     frame.used = int(known.sum())
+    frame.found_share = float(known.sum()) / max(1, int((dead < 99).sum()))
     return frame
 
 

@@ -2,49 +2,64 @@
 
 Measurement (``measure``) samples each bubble straight from the source image
 through its local mapping (no page warp): a disc inside the printed outline,
-the outline itself, and a ring of paper just outside it. Every sample is turned
-into *darkness*: 0 = this sheet's paper at that spot, 1 = this sheet's printed
-black (the registration marks), so light, shadows, coloured paper and scanner
-gamma are divided out on the sheet itself.
+the outline itself, the paper just outside it, and a band further out where a
+circle drawn around the bubble would be. Every sample becomes *darkness*: 0 =
+this sheet's paper at that spot, 1 = this sheet's printed black (measured in
+the registration marks), so light, shadows, coloured paper and scanner gamma
+are divided out on the sheet itself.
 
-Decision (``decide``) then works per sheet and per group:
+Decision (``decide_groups``), per sheet and per group:
 
-* ``score`` of a bubble = mean of (mean darkness of the disc) and (fraction of
-  the disc darker than 0.5): a solid fill scores ~0.8-1, a pen tick or cross
-  ~0.25-0.45 (few but dark pixels), erasure residue ~0.05-0.15 (many light
-  pixels), a blank bubble ~0.
-* The blank level and noise of *this* sheet are estimated from all its bubbles
-  (most are blank); the mark threshold is ``max(MARK_MIN, blank + 6 noise)``
-  so a noisy photo raises it but an all-blank sheet never reads as marked.
-* Bubbles within ``GREY`` of the threshold are ``ambiguous``; marks much
-  lighter than the sheet's other marks are ``faint``; darker-than-blank
-  residue below the threshold is ``erasure``; outlines not where the template
-  puts them are ``misaligned``.
+* ``score`` = max(mean darkness of the disc, mean of that and the share of the
+  disc darker than 0.5): a solid fill scores ~0.8-1, light shading ~0.2-0.35,
+  a tick or cross ~0.15-0.45 (few, dark pixels), erasure residue ~0.05-0.2
+  (many light pixels), a blank bubble ~0.
+* Each bubble is compared with the *local blank level*: the typical score of
+  the unmarked bubbles around it (within ~2 cm), which takes out what the
+  paper-level estimate leaves of shadows and blur. The sheet's noise is the
+  spread of unmarked bubbles about that level.
+* Marked: excess over the local blank level >= ``T_mark`` = max(``MARK_MIN``,
+  6 noise); or, for pen/pencil strokes (a tick, a cross: enough pixels darker
+  than 0.5), >= ``STROKE_MIN``; or a circle drawn around the bubble.
+* Flags: ``ambiguous`` (an excess within ``GREY`` of ``T_mark`` with no
+  stroke evidence), ``faint`` (a mark much lighter than this sheet's other
+  marks), ``erasure`` (darker than blank, under the grey zone, no strokes),
+  ``circled``, ``misaligned`` (the printed outline is not where the model
+  puts it), ``multiple``, ``blank``.
+
+An all-blank sheet reads all blank: thresholds never fall below the fixed
+minimums however quiet the sheet is, so noise never becomes a mark.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
-from .align import BubbleFrame, PageFit, _DIRS, sample_offsets
+from .align import _DIRS, BubbleFrame, PageFit, sample_offsets
 from .layout import PageLayout
 
-#: Lowest score that can count as a mark, whatever the sheet (score units).
-MARK_MIN = 0.17
-#: Half-width of the grey zone around the threshold: readings there are flagged.
-GREY = 0.06
+#: Lowest excess darkness (score above the local blank level) that counts as a mark.
+MARK_MIN = 0.12
+#: Half-width of the grey zone around that threshold: readings there are flagged.
+GREY = 0.05
+#: Strokes (ticks, crosses): a share of the disc darker than 0.5 at least
+#: STROKE_DARK, whose darkest pixels reach STROKE_PEAK, count from this excess.
+STROKE_MIN = 0.07
+STROKE_DARK = 0.08
+STROKE_PEAK = 0.45
 #: A mark whose peak darkness is under this fraction of the sheet's typical
 #: mark peak is ``faint``.
-FAINT_RELATIVE = 0.55
-#: ...or under this absolute peak darkness.
-FAINT_ABSOLUTE = 0.3
-#: Residue this far above the blank level (and under the threshold) is ``erasure``.
-ERASURE_MIN = 0.07
+FAINT_RELATIVE = 0.5
+#: Residue this far above the local blank level (and under the grey zone) is ``erasure``.
+ERASURE_MIN = 0.05
 #: An unfilled bubble whose outline shows in fewer than this fraction of
-#: directions is not where the template puts it.
+#: directions is not where the model puts it.
 RING_MIN = 0.45
+#: A drawn circle: dark in at least this share of the free directions around.
+CIRCLE_MIN = 0.7
 
 # Disc sample points, as fractions of the radius: a square grid cut to a disc
 # of 0.72 r (keeps clear of the printed outline even when off by ~0.2 r).
@@ -53,18 +68,20 @@ _gx, _gy = np.meshgrid(_g, _g)
 _inside = _gx ** 2 + _gy ** 2 <= 0.72 ** 2
 DISC = np.stack([_gx[_inside], _gy[_inside]], -1)  # (~95, 2)
 RING_RADII = np.array([0.8, 0.9, 1.0, 1.1, 1.2])
-PAPER_RADII = np.array([1.3, 1.42])
+PAPER_RADII = np.array([1.3, 1.42, 1.6])
+CIRCLE_RADII = np.array([1.14, 1.22, 1.3, 1.38, 1.46, 1.54])
 
 
 @dataclass
 class Measures:
     """Per-bubble measurements, in ``layout.bubbles`` order (all (N,) arrays).
 
-    ``mean``: mean darkness of the disc; ``dark``: fraction of the disc darker
+    ``mean``: mean darkness of the disc; ``dark``: share of the disc darker
     than 0.5; ``peak``: 90th percentile darkness of the disc (how dark the mark
-    itself is); ``score``: the combination decisions use; ``ring``: fraction of
-    directions where the printed outline shows (0..1); ``paper``: local paper
-    grey level.
+    itself is); ``score``: the combination decisions use; ``ring``: share of
+    directions where the printed outline shows (0..1); ``circle``: share of the
+    free directions (not towards a neighbour) dark just outside the outline;
+    ``paper``: local paper grey level.
     """
 
     mean: np.ndarray
@@ -72,8 +89,33 @@ class Measures:
     peak: np.ndarray
     score: np.ndarray
     ring: np.ndarray
+    circle: np.ndarray
     paper: np.ndarray
     ink_ratio: float  # printed black / paper on this sheet (0 black .. 1 no contrast)
+
+
+@lru_cache(maxsize=64)
+def _free_directions(key: bytes, n: int, r: float) -> np.ndarray:
+    """(N, A) bool: directions in which the band where a drawn circle would be
+    (out to ``CIRCLE_RADII[-1]`` r) meets no neighbouring printed outline."""
+    page = np.frombuffer(key, np.float64).reshape(n, 2)
+    out = np.ones((n, len(_DIRS)), bool)
+    reach = CIRCLE_RADII[-1] * r
+    clear = r + 0.35  # neighbour outline plus its stroke and blur, mm
+    for i in range(n):
+        d = page - page[i]
+        dist = np.hypot(d[:, 0], d[:, 1])
+        near = (dist > 0) & (dist < reach + clear)
+        if not near.any():
+            continue
+        dn = d[near]
+        along = dn @ _DIRS.T  # (K, A) distance along each ray to the closest approach
+        perp2 = (dn ** 2).sum(1)[:, None] - along ** 2
+        # The ray (from 1.05 r to reach) passes within ``clear`` of the neighbour's centre.
+        t = np.clip(along, 1.05 * r, reach)
+        hit = ((t - along) ** 2 + perp2) < clear ** 2
+        out[i] &= ~hit.any(0)
+    return out
 
 
 def measure(grey: np.ndarray, frame: BubbleFrame, fit: PageFit) -> Measures:
@@ -81,58 +123,100 @@ def measure(grey: np.ndarray, frame: BubbleFrame, fit: PageFit) -> Measures:
     r = frame.r_mm
     n = len(frame.centres)
     pts_disc = DISC * r
-    ring_off = (_DIRS[:, None, :] * (RING_RADII * r)[None, :, None]).reshape(-1, 2)
-    paper_off = (_DIRS[:, None, :] * (PAPER_RADII * r)[None, :, None]).reshape(-1, 2)
-    offs = np.concatenate([pts_disc, ring_off, paper_off])
-    vals = sample_offsets(grey, frame.centres, frame.J, offs) if n else np.zeros((0, len(offs)), np.float32)
-    nd, nr = len(pts_disc), len(ring_off)
+
+    def band(radii):
+        return (_DIRS[:, None, :] * (radii * r)[None, :, None]).reshape(-1, 2)
+
+    offs = np.concatenate([pts_disc, band(RING_RADII), band(PAPER_RADII), band(CIRCLE_RADII)])
+    if n == 0:
+        z = np.zeros(0)
+        return Measures(z, z, z, z, z, z, z, 0.0)
+    vals = sample_offsets(grey, frame.centres, frame.J, offs)
+    nd, nr, npp = len(pts_disc), len(_DIRS) * len(RING_RADII), len(_DIRS) * len(PAPER_RADII)
     disc = vals[:, :nd]
     ring = vals[:, nd:nd + nr].reshape(n, len(_DIRS), len(RING_RADII))
-    outside = vals[:, nd + nr:]
-    # Paper just outside the outline: the bright part of that ring (neighbouring
-    # outlines and stray strokes cover only some of it).
-    paper = np.percentile(outside, 80, axis=1).astype(np.float32) if n else np.zeros(0, np.float32)
-    # Guard against a fill overflowing all around: never below the coarse paper map's
-    # reading by more than a fifth.
+    outside = vals[:, nd + nr:nd + nr + npp].reshape(n, len(_DIRS), len(PAPER_RADII))
+    circ = vals[:, nd + nr + npp:].reshape(n, len(_DIRS), len(CIRCLE_RADII))
+    # Paper just outside the outline: the bright part of two bands (neighbouring
+    # outlines, labels and stray strokes cover only some of each; a circle drawn
+    # around the bubble darkens the inner band, not the outer).
+    paper = np.maximum(np.percentile(outside[:, :, :2].reshape(n, -1), 80, axis=1),
+                       np.percentile(outside[:, :, 2], 80, axis=1)).astype(np.float32)
+    # A fill overflowing all around must not drag it down: never far below the
+    # coarse paper map.
     coarse = fit.background.at(frame.centres)
-    paper = np.maximum(paper, 0.8 * coarse)
-    paper = np.maximum(paper, 1.0)
+    paper = np.maximum(np.maximum(paper, 0.8 * coarse), 1.0)
     ink_ratio = float(np.clip(fit.ink / max(fit.paper, 1.0), 0.0, 0.7))
     span = 1.0 - ink_ratio
     d = (1.0 - disc / paper[:, None]) / span
     mean = d.mean(1)
     dark = (d > 0.5).mean(1)
-    peak = np.percentile(d, 90, axis=1) if n else np.zeros(0)
+    peak = np.percentile(d, 90, axis=1)
     score = np.maximum(mean, 0.5 * (mean + dark))
     rd = (1.0 - ring.min(2) / paper[:, None]) / span  # darkest point across the outline, per direction
     ring_seen = (rd > 0.18).mean(1)
-    return Measures(mean, dark, peak, score, ring_seen, paper, ink_ratio)
+    cd = (1.0 - circ.min(2) / paper[:, None]) / span
+    free = _free_directions(frame.page_mm.tobytes(), n, round(float(r), 6))
+    nfree = free.sum(1)
+    circle = np.where(nfree >= 8, ((cd > 0.3) & free).sum(1) / np.maximum(nfree, 1), 0.0)
+    return Measures(mean, dark, peak, score, ring_seen, circle, paper, ink_ratio)
+
+
+@lru_cache(maxsize=64)
+def _neighbour_weights(key: bytes, n: int) -> np.ndarray:
+    """(N, N) Gaussian weights (sigma 12 mm) between bubbles, none to itself."""
+    page = np.frombuffer(key, np.float64).reshape(n, 2).astype(np.float32)
+    d2 = ((page[:, None, :] - page[None, :, :]) ** 2).sum(-1)
+    w = np.exp(-d2 / (2 * 12.0 ** 2))
+    np.fill_diagonal(w, 0)
+    w[w < 1e-3] = 0
+    return w
 
 
 @dataclass
 class SheetLevels:
-    """What this sheet's bubbles look like: blank level, noise, mark threshold."""
+    """What this sheet's bubbles look like.
 
-    blank: float
+    ``base``: (N,) local blank level per bubble; ``excess``: score - base;
+    ``noise``: spread of unmarked bubbles' excess; ``threshold``: excess that
+    counts as a mark; ``mark_peak``: typical peak darkness of this sheet's clear
+    marks (0 if none).
+    """
+
+    base: np.ndarray
+    excess: np.ndarray
     noise: float
     threshold: float
-    mark_peak: float  # typical peak darkness of the sheet's clear marks (0 if none)
+    mark_peak: float
     marks: int
 
 
-def sheet_levels(m: Measures) -> SheetLevels:
-    """Blank level and noise from the sheet's own bubbles; the threshold above."""
+def sheet_levels(m: Measures, frame: BubbleFrame) -> SheetLevels:
+    """Local blank levels and noise from the sheet's own bubbles; the threshold."""
     s = m.score
-    if len(s) == 0:
-        return SheetLevels(0.0, 0.0, MARK_MIN, 0.0, 0)
-    blank = float(np.median(s))
-    low = s[s <= np.percentile(s, 70)]
-    noise = float(1.4826 * np.median(np.abs(low - np.median(low)))) if len(low) else 0.0
-    noise = max(noise, 0.005)
-    threshold = max(MARK_MIN, blank + 6 * noise + 0.05)
-    clear = m.peak[s >= threshold + GREY]
+    n = len(s)
+    if n == 0:
+        return SheetLevels(np.zeros(0), np.zeros(0), 0.0, MARK_MIN, 0.0, 0)
+    # Unmarked-looking bubbles set the blank level: clearly below the marks.
+    g = float(np.median(s))
+    low = (s < g + 0.1) & (m.dark < 0.05)
+    if low.sum() < 5:
+        low = s <= np.percentile(s, 60)
+    w = _neighbour_weights(frame.page_mm.tobytes(), n)
+    wl = w @ low.astype(np.float32)
+    base_local = (w @ (s * low).astype(np.float32)) / np.maximum(wl, 1e-6)
+    g_low = float(np.median(s[low]))
+    # Few unmarked neighbours (a corner, a crowded grid): lean on the sheet's median.
+    k = np.clip(wl / 3.0, 0.0, 1.0)
+    base = k * base_local + (1 - k) * g_low
+    ex = s - base
+    e_low = ex[low]
+    noise = float(1.4826 * np.median(np.abs(e_low - np.median(e_low)))) if len(e_low) else 0.0
+    noise = max(noise, 0.004)
+    threshold = max(MARK_MIN, 6.0 * noise)
+    clear = m.peak[ex >= threshold + GREY]
     mark_peak = float(np.median(clear)) if len(clear) >= 3 else 0.0
-    return SheetLevels(blank, noise, threshold, mark_peak, int((s >= threshold).sum()))
+    return SheetLevels(base, ex, noise, threshold, mark_peak, int((ex >= threshold).sum()))
 
 
 @dataclass
@@ -151,36 +235,48 @@ class GroupReading:
 
 def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels) -> tuple[list[GroupReading], np.ndarray]:
     """Decide every group of ``lay``; returns the readings and the per-bubble
-    marked booleans (``layout.bubbles`` order)."""
+    marked booleans (``layout.bubbles`` order). See the module docstring."""
     t = lv.threshold
-    lo, hi = t - GREY, t + GREY
-    erase_at = lv.blank + max(ERASURE_MIN, 5 * lv.noise)
-    faint_at = max(FAINT_ABSOLUTE, FAINT_RELATIVE * lv.mark_peak)
-    sc = m.score
-    mk = sc >= t
-    if len(sc) == 0:
-        return [], mk
-    sizes = np.array([len(g.bubbles) for g in lay.groups])
+    g = max(GREY, 2.5 * lv.noise)
+    lo, hi = t - g, t + g
+    ex = lv.excess
+    if len(ex) == 0:
+        return [], np.zeros(0, bool)
+    stroke = (m.dark >= STROKE_DARK) & (m.peak >= STROKE_PEAK) & (ex >= max(STROKE_MIN, 3.5 * lv.noise))
+    circled = (m.circle >= CIRCLE_MIN) & (ex < lo)
+    mk = (ex >= t) | stroke | circled
+    erase_at = max(ERASURE_MIN, 4.0 * lv.noise)
+    faint_at = FAINT_RELATIVE * lv.mark_peak
+    sizes = np.array([len(gr.bubbles) for gr in lay.groups])
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    # Beside a clear mark in the same group, a light even shade just over the
+    # threshold is what an eraser leaves, not a second answer (still flagged).
+    group_max = np.repeat(np.maximum.reduceat(ex, starts), sizes)
+    rubbed = mk & ~stroke & ~circled & (ex < t + 2 * g) & (ex < 0.35 * group_max)
+    mk &= ~rubbed
     # Per-bubble conditions, then one reduction per group for each.
     n_marked = np.add.reduceat(mk.astype(np.int32), starts)
-    ambiguous = np.logical_or.reduceat((sc >= lo) & (sc < hi), starts)
-    faint = np.logical_or.reduceat(mk & (m.peak < faint_at), starts)
-    # Residue: clearly darker than blank, spread out (few dark pixels), not a mark.
-    erasure = np.logical_or.reduceat((sc >= erase_at) & (sc < lo) & (m.dark < 0.25), starts)
+    grey_zone = (ex >= lo) & (ex < hi) & ~stroke
+    ambiguous = np.logical_or.reduceat(grey_zone, starts)
+    faint = np.logical_or.reduceat(mk & ~circled & (m.peak < faint_at), starts)
+    residue = ((ex >= erase_at) & (ex < lo) & (m.dark < 0.05) & ~stroke & ~circled) | rubbed
+    erasure = np.logical_or.reduceat(residue, starts)
+    circ = np.logical_or.reduceat(circled, starts)
     # The outline must show around bubbles that are not filled; where it does
     # not, the page is not where the model puts it at that spot.
-    misaligned = np.logical_or.reduceat((sc < 0.3) & (m.ring < RING_MIN), starts)
+    misaligned = np.logical_or.reduceat((m.score < 0.3) & (m.ring < RING_MIN) & ~circled, starts)
     # Confidence: distance of the closest bubble to the decision, in grey-zone widths.
-    conf = np.clip(np.minimum.reduceat(np.abs(sc - t), starts) / (3 * GREY), 0.0, 1.0)
+    dist = np.abs(ex - t)
+    dist = np.where(stroke | circled, np.maximum(dist, 1.5 * g), dist)
+    conf = np.clip(np.minimum.reduceat(dist, starts) / (3 * g), 0.0, 1.0)
     mk_list = mk.tolist()
     out: list[GroupReading] = []
-    for gi, g in enumerate(lay.groups):
+    for gi, gr in enumerate(lay.groups):
         s0 = int(starts[gi])
-        marked = tuple(b.value for j, b in enumerate(g.bubbles) if mk_list[s0 + j])
+        marked = tuple(b.value for j, b in enumerate(gr.bubbles) if mk_list[s0 + j])
         flags: list[str] = []
         c = float(conf[gi])
-        if n_marked[gi] > 1 and not g.multiple_allowed:
+        if n_marked[gi] > 1 and not gr.multiple_allowed:
             flags.append("multiple")
             c = min(c, 0.6)
         if n_marked[gi] == 0:
@@ -194,10 +290,13 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels) -> tuple[list[G
         if erasure[gi]:
             flags.append("erasure")
             c = min(c, 0.7)
+        if circ[gi]:
+            flags.append("circled")
+            c = min(c, 0.7)
         if misaligned[gi]:
             flags.append("misaligned")
             c = min(c, 0.5)
-        out.append(GroupReading(g.key, g.field, g.kind, g.position, g.values, marked, flags, round(c, 3)))
+        out.append(GroupReading(gr.key, gr.field, gr.kind, gr.position, gr.values, marked, flags, round(c, 3)))
     return out, mk
 
 
