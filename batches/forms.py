@@ -1,0 +1,78 @@
+"""Forms of the browser pages. Checks that need the file's content (archive
+entries, page counts, image sizes) happen in the services and the pipeline;
+these only check what a person typed or picked."""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePath
+
+from django import forms
+from django.conf import settings
+from django.template.defaultfilters import filesizeformat
+
+from .extract import UPLOAD_EXTENSIONS
+from .omr import builtin_names
+
+ACCEPT = ",".join(sorted(UPLOAD_EXTENSIONS))
+
+
+def template_choices() -> list[tuple[str, str]]:
+    """Built-in sheet templates as (name, label), e.g. ``a4-100q-5`` ->
+    "A4, 100 questions, 5 options (a4-100q-5)"."""
+    choices = []
+    # Natural order (20 before 100), so the list reads like a catalogue.
+    for name in sorted(builtin_names(), key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)]):
+        label = name
+        parts = name.split("-")
+        if len(parts) == 3 and parts[1].endswith("q") and parts[1][:-1].isdigit() and parts[2].isdigit():
+            paper = parts[0].upper() if parts[0].startswith("a") else parts[0].capitalize()
+            label = f"{paper}, {parts[1][:-1]} questions, {parts[2]} options ({name})"
+        choices.append((name, label))
+    return choices
+
+
+class UploadForm(forms.Form):
+    """The upload page: a scanned file, how its pages are identified, the template."""
+
+    file = forms.FileField(
+        label="Scanned sheets",
+        help_text="A ZIP of scans, a PDF, a TIFF or one image.",
+        widget=forms.ClearableFileInput(attrs={"accept": ACCEPT}),
+    )
+    has_qr = forms.TypedChoiceField(
+        label="Pages carry a QR code",
+        choices=[("true", "Yes: sort pages by their QR code"), ("false", "No: take pages in file order")],
+        coerce=lambda value: value == "true",
+        initial="true",
+        widget=forms.RadioSelect,
+    )
+    template = forms.ChoiceField(
+        label="Sheet template",
+        help_text="Used for pages without a readable QR code.",
+        choices=template_choices,
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        default = settings.OMR_DEFAULT_TEMPLATE
+        if default in dict(template_choices()):
+            self.fields["template"].initial = default
+
+    def clean_file(self):
+        upload = self.cleaned_data["file"]
+        suffix = PurePath(upload.name or "").suffix.lower()
+        if suffix not in UPLOAD_EXTENSIONS:
+            kinds = ", ".join(sorted(e.lstrip(".") for e in UPLOAD_EXTENSIONS))
+            raise forms.ValidationError(
+                f"“{upload.name}” is not a file this server reads (.{suffix.lstrip('.') or '?'}). "
+                f"Upload one of: {kinds}."
+            )
+        if upload.size == 0:
+            raise forms.ValidationError(f"“{upload.name}” is empty.")
+        if upload.size > settings.OMR_MAX_UPLOAD_BYTES:
+            raise forms.ValidationError(
+                f"“{upload.name}” is {filesizeformat(upload.size)}; the limit is "
+                f"{filesizeformat(settings.OMR_MAX_UPLOAD_BYTES)}. Split the scans into several uploads."
+            )
+        return upload

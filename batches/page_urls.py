@@ -1,0 +1,29 @@
+"""URLs of the browser pages, in the ``batches`` namespace beside the API's.
+
+Django resolves a namespace to one URLconf only, so this module carries the
+API's patterns too (from ``batches.urls``, unchanged) and the site includes
+this module in place of ``batches.urls``. Login and logout are Django's own
+views with the project's templates.
+"""
+
+from django.contrib.auth import views as auth_views
+from django.urls import path, reverse_lazy
+from django.views.generic import RedirectView
+
+from . import urls as api_urls
+from . import views
+
+app_name = "batches"
+
+urlpatterns = api_urls.urlpatterns + [
+    path("", RedirectView.as_view(pattern_name="batches:list", permanent=False), name="home"),
+    path("accounts/login/", auth_views.LoginView.as_view(template_name="registration/login.html",
+                                                         next_page=reverse_lazy("batches:list")), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(next_page=reverse_lazy("batches:login")), name="logout"),
+    path("batches/", views.batch_list, name="list"),
+    path("batches/upload", views.upload, name="upload"),
+    path("batches/<uuid:batch_id>/", views.batch_detail, name="detail"),
+    path("batches/<uuid:batch_id>/row", views.batch_row, name="row"),
+    path("batches/<uuid:batch_id>/progress-stream", views.progress_stream, name="progress-stream"),
+    path("batches/<uuid:batch_id>/sheets/<int:index>/overlay.png", views.sheet_overlay, name="sheet-overlay"),
+]

@@ -1,0 +1,35 @@
+"""Template filters for the batch pages."""
+
+from __future__ import annotations
+
+from django import template
+from django.template.defaultfilters import filesizeformat
+
+from ..timeline import format_duration
+
+register = template.Library()
+
+
+@register.filter
+def duration(seconds) -> str:
+    """Seconds as people read them: ``0.4 s``, ``12 s``, ``3 min 05 s``."""
+    try:
+        return format_duration(None if seconds is None or seconds == "" else float(seconds))
+    except (TypeError, ValueError):
+        return ""
+
+
+@register.filter
+def percent_width(value) -> str:
+    """A percentage clamped to 0-100 for a CSS width (always a dot decimal)."""
+    try:
+        number = max(0.0, min(100.0, float(value)))
+    except (TypeError, ValueError):
+        number = 0.0
+    return f"{number:.1f}"
+
+
+@register.filter
+def bytes_size(value) -> str:
+    """File size in people's units (``12.4 MB``)."""
+    return filesizeformat(value or 0)

@@ -1,0 +1,209 @@
+"""The browser pages: batch list, upload, batch detail and its progress stream,
+and the sheet overlay image for the review screens.
+
+Thin function views: check the user (``staff_required``), scope to their
+batches (``auth.get_batch_or_404``, the one access helper, which answers 404
+for another user's batch), call a service, render. htmx requests get the
+partial they asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth.decorators import user_passes_test
+from django.core.files.storage import default_storage
+from django.core.paginator import Paginator
+from django.http import HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods
+
+from . import overlay, services
+from .auth import batches_for, get_batch_or_404
+from .forms import ACCEPT, UploadForm
+from .models import ProgressEvent, Sheet
+from .omr.imageio import ImageError
+from .streams import KEEPALIVE_FRAME, follow_events
+from .timeline import progress_state
+
+logger = logging.getLogger(__name__)
+
+BATCHES_PER_PAGE = 25
+
+
+def _is_staff(user) -> bool:
+    return user.is_active and user.is_staff
+
+
+#: Pages are for staff: anyone else is sent to the login page (which says why
+#: when they are logged in already). Works for sync and async views.
+staff_required = user_passes_test(_is_staff, login_url="batches:login")
+
+
+def page_links(batch) -> dict:
+    """URLs the batch pages and their partials link to (no request needed, so
+    the page stream can render partials too)."""
+    review = reverse("admin:batches_sheet_changelist")
+    return {
+        "detail": reverse("batches:detail", args=[batch.pk]),
+        "stream": reverse("batches:progress-stream", args=[batch.pk]),
+        "csv": reverse("batches:api-results", args=[batch.pk]),
+        "review": f"{review}?batch__id__exact={batch.pk}&needs_review__exact=1",
+        "upload": reverse("batches:upload"),
+    }
+
+
+# ---------------------------------------------------------------- list
+
+
+@require_GET
+@staff_required
+def batch_list(request):
+    """Every batch of the user, newest first; running rows poll themselves."""
+    batches = batches_for(request.user).order_by("-created_at")
+    page_obj = Paginator(batches, BATCHES_PER_PAGE).get_page(request.GET.get("page"))
+    return render(request, "batches/list.html", {"page_obj": page_obj, "nav": "list"})
+
+
+@require_GET
+@staff_required
+def batch_row(request, batch_id):
+    """One row of the batch list (what a running row polls for)."""
+    batch = get_batch_or_404(request.user, batch_id)
+    return render(request, "batches/list.html#batch-row", {"batch": batch})
+
+
+# ---------------------------------------------------------------- upload
+
+
+@require_http_methods(["GET", "POST"])
+@staff_required
+def upload(request):
+    """The upload form. A refused upload comes back as the form with the reason
+    (422); an accepted one goes to the batch's page."""
+    form = UploadForm(request.POST or None, request.FILES or None)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                batch = services.create_batch(request.user, data["file"], filename=data["file"].name,
+                                              template=data["template"], has_qr=data["has_qr"])
+            except services.ServiceError as exc:
+                form.add_error("file", exc.message[:1].upper() + exc.message[1:] + ".")
+            else:
+                target = reverse("batches:detail", args=[batch.pk])
+                if request.htmx:
+                    response = HttpResponse(status=204)
+                    response["HX-Redirect"] = target
+                    return response
+                return redirect(target, permanent=False)
+        status = 422
+    template = "batches/upload.html#upload-form" if request.htmx else "batches/upload.html"
+    context = {"form": form, "accept": ACCEPT, "max_bytes": settings.OMR_MAX_UPLOAD_BYTES, "nav": "upload"}
+    return render(request, template, context, status=status)
+
+
+# ---------------------------------------------------------------- detail and its stream
+
+
+@require_GET
+@staff_required
+def batch_detail(request, batch_id):
+    """A batch's page: its progress, live while it runs, and its results."""
+    batch = get_batch_or_404(request.user, batch_id)
+    events = list(ProgressEvent.objects.filter(batch=batch).order_by("id"))
+    state = progress_state(batch, events, now=timezone.now())
+    return render(request, "batches/detail.html", {"batch": batch, "state": state, "links": page_links(batch)})
+
+
+def _sse(event: str, html: str, event_id: int | None = None) -> bytes:
+    # Every line of the payload needs its own "data:" prefix; the browser joins
+    # them with newlines again.
+    lines = [f"id: {event_id}"] if event_id is not None else []
+    lines.append(f"event: {event}")
+    lines += [f"data: {line}" for line in (html.strip() or " ").splitlines()]
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def _progress_frame(batch, events, links, announce: bool) -> tuple[bytes, object]:
+    state = progress_state(batch, events, now=timezone.now())
+    html = render_to_string("batches/detail.html#progress", {"state": state, "links": links, "announce": announce})
+    return _sse("progress", html, state.event_id), state
+
+
+def _load(batch_id):
+    from .models import Batch
+
+    batch = Batch.objects.get(pk=batch_id)
+    return batch, list(ProgressEvent.objects.filter(batch_id=batch_id).order_by("id"))
+
+
+async def _progress_frames(batch, events):
+    """The page stream: the current state at once, then a new state for every
+    event, then ``done``. Each frame is the whole progress partial, so a client
+    that connects late or reconnects needs one frame, not the whole log."""
+    links = page_links(batch)
+    yield f": progress of batch {batch.pk}\n\n".encode()
+    frame, state = _progress_frame(batch, events, links, announce=False)
+    yield frame
+    if not state.is_finished:
+        last_stage = state.stage
+        async for event in follow_events(batch.pk, events[-1].id if events else 0):
+            if event is None:
+                yield KEEPALIVE_FRAME
+                continue
+            events.append(event)
+            if event.is_terminal:
+                # The final counts and the error live on the batch row.
+                await sync_to_async(batch.refresh_from_db)()
+            frame, state = _progress_frame(batch, events, links, announce=event.stage != last_stage)
+            last_stage = event.stage
+            yield frame
+    # Named after the terminal stage; the page closes its EventSource on it.
+    yield _sse("done", state.stage)
+
+
+@require_GET
+@staff_required
+async def progress_stream(request, batch_id):
+    """``GET /batches/<id>/progress-stream``: the batch page's SSE stream of
+    rendered progress partials (event ``progress``), ending with ``done``."""
+    user = await request.auser()
+    batch = await sync_to_async(get_batch_or_404)(user, batch_id)
+    batch, events = await sync_to_async(_load)(batch.pk)
+    response = StreamingHttpResponse(_progress_frames(batch, events), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # proxies must not hold the stream
+    return response
+
+
+# ---------------------------------------------------------------- sheet image
+
+
+@require_GET
+@staff_required
+@never_cache
+def sheet_overlay(request, batch_id, index: int):
+    """A sheet's page with the detected marks drawn over it, as a fresh PNG
+    (never the uploaded file itself)."""
+    batch = get_batch_or_404(request.user, batch_id)
+    sheet = get_object_or_404(Sheet, batch=batch, index=index)
+    try:
+        with default_storage.open(sheet.image, "rb") as f:
+            data = f.read()
+        png = overlay.render_overlay_png(data, sheet.reading)
+    except (OSError, ImageError) as exc:
+        logger.info("No overlay for sheet %s of batch %s: %s", index, batch.pk, exc)
+        return HttpResponse("This page image cannot be shown.", status=404, content_type="text/plain; charset=utf-8")
+    response = HttpResponse(png, content_type="image/png")
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Disposition"] = f'inline; filename="sheet-{index}.png"'
+    response["Cache-Control"] = "private, no-store"
+    return response
