@@ -328,12 +328,15 @@ class SheetAdmin(admin.ModelAdmin):
                 self.message_user(request, str(exc), messages.ERROR)
 
     def save_formset(self, request, form, formset, change):
+        # The admin's change message reads what formset.save() would have set.
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
         if formset.model is not Answer:
             return  # corrections are history, never edited
-        changes = {f.instance.field: f.cleaned_data["value"] for f in formset.forms
-                   if f.instance.pk and "value" in f.changed_data}
+        edited = [f for f in formset.forms if f.instance.pk and "value" in f.changed_data]
+        changes = {f.instance.field: f.cleaned_data["value"] for f in edited}
         if not changes:
             return
+        formset.changed_objects = [(f.instance, ["value"]) for f in edited]
         try:
             made = review.apply_corrections(form.instance, request.user, changes)
         except review.ReviewError as exc:

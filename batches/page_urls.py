@@ -4,9 +4,15 @@ Django resolves a namespace to one URLconf only, so this module carries the
 API's patterns too (from ``batches.urls``, unchanged) and the site includes
 this module in place of ``batches.urls``. Login and logout are Django's own
 views with the project's templates.
+
+``/static/`` is served here too (the pages' CSS and vendored htmx, and the
+admin's files), so Daphne alone serves a working site on a laptop or a small
+install. A proxy in front may serve ``collectstatic``'s folder at the same path
+instead; requests then never reach this route.
 """
 
 from django.contrib.auth import views as auth_views
+from django.contrib.staticfiles.views import serve as serve_static
 from django.urls import path, reverse_lazy
 from django.views.generic import RedirectView
 
@@ -26,4 +32,7 @@ urlpatterns = api_urls.urlpatterns + [
     path("batches/<uuid:batch_id>/row", views.batch_row, name="row"),
     path("batches/<uuid:batch_id>/progress-stream", views.progress_stream, name="progress-stream"),
     path("batches/<uuid:batch_id>/sheets/<int:index>/overlay.png", views.sheet_overlay, name="sheet-overlay"),
+    # From the app and project static folders through Django's finders, which
+    # refuse paths outside them. "insecure" only means "also without DEBUG".
+    path("static/<path:path>", serve_static, {"insecure": True}, name="static"),
 ]
