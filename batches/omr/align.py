@@ -678,6 +678,18 @@ class BubbleFrame:
     shift_mm: float = 0.0
     used: int = 0
     found_share: float = 0.0  # outlines found / bubbles looked at that were not filled
+    field: object = None  # page mm (N, 2) -> displacement (N, 2) mm, or None for none
+
+    def corrected_h(self, box: tuple[float, float, float, float]) -> np.ndarray:
+        """A homography page mm -> image px that follows the measured
+        displacement over page rectangle ``box`` (x, y, w, h mm): for cutting
+        out the QR code of a curled page."""
+        if self.field is None:
+            return self.H
+        x, y, w, h = box
+        corners = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float64)
+        moved = apply_h(self.H, corners + self.field(corners))
+        return cv2.getPerspectiveTransform(corners.astype(np.float32), moved.astype(np.float32)).astype(np.float64)
 
 
 _CENTRES: dict[int, tuple[PageLayout, np.ndarray]] = {}
@@ -864,7 +876,7 @@ def _quick_fit(grey: np.ndarray, fit: PageFit, lay: PageLayout, page: np.ndarray
     if ok.sum() < max(12, 0.8 * looked):
         return None
     mag = np.linalg.norm(off[ok], axis=1)
-    if float(np.percentile(mag, 90)) > 0.3:
+    if float(np.percentile(mag, 90)) > 0.6:
         return None
     size = fit.geometry.page
     src = np.vstack([u[ok], fit.geometry.centres])
@@ -880,7 +892,7 @@ def _quick_fit(grey: np.ndarray, fit: PageFit, lay: PageLayout, page: np.ndarray
     res_obs = res[:-4]
     if float(np.mean(res_obs < 0.2)) < 0.85:
         return None
-    return _basis(page, size, 2) @ coef, float(ok.sum()) / max(1, looked), int(ok.sum())
+    return (lambda q: _basis(q, size, 2) @ coef), float(ok.sum()) / max(1, looked), int(ok.sum())
 
 
 def _basis(u: np.ndarray, size: tuple[float, float], degree: int) -> np.ndarray:
@@ -889,6 +901,145 @@ def _basis(u: np.ndarray, size: tuple[float, float], degree: int) -> np.ndarray:
     y = u[:, 1] / size[1] * 2 - 1
     cols = [x ** i * y ** j for i in range(degree + 1) for j in range(degree + 1 - i)]
     return np.stack(cols, -1)
+
+
+def _camera_from_h(H: np.ndarray, shape: tuple[int, int], f: float | None = None
+                   ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray] | None:
+    """A pinhole camera consistent with the page homography: principal point at
+    the image centre, square pixels, focal length from the homography's two
+    rotation constraints (a typical phone's when they do not tell). Returns
+    (f, R, t, c) with image = c + f * (R @ X + t)[:2] / (R @ X + t)[2] for page
+    points X = (x, y, z) mm, z towards the camera; None when H is degenerate."""
+    h, w = shape
+    c = np.array([w / 2.0, h / 2.0])
+    T = np.array([[1, 0, -c[0]], [0, 1, -c[1]], [0, 0, 1]], np.float64)
+    Hc = T @ H
+    h1, h2 = Hc[:, 0], Hc[:, 1]
+    est = []
+    den1 = h1[2] * h2[2]
+    if abs(den1) > 1e-12:
+        f2 = -(h1[0] * h2[0] + h1[1] * h2[1]) / den1
+        if f2 > 0:
+            est.append(f2)
+    den2 = h1[2] ** 2 - h2[2] ** 2
+    if abs(den2) > 1e-12:
+        f2 = -(h1[0] ** 2 + h1[1] ** 2 - h2[0] ** 2 - h2[1] ** 2) / den2
+        if f2 > 0:
+            est.append(f2)
+    typical = 0.74 * max(h, w)  # a 26 mm-equivalent phone lens
+    if f is None:
+        f = float(np.sqrt(np.median(est))) if est else typical
+        if not 0.3 * typical < f < 4 * typical:
+            f = typical
+    Ki = np.diag([1 / f, 1 / f, 1.0])
+    a1, a2, a3 = Ki @ h1, Ki @ h2, Ki @ Hc[:, 2]
+    lam = (np.linalg.norm(a1) + np.linalg.norm(a2)) / 2
+    if lam <= 0:
+        return None
+    r1, r2 = a1 / lam, a2 / lam
+    t = a3 / lam
+    if t[2] < 0:  # the page must be in front of the camera
+        r1, r2, t = -r1, -r2, -t
+    r3 = np.cross(r1, r2)
+    R = np.stack([r1, r2, r3], 1)
+    return f, R, t, c
+
+
+def _lift_model(fit: PageFit, shape: tuple[int, int], f: float | None = None):
+    """Displacement (page mm, in the flat homography's frame) of page points
+    lifted off the plane of the marks by a curl ``z = a (u^2 - um^2)(1 + b v)``
+    along ``axis`` (u, v: page coordinates scaled to [-1, 1]; um: the marks'
+    u), seen through the camera of ``_camera_from_h``. Returns a function
+    ``(u_mm (N, 2), axis, a, b) -> (N, 2)`` or None."""
+    cam = _camera_from_h(fit.H, shape, f)
+    if cam is None:
+        return None
+    f, R, t, c = cam
+    pw, ph = fit.geometry.page
+    marks = fit.geometry.centres
+    Hinv = np.linalg.inv(fit.H)
+
+    def model(u: np.ndarray, axis: int, a: float, b: float) -> np.ndarray:
+        size = (pw, ph)
+        q = u[:, axis] / size[axis] * 2 - 1
+        v = u[:, 1 - axis] / size[1 - axis] * 2 - 1
+        qm = float(np.mean(np.abs(marks[:, axis] / size[axis] * 2 - 1)))
+        z = a * (q * q - qm * qm) * (1 + b * v)
+        X = np.stack([u[:, 0], u[:, 1], z], 1)
+        P = X @ R.T + t
+        img = c + f * P[:, :2] / P[:, 2:3]
+        return apply_h(Hinv, img) - u
+
+    return model
+
+
+def _ring_evidence(grey: np.ndarray, H: np.ndarray, u: np.ndarray, paper: np.ndarray, r: float) -> np.ndarray:
+    """How much each bubble's printed outline shows as a circle centred where
+    it is expected: darkness on the circle minus darkness inside and outside
+    it (per bubble, darkness units)."""
+    radii = np.array([0.55, 0.88, 1.0, 1.12, 1.5]) * r
+    prof = ray_profiles(grey, apply_h(H, u), jacobians(H, u), radii, _DIRS12)
+    d = (paper[:, None, None] - prof) / np.maximum(paper[:, None, None], 1.0)
+    on = d[..., 1:4].max(2)
+    off = 0.5 * (d[..., 0] + d[..., 4])
+    return (on - np.maximum(off, 0.0)).mean(1)
+
+
+_DIRS12 = np.stack([np.cos(np.arange(12) * np.pi / 6), np.sin(np.arange(12) * np.pi / 6)], -1)
+
+
+def _search_lift(grey: np.ndarray, fit: PageFit, u_all: np.ndarray, r: float):
+    """Fit the curl model to the outlines: a coarse search over the curl
+    amount for each bending axis, then a finer one with its tilt. Returns the
+    displacement function ``u -> (N, 2)`` when it explains the outlines
+    clearly better than a flat page, else None."""
+    # Every third bubble of the sample is plenty to fit three numbers.
+    u = u_all[::3]
+    paper = fit.background.at(apply_h(fit.H, u))
+    flat = float(np.mean(_ring_evidence(grey, fit.H, u, paper, r)))
+    # The focal length the homography implies is unreliable when the camera
+    # looks nearly straight down; a phone's usual one is tried as well.
+    typical = 0.74 * max(grey.shape)
+    focals = [typical]
+    cam = _camera_from_h(fit.H, grey.shape)
+    if cam is not None and abs(math.log(cam[0] / typical)) > 0.2:
+        focals.append(cam[0])
+    best = (flat, None, 0, 0.0, 0.0)
+    for f in focals:
+        model = _lift_model(fit, grey.shape, f)
+        if model is None:
+            continue
+
+        def score(axis: int, a: float, b: float, model=model) -> float:
+            d = model(u, axis, a, b)
+            return float(np.mean(_ring_evidence(grey, fit.H, u + d, paper, r)))
+
+        for axis in (0, 1):
+            for a in np.arange(-16.0, 16.01, 1.5):
+                if a == 0:
+                    continue
+                sc = score(axis, a, 0.0)
+                if sc > best[0]:
+                    best = (sc, (model, score), axis, a, 0.0)
+    if best[1] is None:
+        return None
+    _, (model, score), axis, a, b = best
+    for step_a, step_b in ((0.75, 0.2), (0.35, 0.1), (0.15, 0.05)):
+        improved = True
+        while improved:
+            improved = False
+            for da, db in ((step_a, 0), (-step_a, 0), (0, step_b), (0, -step_b)):
+                nb = max(-0.6, min(0.6, b + db))
+                sc = score(axis, a + da, nb)
+                if sc > best[0] + 1e-5:
+                    best = (sc, (model, score), axis, a + da, nb)
+                    a, b = a + da, nb
+                    improved = True
+    if best[0] < flat + 0.01:
+        return None
+    if _DEBUG:
+        print(f"lift: axis {axis} a {a:.2f} b {b:.2f} evidence {best[0]:.3f} (flat {flat:.3f})")
+    return lambda q: model(q, axis, a, b)
 
 
 def refine_on_bubbles(grey: np.ndarray, fit: PageFit, lay: PageLayout, *, max_rounds: int = 30) -> BubbleFrame:
@@ -917,7 +1068,9 @@ def refine_on_bubbles(grey: np.ndarray, fit: PageFit, lay: PageLayout, *, max_ro
     marks = fit.geometry.centres
     quick = _quick_fit(grey, fit, lay, page, r)
     if quick is not None:
-        total, share, used = quick
+        field_fn, share, used = quick
+        total = field_fn(page)
+        frame.field = field_fn
         pts = page + total
         frame.centres = apply_h(H, pts)
         frame.J = jacobians(H, pts)
@@ -948,20 +1101,34 @@ def refine_on_bubbles(grey: np.ndarray, fit: PageFit, lay: PageLayout, *, max_ro
                   "resid med", float(np.median(resid[np.isfinite(resid)])) if np.isfinite(resid).any() else -1)
         return ok, pred + np.nan_to_num(off), filled
 
-    def predict(q: np.ndarray) -> np.ndarray:
-        ku = np.vstack([u[known], marks])
-        kd = np.vstack([disp[known], np.zeros_like(marks)])
-        kw = np.concatenate([np.ones(int(known.sum())), np.full(len(marks), 4.0)])
-        return _local_fit(q, ku, kd, kw, sigma)
+    # A curled page moves its middle by up to several mm: a physical model of
+    # the curl, fitted to the outlines, gives the first guess; what it leaves
+    # is found by the search below.
+    lift = None
+    prior = np.zeros((n, 2))
+    ok0, d0, filled0 = look(np.arange(n), prior.copy())
+    near0 = ok0 & (np.linalg.norm(d0, axis=1) < 0.9)
+    if near0.sum() < 0.75 * max(1, int((~filled0).sum())):
+        lift = _search_lift(grey, fit, u, r)
+        if lift is not None:
+            prior = lift(u)
+    marks_prior = np.zeros_like(marks)
 
-    # Round 0: everywhere at the flat position.
-    ok, d, filled = look(np.arange(n), np.zeros((n, 2)))
+    def predict(q: np.ndarray) -> np.ndarray:
+        base = lift(q) if lift is not None else np.zeros((len(q), 2))
+        ku = np.vstack([u[known], marks])
+        kd = np.vstack([disp[known] - prior[known], marks_prior])
+        kw = np.concatenate([np.ones(int(known.sum())), np.full(len(marks), 4.0)])
+        return base + _local_fit(q, ku, kd, kw, sigma)
+
+    # Round 0: everywhere at the first guess.
+    ok, d, filled = look(np.arange(n), prior.copy()) if lift is not None else (ok0, d0, filled0)
     # Where the page moved by more than about a bubble radius, the outline found
     # may be a neighbour's, seen from inside it: such regions are left to the
     # growth rounds, which come at them from where the page moved less.
     if _DEBUG:
         print("round0: n", n, "ok", int(ok.sum()), "filled", int(filled.sum()), "big", int((ok & (np.linalg.norm(d, axis=1) >= 0.9)).sum()))
-    ok &= np.linalg.norm(d, axis=1) < 0.9
+    ok &= np.linalg.norm(d - prior, axis=1) < 0.9
     disp[ok] = d[ok]
     known[ok] = True
     dead[~ok] = 1
@@ -1020,6 +1187,8 @@ def refine_on_bubbles(grey: np.ndarray, fit: PageFit, lay: PageLayout, *, max_ro
                   f"filled {int(filled.sum())} |d-pred| med {np.median(err_[ok]) if ok.any() else -1:.2f} "
                   f"known {int(known.sum())}/{n} maxdist {dist.max():.1f}")
     total = predict(page) if known.any() else np.zeros_like(page)
+    if known.any():
+        frame.field = predict
     fitted = total[sub][known]
     rms = float(np.sqrt(np.mean(np.sum((disp[known] - fitted) ** 2, 1)))) if known.any() else 0.0
     pts = page + total

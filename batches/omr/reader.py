@@ -208,7 +208,7 @@ def read_sheet(image: np.ndarray, template: Template | None = None, *, source: s
         return out
     align_ms += (time.perf_counter() - t0) * 1000
     best: tuple[float, SheetReading] | None = None
-    for _attempt in range(4):
+    for _attempt in range(3):
         out = SheetReading(file=source, image_size=size)
         quality = _read_fit(grey, fit, template, geoms, resolve, page, out)
         out.timings_ms["align"] = out.timings_ms.get("align", 0.0) + align_ms
@@ -336,6 +336,23 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
     out.orientation = fit.orientation
     out.marks_px = fit.marks_px
     out.homography = ev.frame.H
+    if out.qr is None and qr.status == "qr_missing" and ev.frame.field is not None and ev.frame.shift_mm > 0.4:
+        # A curled page moves the QR code too: cut it out again where the
+        # bubbles around it say it is.
+        t1 = time.perf_counter()
+        qr2 = read_qr(grey, ev.frame.corrected_h(_qr_box(chosen)), _qr_box(chosen))
+        timings["qr"] = timings.get("qr", 0.0) + (time.perf_counter() - t1) * 1000
+        if qr2.status != "qr_missing":
+            qr = qr2
+            out.sheet_flags = [f for f in out.sheet_flags if f != "qr_missing"]
+            out.qr_error = None
+            if qr.status == "ok":
+                out.qr = qr.payload
+                if qr.payload.template != chosen.name:
+                    out.flag("wrong_template")
+            else:
+                out.qr_error = qr.message
+                out.flag(qr.status)
 
     # 4. Does the page match the template?
     if fit.aspect_error is not None and fit.aspect_error > ASPECT_LIMIT:
