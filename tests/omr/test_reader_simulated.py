@@ -1,0 +1,54 @@
+"""The reader over the simulator's presets: good captures read exactly, hard
+ones may be flagged but never silently wrong."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from batches.omr import accuracy, load_template, page_layout, simulate
+from batches.omr.reader import read_image_bytes
+
+A4 = load_template("a4-100q-5")
+
+
+def _score(template, preset, seed, **kw):
+    answers = simulate.random_answers(template, 1, random.Random(seed))
+    sim = simulate.simulate_sheet(template, answers, page=1, seed=seed, preset=preset, **kw)
+    (reading,) = read_image_bytes(sim.encode_jpeg(), template, source=f"{preset}-{seed}.jpg")
+    d = reading.to_dict()
+    bubbles = len(page_layout(template, 1).bubbles)
+    return d, accuracy.score_sheet(d, sim.truth, bubbles, [b.name for b in template.digit_grids])
+
+
+@pytest.mark.parametrize("preset", ["clean", "scan_mild", "photo_mild"])
+def test_good_captures_read_every_answer(preset):
+    for seed in (11, 12):
+        d, s = _score(A4, preset, seed)
+        assert d["error"] is None and d["sheet_flags"] == [], (d["error"], d["sheet_flags"])
+        assert s.right == s.fields, s.silent or f"{s.wrong_flagged} wrong (flagged)"
+
+
+@pytest.mark.parametrize("preset", ["scan_moderate", "scan_hard", "photo_hard"])
+def test_hard_captures_are_never_silently_wrong(preset):
+    for seed in (21, 22):
+        d, s = _score(A4, preset, seed)
+        assert s.silent_errors == 0, s.silent
+        # Most of it is still read right.
+        assert s.right >= 0.8 * s.fields or d["error"], (s.right, s.fields)
+
+
+@pytest.mark.parametrize("style", ["tick", "cross", "light", "half", "circled"])
+def test_mark_styles(style):
+    d, s = _score(A4, "scan_mild", 31, style=style)
+    assert s.silent_errors == 0, s.silent
+    assert s.right >= 0.97 * s.fields
+
+
+def test_other_templates():
+    for name in ("letter-50q-4", "a4-20q-5"):
+        t = load_template(name)
+        d, s = _score(t, "scan_moderate", 41)
+        assert s.silent_errors == 0, s.silent
+        assert s.right == s.fields or s.wrong_flagged, (s.right, s.fields)
