@@ -1,0 +1,226 @@
+"""The JSON API and the progress stream (DESIGN.md "HTTP contracts").
+
+Thin function views: authenticate (``auth.api_login_required``), scope to the
+user (``auth.get_batch_or_404``), call a service, answer JSON.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import connection
+from django.http import FileResponse, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from . import services, streams
+from .auth import api_login_required, batches_for, error_response, get_batch_or_404
+from .models import Batch, Stage, WorkerHeartbeat
+
+STARTED = time.time()
+
+
+def batch_links(request, batch: Batch) -> dict:
+    """Absolute URLs of a batch's status, stream and results."""
+    def url(name: str) -> str:
+        return request.build_absolute_uri(reverse(name, args=[batch.pk]))
+
+    return {
+        "status_url": url("batches:api-detail"),
+        "stream_url": url("batches:api-stream"),
+        "results_url": url("batches:api-results"),
+    }
+
+
+def batch_json(request, batch: Batch) -> dict:
+    """A batch as the API shows it."""
+    def iso(value):
+        return value.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+    return {
+        "batch_id": str(batch.pk),
+        "stage": batch.stage,
+        "stage_label": Stage(batch.stage).label,
+        "finished": batch.is_finished,
+        "template": batch.template,
+        "has_qr": batch.has_qr,
+        "original_filename": batch.original_filename,
+        "size": batch.size,
+        "sha256": batch.sha256,
+        "sheets_total": batch.sheets_total,
+        "sheets_processed": batch.sheets_processed,
+        "sheets_failed": batch.sheets_failed,
+        "sheets_needs_review": batch.sheets_needs_review,
+        "overall_percentage": round(batch.overall_percentage, 1),
+        "created_at": iso(batch.created_at),
+        "started_at": iso(batch.started_at),
+        "finished_at": iso(batch.finished_at),
+        "elapsed_seconds": batch.elapsed_seconds(),
+        "error": batch.error,
+        "results_ready": batch.stage == Stage.COMPLETED and bool(batch.results_csv),
+        **batch_links(request, batch),
+    }
+
+
+@require_POST
+@api_login_required
+def upload(request):
+    """``POST /api/batches/upload``: multipart ``file``, ``has_qr``, ``template``."""
+    length = request.META.get("CONTENT_LENGTH")
+    if length and length.isdigit() and int(length) > settings.OMR_MAX_UPLOAD_BYTES + 1024 * 1024:
+        return error_response(413, f"the upload is over the limit of {settings.OMR_MAX_UPLOAD_BYTES / 1e6:.0f} MB")
+    upload_file = request.FILES.get("file")
+    if upload_file is None:
+        return error_response(400, "no file: send the scans as the multipart field 'file'")
+    try:
+        has_qr = services.parse_bool(request.POST.get("has_qr"), default=True)
+        batch = services.create_batch(request.user, upload_file, filename=upload_file.name,
+                                      template=request.POST.get("template", ""), has_qr=has_qr)
+    except services.ServiceError as exc:
+        return error_response(exc.status, exc.message)
+    return JsonResponse({"batch_id": str(batch.pk), **batch_links(request, batch)}, status=202)
+
+
+@require_GET
+@api_login_required
+def batch_list(request):
+    """``GET /api/batches``: the user's batches, newest first (``?limit=&offset=``)."""
+    try:
+        limit = max(1, min(200, int(request.GET.get("limit", 50))))
+        offset = max(0, int(request.GET.get("offset", 0)))
+    except ValueError:
+        return error_response(400, "limit and offset must be whole numbers")
+    rows = list(batches_for(request.user).order_by("-created_at")[offset:offset + limit + 1])
+    more = len(rows) > limit
+    body = {"batches": [batch_json(request, b) for b in rows[:limit]], "next": None}
+    if more:
+        body["next"] = request.build_absolute_uri(f"{reverse('batches:api-list')}?limit={limit}&offset={offset + limit}")
+    return JsonResponse(body)
+
+
+@require_http_methods(["GET", "DELETE"])
+@api_login_required
+def batch_detail(request, batch_id):
+    """``GET /api/batches/{id}``: the batch; ``DELETE``: delete it and its files."""
+    batch = get_batch_or_404(request.user, batch_id)
+    if request.method == "DELETE":
+        services.delete_batch(batch)
+        return HttpResponse(status=204)
+    return JsonResponse(batch_json(request, batch))
+
+
+@require_POST
+@api_login_required
+def batch_retry(request, batch_id):
+    """``POST /api/batches/{id}/retry``: run a failed batch again."""
+    batch = get_batch_or_404(request.user, batch_id)
+    try:
+        batch = services.retry_batch(batch)
+    except services.ServiceError as exc:
+        return error_response(exc.status, exc.message)
+    return JsonResponse({"batch_id": str(batch.pk), **batch_links(request, batch)}, status=202)
+
+
+@require_POST
+@api_login_required
+def batch_delete(request, batch_id):
+    """``POST /api/batches/{id}/delete``: the same as ``DELETE /api/batches/{id}``."""
+    batch = get_batch_or_404(request.user, batch_id)
+    services.delete_batch(batch)
+    return HttpResponse(status=204)
+
+
+@require_GET
+@api_login_required
+def batch_results(request, batch_id):
+    """``GET /api/batches/{id}/results.csv``: the results file, as an attachment."""
+    batch = get_batch_or_404(request.user, batch_id)
+    if batch.stage != Stage.COMPLETED or not batch.results_csv:
+        return error_response(409, f"the results are not ready yet (the batch is {Stage(batch.stage).label.lower()})")
+    try:
+        handle = default_storage.open(batch.results_csv.name, "rb")
+    except FileNotFoundError:
+        return error_response(404, "the results file is missing; retry the batch")
+    response = FileResponse(handle, as_attachment=True, filename=f"results-{batch.pk}.csv",
+                            content_type="text/csv; charset=utf-8")
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+def _last_event_id(request) -> int:
+    raw = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id") or "0"
+    try:
+        return max(0, int(raw.strip()))
+    except ValueError:
+        return 0
+
+
+@require_GET
+@api_login_required
+async def batch_stream(request, batch_id):
+    """``GET /api/batches/{id}/stream``: Server-Sent Events of the batch's progress.
+
+    Replays every event after ``Last-Event-ID`` (all when absent), follows live,
+    sends ``: keep-alive`` when idle, and ends after the terminal event.
+    """
+    from asgiref.sync import sync_to_async
+
+    batch = await sync_to_async(get_batch_or_404)(request.user, batch_id)
+    response = StreamingHttpResponse(streams.sse_stream(batch.pk, _last_event_id(request)),
+                                     content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx and friends: do not hold the stream
+    return response
+
+
+@require_GET
+def health(request):
+    """``GET /api/health``: database, Redis, workers, queue length, version,
+    uptime. 200 when the database and Redis answer and a worker is alive, else 503.
+    No login: it tells nothing about anyone's batches."""
+    body: dict = {"version": settings.VERSION, "uptime_seconds": int(time.time() - STARTED)}
+    healthy = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        body["database"] = {"ok": True, "vendor": connection.vendor}
+    except Exception as exc:
+        healthy = False
+        body["database"] = {"ok": False, "error": str(exc)[:200]}
+    body["redis"], body["queue"] = _redis_health()
+    healthy &= body["redis"]["ok"]
+    try:
+        cutoff = timezone.now() - datetime.timedelta(seconds=max(30.0, 3 * settings.OMR_HEARTBEAT_INTERVAL))
+        alive = list(WorkerHeartbeat.objects.filter(beat_at__gte=cutoff).values_list("name", flat=True))
+        body["workers"] = {"ok": bool(alive), "alive": len(alive), "names": alive}
+    except Exception as exc:
+        body["workers"] = {"ok": False, "alive": 0, "error": str(exc)[:200]}
+    healthy &= body["workers"]["ok"]
+    body["status"] = "ok" if healthy else "error"
+    return JsonResponse(body, status=200 if healthy else 503)
+
+
+def _redis_health() -> tuple[dict, dict]:
+    if settings.DRAMATIQ_BACKEND == "stub":
+        import dramatiq
+
+        broker = dramatiq.get_broker()
+        length = sum(q.qsize() for q in getattr(broker, "queues", {}).values())
+        return {"ok": True, "backend": "stub"}, {"length": length}
+    import redis
+
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            client.ping()
+            length = client.llen("dramatiq:default") + client.llen("dramatiq:default.DQ")
+        finally:
+            client.close()
+        return {"ok": True}, {"length": length}
+    except Exception as exc:
+        return {"ok": False, "error": str(exc)[:200]}, {"length": None}

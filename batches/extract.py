@@ -1,0 +1,383 @@
+"""Turning an upload (ZIP, PDF, TIFF or a single image) into page images, safely.
+
+Nothing here writes a file named after anything in the upload: callers get
+``Page`` objects (bytes plus the name to show) and store them under generated
+names. Every archive entry is checked before anything is read
+(``inspect_zip``), and the bytes actually read are counted against the caps.
+PDF pages are rendered by PDFium in a child process with a time limit
+(``batches.pdfpages``), because PDFium is not thread-safe and a hostile PDF can
+make it spin.
+
+Errors are ``ExtractError`` with a plain sentence that names the entry and the
+limit; the pipeline fails the batch with it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import tempfile
+import unicodedata
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+PDF_EXTENSIONS = {".pdf"}
+ARCHIVE_EXTENSIONS = {".zip", ".rar", ".7z", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".zst", ".cab", ".jar", ".lz",
+                      ".lzma", ".z", ".arj"}
+UPLOAD_EXTENSIONS = IMAGE_EXTENSIONS | PDF_EXTENSIONS | {".zip"}
+# Files scanners and desktops add to archives; skipped without complaint.
+_JUNK_NAMES = {"thumbs.db", "desktop.ini", ".ds_store"}
+_DRIVE_RE = re.compile(r"^[A-Za-z]:")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_ZIP_HEADER = 30  # fixed part of a local file header, in bytes
+_SMALL_ENTRY = 1024 * 1024  # the ratio cap applies above this size
+
+
+class ExtractError(ValueError):
+    """An upload that cannot be turned into pages; ``str(exc)`` is the reason."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one upload may contain."""
+
+    max_entries: int = 10_000
+    max_pages: int = 10_000
+    max_pixels: int = 60_000_000
+    max_uncompressed: int = 8 * 1024**3
+    max_ratio: int = 200
+    max_name_length: int = 255
+    pdf_dpi: int = 200
+    pdf_timeout: float = 600.0
+
+    @classmethod
+    def from_settings(cls) -> Limits:
+        from django.conf import settings
+
+        return cls(
+            max_entries=settings.OMR_MAX_ENTRIES,
+            max_pages=settings.OMR_MAX_PAGES,
+            max_pixels=settings.OMR_MAX_PIXELS,
+            max_uncompressed=settings.OMR_MAX_UNCOMPRESSED_BYTES,
+            max_ratio=settings.OMR_MAX_COMPRESSION_RATIO,
+            max_name_length=settings.OMR_MAX_NAME_LENGTH,
+            pdf_dpi=settings.OMR_PDF_DPI,
+            pdf_timeout=settings.OMR_PDF_TIMEOUT,
+        )
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page image to store: its bytes, file extension and where it came from."""
+
+    source_name: str  # for display and the CSV; never a path
+    source_page: int  # 1-based page within that file
+    extension: str  # ".jpg", ".png", ...
+    data: bytes
+
+
+def sniff(data: bytes) -> str:
+    """The kind of a file from its first bytes: zip, pdf, tiff, jpeg, png, bmp,
+    webp, gzip, 7z, rar, or "" when unknown."""
+    head = data[:1024]
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")):
+        return "zip"
+    if b"%PDF-" in head:
+        return "pdf"
+    if head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
+        return "tiff"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"7z\xbc\xaf\x27\x1c"):
+        return "7z"
+    if head.startswith(b"Rar!"):
+        return "rar"
+    return ""
+
+
+_EXT_FOR_KIND = {"jpeg": ".jpg", "png": ".png", "tiff": ".tif", "bmp": ".bmp", "webp": ".webp", "pdf": ".pdf"}
+
+
+def upload_extension(filename: str) -> str:
+    """The lower-case extension of an uploaded file name, checked; raises ``ExtractError``."""
+    ext = PurePosixPath(filename.replace("\\", "/")).suffix.lower()
+    if ext not in UPLOAD_EXTENSIONS:
+        raise ExtractError(f"{display_name(filename)}: unsupported file type {ext or '(none)'}; "
+                           "upload a ZIP, PDF, TIFF, JPEG or PNG file")
+    return ext
+
+
+def display_name(name: str, limit: int = 120) -> str:
+    """A file name safe to show in a message: control characters replaced, shortened."""
+    cleaned = _CONTROL_RE.sub("?", name)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------- ZIP archives
+
+
+@dataclass(frozen=True)
+class Member:
+    """An archive entry accepted for reading."""
+
+    info: zipfile.ZipInfo
+    name: str  # the name to show (re-decoded as UTF-8 where that works)
+
+
+@dataclass(frozen=True)
+class ZipPlan:
+    """What ``inspect_zip`` found: the entries to read, in file order, and the skipped ones."""
+
+    members: list[Member]
+    skipped: list[str]
+    uncompressed_bytes: int
+
+
+def _entry_name(info: zipfile.ZipInfo) -> str:
+    name = info.orig_filename
+    if not info.flag_bits & 0x800:
+        # zipfile decoded the raw bytes as CP437; most tools really wrote UTF-8.
+        try:
+            name = name.encode("cp437").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            pass  # keep the CP437 reading: shown in reports only, never a path
+    return name
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part.casefold() for part in re.split(r"(\d+)", name)]
+
+
+def inspect_zip(zf: zipfile.ZipFile, limits: Limits) -> ZipPlan:
+    """Check every entry of an archive before anything is extracted.
+
+    Rejects (``ExtractError`` naming the entry): too many entries, names that are
+    too long, absolute, with a drive letter, backslashes, ``..`` or control
+    characters, symlinks, encrypted entries, nested archives, duplicate names
+    (after Unicode normalisation and case folding), entries whose compression
+    ratio or declared sizes exceed the caps, and overlapping entries. Returns
+    the image and PDF entries in natural file order, and the names of the others.
+    """
+    infos = zf.infolist()
+    if len(infos) > limits.max_entries:
+        raise ExtractError(f"the archive has {len(infos)} entries, over the limit of {limits.max_entries}")
+    seen: dict[str, str] = {}
+    members: list[Member] = []
+    skipped: list[str] = []
+    total = 0
+    for info in infos:
+        raw = info.orig_filename
+        name = _entry_name(info)
+        shown = display_name(name)
+        if len(raw) > limits.max_name_length:
+            raise ExtractError(f"entry {shown!r}: name longer than {limits.max_name_length} characters")
+        if _CONTROL_RE.search(raw):
+            raise ExtractError(f"entry {shown!r}: name contains control characters")
+        if "\\" in raw:
+            raise ExtractError(f"entry {shown!r}: name contains a backslash (unsafe path)")
+        if raw.startswith("/") or _DRIVE_RE.match(raw):
+            raise ExtractError(f"entry {shown!r}: absolute path (unsafe path)")
+        if ".." in raw.split("/"):
+            raise ExtractError(f"entry {shown!r}: name goes up a folder with '..' (unsafe path)")
+        mode = info.external_attr >> 16
+        if info.create_system == 3 and stat.S_ISLNK(mode):
+            raise ExtractError(f"entry {shown!r}: symbolic links are not allowed in archives")
+        if info.flag_bits & 0x1:
+            raise ExtractError(f"entry {shown!r}: password-protected archives are not supported")
+        key = unicodedata.normalize("NFC", name).casefold().rstrip("/")
+        if key in seen:
+            raise ExtractError(f"entry {shown!r}: duplicate name (same as {display_name(seen[key])!r})")
+        seen[key] = name
+        if info.is_dir():
+            continue
+        base = PurePosixPath(name).name
+        ext = PurePosixPath(base).suffix.lower()
+        if base.lower() in _JUNK_NAMES or base.startswith("._") or name.startswith("__MACOSX/"):
+            continue
+        if ext in ARCHIVE_EXTENSIONS:
+            raise ExtractError(f"entry {shown!r}: nested archives are not supported; put the images in one ZIP")
+        if info.file_size and not info.compress_size:
+            raise ExtractError(f"entry {shown!r}: declared sizes are inconsistent (damaged archive or zip bomb)")
+        if info.file_size > _SMALL_ENTRY and info.file_size > limits.max_ratio * info.compress_size:
+            raise ExtractError(f"entry {shown!r}: compression ratio over {limits.max_ratio}:1 (zip bomb?)")
+        total += info.file_size
+        if total > limits.max_uncompressed:
+            raise ExtractError(f"the archive unpacks to more than {limits.max_uncompressed // 1024**2} MB, "
+                               "over the limit")
+        if ext in IMAGE_EXTENSIONS or ext in PDF_EXTENSIONS:
+            members.append(Member(info, name))
+        else:
+            skipped.append(name)
+    _check_overlaps(zf, infos)
+    members.sort(key=lambda m: _natural_key(m.name))
+    return ZipPlan(members, skipped, total)
+
+
+def _check_overlaps(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> None:
+    # An overlapping-entry bomb points many entries at the same compressed data.
+    # Each entry's header and data must end before the next entry starts.
+    spans = sorted(infos, key=lambda i: i.header_offset)
+    end_of_data = getattr(zf, "start_dir", None)
+    for current, following in zip(spans, [*spans[1:], None], strict=True):
+        try:
+            name_len = len(current.orig_filename.encode("utf-8" if current.flag_bits & 0x800 else "cp437"))
+        except UnicodeEncodeError:
+            name_len = 0
+        end = current.header_offset + _ZIP_HEADER + name_len + current.compress_size
+        limit = following.header_offset if following is not None else end_of_data
+        if limit is not None and end > limit:
+            raise ExtractError(f"entry {display_name(_entry_name(current))!r}: overlaps another entry "
+                               "(a zip bomb or a damaged archive)")
+
+
+def _read_member(zf: zipfile.ZipFile, member: Member, budget: int) -> bytes:
+    """An entry's bytes, never more than it declared or than ``budget``."""
+    cap = min(member.info.file_size, budget)
+    try:
+        with zf.open(member.info) as f:
+            data = f.read(cap + 1)
+    except zipfile.BadZipFile as exc:
+        raise ExtractError(f"entry {display_name(member.name)!r}: the archive is damaged ({exc})") from None
+    except (EOFError, OSError, zipfile.LargeZipFile) as exc:
+        raise ExtractError(f"entry {display_name(member.name)!r}: the archive is truncated or damaged ({exc})") from None
+    except NotImplementedError:
+        raise ExtractError(f"entry {display_name(member.name)!r}: unsupported compression method") from None
+    except RuntimeError as exc:  # zipfile raises this for encrypted entries
+        raise ExtractError(f"entry {display_name(member.name)!r}: {exc}") from None
+    if len(data) > cap:
+        raise ExtractError(f"entry {display_name(member.name)!r}: holds more data than it declares (zip bomb?)")
+    return data
+
+
+# ---------------------------------------------------------------- pages
+
+
+def iter_pages(fileobj, filename: str, limits: Limits, workdir: str | os.PathLike | None = None) -> Iterator[Page]:
+    """Every page of an uploaded file, in order, as ``Page`` objects.
+
+    ``fileobj`` is a seekable binary file; ``filename`` the uploaded name (for
+    messages). PDF pages come out as grey PNGs at ``limits.pdf_dpi``; pages of a
+    multi-page TIFF as grey PNGs; JPEG, PNG and single-page TIFF files as they
+    are (the reader decodes them). Raises ``ExtractError``.
+    """
+    head = fileobj.read(1024)
+    fileobj.seek(0)
+    kind = sniff(head)
+    count = 0
+
+    def counted(pages: Iterator[Page]) -> Iterator[Page]:
+        nonlocal count
+        for page in pages:
+            count += 1
+            if count > limits.max_pages:
+                raise ExtractError(f"the upload has more than {limits.max_pages} pages, over the limit")
+            yield page
+
+    if kind == "zip":
+        try:
+            zf = zipfile.ZipFile(fileobj)
+        except zipfile.BadZipFile as exc:
+            raise ExtractError(f"{display_name(filename)}: not a valid ZIP archive ({exc})") from None
+        with zf:
+            plan = inspect_zip(zf, limits)
+            budget = limits.max_uncompressed
+            for member in plan.members:
+                data = _read_member(zf, member, budget)
+                budget -= len(data)
+                if sniff(data) in {"zip", "gzip", "7z", "rar"}:
+                    raise ExtractError(f"entry {display_name(member.name)!r}: nested archives are not supported")
+                yield from counted(_file_pages(data, member.name, limits, workdir))
+        return
+    data = fileobj.read()
+    yield from counted(_file_pages(data, filename, limits, workdir))
+
+
+def _file_pages(data: bytes, name: str, limits: Limits, workdir) -> Iterator[Page]:
+    kind = sniff(data)
+    if kind == "pdf":
+        yield from pdf_pages(data, name, limits, workdir)
+    elif kind == "tiff":
+        yield from tiff_pages(data, name, limits)
+    else:
+        # Unknown content keeps its name's extension: the reader then fails that
+        # one sheet with "not an image" while the batch goes on.
+        ext = _EXT_FOR_KIND.get(kind) or PurePosixPath(name).suffix.lower() or ".bin"
+        if ext not in IMAGE_EXTENSIONS:
+            ext = ".bin"
+        yield Page(name, 1, ext, data)
+
+
+def tiff_pages(data: bytes, name: str, limits: Limits) -> Iterator[Page]:
+    """A TIFF file's pages: itself when it has one page, else one grey PNG per page."""
+    from batches.omr.imageio import ImageError, probe
+
+    try:
+        info = probe(data, limits.max_pixels)
+    except ImageError:
+        yield Page(name, 1, ".tif", data)  # the reader reports why, for this sheet only
+        return
+    if info.pages <= 1:
+        yield Page(name, 1, ".tif", data)
+        return
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        for index in range(info.pages):
+            try:
+                im.seek(index)
+                frame = np.asarray(im.convert("L"))
+            except (OSError, ValueError, EOFError):
+                raise ExtractError(f"{display_name(name)}: page {index + 1} of the TIFF file is damaged") from None
+            ok, png = cv2.imencode(".png", frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            if not ok:
+                raise ExtractError(f"{display_name(name)}: page {index + 1} cannot be converted")
+            yield Page(name, index + 1, ".png", png.tobytes())
+
+
+def pdf_pages(data: bytes, name: str, limits: Limits, workdir=None) -> Iterator[Page]:
+    """A PDF's pages rendered as grey PNGs, by PDFium in a child process.
+
+    The child gets ``limits.pdf_timeout`` seconds at most; too many pages, a page box over the pixel cap (the scale is clamped to it),
+    an encrypted or malformed PDF give a clear ``ExtractError``.
+    """
+    with tempfile.TemporaryDirectory(prefix="omr-pdf-", dir=workdir) as tmp:
+        source = Path(tmp) / "in.pdf"
+        source.write_bytes(data)
+        out = Path(tmp) / "pages"
+        out.mkdir()
+        cmd = [sys.executable, "-m", "batches.pdfpages", str(source), str(out), "--dpi", str(limits.pdf_dpi),
+               "--max-pages", str(limits.max_pages), "--max-pixels", str(limits.max_pixels)]
+        timeout = limits.pdf_timeout
+        try:
+            proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False,
+                                  cwd=Path(__file__).resolve().parent.parent)
+        except subprocess.TimeoutExpired:
+            raise ExtractError(f"{display_name(name)}: the PDF took longer than {timeout:.0f} s to render") from None
+        result = {}
+        try:
+            result = json.loads(proc.stdout.decode() or "{}")
+        except ValueError:
+            pass
+        if proc.returncode != 0 or "error" in result:
+            reason = result.get("error") or f"the PDF renderer stopped (exit code {proc.returncode})"
+            raise ExtractError(f"{display_name(name)}: {reason}")
+        for index, path in enumerate(sorted(out.glob("*.png")), start=1):
+            yield Page(name, index, ".png", path.read_bytes())

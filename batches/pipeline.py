@@ -1,0 +1,663 @@
+"""The batch pipeline: the only place that runs the stages, in order.
+
+Stages (DESIGN.md): validating, extracting, organizing_qr, creating_sheets,
+processing_sheets, collecting_results, generating_csv, loading_database,
+cleanup, then completed or failed. Three entry points, each called by a thin
+actor in ``tasks.py`` (or inline by ``manage.py process_batch``):
+
+- ``start_batch``: the stages up to creating_sheets, then opens
+  processing_sheets and returns the chunks of sheet ids to fan out.
+- ``process_chunk``: reads a few sheets and stores their results in one
+  transaction; the call that stores the last sheet moves the batch on (a
+  conditional UPDATE decides, never a counter in memory).
+- ``finish_batch``: collecting_results to completed.
+
+Every stage is idempotent: it overwrites its own rows and files, and a stage
+the batch is already past is skipped, so a message delivered twice or retried
+after a crash does no harm.
+
+Each page is read once, in the fan-out: finding the QR code takes most of a
+full read, so organizing_qr only fixes the page order and the reading plan, and
+collecting_results groups the pages by what their QR codes said (see
+docs/server.md).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import lru_cache
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from . import csvexport, progress
+from .extract import ExtractError, Limits, display_name, inspect_zip, iter_pages, sniff
+from .models import Answer, Batch, Sheet, SheetStatus, Stage, stage_index
+
+logger = logging.getLogger(__name__)
+
+#: A sheet claimed by a worker that has not stored it after this long is
+#: considered abandoned and may be claimed again (longer than the actor's time limit).
+SHEET_LEASE = timedelta(minutes=15)
+
+
+class BatchError(Exception):
+    """A problem with the upload itself: the batch fails with this plain message."""
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _past(batch: Batch, stage: str) -> bool:
+    """True when ``batch`` has already finished ``stage``."""
+    return stage_index(batch.stage) > stage_index(stage)
+
+
+def pages_prefix(batch: Batch) -> str:
+    return f"{batch.storage_prefix}pages/"
+
+
+def manifest_name(batch: Batch) -> str:
+    return f"{batch.storage_prefix}work/manifest.json"
+
+
+def delete_prefix(prefix: str) -> None:
+    """Delete every stored file under ``prefix`` (a folder of the batch)."""
+    try:
+        dirs, files = default_storage.listdir(prefix)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for name in files:
+        default_storage.delete(prefix + name)
+    for name in dirs:
+        delete_prefix(f"{prefix}{name}/")
+
+
+def _save(name: str, data: bytes) -> str:
+    if default_storage.exists(name):
+        default_storage.delete(name)
+    return default_storage.save(name, ContentFile(data))
+
+
+@lru_cache(maxsize=64)
+def _template(name: str):
+    from .omr.template import load_template
+
+    return load_template(name)
+
+
+@lru_cache(maxsize=1)
+def _builtin_names() -> frozenset[str]:
+    from .omr.template import builtin_names
+
+    return frozenset(builtin_names())
+
+
+def _resolve_template(name: str):
+    """Template lookup for QR codes: built-in names only (a QR code is untrusted
+    input and must never name a file), cached because every sheet names one."""
+    if name not in _builtin_names():
+        raise FileNotFoundError(f"no built-in template {name!r}")
+    return _template(name)
+
+
+def fail(batch: Batch | str, message: str) -> None:
+    """Mark the batch failed, saying why in plain words."""
+    batch_id = batch.pk if isinstance(batch, Batch) else batch
+    logger.warning("Batch %s failed: %s", batch_id, message)
+    progress.publish(batch_id, Stage.FAILED, f"Batch failed: {message}", error=message)
+
+
+# ---------------------------------------------------------------- start: validating .. creating_sheets
+
+
+def start_batch(batch_id) -> list[list[int]]:
+    """Run validating, extracting, organizing_qr and creating_sheets, then open
+    processing_sheets. Returns the chunks of sheet ids to read (empty when the
+    batch is gone, finished, already dispatched, or failed here)."""
+    batch = Batch.objects.filter(pk=batch_id).first()
+    if batch is None or batch.is_finished or _past(batch, Stage.CREATING_SHEETS):
+        return []
+    try:
+        validate(batch)
+        extract(batch)
+        organize_qr(batch)
+        create_sheets(batch)
+        return open_processing(batch)
+    except BatchError as exc:
+        fail(batch, str(exc))
+        return []
+
+
+def validate(batch: Batch) -> None:
+    """validating: the stored upload is whole, of a supported kind, and (for a
+    ZIP) every entry passes the archive checks before anything is extracted."""
+    if _past(batch, Stage.VALIDATING):
+        return
+    progress.publish(batch, Stage.VALIDATING, f"Checking {display_name(batch.original_filename)}")
+    try:
+        _template(batch.template)
+    except (FileNotFoundError, ValueError) as exc:
+        raise BatchError(str(exc)) from None
+    if not batch.upload or not default_storage.exists(batch.upload.name):
+        raise BatchError("the uploaded file is missing from storage")
+    with default_storage.open(batch.upload.name, "rb") as f:
+        head = f.read(1024)
+        f.seek(0, io.SEEK_END)
+        size = f.tell()
+        if size != batch.size:
+            raise BatchError(f"the stored upload has {size} bytes, not the {batch.size} received")
+        if size == 0:
+            raise BatchError(f"{display_name(batch.original_filename)} is empty")
+        kind = sniff(head)
+        message = f"{display_name(batch.original_filename)} is a valid upload"
+        if batch.extension == ".zip":
+            if kind != "zip":
+                raise BatchError(f"{display_name(batch.original_filename)} is not a ZIP archive")
+            import zipfile
+
+            f.seek(0)
+            try:
+                with zipfile.ZipFile(f) as zf:
+                    plan = inspect_zip(zf, Limits.from_settings())
+            except zipfile.BadZipFile as exc:
+                raise BatchError(f"{display_name(batch.original_filename)}: the archive is damaged ({exc})") from None
+            except ExtractError as exc:
+                raise BatchError(str(exc)) from None
+            if not plan.members:
+                raise BatchError("the archive holds no images or PDF files")
+            message = f"Archive is valid: {len(plan.members)} image/PDF files"
+            if plan.skipped:
+                message += f", {len(plan.skipped)} other files skipped"
+        elif batch.extension == ".pdf" and kind != "pdf":
+            raise BatchError(f"{display_name(batch.original_filename)} is not a PDF file")
+        elif kind in {"zip", "gzip", "7z", "rar"}:
+            raise BatchError(f"{display_name(batch.original_filename)} is an archive; upload it as .zip")
+    progress.publish(batch, Stage.VALIDATING, message, progress=100)
+
+
+def extract(batch: Batch) -> None:
+    """extracting: every page of the upload stored as its own image file, and a
+    manifest listing them in file order. Partial output is removed on failure."""
+    if _past(batch, Stage.EXTRACTING):
+        return
+    progress.publish(batch, Stage.EXTRACTING, f"Extracting pages from {display_name(batch.original_filename)}")
+    prefix = pages_prefix(batch)
+    delete_prefix(prefix)
+    manifest = []
+    last_event = time.monotonic()
+    try:
+        with default_storage.open(batch.upload.name, "rb") as f:
+            for page in iter_pages(f, batch.original_filename, Limits.from_settings()):
+                index = len(manifest) + 1
+                name = _save(f"{prefix}{index:05d}{page.extension}", page.data)
+                manifest.append({"index": index, "source": page.source_name, "page": page.source_page,
+                                 "image": name})
+                if time.monotonic() - last_event > settings.OMR_PROGRESS_INTERVAL:
+                    last_event = time.monotonic()
+                    progress.publish(batch, Stage.EXTRACTING, f"Extracted {index} pages", progress=50)
+    except ExtractError as exc:
+        delete_prefix(prefix)
+        raise BatchError(str(exc)) from None
+    except OSError as exc:  # disk full, storage down: nothing half-written stays
+        delete_prefix(prefix)
+        raise BatchError(f"the pages could not be stored ({exc.strerror or exc})") from None
+    if not manifest:
+        raise BatchError("the upload holds no pages to read")
+    _save(manifest_name(batch), json.dumps(manifest).encode())
+    sources = len({m["source"] for m in manifest})
+    progress.publish(batch, Stage.EXTRACTING, f"Extraction complete: {len(manifest)} pages from {sources} files",
+                     progress=100)
+
+
+def _manifest(batch: Batch) -> list[dict]:
+    try:
+        with default_storage.open(manifest_name(batch), "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        raise BatchError("the list of extracted pages is missing; retry the batch") from None
+
+
+def organize_qr(batch: Batch) -> None:
+    """organizing_qr: fixes the reading plan. Pages stay in file order; with QR
+    codes each page's code is read together with its bubbles in processing_sheets
+    (one read per page) and pages are grouped by it in collecting_results."""
+    if _past(batch, Stage.ORGANIZING_QR):
+        return
+    progress.publish(batch, Stage.ORGANIZING_QR, "Planning the reading order")
+    count = len(_manifest(batch))
+    if batch.has_qr:
+        message = f"{count} pages in file order; each page's QR code is read with its answers"
+    else:
+        message = f"{count} pages in file order, read as {batch.template}; students found by their number grid"
+    progress.publish(batch, Stage.ORGANIZING_QR, message, progress=100)
+
+
+def create_sheets(batch: Batch) -> None:
+    """creating_sheets: one ``Sheet`` row per page (replacing any earlier ones)."""
+    if _past(batch, Stage.CREATING_SHEETS):
+        return
+    progress.publish(batch, Stage.CREATING_SHEETS, "Creating sheet records")
+    manifest = _manifest(batch)
+    with transaction.atomic():
+        Sheet.objects.filter(batch=batch).delete()
+        Sheet.objects.bulk_create(
+            [Sheet(batch=batch, index=m["index"], source_name=m["source"][:300], source_page=m["page"],
+                   image=m["image"]) for m in manifest],
+            batch_size=1000,
+        )
+        Batch.objects.filter(pk=batch.pk).update(sheets_total=len(manifest), sheets_processed=0, sheets_failed=0,
+                                                 sheets_needs_review=0, progress_published_count=0,
+                                                 progress_published_at=None)
+    batch.sheets_total = len(manifest)
+    progress.publish(batch, Stage.CREATING_SHEETS, f"Created {len(manifest)} sheets", progress=100)
+
+
+def chunk_size(total: int) -> int:
+    """Sheets per worker message: small enough that the work spreads evenly over
+    the workers to the end, large enough that each chunk's database round trip
+    is shared by several sheets."""
+    return max(1, min(settings.OMR_CHUNK_SIZE, math.ceil(total / 8)))
+
+
+def open_processing(batch: Batch) -> list[list[int]]:
+    """processing_sheets starts: returns the chunks of pending sheet ids."""
+    ids = list(Sheet.objects.filter(batch=batch, status=SheetStatus.PENDING).order_by("index")
+               .values_list("pk", flat=True))
+    size = chunk_size(len(ids))
+    chunks = [ids[i:i + size] for i in range(0, len(ids), size)]
+    progress.publish(batch, Stage.PROCESSING_SHEETS,
+                     f"Dispatching {len(ids)} sheets to the workers in {len(chunks)} chunks")
+    return chunks
+
+
+# ---------------------------------------------------------------- processing_sheets (fan-out)
+
+
+@dataclass
+class SheetResult:
+    """What one read gives one sheet row (and its answer rows)."""
+
+    sheet_id: int
+    status: str
+    reading: dict | None = None
+    error: str = ""
+    answers: list[Answer] = field(default_factory=list)
+    fields: dict = field(default_factory=dict)
+
+
+def read_sheet(sheet: Sheet, batch: Batch) -> SheetResult:
+    """Read one stored page with the engine. Never raises for a bad page: the
+    result is a failed sheet with the reason."""
+    from .omr.reader import read_image_bytes
+
+    try:
+        with default_storage.open(sheet.image, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        return SheetResult(sheet.pk, SheetStatus.FAILED, error=f"page image missing ({exc.strerror or exc})")
+    template = None if batch.has_qr else _template(batch.template)
+    try:
+        readings = read_image_bytes(data, template, source=sheet.source_name, resolve=_resolve_template)
+    except Exception as exc:  # an engine bug must cost one sheet, not the batch
+        logger.exception("Reading sheet %s of batch %s failed", sheet.index, batch.pk)
+        return SheetResult(sheet.pk, SheetStatus.FAILED, error=f"could not read this page ({type(exc).__name__})")
+    if not readings:
+        return SheetResult(sheet.pk, SheetStatus.FAILED, error="no page found in the image")
+    reading = readings[0].to_dict()
+    if len(readings) > 1:
+        reading["sheet_flags"] = [*reading.get("sheet_flags", []), "extra_pages"]
+        reading["needs_review"] = True
+    return result_from_reading(sheet.pk, reading, batch)
+
+
+def reading_in_doubt(reading: dict | None) -> bool:
+    """The product's rule: any doubt goes to review (an error, a sheet flag, a
+    field flag other than a plain blank), even if the engine's summary missed it."""
+    if not reading:
+        return True
+    if reading.get("needs_review") or reading.get("error") or reading.get("sheet_flags"):
+        return True
+    return any(set(f) - {"blank"} for f in (reading.get("flags") or {}).values())
+
+
+def result_from_reading(sheet_id: int, reading: dict, batch: Batch) -> SheetResult:
+    """Turn an engine reading (``SheetReading.to_dict()``) into row values."""
+    error = reading.get("error") or ""
+    qr = reading.get("qr") or {}
+    answers = reading.get("answers") or {}
+    confidence = reading.get("confidence") or {}
+    flags = reading.get("flags") or {}
+    needs_review = reading_in_doubt(reading)
+    stored = dict(reading)
+    if not needs_review:
+        stored.pop("bubbles", None)  # kept only where a reviewer will look at them
+    qr_text = ""
+    if qr:
+        from .omr.payload import QrPayload
+
+        try:
+            qr_text = QrPayload(**qr).encode()
+        except TypeError:
+            qr_text = json.dumps(qr)[:300]
+    values = {
+        "template": (reading.get("template") or "")[:64],
+        "template_page": reading.get("page"),
+        "qr_payload": qr_text[:300],
+        "qr_error": (reading.get("qr_error") or "")[:300],
+        "student": str(qr.get("student") or answers.get("student_number") or "")[:64],
+        "exam": str(qr.get("exam") or "")[:64],
+        "needs_review": needs_review,
+        "flags": list(reading.get("sheet_flags") or []),
+        "error": error,
+        "reading": stored,
+    }
+    rows = [
+        Answer(sheet_id=sheet_id, field=name[:64], value=str(value)[:64],
+               confidence=confidence.get(name) if isinstance(confidence, dict) else None,
+               flags=list(flags.get(name) or []))
+        for name, value in answers.items()
+    ]
+    status = SheetStatus.FAILED if error and not answers else SheetStatus.DONE
+    return SheetResult(sheet_id, status, reading=stored, error=error, answers=rows, fields=values)
+
+
+def _failed_result(sheet_id: int, reason: str) -> SheetResult:
+    return SheetResult(sheet_id, SheetStatus.FAILED, error=reason,
+                       fields={"needs_review": True, "error": reason, "flags": ["unreadable"], "reading": None})
+
+
+_SHEET_FIELDS = ["status", "template", "template_page", "qr_payload", "qr_error", "student", "exam", "needs_review",
+                 "flags", "error", "reading", "read_at", "claim_token"]
+
+
+def store_results(batch_id, token: str, results: list[SheetResult]) -> int:
+    """Store the results of sheets still claimed with ``token``, all in one
+    transaction: answer rows replaced in bulk, sheet rows updated in bulk, batch
+    counts moved by the number of sheets that changed state. A sheet stored by
+    someone else meanwhile (a duplicate message) is left alone. Returns how many
+    sheets were stored."""
+    if not results:
+        return 0
+    now = timezone.now()
+    with transaction.atomic():
+        live = set(
+            Sheet.objects.select_for_update()
+            .filter(batch_id=batch_id, pk__in=[r.sheet_id for r in results], status=SheetStatus.RUNNING,
+                    claim_token=token)
+            .values_list("pk", flat=True)
+        )
+        results = [r for r in results if r.sheet_id in live]
+        if not results:
+            return 0
+        Answer.objects.filter(sheet_id__in=live).delete()
+        Answer.objects.bulk_create([a for r in results for a in r.answers], batch_size=2000)
+        sheets = []
+        for r in results:
+            sheet = Sheet(pk=r.sheet_id, status=r.status, read_at=now, claim_token="", template="", template_page=None,
+                          qr_payload="", qr_error="", student="", exam="", needs_review=True, flags=[], error="",
+                          reading=None)
+            for key, value in r.fields.items():
+                setattr(sheet, key, value)
+            sheets.append(sheet)
+        Sheet.objects.bulk_update(sheets, _SHEET_FIELDS, batch_size=500)
+        failed = sum(r.status == SheetStatus.FAILED for r in results)
+        review = sum(bool(r.fields.get("needs_review")) for r in results)
+        Batch.objects.filter(pk=batch_id).update(
+            sheets_processed=F("sheets_processed") + len(results),
+            sheets_failed=F("sheets_failed") + failed,
+            sheets_needs_review=F("sheets_needs_review") + review,
+        )
+        _maybe_publish_processing(batch_id, now)
+    return len(results)
+
+
+def _maybe_publish_processing(batch_id, now) -> None:
+    # One event every few seconds or every N sheets, whichever comes first,
+    # never one per sheet: a conditional UPDATE hands the turn to one worker.
+    row = Batch.objects.filter(pk=batch_id).values("sheets_total").first()
+    if row is None:
+        return
+    every = max(10, math.ceil(row["sheets_total"] / 20))
+    since = now - timedelta(seconds=settings.OMR_PROGRESS_INTERVAL)
+    won = (
+        Batch.objects.filter(pk=batch_id, stage=Stage.PROCESSING_SHEETS, sheets_processed__lt=F("sheets_total"))
+        .filter(Q(progress_published_at__isnull=True) | Q(progress_published_at__lt=since)
+                | Q(sheets_processed__gte=F("progress_published_count") + every))
+        .update(progress_published_at=now, progress_published_count=F("sheets_processed"))
+    )
+    if won:
+        counts = Batch.objects.filter(pk=batch_id).values("sheets_processed", "sheets_total").first()
+        done, total = counts["sheets_processed"], counts["sheets_total"]
+        progress.publish(batch_id, Stage.PROCESSING_SHEETS, f"Processing: {done}/{total} sheets completed",
+                         progress=100.0 * done / max(total, 1))
+
+
+def claim_sheets(batch_id, sheet_ids: list[int], token: str) -> list[Sheet]:
+    """Take the sheets of a chunk for this run: pending ones, ones this very
+    message already held (it came back after its worker died), and ones whose
+    claim has expired. One UPDATE decides; returns the sheets held."""
+    now = timezone.now()
+    Sheet.objects.filter(batch_id=batch_id, pk__in=sheet_ids).filter(
+        Q(status=SheetStatus.PENDING)
+        | Q(status=SheetStatus.RUNNING, claim_token=token)
+        | Q(status=SheetStatus.RUNNING, claimed_at__lt=now - SHEET_LEASE)
+    ).update(status=SheetStatus.RUNNING, claim_token=token, claimed_at=now)
+    return list(Sheet.objects.filter(batch_id=batch_id, pk__in=sheet_ids, status=SheetStatus.RUNNING,
+                                     claim_token=token).order_by("index")
+                .only("pk", "index", "image", "source_name", "attempts"))
+
+
+def process_chunk(batch_id, sheet_ids: list[int], token: str | None = None) -> bool:
+    """processing_sheets: read the sheets ``sheet_ids`` and store their results.
+
+    ``token`` identifies this run (the Dramatiq message id, which stays the same
+    when the message is delivered again). Sheets are claimed with one UPDATE and
+    stored with one transaction per chunk. When a sheet has been tried before
+    (its worker died), the chunk goes carefully: one sheet at a time, each
+    attempt counted, and a sheet that has stopped its worker
+    ``OMR_SHEET_MAX_ATTEMPTS`` times is failed without another try.
+    Returns True when this call moved the batch on to collecting_results.
+    """
+    token = token or uuid.uuid4().hex
+    batch = Batch.objects.filter(pk=batch_id).only("pk", "stage", "has_qr", "template").first()
+    if batch is None or batch.stage != Stage.PROCESSING_SHEETS:
+        return False
+    sheets = claim_sheets(batch_id, sheet_ids, token)
+    max_attempts = settings.OMR_SHEET_MAX_ATTEMPTS
+    if all(s.attempts == 0 for s in sheets):
+        Sheet.objects.filter(pk__in=[s.pk for s in sheets]).update(attempts=F("attempts") + 1)
+        store_results(batch_id, token, [read_sheet(s, batch) for s in sheets])
+    else:
+        for s in sheets:
+            if s.attempts >= max_attempts:
+                reason = f"reading this page stopped its worker {s.attempts} times; it was given up"
+                store_results(batch_id, token, [_failed_result(s.pk, reason)])
+                continue
+            Sheet.objects.filter(pk=s.pk).update(attempts=F("attempts") + 1)
+            store_results(batch_id, token, [read_sheet(s, batch)])
+    return advance_if_done(batch_id)
+
+
+def advance_if_done(batch_id) -> bool:
+    """Move the batch from processing_sheets to collecting_results once every
+    sheet is stored. The conditional UPDATE lets exactly one caller win."""
+    with transaction.atomic():
+        won = Batch.objects.filter(
+            pk=batch_id, stage=Stage.PROCESSING_SHEETS, sheets_processed__gte=F("sheets_total")
+        ).update(stage=Stage.COLLECTING_RESULTS)
+        if won != 1:
+            return False
+        row = Batch.objects.get(pk=batch_id)
+        progress.publish(row, Stage.PROCESSING_SHEETS,
+                         f"All {row.sheets_total} sheets processed ({row.sheets_failed} failed)", progress=100)
+        # publish() records the stage of the event; the batch itself has moved on.
+        Batch.objects.filter(pk=batch_id).update(stage=Stage.COLLECTING_RESULTS)
+    return True
+
+
+def stale_chunks(batch_id, older_than: timedelta = SHEET_LEASE) -> list[list[int]]:
+    """Chunks of sheets that nobody is reading any more (lost messages after a
+    Redis restart, or claims that expired): for the reconcile command."""
+    cutoff = timezone.now() - older_than
+    ids = list(Sheet.objects.filter(batch_id=batch_id).filter(
+        Q(status=SheetStatus.PENDING) | Q(status=SheetStatus.RUNNING, claimed_at__lt=cutoff)
+    ).order_by("index").values_list("pk", flat=True))
+    size = chunk_size(len(ids))
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+# ---------------------------------------------------------------- finish: collecting_results .. completed
+
+
+def finish_batch(batch_id) -> None:
+    """collecting_results, generating_csv, loading_database, cleanup, completed."""
+    batch = Batch.objects.filter(pk=batch_id).first()
+    if batch is None or batch.is_finished or stage_index(batch.stage) < stage_index(Stage.COLLECTING_RESULTS):
+        return
+    try:
+        collect_results(batch)
+        generate_csv(batch)
+        load_database(batch)
+        cleanup(batch)
+        complete(batch)
+    except BatchError as exc:
+        fail(batch, str(exc))
+
+
+def collect_results(batch: Batch) -> None:
+    """collecting_results: group the pages by what their QR codes (or number
+    grids) said, and flag what does not add up: the same page of one student
+    twice, pages of a multi-page sheet missing, a QR code naming another
+    template than the batch's when the batch has no QR codes."""
+    if _past(batch, Stage.COLLECTING_RESULTS):
+        return
+    progress.publish(batch, Stage.COLLECTING_RESULTS, f"Collecting results of {batch.sheets_total} sheets",
+                     progress=0)
+    sheets = list(Sheet.objects.filter(batch=batch).only(
+        "pk", "status", "template", "template_page", "student", "exam", "needs_review", "flags", "reading", "error"))
+    groups: dict[tuple, list[Sheet]] = defaultdict(list)
+    for s in sheets:
+        base = list((s.reading or {}).get("sheet_flags") or []) if s.reading else list(s.flags)
+        s.flags = [f for f in base if f not in {"duplicate_page", "missing_page"}]
+        if s.status == SheetStatus.DONE and s.student:
+            groups[(s.template, s.exam, s.student)].append(s)
+    for (template_name, _exam, _student), members in groups.items():
+        by_page: dict[int, list[Sheet]] = defaultdict(list)
+        for s in members:
+            by_page[s.template_page or 1].append(s)
+        for same in by_page.values():
+            if len(same) > 1:
+                for s in same:
+                    s.flags.append("duplicate_page")
+        try:
+            pages = _template(template_name).pages if template_name else 1
+        except (FileNotFoundError, ValueError):
+            pages = 1
+        if pages > 1 and set(by_page) != set(range(1, pages + 1)):
+            for s in members:
+                s.flags.append("missing_page")
+    review = 0
+    for s in sheets:
+        s.needs_review = bool(s.error or s.status == SheetStatus.FAILED or s.flags or reading_in_doubt(s.reading))
+        review += s.needs_review
+    Sheet.objects.bulk_update(sheets, ["flags", "needs_review"], batch_size=500)
+    Batch.objects.filter(pk=batch.pk).update(sheets_needs_review=review)
+    students = len(groups)
+    progress.publish(batch, Stage.COLLECTING_RESULTS,
+                     f"Collected {len(sheets)} results: {students} students, {review} sheets need review",
+                     progress=100)
+
+
+def csv_name(batch: Batch) -> str:
+    return f"{batch.storage_prefix}results.csv"
+
+
+def generate_csv(batch: Batch) -> None:
+    """generating_csv: the results file, one row per sheet (see ``csvexport``)."""
+    if _past(batch, Stage.GENERATING_CSV):
+        return
+    progress.publish(batch, Stage.GENERATING_CSV, "Generating the results CSV")
+    buffer = io.StringIO(newline="")
+    rows = csvexport.write_results_csv(batch, buffer)
+    name = _save(csv_name(batch), buffer.getvalue().encode("utf-8-sig"))
+    Batch.objects.filter(pk=batch.pk).update(results_csv=name)
+    batch.results_csv.name = name
+    progress.publish(batch, Stage.GENERATING_CSV, f"CSV generation complete: {rows} sheets", progress=100)
+
+
+def load_database(batch: Batch) -> None:
+    """loading_database: the answer rows were stored chunk by chunk as the sheets
+    were read; this checks that every read sheet has them (re-creating any that
+    are missing from the stored reading) and sets the batch's counts from the
+    rows themselves, the source of truth."""
+    if _past(batch, Stage.LOADING_DATABASE):
+        return
+    progress.publish(batch, Stage.LOADING_DATABASE, "Loading results into the database")
+    missing = list(Sheet.objects.filter(batch=batch, status=SheetStatus.DONE, reading__isnull=False)
+                   .annotate(n=Count("answers")).filter(n=0).only("pk", "reading"))
+    repaired = [a for s in missing for a in result_from_reading(s.pk, s.reading, batch).answers]
+    if repaired:
+        Answer.objects.bulk_create(repaired, batch_size=2000, ignore_conflicts=True)
+    stats = Sheet.objects.filter(batch=batch).aggregate(
+        total=Count("pk"),
+        processed=Count("pk", filter=Q(status__in=[SheetStatus.DONE, SheetStatus.FAILED])),
+        failed=Count("pk", filter=Q(status=SheetStatus.FAILED)),
+        review=Count("pk", filter=Q(needs_review=True)),
+    )
+    Batch.objects.filter(pk=batch.pk).update(sheets_total=stats["total"], sheets_processed=stats["processed"],
+                                             sheets_failed=stats["failed"], sheets_needs_review=stats["review"])
+    answers = Answer.objects.filter(sheet__batch=batch).count()
+    progress.publish(batch, Stage.LOADING_DATABASE,
+                     f"Database load complete: {stats['total']} sheets, {answers} answers", progress=100)
+
+
+def cleanup(batch: Batch) -> None:
+    """cleanup: remove the batch's working files. The upload, the page images
+    (reviewers look at them) and the CSV stay until the batch is deleted."""
+    if _past(batch, Stage.CLEANUP):
+        return
+    progress.publish(batch, Stage.CLEANUP, "Cleaning up working files")
+    delete_prefix(f"{batch.storage_prefix}work/")
+    progress.publish(batch, Stage.CLEANUP, "Cleanup complete", progress=100)
+
+
+def complete(batch: Batch) -> None:
+    batch.refresh_from_db(fields=["sheets_total", "sheets_failed", "sheets_needs_review"])
+    read = batch.sheets_total - batch.sheets_failed
+    progress.publish(batch, Stage.COMPLETED,
+                     f"Batch completed: {read} of {batch.sheets_total} sheets read, "
+                     f"{batch.sheets_needs_review} need review, {batch.sheets_failed} failed", progress=100)
+
+
+# ---------------------------------------------------------------- in-process run
+
+
+def run_inline(batch_id, on_chunk=None) -> Batch:
+    """Run the whole pipeline in this process (``manage.py process_batch``, tests).
+    ``on_chunk(batch)`` is called after each chunk of sheets."""
+    try:
+        chunks = start_batch(batch_id)
+        for chunk in chunks:
+            moved_on = process_chunk(batch_id, chunk)
+            if on_chunk:
+                on_chunk(Batch.objects.get(pk=batch_id))
+            if moved_on:
+                finish_batch(batch_id)
+    except Exception as exc:
+        logger.exception("Batch %s stopped", batch_id)
+        fail(batch_id, f"internal error ({type(exc).__name__}: {exc})")
+    return Batch.objects.get(pk=batch_id)
+

@@ -1,0 +1,115 @@
+"""The one place that publishes progress.
+
+``publish()`` writes a ``ProgressEvent`` row (the source of truth, replayed by
+streams) and, once the transaction commits, wakes the channel-layer group
+``batch-<id>`` so live streams read the new rows at once. The wake-up carries
+no data: the channel layer is at-most-once, so a lost wake-up only delays a
+stream until its next database poll.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+from django.utils import timezone
+
+from .models import TERMINAL_STAGES, Batch, ProgressEvent, Stage
+
+logger = logging.getLogger(__name__)
+
+#: Share of the whole batch (start, end, in percent) each stage stands for.
+#: Reading the sheets is most of the work.
+STAGE_SPAN: dict[str, tuple[float, float]] = {
+    Stage.QUEUED: (0.0, 0.0),
+    Stage.UPLOADING: (0.0, 5.0),
+    Stage.VALIDATING: (5.0, 7.0),
+    Stage.EXTRACTING: (7.0, 15.0),
+    Stage.ORGANIZING_QR: (15.0, 17.0),
+    Stage.CREATING_SHEETS: (17.0, 20.0),
+    Stage.PROCESSING_SHEETS: (20.0, 90.0),
+    Stage.COLLECTING_RESULTS: (90.0, 93.0),
+    Stage.GENERATING_CSV: (93.0, 96.0),
+    Stage.LOADING_DATABASE: (96.0, 98.0),
+    Stage.CLEANUP: (98.0, 99.5),
+    Stage.COMPLETED: (100.0, 100.0),
+}
+
+
+def group_name(batch_id) -> str:
+    """The channel-layer group a batch's streams listen on."""
+    return f"batch-{batch_id}"
+
+
+def overall_for(stage: str, progress: float) -> float:
+    """Overall percentage for ``progress`` percent through ``stage``."""
+    if stage not in STAGE_SPAN:  # failed: the bar stays where it was
+        return 0.0
+    start, end = STAGE_SPAN[stage]
+    return start + (end - start) * max(0.0, min(100.0, progress)) / 100.0
+
+
+def publish(batch: Batch | str, stage: str, message: str, *, progress: float = 0.0,
+            error: str | None = None) -> ProgressEvent | None:
+    """Record one progress event for ``batch`` and move the batch to ``stage``.
+
+    ``progress`` is the percentage within the stage. Sheet counts are taken from
+    the batch row. The batch's ``overall_percentage`` never goes backwards, and
+    events of one batch get increasing ids in the order of their overall
+    percentage (the batch row is locked while the event is written). Nothing is
+    published after a terminal event except a new run (``queued``).
+    ``error`` (with ``stage="failed"``) is stored as the batch's error.
+    Returns the event, or ``None`` when the batch is gone or already finished.
+    """
+    batch_id = batch.pk if isinstance(batch, Batch) else batch
+    with transaction.atomic():
+        row = Batch.objects.select_for_update().filter(pk=batch_id).first()
+        if row is None:
+            logger.info("Not publishing progress: batch=%s is gone", batch_id)
+            return None
+        if row.stage in TERMINAL_STAGES and stage != Stage.QUEUED:
+            logger.info("Not publishing progress: batch=%s already %s", batch_id, row.stage)
+            return None
+        now = timezone.now()
+        overall = max(row.overall_percentage, overall_for(stage, progress))
+        changes = {"stage": stage, "overall_percentage": overall}
+        if row.started_at is None and stage not in (Stage.QUEUED, Stage.UPLOADING):
+            changes["started_at"] = row.started_at = now
+        if stage in TERMINAL_STAGES:
+            changes["finished_at"] = row.finished_at = now
+        if error is not None:
+            changes["error"] = error
+        logger.info("Publishing progress: batch=%s stage=%s message=%s", batch_id, stage, message)
+        event = ProgressEvent.objects.create(
+            batch_id=batch_id,
+            stage=stage,
+            message=message,
+            progress_percentage=max(0.0, min(100.0, progress)),
+            overall_percentage=overall,
+            sheets_total=row.sheets_total,
+            sheets_processed=row.sheets_processed,
+            sheets_failed=row.sheets_failed,
+            sheets_needs_review=row.sheets_needs_review,
+            elapsed_seconds=row.elapsed_seconds(now),
+            timestamp=now,
+        )
+        Batch.objects.filter(pk=batch_id).update(**changes)
+        if isinstance(batch, Batch):
+            for key, value in changes.items():
+                setattr(batch, key, value)
+        transaction.on_commit(lambda: wake(batch_id, event.id))
+    return event
+
+
+def wake(batch_id, event_id: int | None = None) -> None:
+    """Tell live streams of ``batch_id`` to read new events. Never raises: the
+    event is already in the database, and streams poll it as a safety net."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(group_name(batch_id), {"type": "progress.wake", "id": event_id})
+    except Exception as exc:  # Redis down or full: streams converge from the database
+        logger.warning("Progress wake-up for batch=%s not sent: %s", batch_id, exc)

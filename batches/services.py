@@ -1,0 +1,120 @@
+"""Write actions on batches, shared by the API, the browser pages and commands.
+
+Views parse the request and call these; these check the rules and raise
+``ServiceError`` with an HTTP status and a plain message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from django.conf import settings
+from django.core.files.base import File
+from django.db import transaction
+from django.utils import timezone
+
+from . import pipeline, progress, tasks
+from .extract import ExtractError, display_name, upload_extension
+from .models import Batch, Stage
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """A request that cannot be done; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def parse_bool(value, default: bool = True) -> bool:
+    """Form booleans: true/false, 1/0, yes/no, on/off; raises ServiceError."""
+    if value is None or value == "":
+        return default
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ServiceError(400, f"has_qr must be true or false, not {display_name(str(value), 20)!r}")
+
+
+def check_template(name: str) -> str:
+    """The template name, checked to exist; raises ServiceError 400."""
+    from .omr.template import TemplateError, builtin_names, load_template
+
+    name = (name or settings.OMR_DEFAULT_TEMPLATE).strip()
+    if name not in builtin_names():
+        raise ServiceError(400, f"unknown template {display_name(name, 64)!r}; choose one of "
+                                f"{', '.join(builtin_names())}")
+    try:
+        load_template(name)
+    except (FileNotFoundError, TemplateError) as exc:
+        raise ServiceError(400, str(exc)) from None
+    return name
+
+
+def create_batch(owner, upload, *, filename: str | None = None, template: str = "", has_qr: bool = True,
+                 start: bool = True) -> Batch:
+    """Store an uploaded file as a new batch and queue its pipeline.
+
+    ``upload`` is a Django ``File`` (an ``UploadedFile`` from a form, or a file
+    opened by a command or the resumable-upload endpoint). The pipeline starts
+    once the transaction commits (``start=False`` leaves it to the caller).
+    Raises ``ServiceError`` (400 bad template or file type, 413 too large).
+    """
+    filename = filename or getattr(upload, "name", "") or "upload"
+    template = check_template(template)
+    try:
+        extension = upload_extension(filename)
+    except ExtractError as exc:
+        raise ServiceError(400, str(exc)) from None
+    size = upload.size
+    if size > settings.OMR_MAX_UPLOAD_BYTES:
+        raise ServiceError(413, f"{display_name(filename)} is {size / 1e6:.1f} MB, over the limit of "
+                                f"{settings.OMR_MAX_UPLOAD_BYTES / 1e6:.0f} MB")
+    if size == 0:
+        raise ServiceError(400, f"{display_name(filename)} is empty")
+    digest = hashlib.sha256()
+    for chunk in upload.chunks():
+        digest.update(chunk)
+    upload.seek(0)
+    with transaction.atomic():
+        batch = Batch.objects.create(owner=owner, template=template, has_qr=has_qr, extension=extension,
+                                     original_filename=filename[:255], size=size, sha256=digest.hexdigest(),
+                                     stage=Stage.UPLOADING)
+        progress.publish(batch, Stage.UPLOADING, f"Receiving {display_name(filename)}")
+        batch.upload.save("original" + extension, File(upload), save=False)
+        Batch.objects.filter(pk=batch.pk).update(upload=batch.upload.name)
+        progress.publish(batch, Stage.UPLOADING,
+                         f"Upload complete: {display_name(filename)}, {size / 1e6:.1f} MB", progress=100)
+        if start:
+            tasks.enqueue_batch(batch.pk)
+    logger.info("Batch %s created from %s (%d bytes)", batch.pk, display_name(filename), size)
+    return batch
+
+
+def retry_batch(batch: Batch) -> Batch:
+    """Run a failed batch again from the start; raises ServiceError 409 otherwise.
+    The stages overwrite their own rows, so nothing is doubled."""
+    with transaction.atomic():
+        moved = Batch.objects.filter(pk=batch.pk, stage=Stage.FAILED).update(
+            stage=Stage.QUEUED, error="", finished_at=None, started_at=None)
+        if moved != 1:
+            raise ServiceError(409, f"only a failed batch can be retried; this one is {batch.stage}")
+        progress.publish(batch, Stage.QUEUED, "Retry requested: the batch runs again from the start")
+        tasks.enqueue_batch(batch.pk)
+    batch.refresh_from_db()
+    return batch
+
+
+def delete_batch(batch: Batch) -> None:
+    """Delete a batch, its rows and every file under its storage folder.
+    A worker still busy with it finds it gone and stops."""
+    prefix = batch.storage_prefix
+    batch.delete()
+    pipeline.delete_prefix(prefix)
+    logger.info("Batch %s deleted at %s", batch.pk, timezone.now().isoformat())

@@ -1,0 +1,87 @@
+"""Worker process set-up and heartbeats (a Dramatiq middleware).
+
+Every worker process limits OpenCV to one thread (one process per core does
+the parallel work) and keeps a ``WorkerHeartbeat`` row fresh, which
+``/api/health`` reads to tell whether any worker is alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from dramatiq.middleware import Middleware
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerSetup(Middleware):
+    """cv2.setNumThreads(1) in each worker process, plus a heartbeat thread."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._name = ""
+
+    def after_process_boot(self, broker) -> None:
+        try:
+            import cv2
+
+            cv2.setNumThreads(1)
+        except ImportError:  # pragma: no cover - cv2 is a requirement
+            pass
+
+    def after_worker_boot(self, broker, worker) -> None:
+        from django.conf import settings
+
+        try:
+            import cv2
+
+            cv2.setNumThreads(1)
+        except ImportError:  # pragma: no cover
+            pass
+        interval = settings.OMR_HEARTBEAT_INTERVAL
+        if interval <= 0:
+            return
+        self._name = f"{socket.gethostname()}:{os.getpid()}"
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, args=(interval,), name="omr-heartbeat", daemon=True)
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker, worker) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._thread = None
+        try:
+            from django.db import connection
+
+            from .models import WorkerHeartbeat
+
+            WorkerHeartbeat.objects.filter(name=self._name).delete()
+            connection.close()
+        except Exception as exc:  # shutting down anyway
+            logger.warning("Could not remove heartbeat %s: %s", self._name, exc)
+
+    def _beat(self, interval: float) -> None:
+        from django.db import connection
+        from django.utils import timezone
+
+        from .models import WorkerHeartbeat
+
+        host, _, pid = self._name.rpartition(":")
+        started = timezone.now()
+        while not self._stop.is_set():
+            try:
+                WorkerHeartbeat.objects.update_or_create(
+                    name=self._name, defaults={"hostname": host, "pid": int(pid), "beat_at": timezone.now()},
+                    create_defaults={"hostname": host, "pid": int(pid), "beat_at": timezone.now(),
+                                     "started_at": started})
+            except Exception as exc:  # the database may be restarting; try again next beat
+                logger.warning("Heartbeat %s not written: %s", self._name, exc)
+            finally:
+                connection.close()
+            self._stop.wait(interval)

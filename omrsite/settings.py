@@ -1,0 +1,273 @@
+"""Settings, all driven by the environment, with safe defaults for a laptop.
+
+Environment variables (all optional):
+
+- ``SECRET_KEY``: set it in production (default: a random key kept in ``var/secret_key``).
+- ``DEBUG``: ``1``/``true`` for development. Default: off.
+- ``ALLOWED_HOSTS``: comma-separated. Default: ``127.0.0.1,localhost`` (+ ``*`` in DEBUG).
+- ``CSRF_TRUSTED_ORIGINS``: comma-separated origins behind a proxy.
+- ``SECURE_SSL``: ``1`` behind HTTPS (secure cookies, HSTS, redirect). Default: off.
+- ``BEHIND_PROXY``: ``1`` to trust ``X-Forwarded-Proto`` from the proxy.
+- ``DATABASE_URL``: e.g. ``postgres://user@host:5432/omr``. Default: SQLite in ``var/``.
+- ``REDIS_URL``: the Dramatiq broker and the channel layer. Default ``redis://127.0.0.1:6379/0``.
+- ``MEDIA_ROOT``: where uploads, page images and CSV files go. Default ``var/media``.
+- ``OMR_MAX_UPLOAD_MB``, ``OMR_MAX_ENTRIES``, ``OMR_MAX_PAGES``, ``OMR_MAX_PIXELS``,
+  ``OMR_MAX_UNCOMPRESSED_MB``: the limits on what an upload may contain.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value not in (None, "") else default
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in env(name, default).split(",") if item.strip()]
+
+
+# Under pytest the broker and channel layer default to in-process ones; the
+# end-to-end test starts real servers with an explicit environment instead.
+RUNNING_TESTS = "pytest" in sys.modules
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env("SECRET_KEY")
+if not SECRET_KEY:
+    # A laptop needs no set-up: a random key kept in var/. Production sets
+    # SECRET_KEY (the same on every host, or sessions break between them).
+    _key_file = Path(env("OMR_VAR_DIR", str(BASE_DIR / "var"))) / "secret_key"
+    try:
+        SECRET_KEY = _key_file.read_text().strip()
+    except FileNotFoundError:
+        import secrets
+
+        _key_file.parent.mkdir(parents=True, exist_ok=True)
+        SECRET_KEY = secrets.token_urlsafe(50)
+        _key_file.write_text(SECRET_KEY)
+        _key_file.chmod(0o600)
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost" + (",*" if DEBUG else ""))
+if RUNNING_TESTS:
+    ALLOWED_HOSTS = [*ALLOWED_HOSTS, "testserver"]
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "daphne",  # first, so runserver serves ASGI
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_dramatiq",
+    "django_htmx",
+    "template_partials",
+    "batches",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    # No GZipMiddleware: it buffers Server-Sent Events.
+]
+
+ROOT_URLCONF = "omrsite.urls"
+WSGI_APPLICATION = None
+ASGI_APPLICATION = "omrsite.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# ---------------------------------------------------------------- database
+
+VAR_DIR = Path(env("OMR_VAR_DIR", str(BASE_DIR / "var")))
+DATABASE_URL = env("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("CONN_MAX_AGE", 0),
+                                              conn_health_checks=True)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    name = DATABASES["default"]["NAME"]
+    if name and name != ":memory:":
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+    DATABASES["default"]["OPTIONS"] = {
+        # Workers and the web process write at once: wait for the lock rather
+        # than fail, take the write lock up front (no upgrade deadlocks), and let
+        # readers run beside a writer (WAL).
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
+    }
+    if RUNNING_TESTS:
+        # A file, not the shared in-memory database: worker threads in the tests
+        # then wait for locks (busy timeout) the way real processes do.
+        import tempfile
+
+        DATABASES["default"]["TEST"] = {"NAME": str(Path(tempfile.gettempdir()) / f"omr-test-{os.getpid()}.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# ---------------------------------------------------------------- Redis, workers, channels
+
+REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
+DRAMATIQ_BACKEND = env("OMR_BROKER", "stub" if RUNNING_TESTS else "redis")
+_dramatiq_middleware = [
+    "dramatiq.middleware.AgeLimit",
+    "dramatiq.middleware.TimeLimit",
+    "dramatiq.middleware.Callbacks",
+    "dramatiq.middleware.Retries",
+    "dramatiq.middleware.CurrentMessage",
+    "django_dramatiq.middleware.DbConnectionsMiddleware",
+    "batches.workers.WorkerSetup",
+]
+if DRAMATIQ_BACKEND == "stub":
+    DRAMATIQ_BROKER = {"BROKER": "dramatiq.brokers.stub.StubBroker", "OPTIONS": {},
+                       "MIDDLEWARE": _dramatiq_middleware}
+else:
+    DRAMATIQ_BROKER = {
+        "BROKER": "dramatiq.brokers.redis.RedisBroker",
+        "OPTIONS": {
+            "url": REDIS_URL,
+            # How soon the messages of a worker that died (SIGKILL, lost host)
+            # are given to another worker.
+            "heartbeat_timeout": env_int("OMR_BROKER_HEARTBEAT_TIMEOUT_MS", 60_000),
+        },
+        "MIDDLEWARE": _dramatiq_middleware,
+    }
+DRAMATIQ_TASKS_DATABASE = "default"
+DRAMATIQ_AUTODISCOVER_MODULES = ["tasks"]
+
+# Streams send a keep-alive every OMR_STREAM_KEEPALIVE seconds (at most 15), so
+# the Redis socket timeout must be longer than that or idle streams break.
+CHANNEL_LAYER_BACKEND = env("OMR_CHANNEL_LAYER", "memory" if RUNNING_TESTS else "redis")
+if CHANNEL_LAYER_BACKEND == "memory":
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 60, "socket_connect_timeout": 5}],
+                "capacity": 1000,
+                "expiry": 30,
+            },
+        }
+    }
+
+# ---------------------------------------------------------------- files and limits
+
+MEDIA_ROOT = Path(env("MEDIA_ROOT", str(VAR_DIR / "media")))
+MEDIA_URL = "/media/"
+STATIC_URL = "/static/"
+STATIC_ROOT = Path(env("STATIC_ROOT", str(VAR_DIR / "static")))
+STATICFILES_DIRS = [p for p in [BASE_DIR / "static"] if p.is_dir()]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+FILE_UPLOAD_PERMISSIONS = 0o640
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o750
+FILE_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024  # larger uploads spool to a temporary file
+
+OMR_MAX_UPLOAD_BYTES = env_int("OMR_MAX_UPLOAD_MB", 2048) * 1024 * 1024
+OMR_MAX_ENTRIES = env_int("OMR_MAX_ENTRIES", 10_000)
+OMR_MAX_PAGES = env_int("OMR_MAX_PAGES", 10_000)
+OMR_MAX_PIXELS = env_int("OMR_MAX_PIXELS", 60_000_000)
+OMR_MAX_UNCOMPRESSED_BYTES = env_int("OMR_MAX_UNCOMPRESSED_MB", 8192) * 1024 * 1024
+OMR_MAX_COMPRESSION_RATIO = env_int("OMR_MAX_COMPRESSION_RATIO", 200)
+OMR_MAX_NAME_LENGTH = 255
+OMR_PDF_DPI = env_int("OMR_PDF_DPI", 200)
+OMR_PDF_TIMEOUT = env_int("OMR_PDF_TIMEOUT", 600)  # seconds to render one PDF
+OMR_DEFAULT_TEMPLATE = env("OMR_DEFAULT_TEMPLATE", "a4-100q-5")
+OMR_CHUNK_SIZE = env_int("OMR_CHUNK_SIZE", 10)  # sheets per worker message
+OMR_SHEET_MAX_ATTEMPTS = env_int("OMR_SHEET_MAX_ATTEMPTS", 3)
+OMR_PROGRESS_INTERVAL = env_float("OMR_PROGRESS_INTERVAL", 2.0)  # seconds between processing events
+OMR_STREAM_KEEPALIVE = min(env_float("OMR_STREAM_KEEPALIVE", 10.0), 15.0)
+OMR_STREAM_POLL = env_float("OMR_STREAM_POLL", 5.0)  # the DB safety net under the wake-ups
+OMR_HEARTBEAT_INTERVAL = env_float("OMR_HEARTBEAT_INTERVAL", 0.0 if RUNNING_TESTS else 10.0)
+# OpenCV reads this once, before its first import: refuse giant images up front.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(OMR_MAX_PIXELS))
+
+# ---------------------------------------------------------------- security
+
+SECURE_SSL = env_bool("SECURE_SSL", False)  # on in production, behind HTTPS
+SESSION_COOKIE_SECURE = SECURE_SSL
+CSRF_COOKIE_SECURE = SECURE_SSL
+SECURE_SSL_REDIRECT = SECURE_SSL and env_bool("SECURE_SSL_REDIRECT", True)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if SECURE_SSL else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_SSL
+SECURE_HSTS_PRELOAD = SECURE_SSL
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_PROXY") else None
+SECURE_REDIRECT_EXEMPT = [r"^api/health$"]  # load balancers probe over plain HTTP
+X_FRAME_OPTIONS = "DENY"
+LOGIN_URL = env("LOGIN_URL", "admin:login")
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# ---------------------------------------------------------------- logging
+
+LOG_LEVEL = env("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    # Keep Django's own loggers (django.request tracebacks) alive.
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "batches": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "dramatiq": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
+}
+
+VERSION = "0.1.0"

@@ -1,0 +1,371 @@
+"""The pipeline run by real Dramatiq Workers on the StubBroker, with the real
+engine reading simulated sheets; and the worker faults of RELIABILITY (W1,
+W2, W4, W6; W7 with real processes is in test_end_to_end) at the level where they happen."""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+import time
+
+import dramatiq
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.core.management import call_command
+from django.urls import reverse
+
+from batches import pipeline, services
+from batches.models import Answer, Batch, ProgressEvent, Sheet, SheetStatus, Stage
+from tests.conftest import TEMPLATE, run_queue, sheets_zip
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORDER = ["uploading", "validating", "extracting", "organizing_qr", "creating_sheets", "processing_sheets",
+         "collecting_results", "generating_csv", "loading_database", "cleanup", "completed"]
+
+
+def upload(api, data: bytes, name: str = "scans.zip", **fields):
+    body = {"file": ContentFile(data, name=name), "template": TEMPLATE, "has_qr": "true", **fields}
+    return api.post(reverse("batches:api-upload"), body)
+
+
+def results_rows(batch: Batch) -> list[dict]:
+    with default_storage.open(batch.results_csv.name, "rb") as f:
+        return list(csv.DictReader(io.StringIO(f.read().decode("utf-8-sig"))))
+
+
+def assert_stage_order(batch: Batch) -> list[ProgressEvent]:
+    events = list(ProgressEvent.objects.filter(batch=batch).order_by("id"))
+    stages = [e.stage for e in events]
+    seen = list(dict.fromkeys(stages))
+    assert seen == ORDER, seen
+    assert all(ORDER.index(a) <= ORDER.index(b) for a, b in zip(stages, stages[1:], strict=False))
+    overall = [e.overall_percentage for e in events]
+    assert overall == sorted(overall)
+    return events
+
+
+def new_batch(owner, data: bytes, name="scans.zip", has_qr=True) -> Batch:
+    return services.create_batch(owner, ContentFile(data, name=name), filename=name, template=TEMPLATE,
+                                 has_qr=has_qr, start=False)
+
+
+def test_upload_runs_every_stage_and_the_csv_matches_the_sheets(api, owner, broker, worker):
+    # Given a ZIP of 12 simulated sheets
+    data, sheets = sheets_zip(12)
+
+    # When it is uploaded and the workers run
+    response = upload(api, data)
+    assert response.status_code == 202
+    run_queue(broker, worker)
+
+    # Then the batch completed through every stage, in order
+    batch = Batch.objects.get(pk=response.json()["batch_id"])
+    assert batch.stage == Stage.COMPLETED, batch.error
+    assert (batch.sheets_total, batch.sheets_processed, batch.sheets_failed) == (12, 12, 0)
+    assert batch.overall_percentage == 100.0
+    assert batch.finished_at is not None
+    events = assert_stage_order(batch)
+    assert events[-1].stage == Stage.COMPLETED
+
+    # And the CSV and the answer rows hold what was filled in
+    rows = results_rows(batch)
+    assert [r["source_file"] for r in rows] == [s.name for s in sheets]
+    for row, sheet in zip(rows, sheets, strict=True):
+        assert row["student"] == sheet.student
+        assert row["exam"] == "EXAM1"
+        for field, value in sheet.answers.items():
+            assert row[field] == value, (sheet.name, field)
+    assert Answer.objects.filter(sheet__batch=batch).count() == 12 * len(sheets[0].answers)
+    assert Sheet.objects.filter(batch=batch, status=SheetStatus.DONE).count() == 12
+
+
+def test_processing_publishes_in_steps_not_per_sheet(owner, settings):
+    # Given a batch of 30 sheets and a long progress interval
+    settings.OMR_PROGRESS_INTERVAL = 60
+    settings.OMR_CHUNK_SIZE = 2
+    data, _sheets = sheets_zip(30)
+    batch = new_batch(owner, data)
+
+    # When it runs
+    pipeline.run_inline(batch.pk)
+
+    # Then processing_sheets published its start, a few steps and its end: not 30 events
+    processing = ProgressEvent.objects.filter(batch=batch, stage=Stage.PROCESSING_SHEETS)
+    assert 3 <= processing.count() <= 6
+    assert processing.first().progress_percentage == 0
+    assert processing.last().progress_percentage == 100
+
+
+def test_a_bad_page_fails_alone_and_the_batch_goes_on(owner):
+    # Given a ZIP with a text file renamed .png among good sheets (Z9)
+    data, _sheets = sheets_zip(3, extra=[("broken.png", b"this is not a picture")])
+    batch = new_batch(owner, data)
+
+    # When it runs
+    batch = pipeline.run_inline(batch.pk)
+
+    # Then that one sheet failed with the reason, and the batch completed
+    assert batch.stage == Stage.COMPLETED
+    bad = Sheet.objects.get(batch=batch, source_name="broken.png")
+    assert bad.status == SheetStatus.FAILED
+    assert "not an image" in bad.error
+    assert bad.needs_review
+    assert (batch.sheets_total, batch.sheets_failed) == (4, 1)
+    row = [r for r in results_rows(batch) if r["source_file"] == "broken.png"][0]
+    assert row["status"] == "failed" and "not an image" in row["error"]
+
+
+def test_bad_archive_fails_the_batch_naming_the_entry(owner):
+    from tests.conftest import make_zip
+
+    data = make_zip([("good.jpg", b"x"), ("../../etc/evil.jpg", b"x")])
+    batch = pipeline.run_inline(new_batch(owner, data).pk)
+    assert batch.stage == Stage.FAILED
+    assert "../../etc/evil.jpg" in batch.error
+    last = ProgressEvent.objects.filter(batch=batch).latest("id")
+    assert last.stage == Stage.FAILED and "evil.jpg" in last.message
+    assert not default_storage.exists(f"batches/{batch.pk}/pages/00001.jpg")
+
+
+def test_stages_are_idempotent(owner):
+    # Given a completed batch
+    data, _sheets = sheets_zip(3)
+    batch = pipeline.run_inline(new_batch(owner, data).pk)
+    answers = sorted(Answer.objects.filter(sheet__batch=batch).values_list("sheet__index", "field", "value"))
+
+    # When the messages come again (start, every chunk, finish)
+    pipeline.start_batch(batch.pk)
+    for sheet_id in Sheet.objects.filter(batch=batch).values_list("pk", flat=True):
+        pipeline.process_chunk(batch.pk, [sheet_id], "another-token")
+    pipeline.finish_batch(batch.pk)
+
+    # Then nothing changed: same rows, same counts, one terminal event
+    batch.refresh_from_db()
+    assert sorted(Answer.objects.filter(sheet__batch=batch).values_list("sheet__index", "field", "value")) == answers
+    assert (batch.sheets_total, batch.sheets_processed) == (3, 3)
+    assert ProgressEvent.objects.filter(batch=batch, stage=Stage.COMPLETED).count() == 1
+
+    # And re-running a finishing stage rewrites its rows identically
+    Batch.objects.filter(pk=batch.pk).update(stage=Stage.COLLECTING_RESULTS)
+    batch.refresh_from_db()
+    pipeline.collect_results(batch)
+    pipeline.load_database(batch)
+    batch.refresh_from_db()
+    assert (batch.sheets_total, batch.sheets_processed, batch.sheets_failed) == (3, 3, 0)
+    assert sorted(Answer.objects.filter(sheet__batch=batch).values_list("sheet__index", "field", "value")) == answers
+
+
+def start_processing(owner, count: int) -> tuple[Batch, list[list[int]]]:
+    data, _sheets = sheets_zip(count)
+    batch = new_batch(owner, data)
+    chunks = pipeline.start_batch(batch.pk)
+    batch.refresh_from_db()
+    assert batch.stage == Stage.PROCESSING_SHEETS
+    return batch, chunks
+
+
+def test_w1_message_back_after_its_worker_was_killed(owner):
+    # Given a chunk whose worker claimed its sheets and died before storing them
+    batch, chunks = start_processing(owner, 3)
+    ids = [i for chunk in chunks for i in chunk]
+    pipeline.claim_sheets(batch.pk, ids, "message-1")
+    Sheet.objects.filter(pk__in=ids).update(attempts=1)
+
+    # When the broker delivers the same message again
+    moved_on = pipeline.process_chunk(batch.pk, ids, "message-1")
+
+    # Then every sheet is stored exactly once and the batch moves on
+    assert moved_on
+    assert Sheet.objects.filter(batch=batch, status=SheetStatus.DONE).count() == 3
+    fields = Answer.objects.filter(sheet__batch=batch).values_list("sheet_id", "field")
+    assert len(fields) == len(set(fields)) == 3 * 22
+    batch.refresh_from_db()
+    assert (batch.sheets_processed, batch.stage) == (3, Stage.COLLECTING_RESULTS)
+
+
+def test_w1_expired_claims_are_taken_over(owner):
+    # Given sheets claimed by a worker that vanished long ago
+    batch, chunks = start_processing(owner, 2)
+    ids = chunks[0]
+    pipeline.claim_sheets(batch.pk, ids, "lost-worker")
+    Sheet.objects.filter(pk__in=ids).update(claimed_at=Sheet.objects.get(pk=ids[0]).claimed_at
+                                            - pipeline.SHEET_LEASE * 2)
+
+    # When the reconcile step sends them out again, under a new message id
+    stale = pipeline.stale_chunks(batch.pk)
+    assert sorted(i for c in stale for i in c) == sorted(i for c in chunks for i in c)
+    for chunk in stale:
+        pipeline.process_chunk(batch.pk, chunk, "reconcile-1")
+
+    # Then they are read and stored once
+    assert Sheet.objects.filter(batch=batch, status=SheetStatus.DONE).count() == 2
+
+
+class WorkerKilled(BaseException):
+    """Stands for SIGKILL: nothing after it runs in that attempt."""
+
+
+def test_w2_a_sheet_that_kills_its_worker_every_time_is_given_up(owner, monkeypatch, settings):
+    # Given a chunk of four sheets, the second of which kills its worker
+    settings.OMR_SHEET_MAX_ATTEMPTS = 3
+    batch, _chunks = start_processing(owner, 4)
+    ids = list(Sheet.objects.filter(batch=batch).order_by("index").values_list("pk", flat=True))
+    poison = ids[1]
+    real_read = pipeline.read_sheet
+
+    def read(sheet, batch_):
+        if sheet.pk == poison:
+            raise WorkerKilled()
+        return real_read(sheet, batch_)
+
+    monkeypatch.setattr(pipeline, "read_sheet", read)
+
+    # When the broker keeps delivering the message after each crash
+    for _ in range(10):
+        try:
+            if pipeline.process_chunk(batch.pk, ids, "message-7"):
+                break
+        except WorkerKilled:
+            continue
+
+    # Then the poison sheet failed after 3 attempts, the others were read once, and the batch goes on
+    sheet = Sheet.objects.get(pk=poison)
+    assert sheet.status == SheetStatus.FAILED and sheet.attempts == 3
+    assert "stopped its worker" in sheet.error
+    assert Sheet.objects.filter(batch=batch, status=SheetStatus.DONE).count() == 3
+    batch.refresh_from_db()
+    assert (batch.sheets_processed, batch.sheets_failed, batch.stage) == (4, 1, Stage.COLLECTING_RESULTS)
+
+
+def test_w4_same_message_twice_at_once_gives_one_result(owner):
+    # Given one chunk delivered to two workers at the same moment
+    batch, chunks = start_processing(owner, 4)
+    ids = [i for chunk in chunks for i in chunk]
+    barrier = threading.Barrier(2)
+    outcomes = []
+
+    def deliver():
+        from django.db import connection
+
+        try:
+            barrier.wait()
+            outcomes.append(pipeline.process_chunk(batch.pk, ids, "message-dup"))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=deliver) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    # Then each sheet has one set of answers, counts are right, and one delivery moved the batch on
+    fields = list(Answer.objects.filter(sheet__batch=batch).values_list("sheet_id", "field"))
+    assert len(fields) == len(set(fields)) == 4 * 22
+    batch.refresh_from_db()
+    assert (batch.sheets_processed, batch.sheets_failed) == (4, 0)
+    assert sorted(outcomes) == [False, True]
+    assert ProgressEvent.objects.filter(batch=batch, stage=Stage.PROCESSING_SHEETS,
+                                        progress_percentage=100).count() == 1
+
+
+def wait_for_batch(batch_id, timeout: float = 60.0) -> Batch:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = Batch.objects.get(pk=batch_id)
+        if batch.is_finished:
+            return batch
+        time.sleep(0.05)
+    raise AssertionError(f"batch still {batch.stage} after {timeout} s")
+
+
+def test_w6_lost_messages_are_sent_again_by_reconcile(api, broker, settings):
+    # Given a batch being read by a worker, one sheet per message
+    settings.OMR_CHUNK_SIZE = 1
+    data, _sheets = sheets_zip(16)
+    batch_id = upload(api, data).json()["batch_id"]
+    first = dramatiq.Worker(broker, worker_timeout=50, worker_threads=1)
+    first.start()
+    deadline = time.monotonic() + 30
+    while Batch.objects.get(pk=batch_id).sheets_processed < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    # When the worker stops and its queued messages are lost (the stub broker,
+    # like a Redis that restarted without its data, keeps nothing)
+    first.stop()
+    broker.flush_all()
+    batch = Batch.objects.get(pk=batch_id)
+    assert batch.stage == Stage.PROCESSING_SHEETS and batch.sheets_processed < 16
+
+    # And a new worker starts and the reconcile command runs
+    second = dramatiq.Worker(broker, worker_timeout=50, worker_threads=2)
+    second.start()
+    try:
+        call_command("reconcile_batches", "--idle-minutes", "0", stdout=io.StringIO())
+        batch = wait_for_batch(batch_id)
+    finally:
+        second.stop()
+
+    # Then the batch finishes with every sheet read once
+    assert batch.stage == Stage.COMPLETED, batch.error
+    assert (batch.sheets_processed, batch.sheets_failed) == (16, 0)
+    assert Answer.objects.filter(sheet__batch=batch).count() == 16 * 22
+
+
+def test_retry_of_a_failed_batch_runs_again(api, owner, broker, worker, monkeypatch):
+    # Given a batch that failed in extraction
+    data, _sheets = sheets_zip(2)
+    batch = new_batch(owner, data)
+
+    def broken(*args, **kwargs):
+        raise pipeline.BatchError("storage was down")
+
+    monkeypatch.setattr(pipeline, "extract", broken)
+    batch = pipeline.run_inline(batch.pk)
+    assert batch.stage == Stage.FAILED and batch.error == "storage was down"
+    monkeypatch.undo()
+
+    # When it is retried
+    response = api.post(reverse("batches:api-retry", args=[batch.pk]))
+    assert response.status_code == 202
+    run_queue(broker, worker)
+
+    # Then it completes, and its overall percentage never went backwards
+    batch.refresh_from_db()
+    assert batch.stage == Stage.COMPLETED
+    assert batch.error == ""
+    overall = list(ProgressEvent.objects.filter(batch=batch).values_list("overall_percentage", flat=True))
+    assert overall == sorted(overall)
+    # A completed batch cannot be retried
+    assert api.post(reverse("batches:api-retry", args=[batch.pk])).status_code == 409
+
+
+def test_pdf_and_multipage_tiff_pages_become_sheets(owner):
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import simulated_sheet
+
+    # Fresh images (no JPEG metadata for the TIFF writer to trip over).
+    pages = [Image.fromarray(np.asarray(Image.open(io.BytesIO(simulated_sheet(i).jpeg)).convert("L")))
+             for i in range(2)]
+    pdf, tiff = io.BytesIO(), io.BytesIO()
+    pages[0].copy().save(tiff, "TIFF", save_all=True, append_images=pages[1:], dpi=(300, 300))
+    pages[0].copy().save(pdf, "PDF", save_all=True, append_images=pages[1:], resolution=300)
+
+    for name, data in (("scans.pdf", pdf.getvalue()), ("scans.tif", tiff.getvalue())):
+        batch = pipeline.run_inline(new_batch(owner, data, name=name).pk)
+        assert batch.stage == Stage.COMPLETED, batch.error
+        sheets = list(Sheet.objects.filter(batch=batch).order_by("index"))
+        assert [(s.source_name, s.source_page) for s in sheets] == [(name, 1), (name, 2)]
+        assert [s.student for s in sheets] == [simulated_sheet(0).student, simulated_sheet(1).student]
+        assert all(s.status == SheetStatus.DONE for s in sheets)
+
+
+def test_malformed_pdf_fails_with_a_clear_reason(owner):
+    batch = pipeline.run_inline(new_batch(owner, b"%PDF-1.4\nnot really a pdf", name="scan.pdf").pk)
+    assert batch.stage == Stage.FAILED
+    assert "scan.pdf" in batch.error and "damaged" in batch.error
