@@ -424,25 +424,34 @@ def _h_from_marks(g: MarkGeometry, marks_px: np.ndarray) -> np.ndarray:
     return cv2.getPerspectiveTransform(g.centres.astype(np.float32), marks_px.astype(np.float32)).astype(np.float64)
 
 
+@lru_cache(maxsize=32)
+def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    return xx, yy
+
+
 def _refine_mark(grey: np.ndarray, x: float, y: float, side: float) -> tuple[float, float, float, float, float] | None:
     """Measure one mark at full resolution near (x, y) with expected ``side`` px.
 
     Ink-weighted centroid inside a disc of 0.85 sides around the estimate
     (holds the whole square at any angle, and never reaches the key bar), twice
-    to recentre. Returns (cx, cy, side_px, ink grey, paper grey), or None when
-    no solid square is there.
+    if the first moved it much. Returns (cx, cy, side_px, ink grey, paper grey),
+    or None when no solid square is there.
     """
     h, w = grey.shape
     rad = side * 0.85
     half = int(math.ceil(rad)) + 1
-    for attempt in range(2):
-        x0, y0 = max(0, int(x) - half), max(0, int(y) - half)
-        x1, y1 = min(w, int(x) + half + 1), min(h, int(y) + half + 1)
-        if x1 - x0 < 4 or y1 - y0 < 4:
-            return None
-        patch = grey[y0:y1, x0:x1].astype(np.float32)
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-        inside = (xx - x) ** 2 + (yy - y) ** 2 <= rad * rad
+    size = 2 * half + 1
+    gx, gy = _grid(size)
+    for _ in range(2):
+        ix, iy = int(round(x)), int(round(y))
+        x0, y0 = ix - half, iy - half
+        if x0 < 0 or y0 < 0 or x0 + size > w or y0 + size > h:
+            return None  # a mark cut by the image edge cannot be measured
+        patch = grey[y0:y0 + size, x0:x0 + size].astype(np.float32)
+        dx, dy = gx - (x - x0), gy - (y - y0)
+        r2 = dx * dx + dy * dy
+        inside = r2 <= rad * rad
         vals = patch[inside]
         kl, kh = int(0.04 * (len(vals) - 1)), int(0.96 * (len(vals) - 1))
         part = np.partition(vals, (kl, kh))
@@ -451,12 +460,13 @@ def _refine_mark(grey: np.ndarray, x: float, y: float, side: float) -> tuple[flo
             return None
         # Soft ink weight: 0 at paper, 1 at the mark's own black; the small
         # offset keeps paper noise out of the centroid.
-        wts = np.clip(((hi - patch) / (hi - lo) - 0.1) / 0.8, 0.0, 1.0) * inside
-        tot = float(wts.sum())
+        wts = np.clip((hi - patch) * (1.25 / (hi - lo)) - 0.125, 0.0, 1.0)
+        wts[~inside] = 0
+        m = cv2.moments(wts)
+        tot = m["m00"]
         if tot <= 0:
             return None
-        nx = float((wts * xx).sum() / tot)  # image px, pixel centres at whole numbers
-        ny = float((wts * yy).sum() / tot)
+        nx, ny = x0 + m["m10"] / tot, y0 + m["m01"] / tot  # image px, pixel centres at whole numbers
         moved = math.hypot(nx - x, ny - y)
         x, y = nx, ny
         # The disc holds the whole square for any error under 0.14 sides, and the
@@ -466,18 +476,18 @@ def _refine_mark(grey: np.ndarray, x: float, y: float, side: float) -> tuple[flo
     side_px = math.sqrt(tot)
     # A square of side a has a second moment a^2/12 about each axis through its
     # centre (any rotation): far from that, it is not a solid square.
-    ixx = float((wts * (xx - x) ** 2).sum() / tot)
-    iyy = float((wts * (yy - y) ** 2).sum() / tot)
-    spread = math.sqrt(6 * (ixx + iyy))  # = a for a solid square
+    spread = math.sqrt(6 * (m["mu20"] + m["mu02"]) / tot)  # = a for a solid square
     if not 0.75 < spread / max(side_px, 1e-6) < 1.3 or not 0.55 < side_px / side < 1.6:
         return None
     # Corners: a square has ~7 % of its ink beyond 0.58 sides from its centre, a
     # disc (a filled bubble) almost none.
-    far = ((xx - x) ** 2 + (yy - y) ** 2) > (0.58 * side_px) ** 2
-    if float((wts * far).sum()) / tot < 0.035:
+    cx, cy = x - x0, y - y0
+    far = ((gx - cx) ** 2 + (gy - cy) ** 2) > (0.58 * side_px) ** 2
+    if float(wts[far].sum()) / tot < 0.035:
         return None
-    ink = float(np.median(patch[wts > 0.9])) if np.any(wts > 0.9) else float(lo)
-    return x, y, side_px, ink, float(hi)
+    core = wts > 0.9
+    ink = float(np.median(patch[core])) if core.any() else lo
+    return x, y, side_px, ink, hi
 
 
 def locate_page(image: np.ndarray, geometries: list[MarkGeometry]) -> PageFit:
@@ -557,7 +567,10 @@ def _locate(grey: np.ndarray, geometries: list[MarkGeometry], factor: float, fai
         cands.sort(key=lambda c: -c.area)
         windows = [cands[i:i + MAX_CANDIDATES] for i in range(0, max(1, len(cands) - 3), MAX_CANDIDATES - 4)][:5]
         failure[0] = "registration marks not found (no four squares form the page's corners)"
-        for window in windows:
+        # On a clean sheet the four largest solid squares are the marks: one
+        # set to test before any search.
+        first = [cands[:4]] if len(cands) > 4 else []
+        for window in first + windows:
             quads = [(err, [window[i] for i in idx], g) for err, idx, g in _quads(window, geometries)[:4]]
             for err, chosen, g in quads:
                 try:
@@ -581,13 +594,9 @@ def _finish(grey: np.ndarray, small: np.ndarray, bg: np.ndarray, s: float, chose
             g: MarkGeometry, err: float) -> PageFit:
     """Name the corners of one candidate quad, measure its marks at full
     resolution and build the fit; ``AlignError`` when they are not marks."""
-    xy = np.array([[c.x, c.y] for c in chosen])
     # ``chosen`` is named up to a half turn; the key bar (beside the top-left
-    # mark only) tells which. A firmer look at full resolution follows.
-    hyps = []
-    for pts in (xy, np.roll(xy, -2, 0)):
-        hyps.append((pts, _key_darkness(small, bg, _h_from_marks(g, pts), g)))
-    pts_small = max(hyps, key=lambda hp: hp[1])[0]
+    # mark only) tells which, once the marks are measured at full resolution.
+    pts_small = np.array([[c.x, c.y] for c in chosen])
     # Full-resolution centres of the four marks.
     expect_side = float(np.mean([c.side for c in chosen])) / s
     marks = []
@@ -602,6 +611,14 @@ def _finish(grey: np.ndarray, small: np.ndarray, bg: np.ndarray, s: float, chose
         papers.append(r[4])
     marks_px = np.array(marks)
     H = _h_from_marks(g, marks_px)
+    bg_full = Background(bg, s)
+    alt_pts = np.roll(marks_px, -2, 0)
+    H_alt = _h_from_marks(g, alt_pts)
+    key_full = _key_darkness_full(grey, bg_full, H, g)
+    key_alt = _key_darkness_full(grey, bg_full, H_alt, g)
+    if key_alt > key_full:
+        marks_px, alt_pts, H, H_alt, key_full, key_alt = alt_pts, marks_px, H_alt, H, key_alt, key_full
+        inks, papers, sides = inks[2:] + inks[:2], papers[2:] + papers[:2], sides[2:] + sides[:2]
     J = jacobians(H, g.centres)
     scale = np.sqrt(np.abs(np.linalg.det(J)))
     # The measured side of each mark against the side the homography implies.
@@ -620,12 +637,6 @@ def _finish(grey: np.ndarray, small: np.ndarray, bg: np.ndarray, s: float, chose
         sx = float(np.linalg.norm(Hn[:2, 0]))
         sy = float(np.linalg.norm(Hn[:2, 1]))
         aspect_error = abs(math.log(sx / sy))
-    # Key darkness at full resolution for both 180-degree-apart namings.
-    bg_full = Background(bg, s)
-    key_full = _key_darkness_full(grey, bg_full, H, g)
-    alt_pts = np.roll(marks_px, -2, 0)
-    H_alt = _h_from_marks(g, alt_pts)
-    key_alt = _key_darkness_full(grey, bg_full, H_alt, g)
     ink_ratio = float(np.median(np.array(inks) / np.maximum(np.array(papers), 1)))
     sure = key_full > 0.35 and key_full - key_alt > 0.25
     fit = PageFit(H=H, marks_px=marks_px, orientation=orientation, px_per_mm=float(scale.mean()),

@@ -38,7 +38,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .align import _DIRS, BubbleFrame, PageFit, sample_offsets
+from .align import _DIRS16 as _DIRS
+from .align import BubbleFrame, PageFit, sample_offsets
 from .layout import PageLayout
 
 #: Lowest excess darkness (score above the local blank level) that counts as a mark.
@@ -63,13 +64,13 @@ CIRCLE_MIN = 0.7
 
 # Disc sample points, as fractions of the radius: a square grid cut to a disc
 # of 0.72 r (keeps clear of the printed outline even when off by ~0.2 r).
-_g = np.linspace(-0.72, 0.72, 11)
+_g = np.linspace(-0.72, 0.72, 10)
 _gx, _gy = np.meshgrid(_g, _g)
 _inside = _gx ** 2 + _gy ** 2 <= 0.72 ** 2
-DISC = np.stack([_gx[_inside], _gy[_inside]], -1)  # (~95, 2)
-RING_RADII = np.array([0.8, 0.9, 1.0, 1.1, 1.2])
+DISC = np.stack([_gx[_inside], _gy[_inside]], -1)  # (~76, 2)
+RING_RADII = np.array([0.84, 1.0, 1.16])
 PAPER_RADII = np.array([1.34, 1.6])
-CIRCLE_RADII = np.array([1.16, 1.27, 1.38, 1.5])
+CIRCLE_RADII = np.array([1.18, 1.32, 1.46])
 
 
 @dataclass

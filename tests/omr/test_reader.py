@@ -337,3 +337,12 @@ def test_multi_page_tiff_gives_one_reading_per_page():
     assert [r.page for r in readings] == [1, 2]
     assert readings[0].answers["q5"] == "C" and readings[1].answers["q105"] == "C"
     assert [r.file for r in readings] == ["batch.tif#1", "batch.tif#2"]
+
+
+def test_two_page_template_without_qr_says_the_page_is_unknown():
+    t = load_template("a4-200q-5")
+    r = read_sheet(draw_sheet(t, page=2, dpi=150, answers={"q105": "C"}, qr_text=None), t)
+    # Both pages print the same bubbles: nothing on the sheet tells them apart.
+    assert "page_unknown" in r.sheet_flags and r.needs_review
+    r = read_sheet(draw_sheet(t, page=2, dpi=150, answers={"q105": "C"}, qr_text=None), t, page=2)
+    assert r.page == 2 and r.answers["q105"] == "C" and "page_unknown" not in r.sheet_flags
