@@ -1,9 +1,10 @@
-"""Top-level URLs: the admin, the batches app (API and, later, its pages)."""
+"""Top-level URLs: the admin, and the batches app (its browser pages and API,
+one ``batches`` namespace; ``batches.page_urls`` carries ``batches.urls``)."""
 
 from django.contrib import admin
 from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("", include("batches.page_urls")),  # the browser pages and, through them, batches.urls (the API)
+    path("", include("batches.page_urls")),
 ]

@@ -1,0 +1,60 @@
+"""The results CSV (X2): formula cells neutralised, numbers kept as numbers,
+one row per sheet with every answer."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+from batches.csvexport import FIXED_COLUMNS, safe_cell, write_results_csv
+from batches.models import Answer, Batch, Sheet, SheetStatus, Stage
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"),
+    ("+1+cmd", "'+1+cmd"),
+    ("-2+3", "'-2+3"),
+    ("@SUM(A1)", "'@SUM(A1)"),
+    ("\tTAB", "'\tTAB"),
+    ("\rCR", "'\rCR"),
+    ("-12", "-12"),
+    ("+3.5", "+3.5"),
+    ("0123456", "0123456"),
+    ("BD", "BD"),
+    (7, 7),
+    (-1.5, -1.5),
+    (None, ""),
+    (True, "true"),
+])
+def test_safe_cell(value, expected):
+    assert safe_cell(value) == expected
+
+
+def test_csv_rows_hold_every_answer_and_neutralised_names(owner):
+    batch = Batch.objects.create(owner=owner, template="a4-20q-4", stage=Stage.COMPLETED)
+    sheet = Sheet.objects.create(batch=batch, index=1, source_name="=cmd|' /C calc'!A0.jpg", image="x",
+                                 status=SheetStatus.DONE, template="a4-20q-4", template_page=1, student="-5",
+                                 exam="@exam", flags=["misaligned"], needs_review=True)
+    Answer.objects.create(sheet=sheet, field="q1", value="A")
+    Answer.objects.create(sheet=sheet, field="q2", value="BD", flags=["multiple"])
+    Answer.objects.create(sheet=sheet, field="q3", value="", flags=["blank"])
+    Answer.objects.create(sheet=sheet, field="student_number", value="0042")
+
+    out = io.StringIO()
+    assert write_results_csv(batch, out) == 1
+    rows = list(csv.reader(io.StringIO(out.getvalue())))
+    header, row = rows
+    assert header[: len(FIXED_COLUMNS)] == FIXED_COLUMNS
+    assert header[len(FIXED_COLUMNS):len(FIXED_COLUMNS) + 2] == ["student_number", "exam_version"]
+    assert "q20" in header
+    cells = dict(zip(header, row, strict=True))
+    assert cells["source_file"] == "'=cmd|' /C calc'!A0.jpg"
+    assert cells["student"] == "-5"  # a number stays a number
+    assert cells["exam"] == "'@exam"
+    assert (cells["q1"], cells["q2"], cells["q3"], cells["student_number"]) == ("A", "BD", "", "0042")
+    assert cells["flags"] == "misaligned; q2:multiple"
+    assert cells["needs_review"] == "true"

@@ -1,0 +1,57 @@
+"""Settings from the environment (X1: ``check --deploy`` is clean with
+production values) and the logging that keeps Django's own loggers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_manage(*args: str, env: dict) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OMR_", "DJANGO_"))}
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env={**base, **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_check_deploy_is_clean_with_production_values(tmp_path):
+    env = {
+        "SECRET_KEY": "x" * 30 + "a-long-random-production-secret-key-value",
+        "DEBUG": "0",
+        "ALLOWED_HOSTS": "omr.example.org",
+        "SECURE_SSL": "1",
+        "BEHIND_PROXY": "1",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "MEDIA_ROOT": str(tmp_path / "media"),
+        "OMR_VAR_DIR": str(tmp_path),
+    }
+    result = run_manage("check", "--deploy", "--fail-level", "WARNING", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_environment_drives_the_settings(tmp_path):
+    env = {"DATABASE_URL": "postgres://u:p@db.example:5433/omr", "REDIS_URL": "redis://cache:6390/3",
+           "MEDIA_ROOT": str(tmp_path / "m"), "OMR_MAX_UPLOAD_MB": "7", "ALLOWED_HOSTS": "a.example,b.example",
+           "OMR_VAR_DIR": str(tmp_path)}
+    code = ("from django.conf import settings as s; import json; print(json.dumps([s.DATABASES['default']['HOST'],"
+            " s.DATABASES['default']['PORT'], s.DRAMATIQ_BROKER['OPTIONS']['url'],"
+            " s.CHANNEL_LAYERS['default']['CONFIG']['hosts'][0]['address'],"
+            " s.CHANNEL_LAYERS['default']['CONFIG']['hosts'][0]['socket_timeout'], s.OMR_STREAM_KEEPALIVE,"
+            " str(s.MEDIA_ROOT), s.OMR_MAX_UPLOAD_BYTES, s.ALLOWED_HOSTS, s.LOGGING['disable_existing_loggers']]))")
+    result = run_manage("shell", "-c", code, env=env)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    last_line = result.stdout.strip().splitlines()[-1]  # shell may print a banner first
+    host, port, broker, layer, socket_timeout, keepalive, media, limit, hosts, disable = json.loads(last_line)
+    assert (host, port) == ("db.example", 5433)
+    assert broker == layer == "redis://cache:6390/3"
+    assert socket_timeout > keepalive  # idle streams must outlive the Redis socket timeout
+    assert media == str(tmp_path / "m")
+    assert limit == 7 * 1024 * 1024
+    assert hosts == ["a.example", "b.example"]
+    assert disable is False
