@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Q
+from django.db.models import Case, Q, TextField, Value, When
+from django.db.models.functions import Cast
 from django.forms.models import BaseInlineFormSet
 from django.http import Http404, HttpResponseNotAllowed
 from django.shortcuts import redirect
@@ -195,13 +196,21 @@ class AnswerInline(admin.TabularInline):
     model = Answer
     form = AnswerForm
     formset = AnswerFormSet
-    fields = ["field", "value", "reader", "confidence_text", "corrected"]
-    readonly_fields = ["field", "reader", "confidence_text", "corrected"]
+    fields = ["field", "value", "reader", "confidence_text", "corrected_mark"]
+    readonly_fields = ["field", "reader", "confidence_text", "corrected_mark"]
     extra = 0
     max_num = 0
     can_delete = False
     verbose_name = "answer"
-    verbose_name_plural = "answers (edit a value to correct it; every change is recorded)"
+    verbose_name_plural = "answers: fields in doubt first (edit a value to correct it; every change is recorded)"
+
+    def get_queryset(self, request):
+        # Fields the reader flagged (anything but a plain blank) come first, so
+        # the reviewer starts where the doubt is. Flags are JSON lists; their
+        # text is the same on SQLite and PostgreSQL.
+        plain = Case(When(flags_text__in=["[]", '["blank"]'], then=Value(1)), default=Value(0))
+        return (super().get_queryset(request).annotate(flags_text=Cast("flags", TextField()))
+                .annotate(plain=plain).order_by("plain", "id"))
 
     @admin.display(description="Reader's flags")
     def reader(self, obj):
@@ -213,6 +222,10 @@ class AnswerInline(admin.TabularInline):
     @admin.display(description="Confidence")
     def confidence_text(self, obj):
         return "" if obj.confidence is None else f"{obj.confidence * 100:.0f} %"
+
+    @admin.display(description="Corrected")
+    def corrected_mark(self, obj):
+        return "✓ by a person" if obj.corrected else ""
 
 
 class CorrectionInline(admin.TabularInline):
@@ -239,13 +252,14 @@ class SheetAdmin(admin.ModelAdmin):
     list_per_page = 50
     actions = ["read_again", "mark_reviewed", "regenerate_csv"]
     inlines = [AnswerInline, CorrectionInline]
-    readonly_fields = ["batch_link", "index", "source_name", "source_page", "status", "template", "template_page",
-                       "student", "exam", "qr_payload", "qr_error", "flag_summary", "error", "read_at", "attempts"]
+    readonly_fields = ["batch_link", "source", "status", "template", "template_page", "student", "exam",
+                       "qr_payload", "qr_error", "flag_summary", "error", "read_at", "attempts"]
+    # What a reviewer decides on first; where the page came from below, folded.
     fieldsets = [
-        (None, {"fields": ["batch_link", "index", "source_name", "source_page", "status", "needs_review",
-                           "flag_summary", "error"]}),
-        ("Identification", {"fields": ["template", "template_page", "student", "exam", "qr_payload", "qr_error"]}),
-        ("Reading", {"fields": ["read_at", "attempts"], "classes": ["collapse"]}),
+        (None, {"fields": ["batch_link", "student", "flag_summary", "error", "needs_review"]}),
+        ("Source and identification", {"fields": ["source", "status", "template", "template_page", "exam",
+                                                  "qr_payload", "qr_error", "read_at", "attempts"],
+                                       "classes": ["collapse"]}),
     ]
 
     def get_queryset(self, request):
@@ -273,6 +287,10 @@ class SheetAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">{}</a>', reverse("batches:detail", args=[obj.batch_id]),
                            obj.batch.original_filename)
 
+    @admin.display(description="Page")
+    def source(self, obj):
+        return f"{obj.index} in the upload: {obj.source_name}, page {obj.source_page}"
+
     @admin.display(description="Flags")
     def flag_summary(self, obj):
         """Sheet flags, then the fields the reader was not sure of."""
@@ -285,6 +303,17 @@ class SheetAdmin(admin.ModelAdmin):
             parts.append(f"+{len(doubtful) - 6} more fields")
         return "; ".join(parts) or "—"
 
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is not None and not obj.error:
+            # An empty "Error: -" line is noise on the review screen.
+            first = dict(fieldsets[0][1], fields=[f for f in fieldsets[0][1]["fields"] if f != "error"])
+            fieldsets = [(fieldsets[0][0], first), *fieldsets[1:]]
+        return fieldsets
+
+    def changelist_view(self, request, extra_context=None):
+        return super().changelist_view(request, {**(extra_context or {}), "is_nav_sidebar_enabled": False})
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
         sheet = self.get_object(request, object_id)
         extra = dict(extra_context or {})
@@ -295,6 +324,9 @@ class SheetAdmin(admin.ModelAdmin):
             if nxt:
                 extra["next_review_url"] = reverse("admin:batches_sheet_change", args=[nxt])
             extra["batch_running"] = not sheet.batch.is_finished
+            extra["title"] = "Review sheet"
+            extra["subtitle"] = f"Sheet {sheet.index} of {sheet.batch.original_filename}"
+            extra["is_nav_sidebar_enabled"] = False  # the page image needs the width
         return super().change_view(request, object_id, form_url, extra_context=extra)
 
     def get_urls(self):
