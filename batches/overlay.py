@@ -126,7 +126,7 @@ def page_base(image: np.ndarray, max_width: int = MAX_WIDTH) -> tuple[np.ndarray
     """The page as a light grey BGR picture at most ``max_width`` px wide, and
     the scale used. Paper is lifted to white and the greys are reduced to 16
     levels: scan noise then costs almost nothing in the PNG (a 300-dpi scan
-    goes from ~2.5 MB to ~0.3 MB) while pencil marks, faint ones included,
+    goes from ~2.5 MB to ~0.5 MB) while pencil marks, faint ones included,
     keep their darkness relative to the paper."""
     grey = to_grey(image)
     h, w = grey.shape[:2]
