@@ -336,11 +336,12 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
     out.orientation = fit.orientation
     out.marks_px = fit.marks_px
     out.homography = ev.frame.H
-    if out.qr is None and qr.status == "qr_missing" and ev.frame.field is not None and ev.frame.shift_mm > 0.4:
+    if out.qr is None and qr.status == "qr_missing":
         # A curled page moves the QR code too: cut it out again where the
-        # bubbles around it say it is.
+        # bubbles around it say it is, and read it module by module (blur).
         t1 = time.perf_counter()
-        qr2 = read_qr(grey, ev.frame.corrected_h(_qr_box(chosen)), _qr_box(chosen))
+        qr2 = read_qr(grey, ev.frame.corrected_h(_qr_box(chosen)), _qr_box(chosen),
+                      thorough=ev.frame.shift_mm > 0.4, modules=True)
         timings["qr"] = timings.get("qr", 0.0) + (time.perf_counter() - t1) * 1000
         if qr2.status != "qr_missing":
             qr = qr2
