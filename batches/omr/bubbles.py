@@ -18,17 +18,23 @@ Decision (``decide_groups``), per sheet and per group:
   the unmarked bubbles around it (within ~2 cm), which takes out what the
   paper-level estimate leaves of shadows and blur. The sheet's noise is the
   spread of unmarked bubbles about that level.
-* Marked: excess over the local blank level >= ``T_mark`` = max(``MARK_MIN``,
-  6 noise); or, for pen/pencil strokes (a tick, a cross: enough pixels darker
-  than 0.5), >= ``STROKE_MIN``; or a circle drawn around the bubble.
-* Flags: ``ambiguous`` (an excess within ``GREY`` of ``T_mark`` with no
-  stroke evidence), ``faint`` (a mark much lighter than this sheet's other
-  marks), ``erasure`` (darker than blank, under the grey zone, no strokes),
-  ``circled``, ``misaligned`` (the printed outline is not where the model
-  puts it), ``multiple``, ``blank``.
+* Marked: excess over the local blank level >= ``T_mark`` = max(``MARK_MIN``
+  0.12, 6 noise), lowered on a sheet marked lightly throughout to about half
+  its marks' typical excess (never under ``MARK_MIN_LIGHT`` 0.07 or 4 noise);
+  or, for pen/pencil strokes (a tick, a cross: at least 8 % of the disc
+  darker than 0.5, reaching 0.45), an excess >= ``STROKE_MIN`` 0.07; or a
+  circle drawn around the bubble. Beside a clear mark in the same group, a
+  light even shade just over ``T_mark`` is taken for erasure residue.
+* Flags: ``ambiguous`` (an excess within the grey zone ``T_mark`` +- g, g =
+  ``GREY`` 0.05 or 2.5 noise, without stroke evidence), ``faint`` (a mark
+  under half this sheet's typical mark darkness), ``erasure`` (anything above
+  3 noise and ``ERASURE_MIN`` 0.05 that is not read as a mark: residue, a
+  smudge, a very light mark), ``circled``, ``misaligned`` (the printed outline
+  is not where the model puts it), ``multiple``, ``blank``.
 
 An all-blank sheet reads all blank: thresholds never fall below the fixed
-minimums however quiet the sheet is, so noise never becomes a mark.
+minimums however quiet the sheet is, so noise never becomes a mark, and the
+light-sheet rule needs at least 8 bubbles clearly above the noise.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from .layout import PageLayout
 
 #: Lowest excess darkness (score above the local blank level) that counts as a mark.
 MARK_MIN = 0.12
+#: ...and on a sheet whose marks are all light, the lowest it may come down to.
+MARK_MIN_LIGHT = 0.07
 #: Half-width of the grey zone around that threshold: readings there are flagged.
 GREY = 0.05
 #: Strokes (ticks, crosses): a share of the disc darker than 0.5 at least
@@ -222,6 +230,14 @@ def sheet_levels(m: Measures, frame: BubbleFrame) -> SheetLevels:
     noise = float(1.4826 * np.median(np.abs(e_low - np.median(e_low)))) if len(e_low) else 0.0
     noise = max(noise, 0.004)
     threshold = max(MARK_MIN, 6.0 * noise)
+    # A sheet marked lightly throughout (a soft pencil, a light hand) is read
+    # against itself: when the bubbles clearly above the noise are mostly
+    # light, the threshold comes down to about half their typical excess,
+    # never under 4 noise widths.
+    above = ex[ex >= max(0.06, 4.0 * noise)]
+    if len(above) >= 8:
+        typical = float(np.median(above))
+        threshold = min(threshold, max(MARK_MIN_LIGHT, 4.0 * noise, 0.55 * typical))
     clear = m.peak[ex >= threshold + GREY]
     mark_peak = float(np.median(clear)) if len(clear) >= 3 else 0.0
     return SheetLevels(base, ex, noise, threshold, mark_peak, int((ex >= threshold).sum()))
@@ -245,7 +261,7 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels) -> tuple[list[G
     """Decide every group of ``lay``; returns the readings and the per-bubble
     marked booleans (``layout.bubbles`` order). See the module docstring."""
     t = lv.threshold
-    g = max(GREY, 2.5 * lv.noise)
+    g = max(0.03, min(max(GREY, 2.5 * lv.noise), 0.4 * t))
     lo, hi = t - g, t + g
     ex = lv.excess
     if len(ex) == 0:
@@ -253,7 +269,8 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels) -> tuple[list[G
     stroke = (m.dark >= STROKE_DARK) & (m.peak >= STROKE_PEAK) & (ex >= max(STROKE_MIN, 3.5 * lv.noise))
     circled = (m.circle >= CIRCLE_MIN) & (ex < lo)
     mk = (ex >= t) | stroke | circled
-    erase_at = max(ERASURE_MIN, 4.0 * lv.noise)
+    # Anything clearly above the noise that is not read as a mark is flagged.
+    erase_at = max(ERASURE_MIN, 3.0 * lv.noise)
     faint_at = FAINT_RELATIVE * lv.mark_peak
     sizes = np.array([len(gr.bubbles) for gr in lay.groups])
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
@@ -267,7 +284,7 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels) -> tuple[list[G
     grey_zone = (ex >= lo) & (ex < hi) & ~stroke
     ambiguous = np.logical_or.reduceat(grey_zone, starts)
     faint = np.logical_or.reduceat(mk & ~circled & (m.peak < faint_at), starts)
-    residue = ((ex >= erase_at) & (ex < lo) & (m.dark < 0.05) & ~stroke & ~circled) | rubbed
+    residue = ((ex >= erase_at) & (ex < lo) & ~stroke & ~circled) | rubbed
     erasure = np.logical_or.reduceat(residue, starts)
     circ = np.logical_or.reduceat(circled, starts)
     # The outline must show around bubbles that are not filled; where it does
