@@ -223,8 +223,9 @@ class _Candidate:
     quality: float
 
 
-def _candidates(small: np.ndarray, bg: np.ndarray, ratio: float = INK_RATIOS[0]) -> tuple[list[_Candidate], np.ndarray]:
-    """Solid square dark blobs in the search copy."""
+def _candidates(small: np.ndarray, bg: np.ndarray, ratio: float = INK_RATIOS[0],
+                limit: int = 28) -> tuple[list[_Candidate], np.ndarray]:
+    """Solid square dark blobs in the search copy, at most ``limit`` (the largest)."""
     h, w = small.shape
     # Ink: darker than ``ratio`` of the local paper and by at least 25 levels
     # (uint8 arithmetic saturates, so dark surroundings never wrap around).
@@ -253,7 +254,7 @@ def _candidates(small: np.ndarray, bg: np.ndarray, ratio: float = INK_RATIOS[0])
     ok &= core >= 0.93 * np.maximum((x1 - x0) * (y1 - y0), 1)
     keep = np.flatnonzero(ok)
     # Marks are the largest solid blobs of the sheet; filled bubbles are smaller.
-    keep = keep[np.argsort(-area[keep])][:28]
+    keep = keep[np.argsort(-area[keep])][:limit]
     out: list[_Candidate] = []
     for i in keep:
         x0, y0, ww, hh = st[i, 0], st[i, 1], st[i, 2], st[i, 3]
@@ -558,33 +559,40 @@ def _locate(grey: np.ndarray, geometries: list[MarkGeometry], factor: float, fai
     bg = _background(small)
     pending: list[tuple[float, PageFit]] = []
     for ratio in INK_RATIOS:
-        cands, _ = _candidates(small, bg, ratio)
-        if len(cands) < 4:
-            continue
-        # The marks are the largest solid squares of a sheet (filled bubbles are
-        # smaller discs); in a cluttered photo larger squares may exist, so the
-        # search slides down the size order in overlapping windows.
-        cands.sort(key=lambda c: -c.area)
-        windows = [cands[i:i + MAX_CANDIDATES] for i in range(0, max(1, len(cands) - 3), MAX_CANDIDATES - 4)][:5]
-        failure[0] = "registration marks not found (no four squares form the page's corners)"
-        # On a clean sheet the four largest solid squares are the marks: one
-        # set to test before any search.
-        first = [cands[:4]] if len(cands) > 4 else []
-        for window in first + windows:
-            quads = [(err, [window[i] for i in idx], g) for err, idx, g in _quads(window, geometries)[:4]]
-            for err, chosen, g in quads:
-                try:
-                    fit = _finish(grey, small, bg, factor, chosen, g, err)
-                except AlignError as exc:
-                    failure[0] = exc.reason
-                    continue
-                # The key bar is strong evidence: a clean fit with a clear key
-                # goes out at once; otherwise the placements found are ranked on
-                # both before any is offered.
-                if err < 0.3 and fit.orientation_sure and fit.key_contrast > 0.6:
-                    yield fit
-                    continue
-                pending.append((err - 0.6 * min(fit.key_contrast, 1.0), fit))
+        # The few largest blobs first (a clean sheet's marks are among them);
+        # the shape checks on more only when those do not make a page.
+        for limit in (12, 28):
+            cands, _ = _candidates(small, bg, ratio, limit)
+            if len(cands) < 4:
+                break
+            given = False
+            # The marks are the largest solid squares of a sheet (filled bubbles
+            # are smaller discs); in a cluttered photo larger squares may exist,
+            # so the search slides down the size order in overlapping windows.
+            cands.sort(key=lambda c: -c.area)
+            windows = [cands[i:i + MAX_CANDIDATES] for i in range(0, max(1, len(cands) - 3), MAX_CANDIDATES - 4)][:5]
+            failure[0] = "registration marks not found (no four squares form the page's corners)"
+            # On a clean sheet the four largest solid squares are the marks: one
+            # set to test before any search.
+            first = [cands[:4]] if len(cands) > 4 else []
+            for window in first + windows:
+                quads = [(err, [window[i] for i in idx], g) for err, idx, g in _quads(window, geometries)[:4]]
+                for err, chosen, g in quads:
+                    try:
+                        fit = _finish(grey, small, bg, factor, chosen, g, err)
+                    except AlignError as exc:
+                        failure[0] = exc.reason
+                        continue
+                    # The key bar is strong evidence: a clean fit with a clear key
+                    # goes out at once; otherwise the placements found are ranked
+                    # on both before any is offered.
+                    if err < 0.3 and fit.orientation_sure and fit.key_contrast > 0.6:
+                        given = True
+                        yield fit
+                        continue
+                    pending.append((err - 0.6 * min(fit.key_contrast, 1.0), fit))
+            if given or len(cands) < limit:
+                break
     pending.sort(key=lambda p: p[0])
     for _, fit in pending:
         yield fit
