@@ -27,6 +27,9 @@ _PAGE_LONG_IN = (11.69, 11.0)  # A4, US Letter
 _PAGE_SHORT_IN = (8.27, 8.5)
 #: The fast path only shrinks a scan while the page keeps at least this resolution.
 MIN_READ_DPI = 140.0
+#: ...and a photo only while its short side keeps at least this many pixels
+#: (a 48 MP photo is halved, a 12 MP one is not).
+PHOTO_MIN_SHORT = 1700
 
 
 class ImageError(ValueError):
@@ -245,20 +248,27 @@ def reduction_for(info: ImageInfo, min_dpi: float = MIN_READ_DPI) -> int:
     Only page-sized scans are shrunk: the file must declare a resolution that
     makes it an A4/Letter page, or, without one, have a page's aspect ratio. The
     page must keep at least ``min_dpi`` after shrinking. Photos (page somewhere
-    in a larger frame) are decoded whole, since the page may be small in them.
+    in a larger frame) are decoded whole, since the page may be small in them,
+    unless they are very large (short side >= 2 x ``PHOTO_MIN_SHORT``).
     """
     if info.format != "JPEG" or info.pages != 1:
         return 1
     long_side, short_side = max(info.width, info.height), min(info.width, info.height)
+
+    def photo() -> int:
+        # A photo: the page may fill only part of the frame, so only very large
+        # ones are shrunk, keeping at least PHOTO_MIN_SHORT px across.
+        return 2 if short_side / 2 >= PHOTO_MIN_SHORT else 1
+
     if info.dpi:
         inches = long_side / info.dpi
         if not 10.3 <= inches <= 12.4:
-            return 1
+            return photo()
         dpi = info.dpi
     else:
         aspect = long_side / short_side
         if not any(abs(aspect - lo / sh) < 0.025 for lo, sh in zip(_PAGE_LONG_IN, _PAGE_SHORT_IN, strict=True)):
-            return 1
+            return photo()
         dpi = long_side / 11.69
     for factor in (8, 4, 2):
         if dpi / factor >= min_dpi:

@@ -129,6 +129,8 @@ def test_scans_are_shrunk_while_decoding_photos_are_not():
     assert reduction_for(probe(_jpeg(np.full((1754, 1240), 230, np.uint8), dpi=150))) == 1
     # A 4:3 phone photo: the page may be small in it, decoded whole.
     assert reduction_for(probe(_jpeg(np.full((3000, 4000), 230, np.uint8)))) == 1
+    # ...unless it is huge: a 48 MP photo is halved.
+    assert reduction_for(probe(_jpeg(np.full((6000, 8000), 230, np.uint8)))) == 2
     # A 600-dpi scan keeps at least 140 dpi at a quarter.
     assert reduction_for(probe(_jpeg(np.full((7016, 4960), 230, np.uint8), dpi=600))) == 4
 
