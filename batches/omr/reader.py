@@ -262,9 +262,15 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
             fit.orientation_sure = True
             out.orientation = fit.orientation
     if qr.status == "qr_missing" and template is None:
-        # The QR box may sit elsewhere on an unknown layout: scan the top part.
-        pw, ph = fit.geometry.page
-        qr = scan_region(grey, fit.H, (0.0, 0.0, pw, ph * 0.3))
+        # Without the code there is no template: look harder. The bubbles all
+        # built-in layouts share (student number, version) say where a curled
+        # page has moved the code; then it is read module by module; last, the
+        # top of the page is scanned in case the layout puts it elsewhere.
+        ev0 = _evaluate(grey, fit, ref, 1)
+        qr = read_qr(grey, ev0.frame.corrected_h(_qr_box(ref)), _qr_box(ref), modules=True)
+        if qr.status == "qr_missing":
+            pw, ph = fit.geometry.page
+            qr = scan_region(grey, fit.H, (0.0, 0.0, pw, ph * 0.3))
     timings["qr"] = timings.get("qr", 0.0) + (time.perf_counter() - t0) * 1000
     if qr.status == "ok":
         out.qr = qr.payload
