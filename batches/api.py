@@ -218,7 +218,8 @@ def _redis_health() -> tuple[dict, dict]:
         client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
         try:
             client.ping()
-            length = client.llen("dramatiq:default") + client.llen("dramatiq:default.DQ")
+            queue = f"{settings.REDIS_NAMESPACE}-dramatiq:default"
+            length = client.llen(queue) + client.llen(f"{queue}.DQ")
         finally:
             client.close()
         return {"ok": True}, {"length": length}

@@ -151,6 +151,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # ---------------------------------------------------------------- Redis, workers, channels
 
 REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Key prefixes in Redis, so several installs (or test runs) can share one server.
+REDIS_NAMESPACE = env("OMR_REDIS_NAMESPACE", "omr")
 DRAMATIQ_BACKEND = env("OMR_BROKER", "stub" if RUNNING_TESTS else "redis")
 _dramatiq_middleware = [
     "dramatiq.middleware.AgeLimit",
@@ -169,6 +171,7 @@ else:
         "BROKER": "dramatiq.brokers.redis.RedisBroker",
         "OPTIONS": {
             "url": REDIS_URL,
+            "namespace": f"{REDIS_NAMESPACE}-dramatiq",
             # How soon the messages of a worker that died (SIGKILL, lost host)
             # are given to another worker.
             "heartbeat_timeout": env_int("OMR_BROKER_HEARTBEAT_TIMEOUT_MS", 60_000),
@@ -189,6 +192,7 @@ else:
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [{"address": REDIS_URL, "socket_timeout": 60, "socket_connect_timeout": 5}],
+                "prefix": f"{REDIS_NAMESPACE}-asgi",
                 "capacity": 1000,
                 "expiry": 30,
             },
