@@ -5,33 +5,37 @@ Coordinates: the page is measured in millimetres from its top-left corner (the
 template's own units); the image in pixels, origin top-left, x right, y down.
 ``H`` always maps page millimetres to image pixels.
 
-Steps (``locate_page``):
+Steps (``page_candidates``, ``locate_page`` takes the first):
 
-1. On a copy shrunk to ~1000 px, estimate the paper brightness everywhere (a
-   max filter over a coarse grid: works under shadows and on coloured paper)
-   and keep pixels much darker than their local paper (a ratio, so the
-   threshold follows the light).
+1. On a copy shrunk by a power of two to ~480 px, estimate the paper
+   brightness everywhere (a max filter over a coarse grid: works under shadows
+   and on coloured paper) and keep pixels much darker than their local paper (a
+   ratio, so the threshold follows the light; lower contrasts are tried when
+   nothing is found).
 2. Connected components that are solid, square and convex are mark
-   candidates. Every set of four is scored on what the template fixes: a convex
-   quadrilateral whose side ratio and mark-size-to-side ratio match the
-   template's, with marks of similar size.
-3. The four corners admit four orientations; the key bar (solid, beside the
-   top-left mark only) and the page's aspect ratio pick one.
+   candidates, largest first. Every set of four is scored on what the template
+   fixes: a convex quadrilateral through whose homography each mark looks as
+   large as perspective makes it there, with the template's proportions.
+3. The set is named up to a half turn; the key bar (solid, beside the top-left
+   mark only) picks the half turn, measured at full resolution.
 4. Each mark's centre is measured again at full resolution (ink-weighted
-   centroid), giving the homography.
+   centroid; second moments and corners tell a square from a filled bubble),
+   giving the homography. Placements are offered best first, so a caller that
+   checks them on the bubbles can pass over a wrong set of squares.
 
 ``refine_on_bubbles`` then measures where the printed bubble outlines really
-are (ray casting from each expected centre) and corrects the homography plus a
-smooth residual field, so curled paper and lens distortion still land on the
-bubbles. Bubble outlines that cannot be found where the template puts them
-mean the sheet is not this template, or is misaligned: that is reported, never
-read through.
+are (ray casting from each expected centre) and corrects the marks' plane
+homography: a quadratic correction on a flat page; on a curled one a fitted
+curl model (a page bent along one axis seen through a pinhole camera), then a
+displacement grown outwards from the marks. Curled paper and lens distortion
+still land on the bubbles. Bubble outlines that cannot be found where the
+template puts them mean the sheet is not this template, or is misaligned:
+that is reported, never read through.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -43,15 +47,13 @@ from .layout import MM_PER_INCH, PageLayout, page_layout
 from .template import Template
 
 #: The mark search runs on a copy whose long side is about this many pixels
-#: (marks ~14 px when the page fills the image); larger copies are tried when
+#: (marks ~10 px when the page fills the image); larger copies are tried when
 #: nothing is found, for photos where the page is small in the frame.
 SEARCH_LONG_SIDES = (480, 1000, 2000)
 #: Darker than this fraction of the local paper brightness counts as ink; the
-#: second value is tried when nothing is found (marks in deep shadow, washed-out
+#: later values are tried when nothing is found (marks in deep shadow, washed-out
 #: photos where black prints as dark grey).
 INK_RATIOS = (0.55, 0.72, 0.84)
-_DEBUG = bool(os.environ.get("OMR_DEBUG"))
-
 #: Most candidates kept for the four-mark search (cluttered photos).
 MAX_CANDIDATES = 10
 
@@ -280,12 +282,6 @@ def _candidates(small: np.ndarray, bg: np.ndarray, ratio: float = INK_RATIOS[0],
     return out, mask
 
 
-def _order_ring(pts: np.ndarray) -> np.ndarray:
-    """Indices of 4 points in clockwise order (image coordinates, y down)."""
-    c = pts.mean(0)
-    ang = np.arctan2(pts[:, 1] - c[1], pts[:, 0] - c[0])
-    return np.argsort(ang)
-
 
 def _batch_homographies(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Homographies (C, 3, 3) taking the 4 points ``src`` (4, 2) to each
@@ -408,17 +404,6 @@ def _sample_mean(img: np.ndarray, H: np.ndarray, rect: tuple[float, float, float
     py = np.clip(np.round(p[:, 1]).astype(int), 0, hh - 1)
     return float(img[py, px].astype(np.float32).mean())
 
-
-def _key_darkness(img: np.ndarray, bg: np.ndarray, H: np.ndarray, g: MarkGeometry) -> float:
-    """Key bar darkness through H relative to local paper: 0 paper .. ~1 black."""
-    x, y, w, h = g.key
-    if w <= 0 or h <= 0:
-        return 0.0
-    grey = _sample_mean(img, H, g.key)
-    c = apply_h(H, np.array([[x + w / 2, y + h / 2]]))[0]
-    hh, ww = bg.shape
-    paper = float(bg[min(max(int(c[1]), 0), hh - 1), min(max(int(c[0]), 0), ww - 1)])
-    return max(0.0, 1.0 - grey / max(paper, 1.0))
 
 
 def _h_from_marks(g: MarkGeometry, marks_px: np.ndarray) -> np.ndarray:
@@ -1007,6 +992,29 @@ def _ring_evidence(grey: np.ndarray, H: np.ndarray, u: np.ndarray, paper: np.nda
 _DIRS12 = np.stack([np.cos(np.arange(12) * np.pi / 6), np.sin(np.arange(12) * np.pi / 6)], -1)
 
 
+def verify_frame(grey: np.ndarray, fit: PageFit, frame: BubbleFrame, step: int = 2) -> float:
+    """How surely the bubbles are where ``frame`` reads them (0..1).
+
+    For every ``step``-th bubble, the printed outline's evidence (darkness on
+    the circle minus inside and outside) where it is read is compared with the
+    same measure half a bubble pitch to the left, right, above and below: on a
+    right placement the read position wins for nearly every bubble (~1.0),
+    on a wrong one (the wrong four squares taken for marks, another layout)
+    for about a third of them, whatever the sheet's noise and contrast.
+    """
+    if len(frame.page_mm) == 0:
+        return 0.0
+    pts = frame.page_mm[::step]
+    if frame.field is not None:
+        pts = pts + frame.field(pts)
+    paper = fit.background.at(apply_h(fit.H, pts))
+    here = _ring_evidence(grey, fit.H, pts, paper, frame.r_mm)
+    best_null = np.full(len(pts), -np.inf)
+    for d in ((3.1, 0.0), (-3.1, 0.0), (0.0, 3.4), (0.0, -3.4)):
+        best_null = np.maximum(best_null, _ring_evidence(grey, fit.H, pts + np.array(d), paper, frame.r_mm))
+    return float(np.mean(here > best_null))
+
+
 def _search_lift(grey: np.ndarray, fit: PageFit, u_all: np.ndarray, r: float):
     """Fit the curl model to the outlines: a coarse search over the curl
     amount for each bending axis, then a finer one with its tilt. Returns the
@@ -1056,8 +1064,6 @@ def _search_lift(grey: np.ndarray, fit: PageFit, u_all: np.ndarray, r: float):
                     improved = True
     if best[0] < flat + 0.01:
         return None
-    if _DEBUG:
-        print(f"lift: axis {axis} a {a:.2f} b {b:.2f} evidence {best[0]:.3f} (flat {flat:.3f})")
     return lambda q: model(q, axis, a, b)
 
 
@@ -1114,10 +1120,6 @@ def refine_on_bubbles(grey: np.ndarray, fit: PageFit, lay: PageLayout, *, max_ro
         filled = (paper - inner) / np.maximum(paper, 1) > 0.18
         off, resid = _ring_offsets(prof, radii, paper, r, _DIRS)
         ok = ~np.isnan(off[:, 0]) & ~filled & (resid < 0.12 * r + 0.1)
-        if _DEBUG:
-            print("  look: n", len(idx), "nan", int(np.isnan(off[:, 0]).sum()), "filled", int(filled.sum()),
-                  "resid-fail", int((~np.isnan(off[:, 0]) & ~filled & (resid >= 0.12 * r + 0.1)).sum()),
-                  "resid med", float(np.median(resid[np.isfinite(resid)])) if np.isfinite(resid).any() else -1)
         return ok, pred + np.nan_to_num(off), filled
 
     # A curled page moves its middle by up to several mm: a physical model of
@@ -1145,8 +1147,6 @@ def refine_on_bubbles(grey: np.ndarray, fit: PageFit, lay: PageLayout, *, max_ro
     # Where the page moved by more than about a bubble radius, the outline found
     # may be a neighbour's, seen from inside it: such regions are left to the
     # growth rounds, which come at them from where the page moved less.
-    if _DEBUG:
-        print("round0: n", n, "ok", int(ok.sum()), "filled", int(filled.sum()), "big", int((ok & (np.linalg.norm(d, axis=1) >= 0.9)).sum()))
     ok &= np.linalg.norm(d - prior, axis=1) < 0.9
     disp[ok] = d[ok]
     known[ok] = True
@@ -1200,11 +1200,6 @@ def refine_on_bubbles(grey: np.ndarray, fit: PageFit, lay: PageLayout, *, max_ro
         dead[near[~(ok & close)]] += 1
         dead[near[filled]] = 99
         reach = 10.0 if len(acc) else reach + 6.0
-        if _DEBUG:
-            err_ = np.linalg.norm(d - pred, axis=1)
-            print(f"round {rounds} reach {reach:.0f} near {len(near)} ok {int(ok.sum())} acc {len(acc)} "
-                  f"filled {int(filled.sum())} |d-pred| med {np.median(err_[ok]) if ok.any() else -1:.2f} "
-                  f"known {int(known.sum())}/{n} maxdist {dist.max():.1f}")
     total = predict(page) if known.any() else np.zeros_like(page)
     if known.any():
         frame.field = predict
@@ -1218,35 +1213,3 @@ def refine_on_bubbles(grey: np.ndarray, fit: PageFit, lay: PageLayout, *, max_ro
     frame.used = int(known.sum())
     frame.found_share = float(known.sum()) / max(1, int((dead < 99).sum()))
     return frame
-
-
-_GAPS: dict[tuple, np.ndarray] = {}
-
-
-def _neighbour_gap(page: np.ndarray) -> np.ndarray:
-    """Distance from each bubble centre to its nearest neighbour's centre, mm
-    (cached per layout: it only depends on the template)."""
-    key = (len(page), page.tobytes()[:64], float(page.sum()))
-    hit = _GAPS.get(key)
-    if hit is not None:
-        return hit
-    if len(page) < 2:
-        gaps = np.full(len(page), 10.0)
-    else:
-        cell = 8.0  # bucket by cell so large layouts stay linear
-        gaps = np.full(len(page), np.inf)
-        keys = np.floor(page / cell).astype(np.int64)
-        buckets: dict[tuple[int, int], list[int]] = {}
-        for i, (kx, ky) in enumerate(keys):
-            buckets.setdefault((kx, ky), []).append(i)
-        for (kx, ky), members in buckets.items():
-            near = [j for dx in (-1, 0, 1) for dy in (-1, 0, 1) for j in buckets.get((kx + dx, ky + dy), [])]
-            a = page[members][:, None, :] - page[near][None, :, :]
-            d = np.sqrt((a ** 2).sum(-1))
-            d[d == 0] = np.inf
-            gaps[members] = d.min(1)
-        gaps = np.minimum(gaps, 10.0)
-    if len(_GAPS) > 64:
-        _GAPS.clear()
-    _GAPS[key] = gaps
-    return gaps

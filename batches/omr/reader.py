@@ -28,12 +28,22 @@ from typing import Any
 import numpy as np
 
 from . import bubbles as bub
-from .align import (AlignError, BubbleFrame, MarkGeometry, PageFit, layout_mm, locate_page, page_candidates,
-                    refine_on_bubbles, to_grey)
+from .align import (
+    AlignError,
+    BubbleFrame,
+    MarkGeometry,
+    PageFit,
+    layout_mm,
+    locate_page,
+    page_candidates,
+    refine_on_bubbles,
+    to_grey,
+    verify_frame,
+)
 from .imageio import ImageError, load_grey_for_reading
 from .layout import PageLayout
 from .payload import QrPayload
-from .qr import QrResult, read_qr, scan_region
+from .qr import read_qr, scan_region
 from .template import Template, builtin_names, load_template
 
 #: Field flags that do not by themselves call for review.
@@ -160,11 +170,12 @@ class _Eval:
     frame: BubbleFrame
     m: bub.Measures
     ring_fit: float  # share of unfilled bubbles whose outline shows where they are read
+    verified: float  # share of bubbles whose outline is best centred where they are read
 
     @property
     def quality(self) -> float:
-        """How well this placement fits the template: the share of outlines found."""
-        return min(self.frame.found_share, self.ring_fit)
+        """How well this placement fits the template (``align.verify_frame``)."""
+        return self.verified
 
 
 def _evaluate(grey: np.ndarray, fit: PageFit, template: Template, page: int) -> _Eval:
@@ -173,7 +184,7 @@ def _evaluate(grey: np.ndarray, fit: PageFit, template: Template, page: int) -> 
     m = bub.measure(grey, frame, fit)
     unfilled = m.score < 0.3
     ring_fit = float(np.mean(m.ring[unfilled] >= bub.RING_MIN)) if unfilled.any() else 0.0
-    return _Eval(lay, frame, m, ring_fit)
+    return _Eval(lay, frame, m, ring_fit, verify_frame(grey, fit, frame))
 
 
 def read_sheet(image: np.ndarray, template: Template | None = None, *, source: str = "",
@@ -231,10 +242,14 @@ def read_sheet(image: np.ndarray, template: Template | None = None, *, source: s
     return out
 
 
-#: Share of the bubble outlines looked for that must be found for a placement
-#: to be taken without trying another one; under FAIL_FIT none is trusted.
-GOOD_FIT = 0.45
-FAIL_FIT = 0.15
+#: Share of bubbles whose outline must be best centred where they are read
+#: (``align.verify_frame``) for a placement to be taken without trying
+#: another one; under FAIL_FIT it is not trusted at all, under SURE_FIT the
+#: sheet is flagged ``misaligned``. A right placement scores ~0.97-1.0, a wrong
+#: one ~0.2-0.5.
+GOOD_FIT = 0.85
+SURE_FIT = 0.9
+FAIL_FIT = 0.65
 
 
 def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
@@ -367,13 +382,13 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
                      f"(its proportions differ by {fit.aspect_error * 100:.0f} %)")
         out.flag("wrong_template")
         return finish(None)
-    if ev.ring_fit < RING_FIT_FAIL or ev.frame.found_share < FAIL_FIT:
+    if ev.ring_fit < RING_FIT_FAIL or ev.verified < FAIL_FIT:
         out.error = (f"page does not match template {chosen.name} (bubbles are not where the template "
-                     f"puts them: {ev.frame.found_share * 100:.0f} % of outlines found)")
+                     f"puts them: {ev.verified * 100:.0f} % of outlines centred)")
         out.flag("wrong_template" if qr.status != "ok" or out.qr.template != chosen.name
                  or "wrong_template" in out.sheet_flags else "misaligned")
         return finish(ev.quality)
-    if ev.ring_fit < RING_FIT_OK or ev.frame.found_share < GOOD_FIT:
+    if ev.ring_fit < RING_FIT_OK or ev.verified < SURE_FIT:
         out.flag("misaligned")
     if 1.0 - ev.m.ink_ratio < MIN_CONTRAST:
         out.flag("low_contrast")

@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 from batches.omr import load_template
-from batches.omr.align import (AlignError, MarkGeometry, apply_h, layout_mm, locate_page, page_candidates,
-                               refine_on_bubbles)
+from batches.omr.align import (
+    AlignError,
+    MarkGeometry,
+    apply_h,
+    layout_mm,
+    locate_page,
+    page_candidates,
+    refine_on_bubbles,
+)
 from batches.omr.layout import MM_PER_INCH
 from tests.omr.reader_sheets import barrel, draw_sheet
 
