@@ -247,9 +247,9 @@ def read_sheet(image: np.ndarray, template: Template | None = None, *, source: s
 #: another one; under FAIL_FIT it is not trusted at all, under SURE_FIT the
 #: sheet is flagged ``misaligned``. A right placement scores ~0.97-1.0, a wrong
 #: one ~0.2-0.5.
-GOOD_FIT = 0.85
-SURE_FIT = 0.9
-FAIL_FIT = 0.65
+GOOD_FIT = 0.8
+SURE_FIT = 0.88
+FAIL_FIT = 0.6
 
 
 def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
