@@ -1017,6 +1017,38 @@ def verify_frame(grey: np.ndarray, fit: PageFit, frame: BubbleFrame, step: int =
     return float(np.mean(ev[0] > ev[1:].max(0)))
 
 
+def extra_outlines(grey: np.ndarray, fit: PageFit, frame: BubbleFrame, lay: PageLayout) -> float:
+    """Share of rows of options that continue past their last bubble: a printed
+    outline one pitch further along the row, better centred there than half a
+    pitch off. A sheet with more options per question than the template (a
+    5-option sheet read as 4-option) fits the template's bubbles perfectly;
+    only this shows it. ~0 on the right template."""
+    ends, steps = [], []
+    i = 0
+    for g in lay.groups:
+        n = len(g.bubbles)
+        if g.kind in ("question", "choice") and n >= 2:
+            a = frame.page_mm[i + n - 2]
+            b = frame.page_mm[i + n - 1]
+            ends.append(b + (b - a))
+            steps.append(b - a)
+        i += n
+    if len(ends) < 4:
+        return 0.0
+    pts = np.array(ends)
+    if frame.field is not None:
+        pts = pts + frame.field(pts)
+    step = np.array(steps)
+    half = step / 2
+    perp = np.stack([-half[:, 1], half[:, 0]], 1)
+    shifts = [np.zeros_like(pts), half, -half, perp, -perp]
+    allp = np.concatenate([pts + d for d in shifts])
+    paper = np.tile(fit.background.at(apply_h(fit.H, pts)), len(shifts))
+    ev = _ring_evidence(grey, fit.H, allp, paper, frame.r_mm, _DIRS8).reshape(len(shifts), len(pts))
+    # Evidence must also be clearly positive: blank paper beats noise half the time.
+    return float(np.mean((ev[0] > ev[1:].max(0)) & (ev[0] > 0.05)))
+
+
 def _search_lift(grey: np.ndarray, fit: PageFit, u_all: np.ndarray, r: float):
     """Fit the curl model to the outlines: a coarse search over the curl
     amount for each bending axis, then a finer one with its tilt. Returns the

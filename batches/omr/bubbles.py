@@ -27,7 +27,8 @@ Decision (``decide_groups``), per sheet and per group:
   light even shade just over ``T_mark`` is taken for erasure residue.
 * Flags: ``ambiguous`` (an excess within the grey zone ``T_mark`` +- g, g =
   ``GREY`` 0.05 or 2.5 noise, without stroke evidence), ``faint`` (a mark
-  under half this sheet's typical mark darkness), ``erasure`` (anything above
+  under half this sheet's typical mark darkness, or read on strokes alone
+  under ``T_mark``: a hair or a speck looks like that too), ``erasure`` (anything above
   3 noise and ``ERASURE_MIN`` 0.05 that is not read as a mark: residue, a
   smudge, a very light mark), ``circled``, ``misaligned`` (the printed outline
   is not where the model puts it), ``multiple``, ``blank``.
@@ -277,13 +278,19 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels) -> tuple[list[G
     # Beside a clear mark in the same group, a light even shade just over the
     # threshold is what an eraser leaves, not a second answer (still flagged).
     group_max = np.repeat(np.maximum.reduceat(ex, starts), sizes)
-    rubbed = mk & ~stroke & ~circled & (ex < t + 2 * g) & (ex < 0.35 * group_max)
+    # So is an even shade (no dark pixels) beside a pen or pencil stroke mark.
+    stroke_mark = stroke & (m.dark >= 2 * STROKE_DARK)
+    group_stroke = np.repeat(np.logical_or.reduceat(stroke_mark, starts), sizes)
+    even = m.dark < 0.05
+    rubbed = mk & ~stroke & ~circled & (ex < t + 2 * g) & ((ex < 0.35 * group_max) | (group_stroke & even))
     mk &= ~rubbed
     # Per-bubble conditions, then one reduction per group for each.
     n_marked = np.add.reduceat(mk.astype(np.int32), starts)
     grey_zone = (ex >= lo) & (ex < hi) & ~stroke
     ambiguous = np.logical_or.reduceat(grey_zone, starts)
-    faint = np.logical_or.reduceat(mk & ~circled & (m.peak < faint_at), starts)
+    # A few dark pixels alone (a tick, but also a hair, dust, a stray dot) are
+    # read as a mark only with a flag unless the bubble is also dark overall.
+    faint = np.logical_or.reduceat((mk & ~circled & (m.peak < faint_at)) | (stroke & (ex < t)), starts)
     residue = ((ex >= erase_at) & (ex < lo) & ~stroke & ~circled) | rubbed
     erasure = np.logical_or.reduceat(residue, starts)
     circ = np.logical_or.reduceat(circled, starts)

@@ -33,6 +33,7 @@ from .align import (
     BubbleFrame,
     MarkGeometry,
     PageFit,
+    extra_outlines,
     layout_mm,
     locate_page,
     page_candidates,
@@ -52,6 +53,9 @@ NOT_REVIEW = {"blank"}
 #: as this template at all, and for it to count as well aligned.
 RING_FIT_FAIL = 0.6
 RING_FIT_OK = 0.92
+#: Share of option rows continuing past the template's last bubble that means
+#: the sheet is another layout (``align.extra_outlines``).
+EXTRA_LIMIT = 0.4
 #: A scanned page's x/y scale ratio beyond this is another page size.
 ASPECT_LIMIT = 0.03
 #: Printed black must be at least this much darker than paper (0..1).
@@ -185,6 +189,28 @@ def _evaluate(grey: np.ndarray, fit: PageFit, template: Template, page: int) -> 
     unfilled = m.score < 0.3
     ring_fit = float(np.mean(m.ring[unfilled] >= bub.RING_MIN)) if unfilled.any() else 0.0
     return _Eval(lay, frame, m, ring_fit, verify_frame(grey, fit, frame))
+
+
+def _missing_option(ev: _Eval) -> str | None:
+    """An option whose printed outline is missing from nearly every question
+    while the others show: the sheet has fewer options than the template."""
+    by_option: dict[str, list[bool]] = {}
+    i = 0
+    for g in ev.lay.groups:
+        n = len(g.bubbles)
+        if g.kind == "question":
+            for j, b in enumerate(g.bubbles):
+                if ev.m.score[i + j] < 0.3:  # a filled bubble hides its outline
+                    by_option.setdefault(b.value, []).append(bool(ev.m.ring[i + j] >= bub.RING_MIN))
+        i += n
+    rates = {k: float(np.mean(v)) for k, v in by_option.items() if len(v) >= 5}
+    if len(rates) < 2:
+        return None
+    typical = float(np.median(list(rates.values())))
+    worst = min(rates, key=rates.get)
+    if rates[worst] < 0.3 and typical > 0.8:
+        return worst
+    return None
 
 
 def read_sheet(image: np.ndarray, template: Template | None = None, *, source: str = "",
@@ -390,6 +416,19 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
         return finish(ev.quality)
     if ev.ring_fit < RING_FIT_OK or ev.verified < SURE_FIT:
         out.flag("misaligned")
+    lacking = _missing_option(ev)
+    if lacking is not None:
+        out.error = (f"page does not match template {chosen.name} (no printed bubbles for option "
+                     f"{lacking!r}: the sheet has fewer options than the template)")
+        out.flag("wrong_template")
+        return finish(ev.quality)
+    extra = extra_outlines(grey, fit, ev.frame, ev.lay)
+    if extra > EXTRA_LIMIT:
+        # More options printed than the template has: marks on them would be lost.
+        out.error = (f"page does not match template {chosen.name} (the sheet has more options per question "
+                     f"than the template: {extra * 100:.0f} % of rows continue)")
+        out.flag("wrong_template")
+        return finish(ev.quality)
     if 1.0 - ev.m.ink_ratio < MIN_CONTRAST:
         out.flag("low_contrast")
 

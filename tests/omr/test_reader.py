@@ -346,3 +346,14 @@ def test_two_page_template_without_qr_says_the_page_is_unknown():
     assert "page_unknown" in r.sheet_flags and r.needs_review
     r = read_sheet(draw_sheet(t, page=2, dpi=150, answers={"q105": "C"}, qr_text=None), t, page=2)
     assert r.page == 2 and r.answers["q105"] == "C" and "page_unknown" not in r.sheet_flags
+
+
+@pytest.mark.parametrize("sheet,template", [("a4-100q-5", "a4-100q-4"), ("a4-100q-4", "a4-100q-5")])
+def test_options_per_question_must_match(sheet, template):
+    # Same marks, same rows: only the count of options differs. A 5-option
+    # sheet fits a 4-option template's bubbles perfectly, so the rows running
+    # on are what gives it away (marks on E would be lost silently otherwise).
+    ts, tt = load_template(sheet), load_template(template)
+    img = place(draw_sheet(ts, dpi=150, answers=random_answers(ts, 3), qr_text=None), angle=3)
+    d = read_sheet(img, tt).to_dict()
+    assert d["error"] and "wrong_template" in d["sheet_flags"] and not d["answers"]
