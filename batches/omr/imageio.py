@@ -298,7 +298,11 @@ def load_grey_for_reading(data: bytes, name: str = "", *, max_pixels: int = MAX_
             img = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[factor])
             if img is not None:
                 # libjpeg rounds the reduced size up; the exact factor matters for overlays.
-                return [ReadPage(img, factor, info.width, info.height)]
+                # An EXIF orientation turns the image a quarter: its size turns with it.
+                w, h = info.width, info.height
+                if (img.shape[1] > img.shape[0]) != (w > h) and w != h:
+                    w, h = h, w
+                return [ReadPage(img, factor, w, h)]
         pages = _decode(data, info, cv2.IMREAD_GRAYSCALE, True)
     except ImageError as exc:
         if name:

@@ -454,7 +454,8 @@ def read_image_bytes(data: bytes, template: Template | None = None, *, source: s
     page; a file that cannot be decoded gives one reading with ``error`` and the
     sheet flag ``unreadable``. Large page-sized JPEG scans are decoded at
     reduced size (see ``imageio.load_grey_for_reading``); coordinates in the
-    readings are in the file's own pixels either way.
+    readings are in the file's own pixels either way (as displayed: a JPEG's EXIF
+    orientation is applied).
     """
     t0 = time.perf_counter()
     try:

@@ -141,3 +141,18 @@ def test_undecodable_upload_gives_one_unreadable_reading():
         d = r.to_dict()
         assert d["error"] and d["sheet_flags"] == ["unreadable"] and d["needs_review"]
         assert d["answers"] == {} and d["file"] == "x.jpg"
+
+
+def test_exif_orientation_is_applied_and_sizes_follow():
+    from batches.omr import load_template
+    from tests.omr.reader_sheets import draw_sheet
+
+    t = load_template("a4-100q-5")
+    pil = Image.fromarray(draw_sheet(t, dpi=300, answers={"q1": "C"}))
+    exif = pil.getexif()
+    exif[0x0112] = 6  # shown turned a quarter clockwise
+    out = io.BytesIO()
+    pil.save(out, "JPEG", quality=85, dpi=(300, 300), exif=exif.tobytes())
+    (r,) = read_image_bytes(out.getvalue(), t)
+    d = r.to_dict()
+    assert d["image_size"] == [3508, 2480] and d["orientation"] == 90 and d["answers"]["q1"] == "C"
