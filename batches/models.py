@@ -7,9 +7,9 @@ channel layer only wakes streams up (see ``progress.py``).
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import secrets
-import datetime
 import uuid
 
 from django.conf import settings

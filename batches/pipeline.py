@@ -57,6 +57,10 @@ class BatchError(Exception):
     """A problem with the upload itself: the batch fails with this plain message."""
 
 
+class BatchGone(Exception):
+    """The batch was deleted (or finished) while a stage ran: stop quietly."""
+
+
 # ---------------------------------------------------------------- helpers
 
 
@@ -139,6 +143,8 @@ def start_batch(batch_id) -> list[list[int]]:
     except BatchError as exc:
         fail(batch, str(exc))
         return []
+    except BatchGone:
+        return []
 
 
 def validate(batch: Batch) -> None:
@@ -207,7 +213,11 @@ def extract(batch: Batch) -> None:
                                  "image": name})
                 if time.monotonic() - last_event > settings.OMR_PROGRESS_INTERVAL:
                     last_event = time.monotonic()
-                    progress.publish(batch, Stage.EXTRACTING, f"Extracted {index} pages", progress=50)
+                    if progress.publish(batch, Stage.EXTRACTING, f"Extracted {index} pages", progress=50) is None:
+                        raise BatchGone()  # deleted (or failed) meanwhile: stop writing its files
+    except BatchGone:
+        delete_prefix(prefix)
+        raise
     except ExtractError as exc:
         delete_prefix(prefix)
         raise BatchError(str(exc)) from None
@@ -479,7 +489,12 @@ def process_chunk(batch_id, sheet_ids: list[int], token: str | None = None) -> b
     max_attempts = settings.OMR_SHEET_MAX_ATTEMPTS
     if all(s.attempts == 0 for s in sheets):
         Sheet.objects.filter(pk__in=[s.pk for s in sheets]).update(attempts=F("attempts") + 1)
-        store_results(batch_id, token, [read_sheet(s, batch) for s in sheets])
+        t0 = time.perf_counter()
+        results = [read_sheet(s, batch) for s in sheets]
+        t1 = time.perf_counter()
+        store_results(batch_id, token, results)
+        logger.info("Batch %s: %d sheets read in %.2f s, stored in %.2f s", batch_id, len(sheets), t1 - t0,
+                    time.perf_counter() - t1)
     else:
         for s in sheets:
             if s.attempts >= max_attempts:

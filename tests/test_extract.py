@@ -16,11 +16,14 @@ from tests.conftest import make_zip
 JPEG = b"\xff\xd8\xff\xe0" + b"\0" * 100 + b"\xff\xd9"
 
 
-def pages(data: bytes, limits: Limits = Limits(), name: str = "upload.zip"):
+DEFAULT = Limits()
+
+
+def pages(data: bytes, limits: Limits = DEFAULT, name: str = "upload.zip"):
     return list(iter_pages(io.BytesIO(data), name, limits))
 
 
-def rejected(data: bytes, limits: Limits = Limits()) -> str:
+def rejected(data: bytes, limits: Limits = DEFAULT) -> str:
     with pytest.raises(ExtractError) as info:
         pages(data, limits)
     return str(info.value)
