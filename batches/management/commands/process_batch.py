@@ -8,8 +8,8 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files import File
-from django.core.management.base import BaseCommand, CommandError
 from django.core.files.storage import default_storage
+from django.core.management.base import BaseCommand, CommandError
 
 from batches import pipeline, services
 from batches.models import Stage
