@@ -33,7 +33,9 @@ from .align import (
     BubbleFrame,
     MarkGeometry,
     PageFit,
+    bubble_centres_mm,
     extra_outlines,
+    jacobians,
     layout_mm,
     locate_page,
     page_candidates,
@@ -213,6 +215,20 @@ def _missing_option(ev: _Eval) -> str | None:
     return None
 
 
+def _corner_score(grey: np.ndarray, fit: PageFit, template: Template) -> float:
+    """``align.verify_frame`` over the bubbles within 60 mm of a mark, at the
+    marks' homography: cheap, and little affected by curl or lens distortion,
+    which move the page least near the marks."""
+    page = bubble_centres_mm(layout_mm(template, 1))
+    marks = fit.geometry.centres
+    d = np.sqrt(((page[:, None, :] - marks[None, :, :]) ** 2).sum(-1)).min(1)
+    near = page[d < 60]
+    if len(near) < 8:
+        return 0.0
+    frame = BubbleFrame(fit.to_image(near), jacobians(fit.H, near), template.bubble_diameter / 2, fit.H, near)
+    return verify_frame(grey, fit, frame, step=1)
+
+
 def read_sheet(image: np.ndarray, template: Template | None = None, *, source: str = "",
                resolve: Callable[[str], Template] = load_template, page: int | None = None) -> SheetReading:
     """Read one sheet image.
@@ -245,23 +261,39 @@ def read_sheet(image: np.ndarray, template: Template | None = None, *, source: s
         return out
     align_ms += (time.perf_counter() - t0) * 1000
     best: tuple[float, SheetReading] | None = None
-    for _attempt in range(3):
+    queue = [fit]
+    ranked = False
+    for _attempt in range(4):
+        if not queue:
+            break
+        fit = queue.pop(0)
         out = SheetReading(file=source, image_size=size)
         quality = _read_fit(grey, fit, template, geoms, resolve, page, out)
         out.timings_ms["align"] = out.timings_ms.get("align", 0.0) + align_ms
+        align_ms = 0.0
         if quality is None or quality >= GOOD_FIT:
             best = (1.0, out)
             break
         if best is None or quality > best[0]:
             best = (quality, out)
-        # Outlines not where this placement puts them: maybe the wrong four
-        # squares were taken for the marks. Try the next placement.
-        t0 = time.perf_counter()
-        try:
-            fit = next(candidates)
-        except (AlignError, StopIteration):
-            break
-        finally:
+        if not ranked:
+            # Outlines not where this placement puts them: maybe the wrong four
+            # squares were taken for the marks. The other placements are
+            # ranked by how well the bubbles near the marks sit (there even a
+            # curled page is nearly flat), best first.
+            ranked = True
+            t0 = time.perf_counter()
+            others = []
+            try:
+                for f in candidates:
+                    others.append(f)
+            except AlignError:
+                pass
+            def ref_of(f: PageFit) -> Template:
+                return template or next(t for g, t in geoms if g is f.geometry)
+
+            others.sort(key=lambda f: -_corner_score(grey, f, ref_of(f)))
+            queue = others
             align_ms = (time.perf_counter() - t0) * 1000
     out = best[1]
     out.timings_ms["total"] = (time.perf_counter() - t_start) * 1000
