@@ -83,19 +83,20 @@ class SheetReading:
     image_size: tuple[int, int] | None = None
     marks_px: np.ndarray | None = None
     homography: np.ndarray | None = None
-    pixel_scale: float = 1.0  # coordinates above are multiplied by this in to_dict()
+    pixel_scale: float = 1.0  # file px per px of the image read (decoded shrunk): to_dict() converts
     _bubble_data: tuple | None = field(default=None, repr=False)
 
     @property
     def bubbles(self) -> list[list]:
-        """[group, value, score, marked, x, y] per bubble (x, y: image px of
-        this reading's image, before ``pixel_scale``)."""
+        """[group, value, score, marked, x, y] per bubble; x, y in the file's
+        pixels (pixel centres at whole numbers), where the bubble was read."""
         if self._bubble_data is None:
             return []
         lay, score, marked, cen = self._bubble_data
         keys = [(g.key, b.value) for g in lay.groups for b in g.bubbles]
-        xs = np.round(cen[:, 0] * self.pixel_scale, 1).tolist()
-        ys = np.round(cen[:, 1] * self.pixel_scale, 1).tolist()
+        pts = self._to_file(cen)
+        xs = np.round(pts[:, 0], 1).tolist()
+        ys = np.round(pts[:, 1], 1).tolist()
         return [[k, v, s, bool(mk), x, y]
                 for (k, v), s, mk, x, y in zip(keys, score.tolist(), marked.tolist(), xs, ys, strict=True)]
 
@@ -106,19 +107,28 @@ class SheetReading:
             return True
         return any(set(f) - NOT_REVIEW for f in self.flags.values())
 
+    def _scale_matrix(self) -> np.ndarray:
+        # A pixel of an image decoded at 1/s covers s x s pixels of the file:
+        # its centre is at s * x + (s - 1) / 2 there.
+        s = self.pixel_scale
+        return np.array([[s, 0.0, (s - 1) / 2], [0.0, s, (s - 1) / 2], [0.0, 0.0, 1.0]])
+
+    def _to_file(self, pts: np.ndarray) -> np.ndarray:
+        s = self.pixel_scale
+        return np.asarray(pts, np.float64) * s + (s - 1) / 2
+
     def flag(self, name: str) -> None:
         if name not in self.sheet_flags:
             self.sheet_flags.append(name)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready dict (plain lists, floats and strings)."""
-        s = self.pixel_scale
         marks = None
         if self.marks_px is not None:
-            marks = [[round(float(x) * s, 1), round(float(y) * s, 1)] for x, y in self.marks_px]
+            marks = [[round(float(x), 1), round(float(y), 1)] for x, y in self._to_file(self.marks_px)]
         hom = None
         if self.homography is not None:
-            Hs = np.diag([s, s, 1.0]) @ self.homography
+            Hs = self._scale_matrix() @ self.homography
             Hs = Hs / Hs[2, 2]
             hom = [[float(f"{v:.9g}") for v in row] for row in Hs]
         bubbles = self.bubbles
