@@ -449,7 +449,7 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
         out.error = (f"page does not match template {chosen.name} "
                      f"(its proportions differ by {fit.aspect_error * 100:.0f} %)")
         out.flag("wrong_template")
-        return finish(None)
+        return finish(min(ev.quality, FAIL_FIT))  # another placement may still fit
     if ev.ring_fit < RING_FIT_FAIL or ev.verified < FAIL_FIT:
         out.error = (f"page does not match template {chosen.name} (bubbles are not where the template "
                      f"puts them: {ev.verified * 100:.0f} % of outlines centred)")
