@@ -133,6 +133,8 @@ class Sheet(models.Model):
     student = models.CharField(max_length=64, blank=True, db_index=True)
     exam = models.CharField(max_length=64, blank=True)
     needs_review = models.BooleanField(default=False)
+    engine_review = models.BooleanField(default=False, help_text="The reading itself is in doubt (before the "
+                                                                  "checks across sheets add theirs).")
     flags = models.JSONField(default=list, blank=True, help_text="Sheet-level flags.")
     error = models.TextField(blank=True)
     reading = models.JSONField(null=True, blank=True, help_text="The engine's reading, as SheetReading.to_dict().")

@@ -370,6 +370,7 @@ def result_from_reading(sheet_id: int, reading: dict, batch: Batch) -> SheetResu
         "student": str(qr.get("student") or answers.get("student_number") or "")[:64],
         "exam": str(qr.get("exam") or "")[:64],
         "needs_review": needs_review,
+        "engine_review": needs_review,
         "flags": list(reading.get("sheet_flags") or []),
         "error": error,
         "reading": stored,
@@ -386,11 +387,12 @@ def result_from_reading(sheet_id: int, reading: dict, batch: Batch) -> SheetResu
 
 def _failed_result(sheet_id: int, reason: str) -> SheetResult:
     return SheetResult(sheet_id, SheetStatus.FAILED, error=reason,
-                       fields={"needs_review": True, "error": reason, "flags": ["unreadable"], "reading": None})
+                       fields={"needs_review": True, "engine_review": True, "error": reason, "flags": ["unreadable"],
+                               "reading": None})
 
 
 _SHEET_FIELDS = ["status", "template", "template_page", "qr_payload", "qr_error", "student", "exam", "needs_review",
-                 "flags", "error", "reading", "read_at", "claim_token"]
+                 "engine_review", "flags", "error", "reading", "read_at", "claim_token"]
 
 
 def store_results(batch_id, token: str, results: list[SheetResult]) -> int:
@@ -417,8 +419,8 @@ def store_results(batch_id, token: str, results: list[SheetResult]) -> int:
         sheets = []
         for r in results:
             sheet = Sheet(pk=r.sheet_id, status=r.status, read_at=now, claim_token="", template="", template_page=None,
-                          qr_payload="", qr_error="", student="", exam="", needs_review=True, flags=[], error="",
-                          reading=None)
+                          qr_payload="", qr_error="", student="", exam="", needs_review=True, engine_review=True,
+                          flags=[], error="", reading=None)
             for key, value in r.fields.items():
                 setattr(sheet, key, value)
             sheets.append(sheet)
@@ -552,6 +554,10 @@ def finish_batch(batch_id) -> None:
         fail(batch, str(exc))
 
 
+#: Sheet flags that collecting_results adds (and so may take away on a re-run).
+COLLECT_FLAGS = frozenset({"duplicate_page", "missing_page"})
+
+
 def collect_results(batch: Batch) -> None:
     """collecting_results: group the pages by what their QR codes (or number
     grids) said, and flag what does not add up: the same page of one student
@@ -561,12 +567,14 @@ def collect_results(batch: Batch) -> None:
         return
     progress.publish(batch, Stage.COLLECTING_RESULTS, f"Collecting results of {batch.sheets_total} sheets",
                      progress=0)
+    # The readings themselves are not loaded: their flags and doubt were kept
+    # on the sheet rows when they were stored.
     sheets = list(Sheet.objects.filter(batch=batch).only(
-        "pk", "status", "template", "template_page", "student", "exam", "needs_review", "flags", "reading", "error"))
+        "pk", "status", "template", "template_page", "student", "exam", "needs_review", "engine_review", "flags",
+        "error"))
     groups: dict[tuple, list[Sheet]] = defaultdict(list)
     for s in sheets:
-        base = list((s.reading or {}).get("sheet_flags") or []) if s.reading else list(s.flags)
-        s.flags = [f for f in base if f not in {"duplicate_page", "missing_page"}]
+        s.flags = [f for f in s.flags if f not in COLLECT_FLAGS]
         if s.status == SheetStatus.DONE and s.student:
             groups[(s.template, s.exam, s.student)].append(s)
     for (template_name, _exam, _student), members in groups.items():
@@ -586,7 +594,7 @@ def collect_results(batch: Batch) -> None:
                 s.flags.append("missing_page")
     review = 0
     for s in sheets:
-        s.needs_review = bool(s.error or s.status == SheetStatus.FAILED or s.flags or reading_in_doubt(s.reading))
+        s.needs_review = bool(s.error or s.status == SheetStatus.FAILED or s.flags or s.engine_review)
         review += s.needs_review
     Sheet.objects.bulk_update(sheets, ["flags", "needs_review"], batch_size=500)
     Batch.objects.filter(pk=batch.pk).update(sheets_needs_review=review)
