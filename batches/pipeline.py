@@ -508,6 +508,20 @@ def process_chunk(batch_id, sheet_ids: list[int], token: str | None = None) -> b
     return advance_if_done(batch_id)
 
 
+def give_up_chunk(batch_id, sheet_ids: list[int], token: str) -> bool:
+    """Mark the sheets of a chunk that failed every retry as failed, so the
+    batch goes on without them. Returns True when that finished the batch's
+    processing (as ``advance_if_done``)."""
+    held = list(Sheet.objects.filter(batch_id=batch_id, pk__in=sheet_ids)
+                .filter(Q(status=SheetStatus.PENDING) | Q(status=SheetStatus.RUNNING))
+                .values_list("pk", flat=True))
+    if held:
+        Sheet.objects.filter(pk__in=held).update(status=SheetStatus.RUNNING, claim_token=token)
+        reason = "this page could not be read or stored after several tries"
+        store_results(batch_id, token, [_failed_result(pk, reason) for pk in held])
+    return advance_if_done(batch_id)
+
+
 def advance_if_done(batch_id) -> bool:
     """Move the batch from processing_sheets to collecting_results once every
     sheet is stored. The conditional UPDATE lets exactly one caller win."""

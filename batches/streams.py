@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import connection
 
 from .models import TERMINAL_STAGES, Batch, ProgressEvent
 from .progress import group_name
@@ -31,8 +32,14 @@ REPLAY_LIMIT = 500  # rows per database read
 def _events_after(batch_id, last_id: int) -> tuple[list[ProgressEvent], str | None]:
     # The stage first: a terminal stage is committed with its terminal event,
     # so when the stage read here is terminal, that event is in the rows below.
-    stage = Batch.objects.filter(pk=batch_id).values_list("stage", flat=True).first()
-    events = list(ProgressEvent.objects.filter(batch_id=batch_id, id__gt=last_id).order_by("id")[:REPLAY_LIMIT])
+    try:
+        stage = Batch.objects.filter(pk=batch_id).values_list("stage", flat=True).first()
+        events = list(ProgressEvent.objects.filter(batch_id=batch_id, id__gt=last_id).order_by("id")[:REPLAY_LIMIT])
+    finally:
+        # A stream lives for minutes: do not hold a database connection (one
+        # per listener) between reads.
+        if not connection.in_atomic_block:
+            connection.close()
     return events, stage
 
 

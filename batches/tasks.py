@@ -46,8 +46,14 @@ def finish_batch(batch_id: str) -> None:
 @dramatiq.actor(max_retries=3, time_limit=1 * MINUTE)
 def batch_failed(message: dict, retry_info: dict) -> None:
     """Called when an actor of a batch ran out of retries: the batch fails, saying why."""
-    batch_id = (message.get("args") or [None])[0]
+    args = message.get("args") or [None]
+    batch_id = args[0]
     if batch_id is None:
+        return
+    if message.get("actor_name") == "process_sheets" and len(args) > 1:
+        # A chunk that cannot be stored costs its sheets, not the batch.
+        if pipeline.give_up_chunk(batch_id, args[1], message.get("message_id", "")):
+            transaction.on_commit(lambda: finish_batch.send(batch_id))
         return
     reason = f"the server could not finish this batch after {retry_info.get('retries', 0) + 1} tries"
     logger.error("Batch %s: %s (%s)", batch_id, reason, message.get("actor_name"))

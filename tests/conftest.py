@@ -102,10 +102,11 @@ def worker(broker):
     w.stop()
 
 
-def run_queue(broker, worker) -> None:
-    """Wait until every message, including the ones sent while waiting, is done."""
+def run_queue(broker, worker, fail_fast: bool = True) -> None:
+    """Wait until every message, including the ones sent while waiting, is done.
+    ``fail_fast`` raises the first actor exception (off for tests of retries)."""
     for _ in range(20):
-        broker.join("default", fail_fast=True)
+        broker.join("default", fail_fast=fail_fast)
         worker.join()
         # Delay queues (retries) are in broker.queues too.
         if all(q.unfinished_tasks == 0 for q in broker.queues.values()):

@@ -369,3 +369,33 @@ def test_malformed_pdf_fails_with_a_clear_reason(owner):
     batch = pipeline.run_inline(new_batch(owner, b"%PDF-1.4\nnot really a pdf", name="scan.pdf").pk)
     assert batch.stage == Stage.FAILED
     assert "scan.pdf" in batch.error and "damaged" in batch.error
+
+
+def test_a_chunk_that_fails_every_retry_costs_its_sheets_not_the_batch(owner, broker, worker, monkeypatch, settings):
+    # Given a batch whose first chunk cannot be stored (a database error, every time)
+    data, _sheets = sheets_zip(4)
+    batch = new_batch(owner, data)
+    chunks = pipeline.start_batch(batch.pk)
+    bad = set(chunks[0])
+    real_store = pipeline.store_results
+
+    def store(batch_id, token, results):
+        if {r.sheet_id for r in results} & bad and any(r.status == SheetStatus.DONE for r in results):
+            raise RuntimeError("database went away")
+        return real_store(batch_id, token, results)
+
+    monkeypatch.setattr(pipeline, "store_results", store)
+    from batches import tasks
+
+    monkeypatch.setattr(tasks.process_sheets, "options", {**tasks.process_sheets.options, "max_retries": 1,
+                                                          "min_backoff": 10, "max_backoff": 20})
+
+    # When the chunks run and the bad one exhausts its retries
+    tasks.send_chunks(str(batch.pk), chunks)
+    run_queue(broker, worker, fail_fast=False)
+
+    # Then its sheets are failed, the others read, and the batch completed
+    batch.refresh_from_db()
+    assert batch.stage == Stage.COMPLETED, batch.error
+    assert (batch.sheets_processed, batch.sheets_failed) == (4, len(bad))
+    assert set(Sheet.objects.filter(batch=batch, status=SheetStatus.FAILED).values_list("pk", flat=True)) == bad
