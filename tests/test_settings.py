@@ -55,3 +55,16 @@ def test_environment_drives_the_settings(tmp_path):
     assert limit == 7 * 1024 * 1024
     assert hosts == ["a.example", "b.example"]
     assert disable is False
+
+
+def test_daphne_leaves_multipart_bodies_to_django():
+    # Twisted would parse every multipart upload in the reactor thread (18 s
+    # for 344 MB, stalling every stream); Django parses it anyway.
+    from unittest import mock
+
+    from daphne.http_protocol import WebRequest
+
+    import omrsite.asgi  # noqa: F401  (applies the setting)
+
+    request = WebRequest(mock.MagicMock(), queued=False)
+    assert request._parsePOSTFormSubmission is False
