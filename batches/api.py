@@ -21,8 +21,6 @@ from . import services, streams
 from .auth import api_login_required, batches_for, error_response, get_batch_or_404
 from .models import Batch, Stage, WorkerHeartbeat
 
-STARTED = time.time()
-
 
 def batch_links(request, batch: Batch) -> dict:
     """Absolute URLs of a batch's status, stream and results."""
@@ -183,7 +181,7 @@ def health(request):
     """``GET /api/health``: database, Redis, workers, queue length, version,
     uptime. 200 when the database and Redis answer and a worker is alive, else 503.
     No login: it tells nothing about anyone's batches."""
-    body: dict = {"version": settings.VERSION, "uptime_seconds": int(time.time() - STARTED)}
+    body: dict = {"version": settings.VERSION, "uptime_seconds": int(time.time() - settings.PROCESS_STARTED)}
     healthy = True
     try:
         with connection.cursor() as cursor:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import dj_database_url
@@ -275,3 +276,4 @@ LOGGING = {
 }
 
 VERSION = "0.1.0"
+PROCESS_STARTED = time.time()  # for the health check's uptime
