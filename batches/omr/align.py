@@ -994,12 +994,35 @@ _DIRS8 = np.stack([np.cos(np.arange(8) * np.pi / 4), np.sin(np.arange(8) * np.pi
 _DIRS12 = np.stack([np.cos(np.arange(12) * np.pi / 6), np.sin(np.arange(12) * np.pi / 6)], -1)
 
 
+_NEAREST: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def nearest_neighbour_mm(page: np.ndarray) -> np.ndarray:
+    """(N,) distance from each bubble centre to the nearest other one, mm
+    (cached per array: layouts are cached, so this runs once per template)."""
+    hit = _NEAREST.get(id(page))
+    if hit is not None and hit[0] is page:
+        return hit[1]
+    n = len(page)
+    out = np.full(n, 10.0)
+    if n > 1:
+        for s0 in range(0, n, 256):  # in blocks: bounded memory for big layouts
+            d2 = ((page[s0:s0 + 256, None, :] - page[None, :, :]) ** 2).sum(-1)
+            d2[np.arange(len(d2)), np.arange(s0, s0 + len(d2))] = np.inf
+            out[s0:s0 + 256] = np.sqrt(d2.min(1))
+    if len(_NEAREST) > 64:
+        _NEAREST.clear()
+    _NEAREST[id(page)] = (page, out)
+    return out
+
+
 def verify_frame(grey: np.ndarray, fit: PageFit, frame: BubbleFrame, step: int = 2) -> float:
     """How surely the bubbles are where ``frame`` reads them (0..1).
 
     For every ``step``-th bubble, the printed outline's evidence (darkness on
     the circle minus inside and outside) where it is read is compared with the
-    same measure half a bubble pitch to the left, right, above and below: on a
+    same measure half way to the nearest neighbour to the left, right, above and
+    below (1-1.5 radii): on a
     right placement the read position wins for nearly every bubble (~1.0),
     on a wrong one (the wrong four squares taken for marks, another layout)
     for about a third of them, whatever the sheet's noise and contrast.
@@ -1010,8 +1033,13 @@ def verify_frame(grey: np.ndarray, fit: PageFit, frame: BubbleFrame, step: int =
     if frame.field is not None:
         pts = pts + frame.field(pts)
     n = len(pts)
-    shifts = np.array([[0.0, 0.0], [3.1, 0.0], [-3.1, 0.0], [0.0, 3.4], [0.0, -3.4]])
-    allp = (pts[None, :, :] + shifts[:, None, :]).reshape(-1, 2)
+    # Half way to the nearest neighbour (a neighbour's outline must not be
+    # what the shifted look finds), but at least a radius and at most 1.5.
+    gap = nearest_neighbour_mm(frame.page_mm)[::step]
+    reach = np.clip(gap / 2, frame.r_mm, 1.5 * frame.r_mm)[None, :, None]
+    unit = np.array([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])[:, None, :]
+    allp = (pts[None, :, :] + unit * reach).reshape(-1, 2)
+    shifts = unit
     paper = np.tile(fit.background.at(apply_h(fit.H, pts)), len(shifts))
     ev = _ring_evidence(grey, fit.H, allp, paper, frame.r_mm, _DIRS8).reshape(len(shifts), n)
     return float(np.mean(ev[0] > ev[1:].max(0)))
