@@ -215,10 +215,11 @@ def sheet_levels(m: Measures, frame: BubbleFrame) -> SheetLevels:
     if n == 0:
         return SheetLevels(np.zeros(0), np.zeros(0), 0.0, MARK_MIN, 0.0, 0)
     # Unmarked-looking bubbles set the blank level: clearly below the marks.
-    g = float(np.median(s))
+    # The lower quarter is blank even where most questions take several marks.
+    g = float(np.percentile(s, 25))
     low = (s < g + 0.1) & (m.dark < 0.05)
     if low.sum() < 5:
-        low = s <= np.percentile(s, 60)
+        low = s <= np.percentile(s, 40)
     w = _neighbour_weights(frame.page_mm.tobytes(), n)
     wl = w @ low.astype(np.float32)
     base_local = (w @ (s * low).astype(np.float32)) / np.maximum(wl, 1e-6)
