@@ -7,23 +7,16 @@ watches the batch page follow the SSE stream to 100 % and "Completed" without
 a reload, and downloads the CSV, which holds what was filled in.
 
 Needs /usr/bin/chromium (``bin/setup --browser``), the ``playwright`` package
-and a Redis (REDIS_URL, default 127.0.0.1:6379; a separate database number is
-used and emptied, or a private redis-server is started when none answers).
+and a Redis (REDIS_URL, default 127.0.0.1:6379); the servers are the ones the
+end-to-end test starts (``tests/test_end_to_end.Servers``: a Redis database
+number and key namespace of their own, SQLite or a fresh PostgreSQL database).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -32,10 +25,8 @@ from .conftest import sheets_zip
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("OMR_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-REDIS_DB = int(os.environ.get("OMR_BROWSER_REDIS_DB", "13"))
 STAFF_USER, STAFF_PASSWORD = "reviewer", "browser-test-pw-1"
 SHEETS = 6
 
@@ -44,134 +35,37 @@ if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} missing (bin/setup --browser installs it)", allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def redis_answers(url: str) -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-def wait_for_http(url: str, procs: list[subprocess.Popen], timeout: float = 40.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"{p.args[:3]} exited with {p.returncode} before the server answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stop a process started here, with the children it forked (its own
-    process group, created at start), politely first."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
-
-
-@contextlib.contextmanager
-def running_stack(work: Path, **overrides: str):
-    """Redis + Dramatiq worker + Daphne, as ``bin/serve`` runs them, with their
-    own database and media under ``work``; yields the base URL. ``overrides``
-    are extra environment variables for the servers."""
-    import redis
-
-    procs: list[subprocess.Popen] = []
-    logs = []
-
-    def start(name: str, args: list[str], env: dict) -> subprocess.Popen:
-        log = open(work / f"{name}.log", "wb")  # noqa: SIM115 - closed below
-        logs.append(log)
-        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        procs.append(proc)
-        return proc
-
-    base_redis = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    if redis_answers(base_redis):
-        redis_url = base_redis.rsplit("/", 1)[0] + f"/{REDIS_DB}"
-    elif shutil.which("redis-server"):
-        port = free_port()
-        start("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                        "no"], os.environ.copy())
-        redis_url = f"redis://127.0.0.1:{port}/{REDIS_DB}"
-        for _ in range(50):
-            if redis_answers(redis_url):
-                break
-            time.sleep(0.1)
-    else:
-        pytest.skip("no Redis answers and redis-server is not installed")
-    redis.Redis.from_url(redis_url).flushdb()
-
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "DJANGO_"))},
-        "DJANGO_SETTINGS_MODULE": "omrsite.settings",
-        "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}",
-        "REDIS_URL": redis_url,
-        "OMR_BROKER": "redis",
-        "OMR_CHANNEL_LAYER": "redis",
-        "MEDIA_ROOT": str(work / "media"),
-        "OMR_VAR_DIR": str(work / "var"),
-        "SECRET_KEY": "browser-test-secret-key-not-for-production-0123456789",
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "DEBUG": "0",
-        # Small messages and frequent events, so the page has a run to follow.
-        "OMR_CHUNK_SIZE": "1",
-        "OMR_PROGRESS_INTERVAL": "0.3",
-        "OMR_STAFF_USER": STAFF_USER,
-        "OMR_STAFF_PASSWORD": STAFF_PASSWORD,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-        **overrides,
-    }
-    python = sys.executable
-    try:
-        for command in (["migrate", "--noinput"], ["ensure_staff_user"]):
-            subprocess.run([python, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True)
-        start("worker", [python, "manage.py", "rundramatiq", "--processes", "1", "--threads", "2"], env)
-        web = start("daphne", [str(Path(python).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port),
-                               "omrsite.asgi:application"], env)
-        base = f"http://127.0.0.1:{port}"
-        wait_for_http(f"{base}/accounts/login/", [web])
-        yield base
-    finally:
-        for proc in reversed(procs):
-            stop(proc)
-        for log in logs:
-            log.close()
-        with contextlib.suppress(redis.RedisError):
-            redis.Redis.from_url(redis_url).flushdb()
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    work = tmp_path_factory.mktemp("browser-stack")
+    """Daphne + a rundramatiq worker + Redis, started the way the end-to-end
+    test starts them (its ``Servers``), with a staff login for the browser and
+    one sheet per message so the page has a run to follow; yields the base URL."""
+    import redis
+
+    from .test_end_to_end import Servers, redis_url
+
+    client = redis.Redis.from_url(redis_url(), socket_connect_timeout=2)
     try:
-        with running_stack(work) as base:
-            yield base
+        client.ping()
+    except redis.ConnectionError:
+        pytest.skip(f"no Redis at {redis_url()}")
+    servers = Servers(tmp_path_factory.mktemp("browser"))
+    servers.env.update(OMR_CHUNK_SIZE="1", OMR_STAFF_USER=STAFF_USER, OMR_STAFF_PASSWORD=STAFF_PASSWORD)
+    try:
+        servers.manage("migrate", "--noinput")
+        servers.manage("ensure_staff_user")
+        servers.start_web()
+        servers.start_worker()
+        servers.wait_healthy()
+        yield f"http://127.0.0.1:{servers.port}"
     finally:
+        servers.stop()
+        servers.drop_db()
+        for key in client.scan_iter(f"{servers.namespace}*"):
+            client.delete(key)
+        client.close()
         # Shown by pytest only when a test failed.
-        print(*(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in work.glob("*.log")), sep="\n")
+        print(servers.logs())
 
 
 @pytest.fixture
