@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 #: Flags that come from comparing sheets with each other (collecting_results);
 #: a re-read of one sheet cannot see them, so they are kept.
-CROSS_SHEET_FLAGS = ("duplicate_page", "missing_page")
+CROSS_SHEET_FLAGS = pipeline.COLLECT_FLAGS
 NEEDS_REVIEW_FIELD = "needs_review"
 
 
@@ -190,7 +190,8 @@ def read_again(sheet: Sheet, user=None) -> Sheet:
         # The same defaults the pipeline stores a result over (a failed read
         # carries only its error).
         fields = {"template": "", "template_page": None, "qr_payload": "", "qr_error": "", "student": "", "exam": "",
-                  "needs_review": True, "flags": [], "error": result.error, "reading": None, **result.fields}
+                  "needs_review": True, "engine_review": True, "flags": [], "error": result.error, "reading": None,
+                  **result.fields}
         fields["flags"] = [*(fields.get("flags") or []), *(f for f in kept if f not in (fields.get("flags") or []))]
         if kept:
             fields["needs_review"] = True
