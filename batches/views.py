@@ -16,6 +16,7 @@ from django.conf import settings
 from django.contrib.auth.decorators import user_passes_test
 from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
+from django.db import connection
 from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -138,11 +139,23 @@ def _progress_frame(batch, events, links, announce: bool) -> tuple[bytes, object
     return _sse("progress", html, state.event_id), state
 
 
-def _load(batch_id):
-    from .models import Batch
+def _load(user, batch_id):
+    """The user's batch and its events, for the page stream. The stream lives
+    for minutes: like ``streams``, it holds no database connection between reads."""
+    try:
+        batch = get_batch_or_404(user, batch_id)
+        return batch, list(ProgressEvent.objects.filter(batch=batch).order_by("id"))
+    finally:
+        if not connection.in_atomic_block:
+            connection.close()
 
-    batch = Batch.objects.get(pk=batch_id)
-    return batch, list(ProgressEvent.objects.filter(batch_id=batch_id).order_by("id"))
+
+def _refresh(batch) -> None:
+    try:
+        batch.refresh_from_db()
+    finally:
+        if not connection.in_atomic_block:
+            connection.close()
 
 
 async def _progress_frames(batch, events):
@@ -162,7 +175,7 @@ async def _progress_frames(batch, events):
             events.append(event)
             if event.is_terminal:
                 # The final counts and the error live on the batch row.
-                await sync_to_async(batch.refresh_from_db)()
+                await sync_to_async(_refresh)(batch)
             frame, state = _progress_frame(batch, events, links, announce=event.stage != last_stage)
             last_stage = event.stage
             yield frame
@@ -175,9 +188,7 @@ async def _progress_frames(batch, events):
 async def progress_stream(request, batch_id):
     """``GET /batches/<id>/progress-stream``: the batch page's SSE stream of
     rendered progress partials (event ``progress``), ending with ``done``."""
-    user = await request.auser()
-    batch = await sync_to_async(get_batch_or_404)(user, batch_id)
-    batch, events = await sync_to_async(_load)(batch.pk)
+    batch, events = await sync_to_async(_load)(await request.auser(), batch_id)
     response = StreamingHttpResponse(_progress_frames(batch, events), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # proxies must not hold the stream
