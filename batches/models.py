@@ -225,7 +225,8 @@ class ProgressEvent(models.Model):
             "sheets_failed": self.sheets_failed,
             "sheets_needs_review": self.sheets_needs_review,
             "elapsed_seconds": self.elapsed_seconds,
-            "timestamp": self.timestamp.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            # ISO 8601 in UTC with milliseconds: enough to measure publish-to-client delay.
+            "timestamp": self.timestamp.astimezone(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         }
 
 
