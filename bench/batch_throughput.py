@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import tempfile
 import time
@@ -23,10 +24,13 @@ import zipfile
 from datetime import datetime
 from pathlib import Path
 
+import django
 from _common import make_sheets, median
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "omrsite.settings")
+django.setup()  # the end-to-end helpers import the models
 
 from tests.test_end_to_end import Servers  # noqa: E402  (the same start-up as the end-to-end test)
 
