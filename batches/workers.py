@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import threading
+from datetime import timedelta
 
 from dramatiq.middleware import Middleware
 
@@ -76,6 +77,8 @@ class WorkerSetup(Middleware):
         started = timezone.now()
         while not self._stop.is_set():
             try:
+                # Rows of workers that died without saying goodbye (SIGKILL, a lost host).
+                WorkerHeartbeat.objects.filter(beat_at__lt=timezone.now() - timedelta(hours=1)).delete()
                 WorkerHeartbeat.objects.update_or_create(
                     name=self._name, defaults={"hostname": host, "pid": int(pid), "beat_at": timezone.now()},
                     create_defaults={"hostname": host, "pid": int(pid), "beat_at": timezone.now(),

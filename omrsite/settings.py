@@ -176,6 +176,11 @@ else:
             # How soon the messages of a worker that died (SIGKILL, lost host)
             # are given to another worker.
             "heartbeat_timeout": env_int("OMR_BROKER_HEARTBEAT_TIMEOUT_MS", 60_000),
+            # Share (per million broker commands) that also look for dead
+            # workers and requeue their messages. Dramatiq's 1,000 means a
+            # SIGKILLed worker's messages wait ~15 min on a quiet queue; 50,000
+            # (5 %) brings that near the heartbeat timeout at no real cost.
+            "maintenance_chance": env_int("OMR_BROKER_MAINTENANCE_CHANCE", 50_000),
         },
         "MIDDLEWARE": _dramatiq_middleware,
     }

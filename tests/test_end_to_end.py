@@ -2,8 +2,9 @@
 ``rundramatiq`` worker with two processes, a real Daphne server on a free port,
 and an HTTP client reading the SSE stream byte by byte.
 
-Also W7: the workers stopped with SIGTERM in the middle of a batch and started
-again; the batch finishes.
+Also W1: a worker process killed with SIGKILL mid-batch, its messages given
+back by the broker; and W7: the workers stopped with SIGTERM in the middle of
+a batch and started again. Each batch finishes with every page read once.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ class Servers:
             "OMR_PROGRESS_INTERVAL": "0.3",
             "OMR_CHUNK_SIZE": "2",
             "PYTHONUNBUFFERED": "1",
+            # A worker killed with SIGKILL: its messages come back within seconds.
+            "OMR_BROKER_HEARTBEAT_TIMEOUT_MS": "3000",
+            "OMR_BROKER_MAINTENANCE_CHANCE": "1000000",
         }
         self.worker: subprocess.Popen | None = None
         self.web: subprocess.Popen | None = None
@@ -121,6 +125,13 @@ class Servers:
         except subprocess.TimeoutExpired:
             os.killpg(self.worker.pid, signal.SIGKILL)
             self.worker.wait(10)
+
+    def worker_children(self) -> list[int]:
+        """Process ids of the worker's child processes (Linux /proc)."""
+        pids = []
+        for task in Path(f"/proc/{self.worker.pid}/task").iterdir():
+            pids += [int(p) for p in (task / "children").read_text().split()]
+        return pids
 
     def start_web(self) -> None:
         log = (self.tmp / "web.log").open("ab")
@@ -313,6 +324,36 @@ def test_w7_workers_stopped_mid_batch_and_started_again(servers):
     assert stopped["stage"] == "processing_sheets" and stopped["sheets_processed"] < 40, stopped
     check_events(events)
     assert events[-1]["sheets_processed"] == 40 and events[-1]["sheets_failed"] == 0
+    status, _h, raw = servers.request("GET", urlparse(links["results_url"]).path)
+    rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
+    assert len(rows) == 40 and all(r["status"] == "done" for r in rows)
+    servers.wait_healthy()
+
+
+def test_w1_a_worker_killed_mid_sheet(servers):
+    # Given a batch of 40 pages being read
+    data, sheets = sheets_zip(20)
+    data = make_zip([(s.name, s.jpeg) for s in sheets] + [(f"b/{s.name}", s.jpeg) for s in sheets])
+    links = servers.upload(data)
+    killed = {}
+
+    def on_event(event):
+        # When one worker process is killed (SIGKILL) while it holds messages
+        if event["stage"] == "processing_sheets" and not killed:
+            victim = servers.worker_children()[0]
+            os.kill(victim, signal.SIGKILL)
+            killed["pid"] = victim
+            # Dramatiq's main process stops the rest when a child dies; start again.
+            servers.worker.wait(60)
+            servers.start_worker()
+
+    _headers, events, _comments = servers.stream(links["batch_id"], on_event=on_event)
+
+    # Then the broker gave its messages back and every page was read exactly once
+    assert killed
+    check_events(events)
+    assert events[-1]["sheets_processed"] == 40 and events[-1]["sheets_total"] == 40
+    assert events[-1]["sheets_failed"] == 0
     status, _h, raw = servers.request("GET", urlparse(links["results_url"]).path)
     rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
     assert len(rows) == 40 and all(r["status"] == "done" for r in rows)
