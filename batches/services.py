@@ -87,7 +87,9 @@ def create_batch(owner, upload, *, filename: str | None = None, template: str = 
                                      original_filename=filename[:255], size=size, sha256=digest.hexdigest(),
                                      stage=Stage.UPLOADING)
         progress.publish(batch, Stage.UPLOADING, f"Receiving {display_name(filename)}")
-        batch.upload.save("original" + extension, File(upload), save=False)
+        # An UploadedFile is passed as it is: a large one spooled to a temporary
+        # file is then moved into storage, not copied.
+        batch.upload.save("original" + extension, upload if isinstance(upload, File) else File(upload), save=False)
         Batch.objects.filter(pk=batch.pk).update(upload=batch.upload.name)
         progress.publish(batch, Stage.UPLOADING,
                          f"Upload complete: {display_name(filename)}, {size / 1e6:.1f} MB", progress=100)
