@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 
 
 class WorkerSetup(Middleware):
-    """cv2.setNumThreads(1) in each worker process, plus a heartbeat thread."""
+    """cv2.setNumThreads(1) in each worker process, a short poll of the queue,
+    and a heartbeat thread."""
 
     def __init__(self) -> None:
         self._stop = threading.Event()
@@ -33,6 +34,16 @@ class WorkerSetup(Middleware):
             cv2.setNumThreads(1)
         except ImportError:  # pragma: no cover - cv2 is a requirement
             pass
+
+    def before_worker_boot(self, broker, worker) -> None:
+        from django.conf import settings
+
+        # An idle consumer polls Redis with a backoff up to the worker timeout
+        # (1 s by default), so a new batch, its chunks or its finish waited up to
+        # a second per step for an idle process. A short poll costs Redis one
+        # small script call per 100 ms per process.
+        if settings.OMR_WORKER_POLL_MS > 0:
+            worker.worker_timeout = settings.OMR_WORKER_POLL_MS
 
     def after_worker_boot(self, broker, worker) -> None:
         from django.conf import settings

@@ -235,6 +235,7 @@ OMR_SHEET_MAX_ATTEMPTS = env_int("OMR_SHEET_MAX_ATTEMPTS", 3)
 OMR_PROGRESS_INTERVAL = env_float("OMR_PROGRESS_INTERVAL", 2.0)  # seconds between processing events
 OMR_STREAM_KEEPALIVE = min(env_float("OMR_STREAM_KEEPALIVE", 10.0), 15.0)
 OMR_STREAM_POLL = env_float("OMR_STREAM_POLL", 5.0)  # the DB safety net under the wake-ups
+OMR_WORKER_POLL_MS = env_int("OMR_WORKER_POLL_MS", 100)  # longest wait of an idle worker for a message
 OMR_HEARTBEAT_INTERVAL = env_float("OMR_HEARTBEAT_INTERVAL", 0.0 if RUNNING_TESTS else 10.0)
 # OpenCV reads this once, before its first import: refuse giant images up front.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(OMR_MAX_PIXELS))
