@@ -985,7 +985,7 @@ def _ring_evidence(grey: np.ndarray, H: np.ndarray, u: np.ndarray, paper: np.nda
     radii = np.array([0.55, 0.88, 1.0, 1.12, 1.5]) * r
     prof = ray_profiles(grey, apply_h(H, u), jacobians(H, u), radii, _DIRS12 if dirs is None else dirs)
     d = (paper[:, None, None] - prof) / np.maximum(paper[:, None, None], 1.0)
-    on = d[..., 1:4].max(2)
+    on = np.maximum(np.maximum(d[..., 1], d[..., 2]), d[..., 3])  # max over the outline's radii
     off = 0.5 * (d[..., 0] + d[..., 4])
     return (on - np.maximum(off, 0.0)).mean(1)
 

@@ -128,6 +128,11 @@ def _free_directions(key: bytes, n: int, r: float) -> np.ndarray:
     return out
 
 
+def _min3(a: np.ndarray) -> np.ndarray:
+    """``a.min(2)`` for a last axis of 3 (elementwise: much faster than a reduction)."""
+    return np.minimum(np.minimum(a[..., 0], a[..., 1]), a[..., 2])
+
+
 def measure(grey: np.ndarray, frame: BubbleFrame, fit: PageFit) -> Measures:
     """Measure every bubble of ``frame`` in the grey image. See ``Measures``."""
     r = frame.r_mm
@@ -166,13 +171,13 @@ def measure(grey: np.ndarray, frame: BubbleFrame, fit: PageFit) -> Measures:
     k90 = int(0.9 * (d.shape[1] - 1))
     peak = np.partition(d, k90, axis=1)[:, k90]
     score = np.maximum(mean, 0.5 * (mean + dark))
-    rd = (1.0 - ring.min(2) / paper[:, None]) / span  # darkest point across the outline, per direction
+    rd = (1.0 - _min3(ring) / paper[:, None]) / span  # darkest point across the outline, per direction
     # How dark a printed outline looks on this sheet (blur and camera shake
     # thin it out): an outline shows in a direction when it is at least
     # ~half that dark there.
     typical = np.median(rd[mean < 0.3], axis=None) if np.any(mean < 0.3) else 0.3
     ring_seen = (rd > max(0.06, 0.45 * float(typical))).mean(1)
-    cd = (1.0 - circ.min(2) / paper[:, None]) / span
+    cd = (1.0 - _min3(circ) / paper[:, None]) / span
     free = _free_directions(frame.page_mm.tobytes(), n, round(float(r), 6))
     nfree = free.sum(1)
     circle = np.where(nfree >= 8, ((cd > 0.3) & free).sum(1) / np.maximum(nfree, 1), 0.0)
@@ -303,16 +308,19 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels) -> tuple[list[G
     dist = np.where(stroke | circled, np.maximum(dist, 1.5 * g), dist)
     conf = np.clip(np.minimum.reduceat(dist, starts) / (3 * g), 0.0, 1.0)
     mk_list = mk.tolist()
+    starts_l, conf_l, n_marked_l = starts.tolist(), conf.tolist(), n_marked.tolist()
+    ambiguous, faint, erasure = ambiguous.tolist(), faint.tolist(), erasure.tolist()
+    circ, misaligned = circ.tolist(), misaligned.tolist()
     out: list[GroupReading] = []
     for gi, gr in enumerate(lay.groups):
-        s0 = int(starts[gi])
+        s0 = starts_l[gi]
         marked = tuple(b.value for j, b in enumerate(gr.bubbles) if mk_list[s0 + j])
         flags: list[str] = []
-        c = float(conf[gi])
-        if n_marked[gi] > 1 and not gr.multiple_allowed:
+        c = conf_l[gi]
+        if n_marked_l[gi] > 1 and not gr.multiple_allowed:
             flags.append("multiple")
             c = min(c, 0.6)
-        if n_marked[gi] == 0:
+        if n_marked_l[gi] == 0:
             flags.append("blank")
         if ambiguous[gi]:
             flags.append("ambiguous")

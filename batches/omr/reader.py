@@ -207,13 +207,15 @@ def _missing_option(ev: _Eval) -> str | None:
     """An option whose printed outline is missing from nearly every question
     while the others show: the sheet has fewer options than the template."""
     by_option: dict[str, list[bool]] = {}
+    unfilled = (ev.m.score < 0.3).tolist()  # a filled bubble hides its outline
+    shows = (ev.m.ring >= bub.RING_MIN).tolist()
     i = 0
     for g in ev.lay.groups:
         n = len(g.bubbles)
         if g.kind == "question":
             for j, b in enumerate(g.bubbles):
-                if ev.m.score[i + j] < 0.3:  # a filled bubble hides its outline
-                    by_option.setdefault(b.value, []).append(bool(ev.m.ring[i + j] >= bub.RING_MIN))
+                if unfilled[i + j]:
+                    by_option.setdefault(b.value, []).append(shows[i + j])
         i += n
     rates = {k: float(np.mean(v)) for k, v in by_option.items() if len(v) >= 5}
     if len(rates) < 2:
