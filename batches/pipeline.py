@@ -417,10 +417,17 @@ def insert_answers(rows: list[tuple]) -> None:
     qn = connection.ops.quote_name
     columns = ", ".join(qn(meta.get_field(name).column)
                         for name in ("sheet", "field", "value", "confidence", "flags", "corrected"))
-    sql = f"INSERT INTO {qn(meta.db_table)} ({columns}) VALUES (%s, %s, %s, %s, %s, %s)"
-    as_json = connection.ops.adapt_json_value
     with connection.cursor() as cursor:
-        cursor.executemany(sql, [(*row[:4], as_json(row[4], None), row[5]) for row in rows])
+        if connection.vendor == "postgresql":
+            # psycopg's executemany still sends one statement per row; COPY
+            # streams them all (flags as JSON text, which jsonb reads as such).
+            with cursor.cursor.copy(f"COPY {qn(meta.db_table)} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row((*row[:4], json.dumps(row[4]) if row[4] else "[]", row[5]))
+        else:
+            as_json = connection.ops.adapt_json_value
+            cursor.executemany(f"INSERT INTO {qn(meta.db_table)} ({columns}) VALUES (%s, %s, %s, %s, %s, %s)",
+                               [(*row[:4], as_json(row[4], None), row[5]) for row in rows])
 
 
 _JSON_SHEET_FIELDS = {"flags", "reading"}

@@ -302,18 +302,17 @@ def test_upload_stream_and_results_through_real_servers(servers):
 
 
 def test_w7_workers_stopped_mid_batch_and_started_again(servers):
-    # Given a batch of 40 pages being read, one chunk of two pages per message
+    # Given a batch of 200 pages being read (enough work that the workers are
+    # still busy when the stop takes effect)
     data, sheets = sheets_zip(20)
-    copies = [(f"b/{s.name}", s.jpeg) for s in sheets]
-    data = make_zip([(s.name, s.jpeg) for s in sheets] + copies)
+    data = make_zip([(f"copy{k}/{s.name}", s.jpeg) for k in range(10) for s in sheets])
     links = servers.upload(data)
     stopped = {}
 
     def on_event(event):
-        # When the workers get SIGTERM while the batch is being prepared (the
-        # reading itself is too quick to catch reliably: the worker finishes
-        # the message in hand, start_batch, and hands the rest back)
-        if event["stage"] == "organizing_qr" and not stopped:
+        # When the workers get SIGTERM as soon as the sheets are dispatched
+        # (each finishes the message in hand and hands the rest back)
+        if event["stage"] == "processing_sheets" and not stopped:
             servers.stop_worker(signal.SIGTERM)
             _s, _h, raw = servers.request("GET", urlparse(links["status_url"]).path)
             stopped.update(json.loads(raw))
@@ -323,12 +322,12 @@ def test_w7_workers_stopped_mid_batch_and_started_again(servers):
     _headers, events, _comments = servers.stream(links["batch_id"], on_event=on_event)
 
     # Then the batch was caught mid-way, and still finished with every page read once
-    assert stopped["stage"] != "completed" and stopped["sheets_processed"] < 40, stopped
+    assert stopped["stage"] == "processing_sheets" and stopped["sheets_processed"] < 200, stopped
     check_events(events)
-    assert events[-1]["sheets_processed"] == 40 and events[-1]["sheets_failed"] == 0
+    assert events[-1]["sheets_processed"] == 200 and events[-1]["sheets_failed"] == 0
     status, _h, raw = servers.request("GET", urlparse(links["results_url"]).path)
     rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
-    assert len(rows) == 40 and all(r["status"] == "done" for r in rows)
+    assert len(rows) == 200 and all(r["status"] == "done" for r in rows)
     servers.wait_healthy()
 
 
