@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import cv2, make_sheets, median
-
 import numpy as np
+from _common import cv2, make_sheets, median
 
 
 def main() -> None:
@@ -35,7 +34,7 @@ def main() -> None:
         sizes = [len(data) for data, _ in sheets]
         first = cv2.imdecode(np.frombuffer(sheets[0][0], np.uint8), cv2.IMREAD_GRAYSCALE)
 
-        def bare(flag):
+        def bare(flag, sheets=sheets):
             best = float("inf")
             for _ in range(args.repeat):
                 t = time.perf_counter()

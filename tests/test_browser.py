@@ -19,6 +19,7 @@ import io
 import os
 from pathlib import Path
 
+import playwright.sync_api as playwright_api
 import pytest
 
 from .conftest import sheets_zip
@@ -30,9 +31,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 STAFF_USER, STAFF_PASSWORD = "reviewer", "browser-test-pw-1"
 SHEETS = 6
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} missing (bin/setup --browser installs it)", allow_module_level=True)
+    pytest.fail(f"{CHROMIUM} missing (bin/setup --browser installs it)", pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def stack(tmp_path_factory):
     try:
         client.ping()
     except redis.ConnectionError:
-        pytest.skip(f"no Redis at {redis_url()}")
+        pytest.fail(f"no Redis at {redis_url()} (bin/ensure-redis starts one)", pytrace=False)
     servers = Servers(tmp_path_factory.mktemp("browser"))
     servers.env.update(OMR_CHUNK_SIZE="1", OMR_STAFF_USER=STAFF_USER, OMR_STAFF_PASSWORD=STAFF_PASSWORD)
     try:

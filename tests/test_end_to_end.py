@@ -236,7 +236,7 @@ def servers(tmp_path_factory):
     try:
         client.ping()
     except redis.ConnectionError:
-        pytest.skip(f"no Redis at {redis_url()}")
+        pytest.fail(f"no Redis at {redis_url()} (bin/ensure-redis starts one)", pytrace=False)
     tmp = tmp_path_factory.mktemp("e2e")
     s = Servers(tmp)
     try:
