@@ -155,3 +155,20 @@ def sheets_zip(count: int, extra: list[tuple[str, bytes]] = ()) -> tuple[bytes, 
 @pytest.fixture
 def sheet_zip():
     return sheets_zip
+
+
+def parse_sse(raw: bytes) -> list[dict]:
+    """SSE frames as dicts: {"comment"} or {"id", "event", "data"} (data lines joined)."""
+    frames = []
+    for block in raw.decode().split("\n\n"):
+        if not block.strip():
+            continue
+        frame: dict = {}
+        for line in block.split("\n"):
+            if line.startswith(":"):
+                frame["comment"] = line[1:].strip()
+                continue
+            key, _, value = line.partition(": ")
+            frame[key] = frame[key] + "\n" + value if key == "data" and "data" in frame else value
+        frames.append(frame)
+    return frames

@@ -15,7 +15,7 @@ from django.urls import reverse
 from batches import progress
 from batches.models import Batch, ProgressEvent, Sheet, Stage
 
-from .conftest import TEMPLATE, sheets_zip
+from .conftest import TEMPLATE, parse_sse, sheets_zip
 
 HOSTILE_NAME = '<script>alert("x")</script>../../etc/passwd\r\nX-Injected: 1.zip'
 
@@ -325,23 +325,6 @@ def test_a_failed_batch_page_says_why(owner):
 
 
 # ---------------------------------------------------------------- the page stream
-
-
-def parse_sse(raw: bytes) -> list[dict]:
-    """SSE frames as dicts: {"comment"} or {"id", "event", "data"} (data lines joined)."""
-    frames = []
-    for block in raw.decode().split("\n\n"):
-        if not block.strip():
-            continue
-        frame: dict = {}
-        for line in block.split("\n"):
-            if line.startswith(":"):
-                frame["comment"] = line[1:].strip()
-                continue
-            key, _, value = line.partition(": ")
-            frame[key] = frame[key] + "\n" + value if key == "data" and "data" in frame else value
-        frames.append(frame)
-    return frames
 
 
 async def read_page_stream(user, batch, *, while_streaming=None, timeout=10.0):

@@ -13,6 +13,7 @@ from django.urls import reverse
 
 from batches import progress, streams
 from batches.models import ApiToken, Batch, ProgressEvent, Stage
+from tests.conftest import parse_sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -22,21 +23,11 @@ STAGES = [Stage.VALIDATING, Stage.EXTRACTING, Stage.ORGANIZING_QR, Stage.CREATIN
 
 
 def parse_frames(raw: bytes) -> list[dict]:
-    """SSE frames as dicts: {"comment": ...} or {"id", "event", "data"}."""
-    frames = []
-    for block in raw.decode().split("\n\n"):
-        if not block.strip():
-            continue
-        frame: dict = {}
-        for line in block.split("\n"):
-            if line.startswith(":"):
-                frame["comment"] = line[1:].strip()
-                continue
-            key, _, value = line.partition(": ")
-            frame[key] = value
+    """SSE frames as dicts: {"comment": ...} or {"id", "event", "data"} with the data decoded from JSON."""
+    frames = parse_sse(raw)
+    for frame in frames:
         if "data" in frame:
             frame["data"] = json.loads(frame["data"])
-        frames.append(frame)
     return frames
 
 
