@@ -75,13 +75,7 @@ def main() -> int:
         for key in ("OMR_CHUNK_SIZE", "OMR_PROGRESS_INTERVAL", "OMR_HEARTBEAT_INTERVAL"):
             servers.env.pop(key, None)
         try:
-            servers.manage("migrate", "--noinput")
-            servers.manage("ensure_staff_user", "--username", "bench")
-            servers.token = servers.manage("create_api_token", "bench").strip()
-            servers.start_web()
-            servers.start_worker()
-            servers.wait_healthy()
-            vendor = servers.wait_healthy()["database"].get("vendor", "?")
+            vendor = servers.start("bench")["database"].get("vendor", "?")
 
             delays: list[float] = []
             stage_start: dict[str, float] = {}

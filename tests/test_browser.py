@@ -52,11 +52,7 @@ def stack(tmp_path_factory):
     servers = Servers(tmp_path_factory.mktemp("browser"))
     servers.env.update(OMR_CHUNK_SIZE="1", OMR_STAFF_USER=STAFF_USER, OMR_STAFF_PASSWORD=STAFF_PASSWORD)
     try:
-        servers.manage("migrate", "--noinput")
-        servers.manage("ensure_staff_user")
-        servers.start_web()
-        servers.start_worker()
-        servers.wait_healthy()
+        servers.start()
         yield f"http://127.0.0.1:{servers.port}"
     finally:
         servers.stop()

@@ -107,6 +107,20 @@ class Servers:
         assert result.returncode == 0, result.stderr
         return result.stdout
 
+    def start(self, username: str | None = None) -> dict:
+        """Migrate, make the staff login (named ``username`` with an API token in
+        ``self.token``, else as the environment says), start the web server and
+        the worker, and return the health answer once all is up."""
+        self.manage("migrate", "--noinput")
+        if username:
+            self.manage("ensure_staff_user", "--username", username)
+            self.token = self.manage("create_api_token", username).strip()
+        else:
+            self.manage("ensure_staff_user")
+        self.start_web()
+        self.start_worker()
+        return self.wait_healthy()
+
     def start_worker(self) -> None:
         log = (self.tmp / "worker.log").open("ab")
         self.worker = subprocess.Popen(
@@ -240,12 +254,7 @@ def servers(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     s = Servers(tmp)
     try:
-        s.manage("migrate", "--noinput")
-        s.manage("ensure_staff_user", "--username", "e2e")
-        s.token = s.manage("create_api_token", "e2e").strip()
-        s.start_web()
-        s.start_worker()
-        s.wait_healthy()
+        s.start("e2e")
         yield s
     finally:
         s.stop()
