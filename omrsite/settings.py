@@ -12,7 +12,8 @@ Environment variables (all optional):
 - ``REDIS_URL``: the Dramatiq broker and the channel layer. Default ``redis://127.0.0.1:6379/0``.
 - ``MEDIA_ROOT``: where uploads, page images and CSV files go. Default ``var/media``.
 - ``OMR_MAX_UPLOAD_MB``, ``OMR_MAX_ENTRIES``, ``OMR_MAX_PAGES``, ``OMR_MAX_PIXELS``,
-  ``OMR_MAX_UNCOMPRESSED_MB``: the limits on what an upload may contain.
+  ``OMR_MAX_UNCOMPRESSED_MB``, ``OMR_MAX_COMPRESSION_RATIO``: the limits on what an upload may contain.
+- ``OMR_UPLOAD_EXPIRY_HOURS``, ``OMR_TUS_MAX_CHUNK_MB``: resumable uploads (expiry, largest PATCH body).
 """
 
 from __future__ import annotations
@@ -220,8 +221,8 @@ FILE_UPLOAD_PERMISSIONS = 0o640
 FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o750
 FILE_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024  # larger uploads spool to a temporary file
 
-OMR_MAX_UPLOAD_BYTES = env_int("OMR_MAX_UPLOAD_MB", 2048) * 1024 * 1024
-OMR_MAX_ENTRIES = env_int("OMR_MAX_ENTRIES", 10_000)
+OMR_MAX_UPLOAD_BYTES = env_int("OMR_MAX_UPLOAD_MB", 4096) * 1024 * 1024
+OMR_MAX_ENTRIES = env_int("OMR_MAX_ENTRIES", 20_000)
 OMR_MAX_PAGES = env_int("OMR_MAX_PAGES", 10_000)
 OMR_MAX_PIXELS = env_int("OMR_MAX_PIXELS", 60_000_000)
 OMR_MAX_UNCOMPRESSED_BYTES = env_int("OMR_MAX_UNCOMPRESSED_MB", 8192) * 1024 * 1024
@@ -229,6 +230,10 @@ OMR_MAX_COMPRESSION_RATIO = env_int("OMR_MAX_COMPRESSION_RATIO", 200)
 OMR_MAX_NAME_LENGTH = 255
 OMR_PDF_DPI = env_int("OMR_PDF_DPI", 200)
 OMR_PDF_TIMEOUT = env_int("OMR_PDF_TIMEOUT", 600)  # seconds to render one PDF
+# Resumable (tus) uploads: an unfinished upload expires this long after its
+# last chunk; one PATCH body may be at most this large (the view counts it).
+OMR_UPLOAD_EXPIRY_HOURS = env_float("OMR_UPLOAD_EXPIRY_HOURS", 24.0)
+OMR_TUS_MAX_CHUNK_BYTES = env_int("OMR_TUS_MAX_CHUNK_MB", 64) * 1024 * 1024
 OMR_DEFAULT_TEMPLATE = env("OMR_DEFAULT_TEMPLATE", "a4-100q-5")
 OMR_CHUNK_SIZE = env_int("OMR_CHUNK_SIZE", 10)  # sheets per worker message
 OMR_SHEET_MAX_ATTEMPTS = env_int("OMR_SHEET_MAX_ATTEMPTS", 3)
