@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import io
 import json
+import lzma
 import os
 import re
+import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
 import unicodedata
 import zipfile
+import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -49,7 +54,7 @@ class ExtractError(ValueError):
 class Limits:
     """What one upload may contain."""
 
-    max_entries: int = 10_000
+    max_entries: int = 20_000
     max_pages: int = 10_000
     max_pixels: int = 60_000_000
     max_uncompressed: int = 8 * 1024**3
@@ -164,19 +169,112 @@ def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part.casefold() for part in re.split(r"(\d+)", name)]
 
 
+def _name_key(name: str) -> str:
+    """What two entry names must differ in to be different files anywhere: Unicode
+    normalisation (NFKC), case, and empty or ``.`` path segments."""
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    return "/".join(part for part in folded.split("/") if part not in ("", "."))
+
+
+def _read_directory(fileobj, filename: str, limits: Limits) -> None:
+    """Walk the central directory's records before ``zipfile`` parses it.
+
+    ``zipfile.ZipFile()`` builds a ``ZipInfo`` for every record, however many
+    there are, and fails with ``UnicodeDecodeError`` on a name flagged UTF-8
+    that is not; so the count and the names are checked here first, on the raw
+    records, the way zipfile will read them. Anything else malformed is left to
+    zipfile, whose errors ``open_zip`` turns into ``ExtractError``.
+    """
+    try:
+        endrec = zipfile._EndRecData(fileobj)
+    except (OSError, ValueError, struct.error, OverflowError):
+        return
+    if not endrec:
+        return
+    size_cd, offset_cd = endrec[zipfile._ECD_SIZE], endrec[zipfile._ECD_OFFSET]
+    start = endrec[zipfile._ECD_LOCATION] - size_cd
+    if endrec[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
+        start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
+    if start < 0 or offset_cd < 0:
+        return
+    # An honest record is 46 bytes plus a name, a few extra fields and rarely a
+    # comment: 1 KB each is generous. A bigger directory is parsed by nobody.
+    cap = limits.max_entries * 1024 + 65536
+    if size_cd > cap:
+        raise ExtractError(f"{display_name(filename)}: the archive's directory is {_size(size_cd)}, too large "
+                           f"for the limit of {limits.max_entries:,} entries (OMR_MAX_ENTRIES)")
+    fileobj.seek(start)
+    directory = fileobj.read(size_cd)
+    count = pos = 0
+    while pos + _CENTRAL.size <= len(directory) and directory[pos:pos + 4] == b"PK\x01\x02":
+        fields = _CENTRAL.unpack_from(directory, pos)
+        flags, name_len, extra_len, comment_len = fields[5], fields[12], fields[13], fields[14]
+        raw = directory[pos + _CENTRAL.size:pos + _CENTRAL.size + name_len]
+        if flags & 0x800:
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                shown = display_name(raw.decode("utf-8", "replace"))
+                raise ExtractError(f"entry {shown!r}: the name is not valid UTF-8 although the archive says it is "
+                                   "(a damaged archive)") from None
+        count += 1
+        pos += _CENTRAL.size + name_len + extra_len + comment_len
+    if count > limits.max_entries:
+        raise ExtractError(f"the archive has {count:,} entries; the limit is {limits.max_entries:,} "
+                           "(OMR_MAX_ENTRIES)")
+
+
+_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")  # a central directory record, 46 bytes
+# What zipfile may raise on hostile input, besides BadZipFile, while parsing
+# the directory or reading an entry (found by tests/test_extract_property.py).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, struct.error, OverflowError,
+               NotImplementedError, IndexError, KeyError, zlib.error, lzma.LZMAError, RuntimeError)
+
+
+@contextmanager
+def open_zip(fileobj, filename: str, limits: Limits) -> Iterator[zipfile.ZipFile]:
+    """``zipfile.ZipFile(fileobj)``, after ``_read_directory``'s checks, with
+    every parsing error turned into ``ExtractError`` naming ``filename``."""
+    _read_directory(fileobj, filename, limits)
+    fileobj.seek(0)
+    try:
+        zf = zipfile.ZipFile(fileobj)
+    except NotImplementedError as exc:
+        raise ExtractError(f"{display_name(filename)}: this kind of ZIP archive is not supported ({exc})") from None
+    except _ZIP_ERRORS as exc:
+        raise ExtractError(f"{display_name(filename)}: not a valid ZIP archive ({exc})") from None
+    with zf:
+        yield zf
+
+
+def check_archive(fileobj, filename: str, limits: Limits) -> ZipPlan:
+    """Open and inspect an uploaded ZIP (``open_zip`` + ``inspect_zip``), reading
+    no entry. Raises ``ExtractError``."""
+    with open_zip(fileobj, filename, limits) as zf:
+        return inspect_zip(zf, limits)
+
+
+#: Compression methods zipfile can read: stored, deflate, bzip2, LZMA.
+_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+_AES = 99  # WinZip AES encryption: a "compression method" in the format
+
+
 def inspect_zip(zf: zipfile.ZipFile, limits: Limits) -> ZipPlan:
     """Check every entry of an archive before anything is extracted.
 
-    Rejects (``ExtractError`` naming the entry): too many entries, names that are
-    too long, absolute, with a drive letter, backslashes, ``..`` or control
-    characters, symlinks, encrypted entries, nested archives, duplicate names
-    (after Unicode normalisation and case folding), entries whose compression
-    ratio or declared sizes exceed the caps, and overlapping entries. Returns
-    the image and PDF entries in natural file order, and the names of the others.
+    Rejects (``ExtractError`` naming the entry and the limit): too many entries,
+    names that are too long, absolute, with a drive letter, backslashes, ``..``
+    or control characters, symlinks and other special files, encrypted entries,
+    unknown compression methods, nested archives, duplicate names (after
+    Unicode normalisation, case folding and ``.`` segments), entries whose
+    compression ratio or declared sizes exceed the caps, and overlapping
+    entries. Returns the image and PDF entries in natural file order, and the
+    names of the others.
     """
     infos = zf.infolist()
     if len(infos) > limits.max_entries:
-        raise ExtractError(f"the archive has {len(infos)} entries, over the limit of {limits.max_entries}")
+        raise ExtractError(f"the archive has {len(infos):,} entries; the limit is {limits.max_entries:,} "
+                           "(OMR_MAX_ENTRIES)")
     seen: dict[str, str] = {}
     members: list[Member] = []
     skipped: list[str] = []
@@ -186,21 +284,24 @@ def inspect_zip(zf: zipfile.ZipFile, limits: Limits) -> ZipPlan:
         name = _entry_name(info)
         shown = display_name(name)
         if len(raw) > limits.max_name_length:
-            raise ExtractError(f"entry {shown!r}: name longer than {limits.max_name_length} characters")
+            raise ExtractError(f"entry {shown!r}: the name is {len(raw):,} characters long; the limit is "
+                               f"{limits.max_name_length} characters")
         if _CONTROL_RE.search(raw):
-            raise ExtractError(f"entry {shown!r}: name contains control characters")
+            raise ExtractError(f"entry {shown!r}: name contains control characters (unsafe path)")
         if "\\" in raw:
             raise ExtractError(f"entry {shown!r}: name contains a backslash (unsafe path)")
         if raw.startswith("/") or _DRIVE_RE.match(raw):
             raise ExtractError(f"entry {shown!r}: absolute path (unsafe path)")
         if ".." in raw.split("/"):
             raise ExtractError(f"entry {shown!r}: name goes up a folder with '..' (unsafe path)")
-        mode = info.external_attr >> 16
-        if info.create_system == 3 and stat.S_ISLNK(mode):
+        kind = stat.S_IFMT(info.external_attr >> 16)
+        if kind == stat.S_IFLNK:
             raise ExtractError(f"entry {shown!r}: symbolic links are not allowed in archives")
-        if info.flag_bits & 0x1:
+        if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+            raise ExtractError(f"entry {shown!r}: special files (devices, pipes) are not allowed in archives")
+        if info.flag_bits & 0x1 or info.compress_type == _AES:
             raise ExtractError(f"entry {shown!r}: password-protected archives are not supported")
-        key = unicodedata.normalize("NFC", name).casefold().rstrip("/")
+        key = _name_key(name)
         if key in seen:
             raise ExtractError(f"entry {shown!r}: duplicate name (same as {display_name(seen[key])!r})")
         seen[key] = name
@@ -212,14 +313,19 @@ def inspect_zip(zf: zipfile.ZipFile, limits: Limits) -> ZipPlan:
             continue
         if ext in ARCHIVE_EXTENSIONS:
             raise ExtractError(f"entry {shown!r}: nested archives are not supported; put the images in one ZIP")
+        if info.compress_type not in _METHODS:
+            raise ExtractError(f"entry {shown!r}: compression method {info.compress_type} is not supported")
         if info.file_size and not info.compress_size:
             raise ExtractError(f"entry {shown!r}: declared sizes are inconsistent (damaged archive or zip bomb)")
         if info.file_size > _SMALL_ENTRY and info.file_size > limits.max_ratio * info.compress_size:
-            raise ExtractError(f"entry {shown!r}: compression ratio over {limits.max_ratio}:1 (zip bomb?)")
+            ratio = info.file_size / info.compress_size
+            raise ExtractError(f"entry {shown!r}: compression ratio {ratio:,.0f}:1; the limit is "
+                               f"{limits.max_ratio}:1 (OMR_MAX_COMPRESSION_RATIO); a zip bomb?")
         total += info.file_size
         if total > limits.max_uncompressed:
-            raise ExtractError(f"the archive unpacks to more than {limits.max_uncompressed // 1024**2} MB, "
-                               "over the limit")
+            raise ExtractError(f"the archive unpacks to more than {_size(limits.max_uncompressed)} (at entry "
+                               f"{shown!r}); the limit is {_size(limits.max_uncompressed)} "
+                               "(OMR_MAX_UNCOMPRESSED_MB)")
         if ext in IMAGE_EXTENSIONS or ext in PDF_EXTENSIONS:
             members.append(Member(info, name))
         else:
@@ -241,28 +347,38 @@ def _check_overlaps(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> None:
             name_len = 0
         end = current.header_offset + _ZIP_HEADER + name_len + current.compress_size
         limit = following.header_offset if following is not None else end_of_data
-        if limit is not None and end > limit:
+        if current.header_offset < 0 or (limit is not None and end > limit):
             raise ExtractError(f"entry {display_name(_entry_name(current))!r}: overlaps another entry "
                                "(a zip bomb or a damaged archive)")
 
 
-def _read_member(zf: zipfile.ZipFile, member: Member, budget: int) -> bytes:
-    """An entry's bytes, never more than it declared or than ``budget``."""
+def _read_member(zf: zipfile.ZipFile, member: Member, budget: int, limits: Limits) -> bytes:
+    """An entry's bytes, never more than it declared or than ``budget`` (what is
+    left of ``limits.max_uncompressed``): the bytes actually read are counted."""
+    shown = display_name(member.name)
     cap = min(member.info.file_size, budget)
     try:
         with zf.open(member.info) as f:
             data = f.read(cap + 1)
-    except zipfile.BadZipFile as exc:
-        raise ExtractError(f"entry {display_name(member.name)!r}: the archive is damaged ({exc})") from None
-    except (EOFError, OSError, zipfile.LargeZipFile) as exc:
-        raise ExtractError(f"entry {display_name(member.name)!r}: the archive is truncated or damaged ({exc})") from None
-    except NotImplementedError:
-        raise ExtractError(f"entry {display_name(member.name)!r}: unsupported compression method") from None
     except RuntimeError as exc:  # zipfile raises this for encrypted entries
-        raise ExtractError(f"entry {display_name(member.name)!r}: {exc}") from None
+        raise ExtractError(f"entry {shown!r}: {exc}") from None
+    except NotImplementedError:
+        raise ExtractError(f"entry {shown!r}: unsupported compression method") from None
+    except _ZIP_ERRORS as exc:
+        raise ExtractError(f"entry {shown!r}: the archive is truncated or damaged ({exc})") from None
     if len(data) > cap:
-        raise ExtractError(f"entry {display_name(member.name)!r}: holds more data than it declares (zip bomb?)")
+        if cap < member.info.file_size:
+            raise ExtractError(f"entry {shown!r}: the archive unpacks to more than {_size(limits.max_uncompressed)}; "
+                               f"the limit is {_size(limits.max_uncompressed)} (OMR_MAX_UNCOMPRESSED_MB)")
+        raise ExtractError(f"entry {shown!r}: holds more data than it declares (zip bomb?)")
     return data
+
+
+def _size(n: int) -> str:
+    """A byte count for messages, in the unit the settings use (MB = 2**20 bytes)."""
+    if n >= 1024**2:
+        return f"{n / 1024**2:,.0f} MB"
+    return f"{n:,} bytes"
 
 
 # ---------------------------------------------------------------- pages
@@ -274,35 +390,41 @@ def iter_pages(fileobj, filename: str, limits: Limits, workdir: str | os.PathLik
     ``fileobj`` is a seekable binary file; ``filename`` the uploaded name (for
     messages). PDF pages come out as grey PNGs at ``limits.pdf_dpi``; pages of a
     multi-page TIFF as grey PNGs; JPEG, PNG and single-page TIFF files as they
-    are (the reader decodes them). Raises ``ExtractError``.
+    are (the reader decodes them). The pages together may not exceed
+    ``limits.max_uncompressed`` bytes (what the caller will write) nor
+    ``limits.max_pages``. Raises ``ExtractError``.
     """
     head = fileobj.read(1024)
     fileobj.seek(0)
     kind = sniff(head)
-    count = 0
+    count = written = 0
 
     def counted(pages: Iterator[Page]) -> Iterator[Page]:
-        nonlocal count
+        nonlocal count, written
         for page in pages:
             count += 1
+            written += len(page.data)
             if count > limits.max_pages:
-                raise ExtractError(f"the upload has more than {limits.max_pages} pages, over the limit")
+                raise ExtractError(f"the upload has more than {limits.max_pages:,} pages; the limit is "
+                                   f"{limits.max_pages:,} (OMR_MAX_PAGES)")
+            if written > limits.max_uncompressed:
+                raise ExtractError(f"the pages of the upload take more than {_size(limits.max_uncompressed)}; "
+                                   f"the limit is {_size(limits.max_uncompressed)} (OMR_MAX_UNCOMPRESSED_MB)")
             yield page
 
     if kind == "zip":
-        try:
-            zf = zipfile.ZipFile(fileobj)
-        except zipfile.BadZipFile as exc:
-            raise ExtractError(f"{display_name(filename)}: not a valid ZIP archive ({exc})") from None
-        with zf:
+        with open_zip(fileobj, filename, limits) as zf:
             plan = inspect_zip(zf, limits)
             budget = limits.max_uncompressed
             for member in plan.members:
-                data = _read_member(zf, member, budget)
+                data = _read_member(zf, member, budget, limits)
                 budget -= len(data)
                 if sniff(data) in {"zip", "gzip", "7z", "rar"}:
                     raise ExtractError(f"entry {display_name(member.name)!r}: nested archives are not supported")
                 yield from counted(_file_pages(data, member.name, limits, workdir))
+        return
+    if kind == "pdf":
+        yield from counted(pdf_pages(fileobj, filename, limits, workdir))
         return
     data = fileobj.read()
     yield from counted(_file_pages(data, filename, limits, workdir))
@@ -324,7 +446,12 @@ def _file_pages(data: bytes, name: str, limits: Limits, workdir) -> Iterator[Pag
 
 
 def tiff_pages(data: bytes, name: str, limits: Limits) -> Iterator[Page]:
-    """A TIFF file's pages: itself when it has one page, else one grey PNG per page."""
+    """A TIFF file's pages: itself when it has one page, else one grey PNG per page.
+
+    The header of every page is checked against the pixel cap before any page
+    is decoded (``imageio.probe``); a file that fails that check, or cannot be
+    parsed, is passed on whole so that the reader fails that sheet with the reason.
+    """
     from batches.omr.imageio import ImageError, probe
 
     try:
@@ -335,49 +462,70 @@ def tiff_pages(data: bytes, name: str, limits: Limits) -> Iterator[Page]:
     if info.pages <= 1:
         yield Page(name, 1, ".tif", data)
         return
+    import warnings
+
     import cv2
     import numpy as np
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
-        for index in range(info.pages):
-            try:
-                im.seek(index)
-                frame = np.asarray(im.convert("L"))
-            except (OSError, ValueError, EOFError):
-                raise ExtractError(f"{display_name(name)}: page {index + 1} of the TIFF file is damaged") from None
-            ok, png = cv2.imencode(".png", frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-            if not ok:
-                raise ExtractError(f"{display_name(name)}: page {index + 1} cannot be converted")
-            yield Page(name, index + 1, ".png", png.tobytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # probe() enforced our own cap
+        with Image.open(io.BytesIO(data)) as im:
+            for index in range(info.pages):
+                try:
+                    im.seek(index)
+                    frame = np.asarray(im.convert("L"))
+                except (OSError, ValueError, EOFError, SyntaxError, struct.error, Image.DecompressionBombError):
+                    raise ExtractError(f"{display_name(name)}: page {index + 1} of the TIFF file is damaged") from None
+                ok, png = cv2.imencode(".png", frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+                if not ok:
+                    raise ExtractError(f"{display_name(name)}: page {index + 1} cannot be converted")
+                yield Page(name, index + 1, ".png", png.tobytes())
 
 
-def pdf_pages(data: bytes, name: str, limits: Limits, workdir=None) -> Iterator[Page]:
-    """A PDF's pages rendered as grey PNGs, by PDFium in a child process.
+def pdf_pages(source, name: str, limits: Limits, workdir=None) -> Iterator[Page]:
+    """A PDF's pages as grey PNGs, rendered by PDFium in a child process.
 
-    The child gets ``limits.pdf_timeout`` seconds at most; too many pages, a page box over the pixel cap (the scale is clamped to it),
-    an encrypted or malformed PDF give a clear ``ExtractError``.
+    ``source`` is the PDF's bytes or a binary file positioned at its start. The
+    child gets ``limits.pdf_timeout`` seconds at most and is killed after that;
+    it refuses more than ``limits.max_pages`` pages or more than
+    ``limits.max_uncompressed`` bytes of pages, and clamps the scale of a huge
+    page box to ``limits.max_pixels``. An encrypted or malformed PDF gives a
+    clear ``ExtractError``. Its files live in a temporary folder (under
+    ``workdir``, default the system's), removed when the pages have been taken
+    or the generator is closed.
     """
     with tempfile.TemporaryDirectory(prefix="omr-pdf-", dir=workdir) as tmp:
-        source = Path(tmp) / "in.pdf"
-        source.write_bytes(data)
+        path = Path(tmp) / "in.pdf"
+        try:
+            with path.open("wb") as f:
+                if isinstance(source, bytes | bytearray | memoryview):
+                    f.write(source)
+                else:
+                    shutil.copyfileobj(source, f, 1024 * 1024)
+        except OSError as exc:
+            raise ExtractError(f"{display_name(name)}: the PDF cannot be unpacked for rendering "
+                               f"({exc.strerror or exc})") from None
         out = Path(tmp) / "pages"
         out.mkdir()
-        cmd = [sys.executable, "-m", "batches.pdfpages", str(source), str(out), "--dpi", str(limits.pdf_dpi),
-               "--max-pages", str(limits.max_pages), "--max-pixels", str(limits.max_pixels)]
+        cmd = [sys.executable, "-m", "batches.pdfpages", str(path), str(out), "--dpi", str(limits.pdf_dpi),
+               "--max-pages", str(limits.max_pages), "--max-pixels", str(limits.max_pixels),
+               "--max-bytes", str(limits.max_uncompressed)]
         timeout = limits.pdf_timeout
         try:
             proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False,
                                   cwd=Path(__file__).resolve().parent.parent)
-        except subprocess.TimeoutExpired:
-            raise ExtractError(f"{display_name(name)}: the PDF took longer than {timeout:.0f} s to render") from None
-        result = {}
+        except subprocess.TimeoutExpired:  # run() has killed the child
+            raise ExtractError(f"{display_name(name)}: the PDF took longer than {timeout:g} s to render; "
+                               f"the limit is {timeout:g} s (OMR_PDF_TIMEOUT)") from None
         try:
-            result = json.loads(proc.stdout.decode() or "{}")
+            result = json.loads(proc.stdout.decode("utf-8", "replace") or "{}")
         except ValueError:
-            pass
+            result = {}
+        if not isinstance(result, dict):
+            result = {}
         if proc.returncode != 0 or "error" in result:
             reason = result.get("error") or f"the PDF renderer stopped (exit code {proc.returncode})"
             raise ExtractError(f"{display_name(name)}: {reason}")
-        for index, path in enumerate(sorted(out.glob("*.png")), start=1):
-            yield Page(name, index, ".png", path.read_bytes())
+        for index, page in enumerate(sorted(out.glob("*.png")), start=1):
+            yield Page(name, index, ".png", page.read_bytes())

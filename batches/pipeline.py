@@ -43,7 +43,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from . import csvexport, progress
-from .extract import ExtractError, Limits, display_name, inspect_zip, iter_pages, sniff
+from .extract import ExtractError, Limits, check_archive, display_name, iter_pages, sniff
 from .models import Answer, Batch, Sheet, SheetStatus, Stage, stage_index
 
 logger = logging.getLogger(__name__)
@@ -172,14 +172,9 @@ def validate(batch: Batch) -> None:
         if batch.extension == ".zip":
             if kind != "zip":
                 raise BatchError(f"{display_name(batch.original_filename)} is not a ZIP archive")
-            import zipfile
-
             f.seek(0)
             try:
-                with zipfile.ZipFile(f) as zf:
-                    plan = inspect_zip(zf, Limits.from_settings())
-            except zipfile.BadZipFile as exc:
-                raise BatchError(f"{display_name(batch.original_filename)}: the archive is damaged ({exc})") from None
+                plan = check_archive(f, batch.original_filename, Limits.from_settings())
             except ExtractError as exc:
                 raise BatchError(str(exc)) from None
             if not plan.members:
