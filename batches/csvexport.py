@@ -16,6 +16,10 @@ from __future__ import annotations
 import csv
 import re
 
+import orjson
+from django.db.models import TextField
+from django.db.models.functions import Cast
+
 from .models import Answer, Batch, Sheet
 
 FIXED_COLUMNS = ["sheet", "source_file", "source_page", "template", "template_page", "student", "exam", "status",
@@ -81,9 +85,14 @@ def write_results_csv(batch: Batch, out) -> int:
 
 def _write_chunk(writer, chunk: list[tuple], fields: list[str]) -> int:
     answers: dict[int, dict[str, tuple[str, list]]] = {}
-    for sheet_id, name, value, flags in Answer.objects.filter(sheet_id__in=[r[0] for r in chunk]).values_list(
-            "sheet_id", "field", "value", "flags"):
-        answers.setdefault(sheet_id, {})[name] = (value, flags or [])
+    # Flags come as JSON text and only non-empty lists are parsed: decoding
+    # every answer's "[]" through the JSONField took half the CSV's time.
+    rows = (Answer.objects.filter(sheet_id__in=[r[0] for r in chunk])
+            .annotate(flags_text=Cast("flags", TextField()))
+            .values_list("sheet_id", "field", "value", "flags_text"))
+    for sheet_id, name, value, flags_text in rows:
+        flags = orjson.loads(flags_text) if flags_text and flags_text != "[]" else []
+        answers.setdefault(sheet_id, {})[name] = (value, flags)
     for (pk, index, source, source_page, template, template_page, student, exam, status, review, sheet_flags,
          error) in chunk:
         mine = answers.get(pk, {})

@@ -399,3 +399,16 @@ def test_a_chunk_that_fails_every_retry_costs_its_sheets_not_the_batch(owner, br
     assert batch.stage == Stage.COMPLETED, batch.error
     assert (batch.sheets_processed, batch.sheets_failed) == (4, len(bad))
     assert set(Sheet.objects.filter(batch=batch, status=SheetStatus.FAILED).values_list("pk", flat=True)) == bad
+
+
+@pytest.mark.parametrize("total", [1, 7, 20, 79, 500, 2003])
+def test_split_chunks_keeps_every_sheet_once_in_order_and_ends_in_small_pieces(total):
+    ids = list(range(100, 100 + total))
+    chunks = pipeline.split_chunks(ids)
+    assert [i for chunk in chunks for i in chunk] == ids
+    size = pipeline.chunk_size(total)
+    assert max(len(c) for c in chunks) <= size
+    if size >= 4:
+        # The last chunks are a quarter of the size, so the workers finish together.
+        assert all(len(c) <= size // 4 for c in chunks[-4:])
+        assert sum(len(c) for c in chunks if len(c) <= size // 4) >= min(total, 4 * size) - size // 4
