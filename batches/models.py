@@ -276,3 +276,49 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+def upload_expiry(now=None):
+    """When an unfinished resumable upload touched at ``now`` expires."""
+    return (now or timezone.now()) + datetime.timedelta(hours=settings.OMR_UPLOAD_EXPIRY_HOURS)
+
+
+class Upload(models.Model):
+    """A resumable (tus 1.0) upload in progress: the bytes received so far are
+    in ``MEDIA_ROOT/uploads/<id>/data``; ``offset`` is how many of them are
+    durably stored. Its batch exists from the start, in stage ``uploading``,
+    and gets the file when the last byte is in (``batches/tus.py``)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="uploads")
+    batch = models.OneToOneField(Batch, on_delete=models.CASCADE, related_name="resumable_upload")
+    length = models.BigIntegerField(help_text="Upload-Length: the whole file, in bytes.")
+    offset = models.BigIntegerField(default=0, help_text="Bytes received and fsynced.")
+    metadata = models.JSONField(default=dict, blank=True, help_text="Upload-Metadata as sent, decoded.")
+    sha256 = models.CharField(max_length=64, blank=True, help_text="Whole-file checksum the client declared (hex).")
+    sha1 = models.CharField(max_length=40, blank=True, help_text="Whole-file checksum the client declared (hex).")
+    chunks = models.IntegerField(default=0, help_text="PATCH requests that stored bytes.")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(default=upload_expiry, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    # Throttle for uploading events.
+    progress_published_at = models.DateTimeField(null=True, blank=True)
+    progress_published_percent = models.FloatField(default=0.0)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"upload {self.pk} ({self.offset}/{self.length})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("batches:tus-upload", args=[self.pk])
+
+    @property
+    def is_finished(self) -> bool:
+        return self.finished_at is not None
+
+    def is_expired(self, now=None) -> bool:
+        return not self.is_finished and self.expires_at <= (now or timezone.now())

@@ -57,44 +57,74 @@ def check_template(name: str) -> str:
     return name
 
 
-def create_batch(owner, upload, *, filename: str | None = None, template: str = "", has_qr: bool = True,
-                 start: bool = True) -> Batch:
-    """Store an uploaded file as a new batch and queue its pipeline.
-
-    ``upload`` is a Django ``File`` (an ``UploadedFile`` from a form, or a file
-    opened by a command or the resumable-upload endpoint). The pipeline starts
-    once the transaction commits (``start=False`` leaves it to the caller).
-    Raises ``ServiceError`` (400 bad template or file type, 413 too large).
-    """
-    filename = filename or getattr(upload, "name", "") or "upload"
+def check_new_batch(filename: str, template: str, size: int) -> tuple[str, str]:
+    """The checked template name and file extension for a new batch of
+    ``size`` bytes; raises ``ServiceError`` (400 bad template, file type or an
+    empty file, 413 too large)."""
     template = check_template(template)
     try:
         extension = upload_extension(filename)
     except ExtractError as exc:
         raise ServiceError(400, str(exc)) from None
-    size = upload.size
     if size > settings.OMR_MAX_UPLOAD_BYTES:
         raise ServiceError(413, f"{display_name(filename)} is {size / 1e6:.1f} MB, over the limit of "
                                 f"{settings.OMR_MAX_UPLOAD_BYTES / 1e6:.0f} MB")
     if size == 0:
         raise ServiceError(400, f"{display_name(filename)} is empty")
+    return template, extension
+
+
+def begin_batch(owner, *, filename: str, template: str = "", has_qr: bool = True, size: int) -> Batch:
+    """A new batch in stage ``uploading`` whose file is still to come (see
+    ``store_upload``): checked as ``check_new_batch`` does, with its first event.
+    Call it inside a transaction with ``store_upload``, or alone for a
+    resumable upload that gives the batch its file when the last byte is in."""
+    template, extension = check_new_batch(filename, template, size)
+    with transaction.atomic():
+        batch = Batch.objects.create(owner=owner, template=template, has_qr=has_qr, extension=extension,
+                                     original_filename=filename[:255], size=size, stage=Stage.UPLOADING)
+        progress.publish(batch, Stage.UPLOADING, f"Receiving {display_name(filename)}")
+    return batch
+
+
+def store_upload(batch: Batch, upload, *, sha256: str, start: bool = True) -> Batch:
+    """Give a batch made by ``begin_batch`` its file (a Django ``File`` of
+    ``batch.size`` bytes whose SHA-256 is ``sha256``) and queue its pipeline
+    once the transaction commits (``start=False`` leaves it to the caller)."""
+    with transaction.atomic():
+        # An UploadedFile is passed as it is: a large one spooled to a temporary
+        # file is then moved into storage, not copied.
+        batch.upload.save("original" + batch.extension, upload if isinstance(upload, File) else File(upload),
+                          save=False)
+        batch.sha256 = sha256
+        Batch.objects.filter(pk=batch.pk).update(upload=batch.upload.name, sha256=sha256)
+        progress.publish(batch, Stage.UPLOADING,
+                         f"Upload complete: {display_name(batch.original_filename)}, {batch.size / 1e6:.1f} MB",
+                         progress=100)
+        if start:
+            tasks.enqueue_batch(batch.pk)
+    return batch
+
+
+def create_batch(owner, upload, *, filename: str | None = None, template: str = "", has_qr: bool = True,
+                 start: bool = True) -> Batch:
+    """Store an uploaded file as a new batch and queue its pipeline.
+
+    ``upload`` is a Django ``File`` (an ``UploadedFile`` from a form, or a file
+    opened by a command). The pipeline starts once the transaction commits
+    (``start=False`` leaves it to the caller). Raises ``ServiceError`` (400 bad
+    template or file type, 413 too large).
+    """
+    filename = filename or getattr(upload, "name", "") or "upload"
+    size = upload.size
+    check_new_batch(filename, template, size)
     digest = hashlib.sha256()
     for chunk in upload.chunks():
         digest.update(chunk)
     upload.seek(0)
     with transaction.atomic():
-        batch = Batch.objects.create(owner=owner, template=template, has_qr=has_qr, extension=extension,
-                                     original_filename=filename[:255], size=size, sha256=digest.hexdigest(),
-                                     stage=Stage.UPLOADING)
-        progress.publish(batch, Stage.UPLOADING, f"Receiving {display_name(filename)}")
-        # An UploadedFile is passed as it is: a large one spooled to a temporary
-        # file is then moved into storage, not copied.
-        batch.upload.save("original" + extension, upload if isinstance(upload, File) else File(upload), save=False)
-        Batch.objects.filter(pk=batch.pk).update(upload=batch.upload.name)
-        progress.publish(batch, Stage.UPLOADING,
-                         f"Upload complete: {display_name(filename)}, {size / 1e6:.1f} MB", progress=100)
-        if start:
-            tasks.enqueue_batch(batch.pk)
+        batch = begin_batch(owner, filename=filename, template=template, has_qr=has_qr, size=size)
+        store_upload(batch, upload, sha256=digest.hexdigest(), start=start)
     logger.info("Batch %s created from %s (%d bytes)", batch.pk, display_name(filename), size)
     return batch
 

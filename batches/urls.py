@@ -3,7 +3,7 @@ these under their own names; the API's paths are fixed by DESIGN.md."""
 
 from django.urls import path
 
-from . import api
+from . import api, tus
 
 app_name = "batches"
 
@@ -16,4 +16,8 @@ urlpatterns = [
     path("api/batches/<uuid:batch_id>/retry", api.batch_retry, name="api-retry"),
     path("api/batches/<uuid:batch_id>/delete", api.batch_delete, name="api-delete"),
     path("api/health", api.health, name="api-health"),
+    # Resumable uploads (tus 1.0, batches/tus.py); with and without the slash.
+    path("api/uploads/", tus.upload_collection, name="tus-uploads"),
+    path("api/uploads", tus.upload_collection),
+    path("api/uploads/<uuid:upload_id>", tus.upload_resource, name="tus-upload"),
 ]

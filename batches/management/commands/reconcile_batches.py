@@ -28,7 +28,11 @@ class Command(BaseCommand):
         idle = timedelta(minutes=idle_minutes)
         cutoff = timezone.now() - idle
         count = 0
-        for batch in Batch.objects.exclude(stage__in=[Stage.COMPLETED, Stage.FAILED]):
+        # A batch still uploading without its file is a resumable upload in
+        # progress: nothing to restart (cleanup_uploads expires it).
+        batches = Batch.objects.exclude(stage__in=[Stage.COMPLETED, Stage.FAILED]).exclude(
+            stage=Stage.UPLOADING, upload="")
+        for batch in batches:
             last = ProgressEvent.objects.filter(batch=batch).order_by("-id").values_list("timestamp", flat=True).first()
             if last and last > cutoff:
                 continue
