@@ -301,7 +301,8 @@ def random_answers(template: Template | str, page: int = 1, rng: Any = None, *, 
 
 def simulate_sheet(template: Template | str, answers: dict[str, str], *, page: int = 1, seed: int = 0,
                    preset: str | SimOptions = "clean", exam: str = "", student: str = "",
-                   style: str | dict[str, str] | None = None, dpi: float | None = None) -> Simulated:
+                   style: str | dict[str, str] | None = None, dpi: float | None = None,
+                   printed: Any = None) -> Simulated:
     """Fill in ``page`` of ``template`` with ``answers`` and capture it.
 
     ``answers``: ``{field: value}`` as in the engine contract (question ``"B"``,
@@ -313,7 +314,10 @@ def simulate_sheet(template: Template | str, answers: dict[str, str], *, page: i
     style, either one style for every bubble or ``{field: style}`` for the fields
     named (the rest keep the options' style). ``dpi``: overrides the options'
     scan resolution (ignored for photos, whose resolution follows from the
-    megapixels and framing). Returns a ``Simulated``.
+    megapixels and framing). ``printed``: another kind of sheet (an OMRChecker
+    layout): a function ``dpi -> (grey page raster, PageLayout at that dpi)``
+    that draws it; ``template`` then only gives the page size for the capture.
+    Returns a ``Simulated``.
     """
     t = _template(template)
     if isinstance(preset, str):
@@ -342,10 +346,13 @@ def simulate_sheet(template: Template | str, answers: dict[str, str], *, page: i
     else:
         cam = None
         work_dpi = float(opts.dpi)
-    layout = page_layout(t, page, work_dpi)
+    if printed is None:
+        layout = page_layout(t, page, work_dpi)
+        grey = render_page_image(t, page, work_dpi, exam=exam, student=student)
+    else:
+        grey, layout = printed(work_dpi)
     selected = _parse_answers(layout, answers)
 
-    grey = render_page_image(t, page, work_dpi, exam=exam, student=student)
     ink = _Ink(grey, work_dpi, r_marks, opts.pen)
 
     # ---- the student's pencil work

@@ -1,0 +1,564 @@
+"""Reading a sheet laid out by an OMRChecker template.
+
+There is no QR code and no registration mark of this engine's kind: the page is
+located by the template's own pre-processors (``steps.py``), with a page-outline
+fallback for photos (``CropPage`` tried when the declared steps fail or leave
+the bubbles where they are not). From there the engine's own reader takes
+over: the placement is refined on the printed bubble outlines
+(``align.refine_on_bubbles``), each bubble is measured against this sheet's paper
+and black (``bubbles.measure``), and decided against this sheet's own blank
+level and noise (``bubbles.sheet_levels``/``decide_groups``), with every doubt
+flagged as for the engine's own sheets (``docs/reader.md``).
+
+Answers follow OMRChecker's conventions: each field is its marked values
+concatenated in bubble order, or the template's ``emptyValue``; custom labels
+concatenate their fields; keys are the template's output columns.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .. import bubbles as bub
+from ..align import (
+    Background,
+    BubbleFrame,
+    MarkGeometry,
+    PageFit,
+    _background,
+    apply_h,
+    jacobians,
+    ray_profiles,
+    refine_on_bubbles,
+    to_grey,
+    verify_frame,
+)
+from ..imageio import ImageError, load_grey_for_reading
+from ..layout import BubbleGeom, Group, PageLayout, Rect, Square
+from ..reader import FAIL_FIT, RING_FIT_FAIL, RING_FIT_OK, SURE_FIT, SheetReading
+from .importer import OmrCheckerTemplate
+from .steps import (
+    StepError,
+    ecc_refine,
+    filter_image,
+    find_markers,
+    find_page,
+    match_reference,
+    order_corners,
+    page_candidates,
+    rect_h,
+)
+
+#: Share of a found page's size searched past each side for its markers.
+MARGIN = 0.1
+#: A bubble's printed outline darker than its inside by this much (darkness,
+#: 0..1) counts as printed; otherwise the box is taken as the bubble.
+OUTLINE_MIN = 0.05
+#: Share of the template's bubbles that may fall outside the image before the
+#: sheet is refused as cut off (any at all is flagged).
+CUT_OFF_LIMIT = 0.02
+#: Printed outlines blurred over more than this share of the bubble radius
+#: (edge spread, 10-90 %) flag the sheet ``blurred``; over BLUR_FAIL it is refused.
+BLUR_FLAG = 0.45
+BLUR_FAIL = 0.9
+
+
+@dataclass
+class OmrCheckerReading(SheetReading):
+    """A ``SheetReading`` of an OMRChecker sheet. ``homography`` maps OMRChecker
+    page px (``pageDimensions``) to image px; ``alignment`` says how the page was
+    found; ``fields`` holds every field before custom labels join them."""
+
+    alignment: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["format"] = "omrchecker"
+        out["alignment"] = self.alignment
+        out["fields"] = dict(self.fields)
+        out["template_notes"] = list(self.notes)
+        return out
+
+
+# ---------------------------------------------------------------- layout
+
+_LAYOUTS: dict[tuple[int, float], tuple[OmrCheckerTemplate, PageLayout]] = {}
+
+
+def layout_mm(t: OmrCheckerTemplate, r_mm: float) -> PageLayout:
+    """The template's bubbles as an engine ``PageLayout`` in mm (OMRChecker page
+    px times ``t.mm_per_px``), one group per OMRChecker field."""
+    key = (id(t), round(r_mm, 3))
+    hit = _LAYOUTS.get(key)
+    if hit is not None and hit[0] is t:
+        return hit[1]
+    k = t.mm_per_px
+    groups = []
+    for f in t.fields:
+        bubbles = tuple(BubbleGeom(f.label, v, cx * k, cy * k, r_mm) for v, (cx, cy) in zip(f.values, f.centres(), strict=True))
+        groups.append(Group(f.label, f.label, "question", 0, bubbles))
+    lay = PageLayout(template=t.name, page=1, dpi=25.4, width=round(t.page_w * k), height=round(t.page_h * k),
+                     marks=tuple(Square(x * k, y * k, 0.0) for x, y in _corners(t)),
+                     key=Rect(0, 0, 0, 0), qr=Rect(0, 0, 0, 0), groups=tuple(groups))
+    if len(_LAYOUTS) > 64:
+        _LAYOUTS.clear()
+    _LAYOUTS[key] = (t, lay)
+    return lay
+
+
+def _corners(t: OmrCheckerTemplate) -> np.ndarray:
+    return np.array([[0, 0], [t.page_w, 0], [t.page_w, t.page_h], [0, t.page_h]], np.float64)
+
+
+# ---------------------------------------------------------------- locating the page
+
+@dataclass
+class _Placement:
+    H: np.ndarray  # OMRChecker page px -> image px
+    how: str
+    notes: list[str]
+
+
+def _run_steps(work: np.ndarray, t: OmrCheckerTemplate, *, page: tuple | None = None) -> _Placement:
+    """The template's alignment steps as one homography. ``page``: a page
+    outline (corners, notes) to start from (the photo fallback) or to use for
+    CropPage."""
+    h, w = work.shape
+    H = np.eye(3)
+    fw, fh = float(w), float(h)
+    cropped = False
+    how: list[str] = []
+    notes: list[str] = []
+    page_first = page is not None and (not t.alignment() or t.alignment()[0] != "CropPage")
+    if page_first:
+        quad, n = page
+        fw = float(max(np.linalg.norm(quad[1] - quad[0]), np.linalg.norm(quad[2] - quad[3])))
+        fh = float(max(np.linalg.norm(quad[3] - quad[0]), np.linalg.norm(quad[2] - quad[1])))
+        H = rect_h(fw, fh, quad)
+        cropped = True
+        how.append("page outline")
+        notes += n
+    for step in t.steps:
+        if step.name == "CropPage":
+            if cropped:
+                continue
+            quad, n = page if page is not None else find_page(work)
+            fw = float(max(np.linalg.norm(quad[1] - quad[0]), np.linalg.norm(quad[2] - quad[3])))
+            fh = float(max(np.linalg.norm(quad[3] - quad[0]), np.linalg.norm(quad[2] - quad[1])))
+            H = rect_h(fw, fh, quad)
+            cropped = True
+            how.append("CropPage")
+            notes += n
+        elif step.name == "CropOnMarkers":
+            o = step.options
+            marker = t.images[o.get("relativePath", "omr_marker.jpg")]
+            if "sheetToMarkerWidthRatio" in o:
+                share = 1.0 / float(o["sheetToMarkerWidthRatio"])
+            else:
+                share = marker.shape[1] / t.processing[0]
+            kw = dict(min_match=float(o.get("min_matching_threshold", 0.3)),
+                      max_variation=float(o.get("max_matching_variation", 0.41)), wide=not cropped)
+            Hs, sw, sh = H, fw, fh
+            if cropped:
+                # A page outline found short (a shadow over a corner) must not cut
+                # a marker off: look a little past it.
+                Hs = H @ np.array([[1, 0, -MARGIN * fw], [0, 1, -MARGIN * fh], [0, 0, 1]])
+                sw, sh = fw * (1 + 2 * MARGIN), fh * (1 + 2 * MARGIN)
+                share = share / (1 + 2 * MARGIN)
+            try:
+                centres, _scores = find_markers(work, Hs, sw, sh, marker, share, **kw)
+            except StepError as exc:
+                centres, _scores = find_markers(work, Hs, sw, sh, marker, share, lenient=True, **kw)
+                notes.append(f"{exc.reason}: accepted, the bubble outlines confirm the placement")
+            img_c = apply_h(Hs, centres)
+            fw, fh = t.page_w, t.page_h
+            H = rect_h(fw, fh, img_c)
+            cropped = True
+            how.append("CropOnMarkers")
+        elif step.name == "FeatureBasedAlignment":
+            ref = t.images[step.options["reference"]]
+            Href = match_reference(work, ref)  # ref px -> image px; the reference is the current frame
+            if cropped and how:
+                notes.append("FeatureBasedAlignment after a crop: matched on the whole image")
+            fw, fh = float(ref.shape[1]), float(ref.shape[0])
+            H = Href
+            cropped = True
+            how.append("FeatureBasedAlignment")
+    if not how:
+        how.append("whole image")
+    S = np.diag([fw / t.page_w, fh / t.page_h, 1.0])
+    return _Placement(H @ S, " + ".join(how), notes)
+
+
+def _filters(grey: np.ndarray, t: OmrCheckerTemplate) -> tuple[np.ndarray, np.ndarray]:
+    """(image the page is located on, image the bubbles are measured on): every
+    filter step for the first; only Levels for the second (a blur the size of
+    OMRChecker's would erase the printed outlines the reader locks on; its
+    disc averaging does the denoising)."""
+    work, meas = grey, grey
+    scale = grey.shape[1] / float(t.processing[0])
+    for step in t.steps:
+        if step.name in ("GaussianBlur", "MedianBlur", "Levels"):
+            work = filter_image(work, step.name, step.options, scale)
+            if step.name == "Levels":
+                meas = filter_image(meas, step.name, step.options, scale)
+    return work, meas
+
+
+def _make_fit(grey: np.ndarray, H_mm: np.ndarray, t: OmrCheckerTemplate, bg: Background) -> PageFit:
+    k = t.mm_per_px
+    corners_mm = _corners(t) * k
+    pw, ph = t.page_w * k, t.page_h * k
+    gx, gy = np.meshgrid(np.linspace(0.01 * pw, 0.99 * pw, 160), np.linspace(0.01 * ph, 0.99 * ph, 160))
+    pts = apply_h(H_mm, np.stack([gx.ravel(), gy.ravel()], 1))
+    hh, ww = grey.shape
+    inside = (pts[:, 0] >= 0) & (pts[:, 0] < ww - 1) & (pts[:, 1] >= 0) & (pts[:, 1] < hh - 1)
+    pts = pts[inside]
+    if len(pts) < 100:
+        paper, ink = 200.0, 40.0
+    else:
+        vals = grey[pts[:, 1].astype(int), pts[:, 0].astype(int)].astype(np.float32)
+        paper = float(np.median(bg.at(pts)))
+        ink = float(np.percentile(vals, 0.5))
+    J = jacobians(H_mm, np.array([[pw / 2, ph / 2]]))[0]
+    scale = math.sqrt(abs(np.linalg.det(J)))
+    geom = MarkGeometry(t.name, corners_mm, 0.0, (0.0, 0.0, 0.0, 0.0), (pw, ph))
+    return PageFit(H=H_mm, marks_px=apply_h(H_mm, corners_mm), orientation=0, px_per_mm=scale, paper=paper,
+                   ink=min(ink, 0.8 * paper), mark_size_px=0.0, key_contrast=0.0, orientation_sure=True,
+                   geometry=geom, background=bg)
+
+
+def _background_of(grey: np.ndarray) -> Background:
+    h, w = grey.shape
+    k = 2 ** max(0, round(math.log2(max(1.0, max(h, w) / 480))))
+    small = grey if k == 1 else cv2.resize(grey, (max(1, w // k), max(1, h // k)), interpolation=cv2.INTER_AREA)
+    return Background(_background(small), small.shape[1] / w)
+
+
+def _estimate_radius(grey: np.ndarray, fit: PageFit, t: OmrCheckerTemplate) -> tuple[float, float]:
+    """The printed bubble outline's radius (mm), how clearly it shows (darkness
+    of the outline over the inside) and where it has faded back to paper (mm),
+    from radial profiles of a spread of unfilled bubbles."""
+    k = t.mm_per_px
+    half = min(t.bubble_w, t.bubble_h) / 2 * k
+    cen = np.array([c for f in t.fields for c in f.centres()]) * k
+    if len(cen) > 60:
+        cen = cen[np.linspace(0, len(cen) - 1, 60).astype(int)]
+    radii = np.linspace(0.1, 1.5, 29) * half
+    prof = ray_profiles(grey, apply_h(fit.H, cen), jacobians(fit.H, cen), radii)  # (N, A, R)
+    paper = fit.background.at(apply_h(fit.H, cen))
+    d = (paper[:, None, None] - prof) / np.maximum(paper[:, None, None], 1.0)
+    radial = d.mean(1)  # (N, R)
+    unfilled = radial[:, :6].mean(1) < 0.15
+    if unfilled.sum() < 3:
+        return 0.9 * half, 0.0, 1.1 * half
+    mean = radial[unfilled].mean(0)
+    lo, hi = np.searchsorted(radii, 0.45 * half), np.searchsorted(radii, 1.3 * half)
+    j = lo + int(np.argmax(mean[lo:hi]))
+    inside = float(mean[:4].mean())
+    contrast = float(mean[j] - inside)
+    if contrast < OUTLINE_MIN:
+        return 0.9 * half, contrast, 1.1 * half
+    # Where the outline (with its blur) has faded back to paper: a circle drawn
+    # around the bubble is looked for beyond it.
+    back = np.flatnonzero(mean[j:] < inside + 0.25 * contrast)
+    r_out = float(radii[j + back[0]]) if len(back) else float(radii[-1])
+    return float(radii[j]), contrast, r_out
+
+
+def _circle_share(grey: np.ndarray, frame: BubbleFrame, fit: PageFit, m: bub.Measures, r_out: float) -> np.ndarray:
+    """``bubbles.measure``'s drawn-circle evidence, with the band moved out past
+    where this sheet's printed outline has faded (heavy or blurred outlines
+    reach into the engine's default band): share of the free directions dark
+    there."""
+    n = len(frame.centres)
+    if n == 0:
+        return m.circle
+    band = r_out * np.array([1.05, 1.17, 1.3])
+    dirs = bub._DIRS
+    offs = (dirs[:, None, :] * band[None, :, None]).reshape(-1, 2)
+    vals = bub.sample_offsets(grey, frame.centres, frame.J, offs).reshape(n, len(dirs), len(band))
+    span = 1.0 - m.ink_ratio
+    cd = (1.0 - bub._min3(vals) / m.paper[:, None]) / span
+    # Free directions for a band this far out (the helper's reach is 1.46 r).
+    r_eff = band[-1] / bub.CIRCLE_RADII[-1]
+    free = bub._free_directions(frame.page_mm.tobytes(), n, round(float(r_eff), 6))
+    nfree = free.sum(1)
+    return np.where(nfree >= 8, ((cd > 0.3) & free).sum(1) / np.maximum(nfree, 1), 0.0)
+
+
+def _blur_share(grey: np.ndarray, frame: BubbleFrame, m: bub.Measures) -> float | None:
+    """How far the printed outlines are spread, as a share of the radius: the
+    10-90 % rise of the mean radial profile outside the outline (None when too
+    few unfilled bubbles show one)."""
+    ok = (m.score < 0.2) & (m.ring > 0.6)
+    if ok.sum() < 8:
+        return None
+    idx = np.flatnonzero(ok)[:80]
+    r = frame.r_mm
+    radii = np.linspace(0.7, 1.6, 37) * r
+    prof = ray_profiles(grey, frame.centres[idx], frame.J[idx], radii).mean(1)  # (N, R)
+    mean = prof.mean(0)
+    j = int(np.argmin(mean[:20]))
+    out = mean[j:]
+    lo, hi = float(out[0]), float(np.max(out))
+    if hi - lo < 5:
+        return None
+    a = np.argmax(out >= lo + 0.1 * (hi - lo))
+    b = np.argmax(out >= lo + 0.9 * (hi - lo))
+    step = (radii[1] - radii[0]) / r
+    return float(max(0, b - a) * step)
+
+
+# ---------------------------------------------------------------- reading
+
+def read_omrchecker_sheet(image: np.ndarray, template: OmrCheckerTemplate, *, source: str = "") -> OmrCheckerReading:
+    """Read one sheet image laid out by ``template`` (an ``OmrCheckerTemplate``).
+
+    ``image``: grey or BGR uint8, a scan or a photo. Returns an
+    ``OmrCheckerReading`` (``to_dict()``: the engine's reading JSON plus
+    ``alignment``, ``fields``, ``template_notes``); never raises for a bad image.
+    """
+    t_start = time.perf_counter()
+    t = template
+    grey = to_grey(image)
+    size = (int(grey.shape[1]), int(grey.shape[0]))
+    out = OmrCheckerReading(file=source, template=t.name, image_size=size, notes=list(t.notes))
+    timings = out.timings_ms
+
+    def done() -> OmrCheckerReading:
+        timings["total"] = (time.perf_counter() - t_start) * 1000
+        return out
+
+    h, w = grey.shape
+    if min(h, w) < 100:
+        out.error = f"image is too small to read ({w} x {h} pixels)"
+        out.flag("unreadable")
+        return done()
+    sparse = grey[::9, ::9]
+    if int(np.percentile(sparse, 99.5)) - int(np.percentile(sparse, 0.5)) < 30:
+        out.error = "image is blank (one uniform colour, nothing printed)"
+        out.flag("unreadable")
+        return done()
+
+    t0 = time.perf_counter()
+    work, meas = _filters(grey, t)
+    bg = _background_of(meas)
+    k = t.mm_per_px
+    to_px = np.diag([1 / k, 1 / k, 1.0])  # page mm -> page px
+    failures: list[StepError] = []
+    tried: list[tuple[float, _Placement, PageFit]] = []
+    half = min(t.bubble_w, t.bubble_h) / 2 * k
+    centres_px = np.array([c for f in t.fields for c in f.centres()])
+
+    def score(Hr: np.ndarray) -> tuple[float, PageFit]:
+        fit = _make_fit(meas, Hr @ to_px, t, bg)
+        r_mm, _, _ = _estimate_radius(meas, fit, t)
+        lay = layout_mm(t, r_mm)
+        page = np.array([[b.x, b.y] for g in lay.groups for b in g.bubbles])
+        frame = BubbleFrame(fit.to_image(page), jacobians(fit.H, page), r_mm, fit.H, page)
+        return verify_frame(meas, fit, frame, step=max(1, len(page) // 150)), fit
+
+    def quick(pl: _Placement) -> tuple[float, PageFit]:
+        found = []
+        for roll in (0, 2, 1, 3):
+            # Quarter and half turns: the corners' naming can be off by a turn.
+            Hr = pl.H if roll == 0 else pl.H @ _turn(t, roll)
+            s, fit = score(Hr)
+            found.append((s, fit, Hr))
+            if s >= GOOD_QUICK:
+                return s, fit
+        # None sits on the bubbles: pull the likeliest ones in on the outlines.
+        found.sort(key=lambda e: -e[0])
+        best = found[0][:2]
+        for _s0, fit0, Hr in found[:2]:
+            r_mm, _, _ = _estimate_radius(meas, fit0, t)
+            H2 = ecc_refine(meas, Hr, t.page_w, t.page_h, centres_px, max(r_mm, 0.7 * half) / k, 0.3 / k)
+            if H2 is None:
+                continue
+            s, fit = score(H2)
+            if s > best[0]:
+                best = (s, fit)
+                pl.notes.append("placement corrected on the bubble outlines")
+            if s >= GOOD_QUICK:
+                break
+        return best
+
+    # The template's own steps first; then each likely page outline (the
+    # photo fallback, or CropPage's other candidates).
+    pages: list | None = None
+    plan = 0
+    while True:
+        if plan == 0:
+            page = None
+        else:
+            if pages is None:
+                try:
+                    pages = page_candidates(work)
+                except StepError as exc:
+                    failures.append(exc)
+                    break
+            if plan - 1 >= len(pages):
+                break
+            page = pages[plan - 1]
+        plan += 1
+        try:
+            pl = _run_steps(work, t, page=page)
+        except StepError as exc:
+            failures.append(exc)
+            continue
+        if page is not None and not t.alignment():
+            pl.how = "page outline (fallback)"
+        elif page is not None and t.alignment()[0] != "CropPage":
+            pl.how += " (page outline first)"
+        s, fit = quick(pl)
+        tried.append((s, pl, fit))
+        if s >= GOOD_QUICK or len(tried) >= 4:
+            break
+    timings["align"] = (time.perf_counter() - t0) * 1000
+    if not tried:
+        exc = failures[0]
+        out.error = exc.reason
+        out.flag(exc.flag)
+        return done()
+    tried.sort(key=lambda e: -e[0])
+    _, pl, fit = tried[0]
+    out.alignment = pl.how
+    out.notes += pl.notes
+
+    t0 = time.perf_counter()
+    r_mm, outline, r_out = _estimate_radius(meas, fit, t)
+    lay = layout_mm(t, r_mm)
+    page = np.array([[b.x, b.y] for g in lay.groups for b in g.bubbles])
+    cen = fit.to_image(page)
+    outside = (cen[:, 0] < 0) | (cen[:, 1] < 0) | (cen[:, 0] > w - 1) | (cen[:, 1] > h - 1)
+    if outside.any():
+        out.flag("cut_off")
+        if outside.mean() > CUT_OFF_LIMIT:
+            out.error = f"the sheet is cut off: {int(outside.sum())} of {len(cen)} bubbles lie outside the image"
+            return done()
+    frame = refine_on_bubbles(meas, fit, lay)
+    m = bub.measure(meas, frame, fit)
+    m.circle = _circle_share(meas, frame, fit, m, max(r_out, bub.CIRCLE_RADII[0] * r_mm))
+    unfilled = m.score < 0.3
+    ring_fit = float(np.mean(m.ring[unfilled] >= bub.RING_MIN)) if unfilled.any() else 0.0
+    verified = verify_frame(meas, fit, frame)
+    out.orientation = _orientation(fit)
+    out.marks_px = fit.marks_px
+    out.homography = frame.H @ np.diag([k, k, 1.0])
+    blur = _blur_share(meas, frame, m)
+    if outline < OUTLINE_MIN or ring_fit < RING_FIT_FAIL or verified < FAIL_FIT:
+        if blur is not None and blur > BLUR_FAIL:
+            out.error = "the image is too blurred to read"
+            out.flag("blurred")
+        else:
+            out.error = (f"the bubbles are not where the template puts them ({verified * 100:.0f} % of outlines "
+                         f"centred; page located by {pl.how})")
+            out.flag("misaligned")
+        timings["bubbles"] = (time.perf_counter() - t0) * 1000
+        return done()
+    elif ring_fit < RING_FIT_OK or verified < SURE_FIT:
+        out.flag("misaligned")
+    if blur is not None and blur > BLUR_FLAG:
+        out.flag("blurred")
+    if 1.0 - m.ink_ratio < 0.35:
+        out.flag("low_contrast")
+
+    levels = bub.sheet_levels(m, frame)
+    groups, marked = bub.decide_groups(lay, m, levels)
+    _answers(out, t, groups)
+    out._bubble_data = (lay, np.round(m.score, 3), marked, frame.centres)
+    timings["bubbles"] = (time.perf_counter() - t0) * 1000
+    return done()
+
+
+#: A placement whose unrefined bubbles already sit on their outlines this well
+#: is taken without trying the others.
+GOOD_QUICK = 0.7
+
+
+def _turn(t: OmrCheckerTemplate, roll: int) -> np.ndarray:
+    """Page px -> page px homography renaming the corners by ``roll`` quarter turns."""
+    c = _corners(t)
+    return cv2.getPerspectiveTransform(c.astype(np.float32), np.roll(c, roll, 0).astype(np.float32)).astype(np.float64)
+
+
+def _orientation(fit: PageFit) -> int:
+    v = fit.marks_px[1] - fit.marks_px[0]
+    return int(round((math.degrees(math.atan2(v[1], v[0])) % 360) / 90.0)) % 4 * 90
+
+
+def _answers(out: OmrCheckerReading, t: OmrCheckerTemplate, groups: list[bub.GroupReading]) -> None:
+    """OMRChecker's response: fields, then custom labels and output columns."""
+    by = {g.field: g for g in groups}
+    resp: dict[str, str] = {}
+    for f in t.fields:
+        g = by[f.label]
+        resp[f.label] = "".join(g.marked) if g.marked else f.empty_value
+    out.fields = resp
+    for col in t.output_columns:
+        parts = t.custom_labels.get(col, [col])
+        out.answers[col] = "".join(resp[p] for p in parts)
+        flags: list[str] = []
+        blank = [not by[p].marked for p in parts]
+        for p in parts:
+            for fl in by[p].flags:
+                if fl != "blank" and fl not in flags:
+                    flags.append(fl)
+        if all(blank):
+            flags.insert(0, "blank")
+        elif len(parts) > 1:
+            last = max(i for i, b in enumerate(blank) if not b)
+            if any(blank[:last]):
+                flags.append("gap")  # a column left blank before or between filled ones
+        out.flags[col] = flags
+        conf = min(by[p].confidence for p in parts)
+        out.confidence[col] = round(min(conf, 0.5) if "gap" in flags else conf, 3)
+
+
+def read_omrchecker_image_bytes(data: bytes, template: OmrCheckerTemplate, *, source: str = ""
+                                ) -> list[OmrCheckerReading]:
+    """Read every page of an image file with an OMRChecker template: one
+    ``OmrCheckerReading`` per page; a file that cannot be decoded gives one with
+    ``error`` and the sheet flag ``unreadable``. Coordinates are in the file's
+    pixels."""
+    t0 = time.perf_counter()
+    try:
+        pages = load_grey_for_reading(data)
+    except ImageError as exc:
+        r = OmrCheckerReading(file=source, template=template.name, error=str(exc), sheet_flags=["unreadable"])
+        r.timings_ms = {"decode": (time.perf_counter() - t0) * 1000}
+        r.timings_ms["total"] = r.timings_ms["decode"]
+        return [r]
+    decode_ms = (time.perf_counter() - t0) * 1000 / max(1, len(pages))
+    out = []
+    for i, p in enumerate(pages):
+        name = source if len(pages) == 1 else f"{source}#{i + 1}"
+        r = read_omrchecker_sheet(p.image, template, source=name)
+        if p.scale != 1 and r.error and "unreadable" not in r.sheet_flags:
+            try:
+                full = load_grey_for_reading(data, min_dpi=1e9)[0]
+                r2 = read_omrchecker_sheet(full.image, template, source=name)
+                if not r2.error:
+                    r, p = r2, full
+            except ImageError:
+                pass
+        r.pixel_scale = float(p.scale)
+        r.image_size = (p.width, p.height)
+        r.timings_ms["decode"] = decode_ms
+        r.timings_ms["total"] = r.timings_ms.get("total", 0.0) + decode_ms
+        out.append(r)
+    return out
+
+
+def order_quad(pts: np.ndarray) -> np.ndarray:
+    """Re-exported for callers that measure corners themselves."""
+    return order_corners(pts)

@@ -1,0 +1,167 @@
+"""Drawing sheets for OMRChecker templates, and simulating them filled in.
+
+Tests and benchmarks need sheets of the kind schools print for OMRChecker:
+bubbles where the template's boxes are, a letter in each, the corner markers
+when the template crops on markers. ``render_sheet`` draws one; the simulator
+(``simulate.simulate_sheet`` with ``printed=``) fills it in and scans or
+photographs it, with all of its distortions.
+
+The physical sheet: the page is ``pageDimensions`` px at ``mm_per_px``; with
+CropOnMarkers the page runs between the marker centres (OMRChecker warps the
+marker centres to the page corners) and the paper extends past them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..layout import MM_PER_INCH, BubbleGeom, Group, PageLayout, Rect, Square
+from ..template import Box, Mark, Template
+from .importer import OmrCheckerTemplate
+
+#: Printed circle diameter as a share of the bubble box's smaller side.
+CIRCLE_SHARE = 0.82
+OUTLINE_MM = 0.28
+
+
+def marker_image(size: int = 120) -> np.ndarray:
+    """A corner marker like OMRChecker's sample one: a black square ring around
+    a black square, on white (grey uint8, ``size`` px square)."""
+    img = np.full((size, size), 255, np.uint8)
+    t = max(2, round(size * 0.16))
+    cv2.rectangle(img, (0, 0), (size - 1, size - 1), 0, -1)
+    cv2.rectangle(img, (t, t), (size - 1 - t, size - 1 - t), 255, -1)
+    c = round(size * 0.32)
+    cv2.rectangle(img, (c, c), (size - 1 - c, size - 1 - c), 0, -1)
+    return img
+
+
+@dataclass(frozen=True)
+class SheetGeometry:
+    """The paper around a template's page, mm: ``offset`` of the page's
+    top-left in the paper, paper ``width``/``height``, the marker side (0 when
+    none) and the scale ``mm_per_px``."""
+
+    offset: tuple[float, float]
+    width: float
+    height: float
+    marker_mm: float
+    mm_per_px: float
+
+
+def sheet_geometry(t: OmrCheckerTemplate) -> SheetGeometry:
+    k = t.mm_per_px
+    pw, ph = t.page_w * k, t.page_h * k
+    step = next((s for s in t.steps if s.name == "CropOnMarkers"), None)
+    if step is None:
+        return SheetGeometry((0.0, 0.0), pw, ph, 0.0, k)
+    marker = t.images[step.options.get("relativePath", "omr_marker.jpg")]
+    if "sheetToMarkerWidthRatio" in step.options:
+        share = 1.0 / float(step.options["sheetToMarkerWidthRatio"])
+    else:
+        share = marker.shape[1] / t.processing[0]
+    gap = 6.0
+    # The marker is ``share`` of the paper's width, which runs a half marker and
+    # ``gap`` past the page on either side.
+    mm = share * (pw + 2 * gap) / (1 - share)
+    m = mm / 2 + gap
+    return SheetGeometry((m, m), pw + 2 * m, ph + 2 * m, mm, k)
+
+
+def sheet_template(t: OmrCheckerTemplate) -> Template:
+    """A stand-in engine ``Template`` with the paper's size, for the simulator's
+    capture (page size, where the corners are); it prints nothing itself."""
+    g = sheet_geometry(t)
+    ox, oy = g.offset
+    k = g.mm_per_px
+    corners = [(ox, oy), (ox + t.page_w * k, oy), (ox + t.page_w * k, oy + t.page_h * k), (ox, oy + t.page_h * k)]
+    return Template(name=t.name, title=t.name, page_width=g.width, page_height=g.height, pages=1,
+                    marks=tuple(Mark(x, y, g.marker_mm) for x, y in corners), key=Box(0, 0, 0, 0),
+                    qr=Box(0, 0, 0, 0), bubble_diameter=CIRCLE_SHARE * min(t.bubble_w, t.bubble_h) * k)
+
+
+def render_sheet(t: OmrCheckerTemplate, dpi: float = 200.0, *, letters: bool = True) -> tuple[np.ndarray, PageLayout]:
+    """The printed sheet at ``dpi`` (grey uint8) and its bubbles as a
+    ``PageLayout`` in that raster's pixels (one group per OMRChecker field)."""
+    g = sheet_geometry(t)
+    px = dpi / MM_PER_INCH  # px per mm
+    W, H = int(round(g.width * px)), int(round(g.height * px))
+    img = np.full((H, W), 255, np.uint8)
+    ox, oy = g.offset
+    k = g.mm_per_px
+    sub = 16  # cv2 sub-pixel drawing: coordinates in 1/16 px
+    r_mm = CIRCLE_SHARE * min(t.bubble_w, t.bubble_h) * k / 2
+    thick = max(1, int(round(OUTLINE_MM * px)))
+    groups = []
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for f in t.fields:
+        bubbles = []
+        for v, (cx, cy) in zip(f.values, f.centres(), strict=True):
+            x, y = (ox + cx * k) * px, (oy + cy * k) * px
+            # A pixel centre is at i + 0.5: cv2 draws at integer coordinates.
+            cv2.circle(img, (int(round((x - 0.5) * sub)), int(round((y - 0.5) * sub))), int(round(r_mm * px * sub)),
+                       40, thick, cv2.LINE_AA, 4)
+            if letters and len(v) <= 2:
+                scale = r_mm * px / 22.0 * (1.0 if len(v) == 1 else 0.7)
+                (tw, th), _ = cv2.getTextSize(v, font, scale, 1)
+                cv2.putText(img, v, (int(round(x - 0.5 - tw / 2)), int(round(y - 0.5 + th / 2))), font, scale, 150,
+                            max(1, int(round(scale * 1.5))), cv2.LINE_AA)
+            bubbles.append(BubbleGeom(f.label, v, x, y, r_mm * px))
+        groups.append(Group(f.label, f.label, "question", 0, tuple(bubbles)))
+    if g.marker_mm:
+        step = next(s for s in t.steps if s.name == "CropOnMarkers")
+        marker = t.images[step.options.get("relativePath", "omr_marker.jpg")]
+        side = int(round(g.marker_mm * px))
+        mh = int(round(side * marker.shape[0] / marker.shape[1]))
+        mk = cv2.resize(marker, (side, mh), interpolation=cv2.INTER_AREA)
+        for cx, cy in ((0, 0), (t.page_w, 0), (t.page_w, t.page_h), (0, t.page_h)):
+            x0 = int(round((ox + cx * k) * px - side / 2))
+            y0 = int(round((oy + cy * k) * px - mh / 2))
+            img[y0:y0 + mh, x0:x0 + side] = np.minimum(img[y0:y0 + mh, x0:x0 + side], mk)
+    title_h = max(10, int(round(4 * px)))
+    cv2.putText(img, f"{t.name}: answer sheet", (int(round((ox + 8) * px)), int(round((oy + 2) * px)) + title_h),
+                font, title_h / 30.0, 60, max(1, title_h // 12), cv2.LINE_AA)
+    lay = PageLayout(template=t.name, page=1, dpi=dpi, width=W, height=H,
+                     marks=tuple(Square(0, 0, 0) for _ in range(4)), key=Rect(0, 0, 0, 0), qr=Rect(0, 0, 0, 0),
+                     groups=tuple(groups))
+    return img, lay
+
+
+def simulate_omrchecker_sheet(t: OmrCheckerTemplate, answers: dict[str, str], *, preset="clean", seed: int = 0,
+                              style=None, letters: bool = True):
+    """A filled-in sheet for ``t``, captured as ``preset`` (``simulate.PRESETS``)
+    delivers it. ``answers``: {OMRChecker field label: values marked, e.g. "B",
+    "AC"}; labels left out are blank. Returns a ``simulate.Simulated``."""
+    from ..simulate import simulate_sheet
+
+    return simulate_sheet(sheet_template(t), answers, preset=preset, seed=seed, style=style,
+                          printed=lambda dpi: render_sheet(t, dpi, letters=letters))
+
+
+def expected_response(t: OmrCheckerTemplate, answers: dict[str, str]) -> dict[str, str]:
+    """What OMRChecker reports for ``answers`` ({field label: marked values}):
+    the output columns, custom labels joined, empty fields as ``emptyValue``.
+    Marked values are put in bubble order."""
+    resp = {}
+    for f in t.fields:
+        marked = answers.get(f.label, "")
+        vals = [v for v in f.values if v in _split(marked, f.values)]
+        resp[f.label] = "".join(vals) if vals else f.empty_value
+    return {col: "".join(resp[p] for p in t.custom_labels.get(col, [col])) for col in t.output_columns}
+
+
+def _split(value: str, labels: tuple[str, ...]) -> set[str]:
+    out, i = set(), 0
+    by_len = sorted(labels, key=len, reverse=True)
+    while i < len(value):
+        for lab in by_len:
+            if value.startswith(lab, i):
+                out.add(lab)
+                i += len(lab)
+                break
+        else:
+            i += 1
+    return out

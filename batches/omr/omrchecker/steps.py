@@ -1,0 +1,396 @@
+"""The equivalents of OMRChecker's pre-processors, as homographies.
+
+OMRChecker warps the image at every step (crop to the page, warp on the marker
+centres, warp onto a reference) and finally resizes it to ``pageDimensions``.
+Here each step only *measures* where things are and the steps compose into one
+homography, page px -> image px; the bubbles are then sampled from the image
+itself (``reader.py``), never from a warped copy.
+
+* ``find_page``: the sheet's outline (CropPage): the largest bright convex
+  quadrilateral, found on brightness (Otsu on a smoothed copy) and on edges,
+  its sides refined on the full-resolution image.
+* ``find_markers``: the four corner markers (CropOnMarkers): normalised
+  correlation with the marker image at several scales, one marker per quarter
+  of the frame; the page's corners are the marker centres, as in OMRChecker.
+* ``match_reference``: ORB features against the reference image
+  (FeatureBasedAlignment), ratio test, RANSAC homography.
+* ``filter_image``: GaussianBlur, MedianBlur, Levels on a grey image, kernel
+  sizes scaled from OMRChecker's processing image to the image at hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+
+class StepError(Exception):
+    """A step could not do its job; ``flag`` is the sheet flag (``page_not_found``,
+    ``cut_off``), ``reason`` a plain sentence."""
+
+    def __init__(self, reason: str, flag: str = "page_not_found"):
+        super().__init__(reason)
+        self.reason = reason
+        self.flag = flag
+
+
+def rect_h(src_w: float, src_h: float, quad: np.ndarray) -> np.ndarray:
+    """Homography taking the rectangle (0,0)-(src_w,src_h) to ``quad`` (TL, TR, BR, BL)."""
+    src = np.array([[0, 0], [src_w, 0], [src_w, src_h], [0, src_h]], np.float32)
+    return cv2.getPerspectiveTransform(src, np.asarray(quad, np.float32)).astype(np.float64)
+
+
+def order_corners(pts: np.ndarray) -> np.ndarray:
+    """Four points as TL, TR, BR, BL (by angle around their centre, TL first:
+    the one with the smallest x + y)."""
+    pts = np.asarray(pts, np.float64).reshape(4, 2)
+    c = pts.mean(0)
+    ang = np.arctan2(pts[:, 1] - c[1], pts[:, 0] - c[0])
+    pts = pts[np.argsort(ang)]  # clockwise in image coordinates (y down), starting left
+    k = int(np.argmin(pts.sum(1)))
+    return np.roll(pts, -k, 0)
+
+
+def _shrink(grey: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
+    h, w = grey.shape
+    f = min(1.0, long_side / max(h, w))
+    if f >= 1.0:
+        return grey, 1.0
+    small = cv2.resize(grey, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    return small, small.shape[1] / w
+
+
+def _quad_from_contour(cnt: np.ndarray) -> np.ndarray | None:
+    hull = cv2.convexHull(cnt)
+    peri = cv2.arcLength(hull, True)
+    for eps in (0.01, 0.02, 0.03, 0.045, 0.06):
+        approx = cv2.approxPolyDP(hull, eps * peri, True)
+        if len(approx) == 4 and cv2.isContourConvex(approx):
+            return approx.reshape(4, 2).astype(np.float64)
+        if len(approx) < 4:
+            break
+    return None
+
+
+def _valid_quad(q: np.ndarray, shape: tuple[int, int], min_share: float) -> bool:
+    area = cv2.contourArea(q.astype(np.float32))
+    if area < min_share * shape[0] * shape[1]:
+        return False
+    for i in range(4):
+        a, b, c = q[i - 1], q[i], q[(i + 1) % 4]
+        v1, v2 = a - b, c - b
+        cos = float(np.dot(v1, v2) / (np.linalg.norm(v1) * np.linalg.norm(v2) + 1e-9))
+        if abs(cos) > 0.5:  # corner angle outside 60..120 degrees
+            return False
+    return True
+
+
+def page_candidates(grey: np.ndarray, limit: int = 4) -> list[tuple[np.ndarray, list[str]]]:
+    """Likely outlines of the sheet in ``grey``, likeliest first: each is (four
+    corners TL, TR, BR, BL in image px, notes). Found on brightness (the large
+    bright region, opened harder and harder so a pen or a cable touching the
+    page is cut off it) and on edges (as OMRChecker's CropPage: truncate,
+    close, Canny; for a page among other papers). Raises ``StepError``
+    (``page_not_found``) when none stands out."""
+    small, f = _shrink(grey, 800)
+    blur = cv2.GaussianBlur(small, (5, 5), 0)
+    h, w = small.shape
+    quads: list[np.ndarray] = []
+
+    def add(q: np.ndarray) -> None:
+        q = order_corners(q)
+        if all(np.abs(q - o).max() > 0.02 * max(h, w) for o in quads):
+            quads.append(q)
+
+    k = max(3, round(min(h, w) / 40)) | 1
+    _, bright = cv2.threshold(blur, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    bright = cv2.morphologyEx(bright, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+    for ko in (5, k, 2 * k + 1):
+        opened = cv2.morphologyEx(bright, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (ko, ko)))
+        contours, _ = cv2.findContours(opened, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        for cnt in sorted(contours, key=cv2.contourArea, reverse=True)[:2]:
+            q = _quad_from_contour(cnt)
+            if q is not None and _valid_quad(q, (h, w), 0.08):
+                add(q)
+                break
+    _, tr = cv2.threshold(blur, 200, 255, cv2.THRESH_TRUNC)
+    tr = cv2.normalize(tr, None, 0, 255, cv2.NORM_MINMAX)
+    closed = cv2.morphologyEx(tr, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+    for lo, hi in ((55, 185), (20, 60)):
+        edges = cv2.dilate(cv2.Canny(closed, lo, hi), np.ones((3, 3), np.uint8))
+        contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+        for cnt in sorted(contours, key=lambda c: cv2.contourArea(cv2.convexHull(c)), reverse=True)[:4]:
+            q = _quad_from_contour(cnt)
+            if q is not None and _valid_quad(q, (h, w), 0.08):
+                add(q)
+    if not quads:
+        raise StepError("page not found (no sheet outline stands out from the background)")
+    out = []
+    for q in quads[:limit]:
+        notes = []
+        touching = np.sum((q[:, 0] < 2) | (q[:, 1] < 2) | (q[:, 0] > w - 3) | (q[:, 1] > h - 3))
+        if touching >= 2:
+            notes.append("page outline runs along the image border")
+        quad = (q + 0.5) / f - 0.5
+        out.append((_refine_sides(grey, quad), notes))
+    return out
+
+
+def find_page(grey: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """The likeliest sheet outline (see ``page_candidates``)."""
+    return page_candidates(grey, 1)[0]
+
+
+def _refine_sides(grey: np.ndarray, quad: np.ndarray) -> np.ndarray:
+    """Move each side of ``quad`` onto the strongest paper edge within a few px
+    (sampled along normals at full resolution), then intersect the lines."""
+    h, w = grey.shape
+    side_len = np.linalg.norm(quad - np.roll(quad, -1, 0), axis=1)
+    reach = max(3.0, 0.006 * float(side_len.max()))
+    lines = []
+    centre = quad.mean(0)
+    for i in range(4):
+        a, b = quad[i], quad[(i + 1) % 4]
+        d = (b - a) / (np.linalg.norm(b - a) + 1e-9)
+        n = np.array([-d[1], d[0]])
+        if np.dot(centre - (a + b) / 2, n) < 0:
+            n = -n  # inward
+        ts = np.linspace(0.1, 0.9, 24)
+        offs = np.linspace(-reach, reach, int(2 * reach) * 2 + 1)
+        pts = a[None, :] + ts[:, None] * (b - a)[None, :]
+        samp = pts[:, None, :] + offs[None, :, None] * n[None, None, :]
+        mx, my = samp[..., 0].astype(np.float32), samp[..., 1].astype(np.float32)
+        prof = cv2.remap(grey, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        prof = cv2.GaussianBlur(prof, (1, 5), 0) if prof.shape[1] >= 5 else prof
+        grad = np.diff(prof, axis=1)  # inward: background -> paper is a rise
+        k = np.argmax(grad, axis=1)
+        good = grad[np.arange(len(k)), k] > 8
+        inside = (mx >= 0) & (mx < w) & (my >= 0) & (my < h)
+        good &= inside.all(1)
+        if good.sum() < 6:
+            lines.append((a, b))
+            continue
+        shift = (offs[k] + offs[k + 1]) / 2
+        p = pts[good] + shift[good, None] * n[None, :]
+        med = np.median(shift[good])
+        keep = np.abs(shift[good] - med) < max(1.5, reach / 3)
+        if keep.sum() < 5:
+            lines.append((a, b))
+            continue
+        vx, vy, x0, y0 = cv2.fitLine(p[keep].astype(np.float32), cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
+        lines.append((np.array([x0, y0]), np.array([x0 + vx, y0 + vy])))
+    out = []
+    for i in range(4):
+        p1, p2 = lines[i - 1]
+        p3, p4 = lines[i]
+        out.append(_intersect(p1, p2, p3, p4, quad[i]))
+    res = np.array(out)
+    if np.abs(res - quad).max() > 3 * reach:
+        return quad
+    return res
+
+
+def _intersect(p1, p2, p3, p4, fallback):
+    d1, d2 = p2 - p1, p4 - p3
+    den = d1[0] * d2[1] - d1[1] * d2[0]
+    if abs(den) < 1e-9:
+        return fallback
+    t = ((p3[0] - p1[0]) * d2[1] - (p3[1] - p1[1]) * d2[0]) / den
+    return p1 + t * d1
+
+
+def prepare_marker(marker: np.ndarray) -> np.ndarray:
+    """The marker image as it is matched: blurred a little, stretched to 0..255."""
+    m = cv2.GaussianBlur(marker, (3, 3), 0)
+    return cv2.normalize(m, None, 0, 255, cv2.NORM_MINMAX)
+
+
+def find_markers(grey: np.ndarray, H_frame: np.ndarray, frame_w: float, frame_h: float, marker: np.ndarray,
+                 width_share: float, *, min_match: float = 0.3, max_variation: float = 0.41,
+                 wide: bool = False, lenient: bool = False) -> tuple[np.ndarray, list[float]]:
+    """Centres of the four corner markers, in frame px (TL, TR, BR, BL).
+
+    ``H_frame``: frame px -> image px (the frame is the image itself, or the
+    page a previous step found); ``width_share``: the marker's expected width as
+    a share of the frame's width (OMRChecker: 1 / sheetToMarkerWidthRatio).
+    ``wide``: search a wider range of sizes (the frame is a whole photo, the
+    page may be small in it). Raises ``StepError`` naming the quarter where no
+    marker matches at least ``min_match`` or where the match is
+    ``max_variation`` below the best one (``lenient``: only the first test; a
+    shadow over one marker lowers its match, and the caller checks the placement
+    on the bubbles anyway).
+    """
+    work_w = 900.0
+    s = work_w / frame_w
+    ww, wh = int(round(frame_w * s)), int(round(frame_h * s))
+    # frame work px -> image px
+    S = np.array([[1 / s, 0, (1 / s - 1) / 2], [0, 1 / s, (1 / s - 1) / 2], [0, 0, 1]])
+    M = H_frame @ S
+    px_per_work = math.sqrt(abs(np.linalg.det((M / M[2, 2])[:2, :2])))
+    src = grey
+    if px_per_work > 1.6:  # shrink first: warping straight from a big image aliases
+        f = 1.0 / px_per_work
+        src = cv2.resize(grey, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        M = np.diag([f, f, 1.0]) @ M
+    frame = cv2.warpPerspective(src, M, (ww, wh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                borderMode=cv2.BORDER_REPLICATE)
+    frame = cv2.GaussianBlur(frame, (3, 3), 0)
+    mk = prepare_marker(marker)
+    expect = width_share * ww
+    # Divide out the light (shadows, vignetting): the paper level is a max
+    # filter wider than a marker, smoothed.
+    kb = max(15, int(round(expect * 2.2))) | 1
+    small = cv2.resize(frame, (max(1, ww // 4), max(1, wh // 4)), interpolation=cv2.INTER_AREA)
+    paper = cv2.dilate(small, cv2.getStructuringElement(cv2.MORPH_RECT, (kb // 4 | 1, kb // 4 | 1)))
+    paper = cv2.GaussianBlur(paper, (0, 0), max(1.0, kb / 8))
+    paper = cv2.resize(paper, (ww, wh), interpolation=cv2.INTER_LINEAR)
+    if not wide:  # off the page (a desk) it would only stretch the clutter
+        frame = cv2.divide(frame, np.maximum(paper, 1), scale=255)
+    scales = np.geomspace(0.25 if wide else 0.6, 1.4, 14 if wide else 9)
+    mid_x, mid_y = ww // 2, wh // 2
+    best = None
+    for sc in scales:
+        mw = max(8, int(round(expect * sc)))
+        mh = max(8, int(round(mw * marker.shape[0] / marker.shape[1])))
+        if mw >= mid_x or mh >= mid_y:
+            continue
+        tm = cv2.resize(mk, (mw, mh), interpolation=cv2.INTER_AREA)
+        res = cv2.matchTemplate(frame, tm, cv2.TM_CCOEFF_NORMED)
+        quads = []
+        rh, rw = res.shape
+        cx, cy = mid_x - mw // 2, mid_y - mh // 2  # a match's centre in the left/top half
+        # On a cropped page the markers sit in its corners: look only there
+        # (filled bubbles and printed blocks elsewhere can resemble a marker).
+        ex = rw if wide else min(rw, max(int(0.3 * ww), 3 * mw))
+        ey = rh if wide else min(rh, max(int(0.3 * wh), 3 * mh))
+        for qx, qy in ((0, 0), (1, 0), (1, 1), (0, 1)):
+            xs = slice(0, max(1, min(cx, ex))) if qx == 0 else slice(max(min(rw - 1, cx), rw - ex), rw)
+            ys = slice(0, max(1, min(cy, ey))) if qy == 0 else slice(max(min(rh - 1, cy), rh - ey), rh)
+            sub = res[ys, xs]
+            _, mv, _, ml = cv2.minMaxLoc(sub)
+            quads.append((float(mv), ml[0] + xs.start, ml[1] + ys.start))
+        total = sum(q[0] for q in quads)
+        if best is None or total > best[0]:
+            best = (total, sc, mw, mh, quads, res)
+    if best is None:
+        raise StepError("corner markers not found (marker larger than a quarter of the page)")
+    _, sc, mw, mh, quads, res = best
+    top = max(q[0] for q in quads)
+    names = ("top-left", "top-right", "bottom-right", "bottom-left")
+    for (v, _, _), nm in zip(quads, names, strict=True):
+        if v < min_match or (top - v >= max_variation and not lenient):
+            raise StepError(f"corner marker not found in the {nm} quarter "
+                            f"(match {v:.2f}, needs {min_match:.2f} and within {max_variation:.2f} of the best, {top:.2f})")
+    centres = []
+    for _v, x, y in quads:
+        dx = dy = 0.0
+        if 0 < x < res.shape[1] - 1:
+            a, b, c = res[y, x - 1], res[y, x], res[y, x + 1]
+            den = a - 2 * b + c
+            dx = 0.5 * (a - c) / den if den < 0 else 0.0
+        if 0 < y < res.shape[0] - 1:
+            a, b, c = res[y - 1, x], res[y, x], res[y + 1, x]
+            den = a - 2 * b + c
+            dy = 0.5 * (a - c) / den if den < 0 else 0.0
+        # Match top-left corner -> the marker's centre, work px (pixel centres at whole numbers)
+        centres.append((x + dx + (mw - 1) / 2, y + dy + (mh - 1) / 2))
+    c = np.array(centres)
+    q = c.astype(np.float32)
+    if not cv2.isContourConvex(q.reshape(-1, 1, 2)) or cv2.contourArea(q) < 0.2 * ww * wh:
+        raise StepError("corner markers found do not form the page's corners")
+    # work px (centres at whole numbers) -> frame px (continuous)
+    return (c + 0.5) / s, [q[0] for q in quads]
+
+
+def match_reference(grey: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Homography reference-image px -> image px from ORB features (ratio test,
+    RANSAC). Raises ``StepError`` when too few features agree."""
+    rs, fr = _shrink(ref, 1000)
+    gs, fg = _shrink(grey, 1400)
+    orb = cv2.ORB_create(3000)
+    k1, d1 = orb.detectAndCompute(rs, None)
+    k2, d2 = orb.detectAndCompute(gs, None)
+    if d1 is None or d2 is None or len(k1) < 8 or len(k2) < 8:
+        raise StepError("reference alignment failed (too few features in the image)")
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    pairs = matcher.knnMatch(d1, d2, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < 0.8 * p[1].distance]
+    if len(good) < 12:
+        raise StepError(f"reference alignment failed ({len(good)} features match the reference)")
+    src = np.float32([k1[m.queryIdx].pt for m in good])
+    dst = np.float32([k2[m.trainIdx].pt for m in good])
+    Hs, mask = cv2.findHomography(src, dst, cv2.RANSAC, 4.0)
+    if Hs is None or int(mask.sum()) < 12:
+        raise StepError("reference alignment failed (the features that match do not agree on a page)")
+    A = np.array([[fr, 0, (fr - 1) / 2], [0, fr, (fr - 1) / 2], [0, 0, 1]])  # ref px -> ref small px
+    B = np.array([[1 / fg, 0, (1 / fg - 1) / 2], [0, 1 / fg, (1 / fg - 1) / 2], [0, 0, 1]])  # small -> image
+    return B @ Hs @ A
+
+
+def filter_image(grey: np.ndarray, name: str, options: dict, scale: float) -> np.ndarray:
+    """Apply GaussianBlur/MedianBlur/Levels as OMRChecker does; kernel sizes
+    (given in OMRChecker's processing image) are multiplied by ``scale``."""
+    if name == "Levels":
+        low, high = int(255 * options.get("low", 0)), int(255 * options.get("high", 1))
+        gamma = float(options.get("gamma", 1.0))
+        v = np.arange(256, dtype=np.float64)
+        out = np.where(v <= low, 0.0, np.where(v >= high, 255.0,
+                       (np.clip((v - low) / max(high - low, 1), 0, 1) ** (1.0 / gamma)) * 255))
+        return cv2.LUT(grey, out.astype(np.uint8))
+
+    def odd(k: float) -> int:
+        return max(1, int(round(k * scale)) | 1)
+
+    if name == "MedianBlur":
+        k = min(odd(options.get("kSize", 5)), 255)
+        return cv2.medianBlur(grey, k) if k > 1 else grey
+    if name == "GaussianBlur":
+        ks = options.get("kSize", [3, 3])
+        ks = ks if isinstance(ks, list) else [ks, ks]
+        sigma = float(options.get("sigmaX", 0)) * scale
+        return cv2.GaussianBlur(grey, (odd(ks[0]), odd(ks[1])), sigma)
+    return grey
+
+
+def ecc_refine(grey: np.ndarray, H: np.ndarray, page_w: float, page_h: float, centres: np.ndarray,
+               r_px: float, line_px: float) -> np.ndarray | None:
+    """Correct a rough placement ``H`` (page px -> image px) on the printed
+    bubbles: the page is cut out through ``H`` and aligned (OpenCV's ECC,
+    a homography) with a drawing of the template's bubble outlines (``centres``,
+    radius ``r_px``, line width ``line_px``, page px). Pulls in a placement off
+    by up to about a bubble (a page outline found short, a marker matched a
+    little off). Returns the corrected homography, or None when ECC does not
+    converge."""
+    out = H
+    for bubble_px in (3.0, 5.0):  # coarse, then fine: bubble radius in the cut-out
+        s = bubble_px / max(r_px, 1e-6)
+        fw, fh = int(round(page_w * s)), int(round(page_h * s))
+        if fw < 40 or fh < 40 or fw * fh > 4_000_000:
+            return None
+        S = np.array([[s, 0, 0], [0, s, 0], [0, 0, 1.0]])
+        M = out @ np.linalg.inv(S)  # cut-out px -> image px
+        px_per = math.sqrt(abs(np.linalg.det((M / M[2, 2])[:2, :2])))
+        src = grey
+        if px_per > 1.6:
+            f = 1.0 / px_per
+            src = cv2.resize(grey, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+            M = np.diag([f, f, 1.0]) @ M
+        cut = cv2.warpPerspective(src, M, (fw, fh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                  borderMode=cv2.BORDER_REPLICATE)
+        drawing = np.full((fh, fw), 255, np.uint8)
+        thick = max(1, int(round(line_px * s)))
+        for x, y in centres * s:
+            cv2.circle(drawing, (int(round(x * 8)), int(round(y * 8))), int(round(bubble_px * 8)), 0, thick,
+                       cv2.LINE_AA, 3)
+        warp = np.eye(3, dtype=np.float32)
+        try:
+            _, warp = cv2.findTransformECC(drawing.astype(np.float32), cut.astype(np.float32), warp,
+                                           cv2.MOTION_HOMOGRAPHY,
+                                           (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 40, 1e-4), None, 5)
+        except cv2.error:
+            return None
+        # warp: drawing px -> cut-out px; page px -> image px becomes:
+        out = out @ np.linalg.inv(S) @ warp.astype(np.float64) @ S
+    return out
