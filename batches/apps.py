@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class BatchesConfig(AppConfig):
@@ -7,3 +8,9 @@ class BatchesConfig(AppConfig):
     name = "batches"
     verbose_name = "Answer-sheet batches"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from .roles import on_post_migrate
+
+        # After this app's permissions exist (auth creates them on post_migrate too).
+        post_migrate.connect(on_post_migrate, sender=self, dispatch_uid="batches-reviewers-group")

@@ -43,7 +43,7 @@ from django.db import connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from . import csvexport, progress
+from . import csvexport, progress, watchdog
 from .extract import ExtractError, Limits, check_archive, display_name, iter_pages, sniff
 from .models import Answer, Batch, Sheet, SheetStatus, Stage, stage_index
 
@@ -334,7 +334,8 @@ def read_sheet(sheet: Sheet, batch: Batch) -> SheetResult:
         return SheetResult(sheet.pk, SheetStatus.FAILED, error=f"page image missing ({exc.strerror or exc})")
     template = None if batch.has_qr else _template(batch.template)
     try:
-        readings = read_image_bytes(data, template, source=sheet.source_name, resolve=_resolve_template)
+        with watchdog.page_time_limit(settings.OMR_SHEET_TIME_LIMIT, f"Reading page {sheet.index} of batch {batch.pk}"):
+            readings = read_image_bytes(data, template, source=sheet.source_name, resolve=_resolve_template)
     except Exception as exc:  # an engine bug must cost one sheet, not the batch
         logger.exception("Reading sheet %s of batch %s failed", sheet.index, batch.pk)
         return SheetResult(sheet.pk, SheetStatus.FAILED, error=f"could not read this page ({type(exc).__name__})")

@@ -1,8 +1,9 @@
 """Worker process set-up and heartbeats (a Dramatiq middleware).
 
 Every worker process limits OpenCV to one thread (one process per core does
-the parallel work) and keeps a ``WorkerHeartbeat`` row fresh, which
-``/api/health`` reads to tell whether any worker is alive.
+the parallel work), starts the page-time-limit watchdog (``watchdog.py``) and
+keeps a ``WorkerHeartbeat`` row fresh, which ``/api/health`` reads to tell
+whether any worker is alive.
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class WorkerSetup(Middleware):
             cv2.setNumThreads(1)
         except ImportError:  # pragma: no cover
             pass
+        if settings.IS_WORKER and settings.OMR_SHEET_TIME_LIMIT > 0:
+            from . import watchdog
+
+            watchdog.enable()
         interval = settings.OMR_HEARTBEAT_INTERVAL
         if interval <= 0:
             return

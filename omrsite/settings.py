@@ -128,7 +128,14 @@ TEMPLATES = [
 
 VAR_DIR = Path(env("OMR_VAR_DIR", str(BASE_DIR / "var")))
 DATABASE_URL = env("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("CONN_MAX_AGE", 0),
+# A Dramatiq worker process (``rundramatiq`` execs the ``dramatiq`` program)
+# keeps its database connection between messages: Django's default closes it
+# after each one, and a fan-out of hundreds of chunks then paid a new
+# PostgreSQL connection for each. Health checks replace a connection that a
+# database restart broke. The web process keeps Django's default (0) under ASGI.
+IS_WORKER = Path(sys.argv[0]).name.startswith("dramatiq")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL,
+                                              conn_max_age=env_int("CONN_MAX_AGE", 600 if IS_WORKER else 0),
                                               conn_health_checks=True)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     name = DATABASES["default"]["NAME"]
@@ -237,6 +244,10 @@ OMR_TUS_MAX_CHUNK_BYTES = env_int("OMR_TUS_MAX_CHUNK_MB", 64) * 1024 * 1024
 OMR_DEFAULT_TEMPLATE = env("OMR_DEFAULT_TEMPLATE", "a4-100q-5")
 OMR_CHUNK_SIZE = env_int("OMR_CHUNK_SIZE", 10)  # sheets per worker message
 OMR_SHEET_MAX_ATTEMPTS = env_int("OMR_SHEET_MAX_ATTEMPTS", 3)
+# A page still being read after this many seconds is stuck (in C code, where
+# Dramatiq's time limit cannot reach): the worker's watchdog kills the process,
+# the message comes back, and the attempt counter fails the page (batches/watchdog.py).
+OMR_SHEET_TIME_LIMIT = env_float("OMR_SHEET_TIME_LIMIT", 120.0)
 OMR_PROGRESS_INTERVAL = env_float("OMR_PROGRESS_INTERVAL", 2.0)  # seconds between processing events
 OMR_STREAM_KEEPALIVE = min(env_float("OMR_STREAM_KEEPALIVE", 10.0), 15.0)
 OMR_STREAM_POLL = env_float("OMR_STREAM_POLL", 5.0)  # the DB safety net under the wake-ups

@@ -14,7 +14,7 @@ from html.parser import HTMLParser
 import cv2
 import numpy as np
 import pytest
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import Group
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.test import Client
@@ -22,6 +22,7 @@ from django.urls import reverse
 
 from batches import overlay, pipeline, review, services
 from batches.models import Answer, Batch, Correction, Sheet, Stage
+from batches.roles import REVIEWER_PERMISSIONS, REVIEWERS
 
 from .conftest import TEMPLATE, make_zip, simulated_sheet
 
@@ -31,11 +32,9 @@ CHANGELIST = reverse("admin:batches_sheet_changelist")
 
 
 def reviewer(user):
-    """Give a staff user what a reviewer needs in the admin."""
-    perms = Permission.objects.filter(content_type__app_label="batches",
-                                      codename__in=["view_batch", "change_batch", "view_sheet", "change_sheet",
-                                                    "view_answer", "change_answer", "view_correction"])
-    user.user_permissions.add(*perms)
+    """Put a staff user (not a superuser) in the Reviewers group, which
+    ``migrate`` created: everything below shows the group is enough to review."""
+    user.groups.add(Group.objects.get(name=REVIEWERS))
     return user
 
 
@@ -350,3 +349,21 @@ def test_values_are_checked_against_the_template():
     assert review.clean_value("0042", rules[number]) == "0042"
     with pytest.raises(review.ReviewError):
         review.clean_value("12a", rules[number])
+
+
+def test_migrate_makes_the_reviewers_group_with_exactly_its_permissions():
+    group = Group.objects.get(name=REVIEWERS)
+    assert sorted(group.permissions.values_list("codename", flat=True)) == sorted(REVIEWER_PERMISSIONS)
+    assert not group.permissions.filter(codename__startswith="delete_").exclude(codename="delete_apitoken").exists()
+
+
+def test_ensure_staff_user_reviewer_makes_a_staff_member_who_is_not_a_superuser(django_user_model):
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    call_command("ensure_staff_user", "--username", "jo", "--reviewer", stdout=out)
+    jo = django_user_model.objects.get(username="jo")
+    assert jo.is_staff and not jo.is_superuser
+    assert list(jo.groups.values_list("name", flat=True)) == [REVIEWERS]
+    assert jo.has_perm("batches.change_answer") and not jo.has_perm("batches.delete_batch")
+    assert out.getvalue().startswith("Reviewer login: user jo, password ")

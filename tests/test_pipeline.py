@@ -412,3 +412,66 @@ def test_split_chunks_keeps_every_sheet_once_in_order_and_ends_in_small_pieces(t
         # The last chunks are a quarter of the size, so the workers finish together.
         assert all(len(c) <= size // 4 for c in chunks[-4:])
         assert sum(len(c) for c in chunks if len(c) <= size // 4) >= min(total, 4 * size) - size // 4
+
+
+def test_w3_a_passing_database_error_while_storing_is_retried_without_duplicate_rows(api, owner, broker, worker,
+                                                                                     monkeypatch):
+    # Given a batch whose first store of a chunk loses the database half-way
+    # (after the answer rows went in, before the sheet rows did)
+    from django.db import OperationalError
+
+    real_update = pipeline.update_sheets
+    failures = []
+
+    def flaky_update(values, now):
+        if not failures:
+            failures.append(len(values))
+            raise OperationalError("server closed the connection unexpectedly")
+        return real_update(values, now)
+
+    monkeypatch.setattr(pipeline, "update_sheets", flaky_update)
+    data, sheets = sheets_zip(6)
+
+    # When it is uploaded and the workers run (Dramatiq retries the chunk with backoff)
+    response = upload(api, data)
+    run_queue(broker, worker, fail_fast=False)
+
+    # Then the error happened once, the transaction left nothing half-stored,
+    # and the retry stored every sheet exactly once
+    assert failures and failures[0] >= 1
+    batch = Batch.objects.get(pk=response.json()["batch_id"])
+    assert batch.stage == Stage.COMPLETED, batch.error
+    assert (batch.sheets_total, batch.sheets_processed, batch.sheets_failed) == (6, 6, 0)
+    fields = list(Answer.objects.filter(sheet__batch=batch).values_list("sheet_id", "field"))
+    assert len(fields) == len(set(fields)) == 6 * 22
+    assert Sheet.objects.filter(batch=batch, status=SheetStatus.DONE).count() == 6
+    assert len(results_rows(batch)) == 6
+
+
+def test_w3_actors_retry_with_backoff():
+    from batches import tasks
+
+    for actor in (tasks.process_batch, tasks.process_sheets, tasks.finish_batch):
+        assert actor.options["max_retries"] >= 3 and actor.options["min_backoff"] >= 1_000
+        assert actor.options["on_retry_exhausted"] == "batch_failed"
+
+
+def test_w3_redis_down_while_publishing_costs_only_the_wake_up(owner, monkeypatch):
+    # Given a channel layer that cannot reach Redis
+    from batches import progress
+
+    class DownLayer:
+        async def group_send(self, *args, **kwargs):
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(progress, "get_channel_layer", lambda: DownLayer())
+    data, _sheets = sheets_zip(2)
+    batch = new_batch(owner, data)
+
+    # When the whole pipeline runs
+    pipeline.run_inline(batch.pk)
+
+    # Then it completed and every event is in the database, where streams read them
+    batch.refresh_from_db()
+    assert batch.stage == Stage.COMPLETED
+    assert_stage_order(batch)

@@ -1,11 +1,15 @@
-"""``manage.py ensure_staff_user [--username staff] [--reset-password]``: make sure a
-staff login exists for the README's run command, and print it."""
+"""``manage.py ensure_staff_user [--username staff] [--reset-password] [--reviewer]``:
+make sure a staff login exists for the README's run command, and print it.
+``--reviewer`` makes a staff member who is not a superuser, in the Reviewers
+group (``batches/roles.py``): they see and review only their own batches."""
 
 import os
 import secrets
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
+
+from batches.roles import ensure_reviewers_group
 
 
 class Command(BaseCommand):
@@ -14,12 +18,18 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--username", default=os.environ.get("OMR_STAFF_USER", "staff"))
         parser.add_argument("--reset-password", action="store_true", help="give an existing user a new password")
+        parser.add_argument("--reviewer", action="store_true",
+                            help="a new user is staff in the Reviewers group, not a superuser")
 
-    def handle(self, username, reset_password, **options):
+    def handle(self, username, reset_password, reviewer=False, **options):
         User = get_user_model()
         user = User.objects.filter(username=username).first()
         password = os.environ.get("OMR_STAFF_PASSWORD") or secrets.token_urlsafe(12)
-        if user is None:
+        if user is None and reviewer:
+            user = User.objects.create_user(username=username, email="", password=password, is_staff=True)
+            user.groups.add(ensure_reviewers_group())
+            self.stdout.write(f"Reviewer login: user {username}, password {password}")
+        elif user is None:
             User.objects.create_superuser(username=username, email="", password=password)
             self.stdout.write(f"Staff login: user {username}, password {password}")
         elif reset_password:
