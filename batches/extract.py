@@ -283,6 +283,8 @@ def inspect_zip(zf: zipfile.ZipFile, limits: Limits) -> ZipPlan:
         raw = info.orig_filename
         name = _entry_name(info)
         shown = display_name(name)
+        if not raw:
+            raise ExtractError("an entry of the archive has no name (a damaged archive)")
         if len(raw) > limits.max_name_length:
             raise ExtractError(f"entry {shown!r}: the name is {len(raw):,} characters long; the limit is "
                                f"{limits.max_name_length} characters")
@@ -340,7 +342,8 @@ def _check_overlaps(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> None:
     # Each entry's header and data must end before the next entry starts.
     spans = sorted(infos, key=lambda i: i.header_offset)
     end_of_data = getattr(zf, "start_dir", None)
-    for current, following in zip(spans, [*spans[1:], None], strict=True):
+    for index, current in enumerate(spans):
+        following = spans[index + 1] if index + 1 < len(spans) else None
         try:
             name_len = len(current.orig_filename.encode("utf-8" if current.flag_bits & 0x800 else "cp437"))
         except UnicodeEncodeError:
