@@ -145,6 +145,12 @@ def parse_metadata(header: str) -> dict[str, str]:
     return result
 
 
+def metadata_header(metadata: dict[str, str]) -> str:
+    """The ``Upload-Metadata`` header for ``metadata`` (the reverse of ``parse_metadata``)."""
+    return ",".join(f"{key} {base64.b64encode(value.encode()).decode()}" if value else key
+                    for key, value in metadata.items())
+
+
 def parse_digest(name: str, value: str) -> str:
     """A whole-file checksum from the metadata, in hex or base64; as hex."""
     size = CHECKSUMS[name]().digest_size
@@ -510,7 +516,6 @@ def upload_resource(request, upload_id):
         response = HttpResponse(status=200)
         response["Upload-Length"] = str(upload.length)
         if upload.metadata:
-            response["Upload-Metadata"] = ",".join(
-                f"{k} {base64.b64encode(v.encode()).decode()}" if v else k for k, v in upload.metadata.items())
+            response["Upload-Metadata"] = metadata_header(upload.metadata)
     response["Cache-Control"] = "no-store"
     return _upload_headers(response, upload)
