@@ -41,7 +41,7 @@ from . import progress, services
 from .api import batch_links
 from .auth import api_login_required, error_response
 from .extract import display_name
-from .models import Stage, Upload, upload_expiry
+from .models import Stage, Upload, batch_upload_path, upload_expiry
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +259,8 @@ def write_chunk(request, upload: Upload) -> Upload:
                 changes = {"offset": upload.offset + received, "updated_at": now, "expires_at": upload_expiry(now)}
                 if received:
                     changes["chunks"] = F("chunks") + 1
-                Upload.objects.filter(pk=upload.pk, offset=upload.offset).update(**changes)
+                if not Upload.objects.filter(pk=upload.pk, offset=upload.offset).update(**changes):
+                    raise TusError(404, "no such upload (its batch was deleted meanwhile)")
                 upload.refresh_from_db()
                 if received:
                     _publish_progress(upload, now)
@@ -349,6 +350,11 @@ def finish_upload(upload: Upload) -> None:
     if upload.sha1:
         hashers["sha1"] = hashlib.sha1()
     path = data_path(upload.pk)
+    moved = Path(settings.MEDIA_ROOT) / batch_upload_path(batch, "")
+    if not path.exists() and moved.exists() and not batch.upload:
+        # A crash after the file was moved into the batch's folder, before the
+        # database said so: put it back and finish again.
+        os.rename(moved, path)
     size = 0
     with open(path, "rb") as handle:
         while piece := handle.read(READ_SIZE):
@@ -379,6 +385,27 @@ def finish_upload(upload: Upload) -> None:
         staged.close()
     upload.refresh_from_db()
     logger.info("Upload %s complete: batch %s queued", upload.pk, batch.pk)
+
+
+def complete_stalled(upload: Upload) -> Upload:
+    """Finish an upload whose last byte is stored but which was never handed
+    to its batch (the server died in between): a client that then sees
+    ``Upload-Offset == Upload-Length`` on HEAD sends nothing more."""
+    if upload.is_finished or upload.offset != upload.length:
+        return upload
+    try:
+        with locked(upload.pk):
+            upload.refresh_from_db()
+            if not upload.is_finished and upload.offset == upload.length:
+                finish_upload(upload)
+    except TusError as exc:
+        # 423: the request holding the lock is finishing it; 460: the file did
+        # not match its checksum, and the upload now says so.
+        if exc.status not in (423, 460):
+            raise
+    if upload.is_finished:
+        shutil.rmtree(upload_dir(upload.pk), ignore_errors=True)
+    return upload
 
 
 def terminate_upload(upload: Upload) -> None:
@@ -506,6 +533,7 @@ def upload_resource(request, upload_id):
         return _upload_headers(HttpResponse(status=204), upload)
     if upload.is_expired():
         raise TusError(410, f"this upload expired at {upload.expires_at:%Y-%m-%d %H:%M} UTC; start a new one")
+    upload = complete_stalled(upload)
     if request.method == "GET":
         response = JsonResponse({"upload_url": request.build_absolute_uri(upload.get_absolute_url()),
                                  "offset": upload.offset, "length": upload.length,

@@ -412,6 +412,54 @@ def test_u6_bytes_past_the_stored_offset_after_a_crash_are_not_reported_and_are_
     assert Upload.objects.get().batch.upload.open("rb").read() == payload
 
 
+def test_u6_an_upload_whose_server_died_before_handing_it_over_is_finished_by_head(api, started, payload):
+    # Given every byte stored, but the process died before the file reached the batch
+    upload = Upload.objects.get()
+    tus.data_path(upload.pk).write_bytes(payload)
+    Upload.objects.filter(pk=upload.pk).update(offset=len(payload))
+    # When the client asks where it stands
+    answer = head(api, started)
+    # Then it is finished now, and the batch has its file
+    assert answer.status_code == 200 and answer["Upload-Offset"] == str(len(payload))
+    upload.refresh_from_db()
+    assert upload.is_finished and upload.batch.upload.open("rb").read() == payload
+    assert upload.batch.sha256 == hashlib.sha256(payload).hexdigest()
+
+
+def test_u6_a_crash_after_the_file_was_moved_before_the_database_knew_is_recovered(api, started, payload, media_root):
+    upload = Upload.objects.get()
+    moved = media_root / "batches" / str(upload.batch_id) / "upload" / "original.zip"
+    moved.parent.mkdir(parents=True)
+    moved.write_bytes(payload)
+    tus.data_path(upload.pk).unlink()
+    Upload.objects.filter(pk=upload.pk).update(offset=len(payload))
+    response = api.generic("PATCH", started, b"", headers={**TUS, "Upload-Offset": str(len(payload))},
+                           CONTENT_TYPE=CHUNK_TYPE)  # an empty chunk at the end: finish
+    assert response.status_code == 204 and response["Upload-Offset"] == str(len(payload))
+    batch = Batch.objects.get(pk=upload.batch_id)
+    assert batch.upload.name == f"batches/{batch.pk}/upload/original.zip"
+    assert batch.upload.open("rb").read() == payload and Upload.objects.get().is_finished
+
+
+def test_cleanup_finishes_an_upload_that_has_all_its_bytes(api, started, payload):
+    upload = Upload.objects.get()
+    tus.data_path(upload.pk).write_bytes(payload)
+    Upload.objects.filter(pk=upload.pk).update(offset=len(payload), updated_at=timezone.now() - timedelta(hours=1))
+    assert f"would finish complete upload {upload.pk}" in call(["--dry-run"])
+    assert not Upload.objects.get().is_finished
+    assert f"finished complete upload {upload.pk}" in call([])
+    upload.refresh_from_db()
+    assert upload.is_finished and upload.batch.upload.open("rb").read() == payload
+
+
+def test_a_batch_deleted_mid_upload_takes_its_upload_along(api, started, payload):
+    assert patch(api, started, payload[:1000], 0).status_code == 204
+    upload = Upload.objects.get()
+    assert api.delete(reverse("batches:api-detail", args=[upload.batch_id])).status_code == 204
+    assert patch(api, started, payload[1000:2000], 1000).status_code == 404
+    assert not Upload.objects.exists()
+
+
 def test_u7_an_abandoned_upload_expires_and_cleanup_removes_it(api, started, payload, media_root):
     # Given an upload that got one chunk, then nothing for longer than the expiry
     assert patch(api, started, payload[:1000], 0).status_code == 204

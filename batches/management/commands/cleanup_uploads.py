@@ -3,6 +3,8 @@
 - Resumable uploads that expired unfinished (``OMR_UPLOAD_EXPIRY_HOURS`` after
   their last chunk): their bytes and their row; their batch, which never got a
   file, is marked failed with the reason, so its owner sees what happened.
+- Uploads whose last byte is stored but whose file never reached its batch
+  (the server died in between): finished now.
 - Folders under ``MEDIA_ROOT/uploads/`` and ``MEDIA_ROOT/batches/`` whose
   upload or batch no longer exists (a batch deleted while a worker still wrote
   to it, a finished upload's empty folder, a crash between the two).
@@ -21,11 +23,12 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from batches import progress
 from batches.models import Batch, Stage, Upload
-from batches.tus import TusError, locked, upload_dir
+from batches.tus import TusError, complete_stalled, locked, upload_dir
 
 
 class Command(BaseCommand):
@@ -47,6 +50,13 @@ class Command(BaseCommand):
             self.stdout.write(f"{verb} expired upload {upload.pk} ({upload.offset} of {upload.length} bytes, "
                               f"expired {upload.expires_at:%Y-%m-%d %H:%M} UTC, batch {upload.batch_id})")
         young = now - datetime.timedelta(minutes=grace_minutes)
+        # Every byte in, but the server died before handing the file over.
+        for upload in Upload.objects.filter(finished_at__isnull=True, offset=F("length"), updated_at__lte=young,
+                                            expires_at__gt=now).select_related("batch"):
+            self.stdout.write(f"{'would finish' if dry_run else 'finished'} complete upload {upload.pk} "
+                              f"(batch {upload.batch_id})")
+            if not dry_run:
+                complete_stalled(upload)
         orphans = 0
         media = Path(settings.MEDIA_ROOT)
         for kind, model in (("uploads", Upload), ("batches", Batch)):
