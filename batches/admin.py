@@ -458,3 +458,5 @@ class WorkerHeartbeatAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+from . import template_admin  # noqa: E402,F401  (registers SheetTemplate)

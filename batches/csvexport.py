@@ -46,14 +46,14 @@ def safe_cell(value) -> str | int | float:
 
 def field_columns(batch: Batch) -> list[str]:
     """Answer columns: each template's fields in its own order, then any others."""
-    from .omr.template import load_template
+    from . import sheet_templates
 
     names: list[str] = []
     templates = list(Sheet.objects.filter(batch=batch).exclude(template="").order_by("template")
                      .values_list("template", flat=True).distinct())
     for name in sorted(set(templates) | {batch.template}, key=lambda n: (n != batch.template, n)):
         try:
-            fields = load_template(name).field_names()
+            fields = sheet_templates.resolve(name).field_names()
         except (FileNotFoundError, ValueError):
             continue
         names.extend(f for f in fields if f not in names)

@@ -18,8 +18,8 @@ ACCEPT = ",".join(sorted(UPLOAD_EXTENSIONS))
 
 
 def template_choices() -> list[tuple[str, str]]:
-    """Built-in sheet templates as (name, label), e.g. ``a4-100q-5`` ->
-    "A4, 100 questions, 5 options (a4-100q-5)"."""
+    """Sheet templates as (name, label): the built-ins, e.g. ``a4-100q-5`` ->
+    "A4, 100 questions, 5 options (a4-100q-5)", then the ones uploaded in the admin."""
     choices = []
     # Natural order (20 before 100), so the list reads like a catalogue.
     for name in sorted(builtin_names(), key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)]):
@@ -29,6 +29,11 @@ def template_choices() -> list[tuple[str, str]]:
             paper = parts[0].upper() if parts[0].startswith("a") else parts[0].capitalize()
             label = f"{paper}, {parts[1][:-1]} questions, {parts[2]} options ({name})"
         choices.append((name, label))
+    from .models import SheetTemplate
+
+    for name, kind, description in SheetTemplate.objects.order_by("name").values_list("name", "kind", "description"):
+        what = "OMRChecker template" if kind == "omrchecker" else "uploaded template"
+        choices.append((name, f"{description or name} ({what}: {name})"))
     return choices
 
 

@@ -322,3 +322,30 @@ class Upload(models.Model):
 
     def is_expired(self, now=None) -> bool:
         return not self.is_finished and self.expires_at <= (now or timezone.now())
+
+
+class SheetTemplate(models.Model):
+    """A sheet template uploaded by staff, beside the engine's built-ins: this
+    project's own JSON format, or an OMRChecker ``template.json`` imported with
+    its images and ``config.json`` (``batches/sheet_templates.py``)."""
+
+    KIND_CHOICES = [("omr-template/1", "This project's template (omr-template/1)"),
+                    ("omrchecker", "OMRChecker template.json")]
+
+    name = models.CharField(max_length=64, unique=True,
+                            help_text="Lower-case letters, digits, - and _; batches and QR codes use it.")
+    kind = models.CharField(max_length=20, choices=KIND_CHOICES)
+    description = models.CharField(max_length=200, blank=True)
+    definition = models.JSONField(help_text="The parsed template as stored (images base64-encoded).")
+    fields_count = models.IntegerField(default=0)
+    notes = models.JSONField(default=list, blank=True, help_text="What the import noticed about the template.")
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

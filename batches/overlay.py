@@ -26,7 +26,6 @@ import numpy as np
 
 from .omr.align import jacobians, layout_mm, to_grey
 from .omr.imageio import ImageError, load_images
-from .omr.template import load_template
 
 #: Widest overlay sent to the browser, px: enough to read a bubble, small enough to load fast.
 MAX_WIDTH = 1400
@@ -86,9 +85,13 @@ def bubble_marks(reading: dict, scale: float = 1.0) -> list[Mark]:
 
 
 def _layout(reading: dict):
+    from .sheet_templates import resolve
+
     try:
-        template = load_template(reading["template"])
-        return layout_mm(template, int(reading.get("page") or 1))
+        chosen = resolve(reading["template"])
+        if chosen.is_omrchecker:
+            return None  # its groups are its fields: group keys name them already
+        return layout_mm(chosen.template, int(reading.get("page") or 1))
     except (KeyError, TypeError, ValueError, FileNotFoundError, OSError):
         return None
 
@@ -194,9 +197,15 @@ def render_overlay_png(data: bytes, reading: dict | None, max_width: int = MAX_W
     image = decode_page(data)
     if needs_fresh_reading(reading):
         from .omr.reader import read_sheet
+        from .sheet_templates import resolve
 
-        template = load_template(reading["template"])
-        fresh = read_sheet(image, template, page=reading.get("page") or None).to_dict()
+        chosen = resolve(reading["template"])
+        if chosen.is_omrchecker:
+            from .omr.omrchecker import read_omrchecker_sheet
+
+            fresh = read_omrchecker_sheet(image, chosen.template).to_dict()
+        else:
+            fresh = read_sheet(image, chosen.template, page=reading.get("page") or None).to_dict()
         # Draw the fresh geometry with the stored decisions' flags.
         reading = {**fresh, "flags": reading.get("flags") or fresh.get("flags")}
     return encode_png(draw_overlay(image, reading, max_width))

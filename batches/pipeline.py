@@ -33,7 +33,6 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import lru_cache
 
 import orjson
 from django.conf import settings
@@ -43,7 +42,7 @@ from django.db import connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from . import csvexport, progress, watchdog
+from . import csvexport, progress, sheet_templates, watchdog
 from .extract import ExtractError, Limits, check_archive, display_name, iter_pages, sniff
 from .models import Answer, Batch, Sheet, SheetStatus, Stage, stage_index
 
@@ -96,26 +95,15 @@ def _save(name: str, data: bytes) -> str:
     return default_storage.save(name, ContentFile(data))
 
 
-@lru_cache(maxsize=64)
 def _template(name: str):
-    from .omr.template import load_template
-
-    return load_template(name)
-
-
-@lru_cache(maxsize=1)
-def _builtin_names() -> frozenset[str]:
-    from .omr.template import builtin_names
-
-    return frozenset(builtin_names())
+    """The template called ``name``, whatever its kind (``sheet_templates.Resolved``)."""
+    return sheet_templates.resolve(name)
 
 
 def _resolve_template(name: str):
-    """Template lookup for QR codes: built-in names only (a QR code is untrusted
-    input and must never name a file), cached because every sheet names one."""
-    if name not in _builtin_names():
-        raise FileNotFoundError(f"no built-in template {name!r}")
-    return _template(name)
+    """Template lookup for QR codes: built-in and uploaded templates by name
+    only (a QR code is untrusted input and must never name a file)."""
+    return sheet_templates.resolve_for_qr(name)
 
 
 def fail(batch: Batch | str, message: str) -> None:
@@ -332,10 +320,17 @@ def read_sheet(sheet: Sheet, batch: Batch) -> SheetResult:
             data = f.read()
     except OSError as exc:
         return SheetResult(sheet.pk, SheetStatus.FAILED, error=f"page image missing ({exc.strerror or exc})")
-    template = None if batch.has_qr else _template(batch.template)
+    chosen = _template(batch.template)
     try:
         with watchdog.page_time_limit(settings.OMR_SHEET_TIME_LIMIT, f"Reading page {sheet.index} of batch {batch.pk}"):
-            readings = read_image_bytes(data, template, source=sheet.source_name, resolve=_resolve_template)
+            if chosen.is_omrchecker:
+                # OMRChecker sheets carry no QR code: always the batch's template.
+                from .omr.omrchecker import read_omrchecker_image_bytes
+
+                readings = read_omrchecker_image_bytes(data, chosen.template, source=sheet.source_name)
+            else:
+                template = None if batch.has_qr else chosen.template
+                readings = read_image_bytes(data, template, source=sheet.source_name, resolve=_resolve_template)
     except Exception as exc:  # an engine bug must cost one sheet, not the batch
         logger.exception("Reading sheet %s of batch %s failed", sheet.index, batch.pk)
         return SheetResult(sheet.pk, SheetStatus.FAILED, error=f"could not read this page ({type(exc).__name__})")

@@ -56,7 +56,7 @@ def field_rules(template_name: str, page: int | None) -> dict[str, FieldRule]:
     from .omr.align import layout_mm
 
     try:
-        template = pipeline._resolve_template(template_name)
+        template = pipeline._resolve_template(template_name)  # OMRChecker ones: free text
         lay = layout_mm(template, int(page or 1))
     except (FileNotFoundError, ValueError, TypeError):
         return {}

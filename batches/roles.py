@@ -15,6 +15,7 @@ REVIEWER_PERMISSIONS = [
     "view_sheet", "change_sheet",
     "view_answer", "change_answer",
     "view_correction",
+    "view_sheettemplate",
     "view_apitoken", "add_apitoken", "delete_apitoken",
 ]
 

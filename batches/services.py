@@ -43,17 +43,18 @@ def parse_bool(value, default: bool = True) -> bool:
 
 
 def check_template(name: str) -> str:
-    """The template name, checked to exist; raises ServiceError 400."""
-    from .omr.template import TemplateError, builtin_names, load_template
+    """The template name (a built-in one or one uploaded in the admin), checked
+    to exist and parse; raises ServiceError 400."""
+    from . import sheet_templates
 
     name = (name or settings.OMR_DEFAULT_TEMPLATE).strip()
-    if name not in builtin_names():
-        raise ServiceError(400, f"unknown template {display_name(name, 64)!r}; choose one of "
-                                f"{', '.join(builtin_names())}")
+    known = sheet_templates.names()
+    if name not in known:
+        raise ServiceError(400, f"unknown template {display_name(name, 64)!r}; choose one of {', '.join(known)}")
     try:
-        load_template(name)
-    except (FileNotFoundError, TemplateError) as exc:
-        raise ServiceError(400, str(exc)) from None
+        sheet_templates.resolve(name)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ServiceError(400, f"template {name!r} cannot be used: {exc}") from None
     return name
 
 

@@ -1,0 +1,131 @@
+"""Every sheet template a batch can use: the engine's built-ins, and templates
+staff upload in the admin site (``SheetTemplate`` rows), either in this
+project's own format (``omr-template/1``) or imported from OMRChecker
+(``template.json`` with its marker or reference image and ``config.json``).
+
+``resolve(name)`` gives a ``Resolved`` template whatever its kind; the
+pipeline, the CSV, the review checks and the overlay go through it. A custom
+template is parsed once per process and parsed again when its row changes
+(the cache key includes ``updated_at``), so an edit in the admin reaches every
+worker without a restart.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+BUILTIN = "builtin"
+NATIVE = "omr-template/1"
+OMRCHECKER = "omrchecker"
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A template ready to read with: ``kind`` is BUILTIN, NATIVE or OMRCHECKER;
+    ``template`` an engine ``Template`` or an ``OmrCheckerTemplate``."""
+
+    name: str
+    kind: str
+    template: Any
+
+    @property
+    def is_omrchecker(self) -> bool:
+        return self.kind == OMRCHECKER
+
+    @property
+    def pages(self) -> int:
+        return 1 if self.is_omrchecker else self.template.pages
+
+    def field_names(self) -> list[str]:
+        """The answer columns, in the template's order (OMRChecker: its output
+        columns, custom labels joined)."""
+        if self.is_omrchecker:
+            return list(self.template.output_columns)
+        return list(self.template.field_names())
+
+    @property
+    def uses_qr(self) -> bool:
+        """OMRChecker sheets carry no QR code: pages are read with the batch's template."""
+        return not self.is_omrchecker
+
+
+@lru_cache(maxsize=1)
+def builtin_names() -> tuple[str, ...]:
+    from .omr.template import builtin_names as names
+
+    return tuple(names())
+
+
+@lru_cache(maxsize=32)
+def _builtin(name: str) -> Resolved:
+    from .omr.template import load_template
+
+    return Resolved(name, BUILTIN, load_template(name))
+
+
+_custom_cache: dict[str, tuple[Any, Resolved]] = {}
+_cache_lock = threading.Lock()
+
+
+def parse_definition(name: str, kind: str, definition: dict) -> Resolved:
+    """A stored definition as a template; raises ``ValueError`` (the engine's
+    ``TemplateError`` and ``OmrCheckerTemplateError`` are ValueErrors) naming the fault."""
+    if kind == OMRCHECKER:
+        from .omr.omrchecker import OmrCheckerTemplate
+
+        return Resolved(name, kind, OmrCheckerTemplate.from_dict({**definition, "name": name}))
+    if kind == NATIVE:
+        from .omr.template import load_template
+
+        return Resolved(name, kind, load_template({**definition, "name": name}))
+    raise ValueError(f"unknown template kind {kind!r}")
+
+
+def custom_names() -> list[str]:
+    from .models import SheetTemplate
+
+    return list(SheetTemplate.objects.order_by("name").values_list("name", flat=True))
+
+
+def names() -> list[str]:
+    """Every template name a batch may use: built-ins first, then custom ones."""
+    return [*builtin_names(), *custom_names()]
+
+
+def resolve(name: str) -> Resolved:
+    """The template called ``name``; raises ``FileNotFoundError`` when there is
+    none, ``ValueError`` when a stored one no longer parses."""
+    if name in builtin_names():
+        return _builtin(name)
+    from .models import SheetTemplate
+
+    row = SheetTemplate.objects.filter(name=name).values("kind", "definition", "updated_at").first()
+    if row is None:
+        raise FileNotFoundError(f"no sheet template {name!r}")
+    key = row["updated_at"]
+    with _cache_lock:
+        hit = _custom_cache.get(name)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    resolved = parse_definition(name, row["kind"], row["definition"])
+    with _cache_lock:
+        _custom_cache[name] = (key, resolved)
+    return resolved
+
+
+def resolve_for_qr(name: str):
+    """Template lookup for the name a QR code gives: built-in names and this
+    project's own custom templates only (a QR code is untrusted input and never
+    names a file); returns the engine ``Template``."""
+    if not NAME_RE.match(name or ""):
+        raise FileNotFoundError(f"no sheet template {name!r}")
+    resolved = resolve(name)
+    if resolved.is_omrchecker:
+        raise FileNotFoundError(f"{name!r} is an OMRChecker template; its sheets carry no QR code")
+    return resolved.template

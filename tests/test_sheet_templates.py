@@ -1,0 +1,151 @@
+"""Templates uploaded in the admin site and used for batches like the built-in
+ones: an OMRChecker template.json (read with OMRChecker's answer conventions)
+and a template in this project's own format (named by the sheets' QR codes)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+
+from batches import pipeline, services, sheet_templates
+from batches.forms import template_choices
+from batches.models import Answer, SheetTemplate, Stage
+
+from .conftest import make_zip
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ADD = reverse("admin:batches_sheettemplate_add")
+
+OMRCHECKER_TEMPLATE = {
+    "pageDimensions": [1000, 1200],
+    "bubbleDimensions": [32, 32],
+    "fieldBlocks": {
+        "MCQ": {"fieldType": "QTYPE_MCQ4", "origin": [120, 400], "fieldLabels": ["q1..10"], "bubblesGap": 56,
+                "labelsGap": 56},
+        "Roll": {"fieldType": "QTYPE_INT", "origin": [600, 400], "fieldLabels": ["r1..3"], "bubblesGap": 50,
+                 "labelsGap": 56},
+    },
+    "customLabels": {"Roll": ["r1..3"]},
+    "preProcessors": [{"name": "CropPage", "options": {}}],
+}
+
+
+def json_file(data: dict, name: str = "template.json") -> SimpleUploadedFile:
+    return SimpleUploadedFile(name, json.dumps(data).encode(), content_type="application/json")
+
+
+def add_template(client, **fields):
+    body = {"name": "school-10q", "kind": "omrchecker", "description": "Our 10-question sheet",
+            "template_file": json_file(OMRCHECKER_TEMPLATE), **fields}
+    return client.post(ADD, body)
+
+
+def test_staff_upload_an_omrchecker_template_in_the_admin(admin_client, admin_user):
+    # When a superuser uploads template.json in the admin
+    response = add_template(admin_client)
+
+    # Then it is stored, parsed, and offered for batches
+    assert response.status_code == 302, response.content.decode()[:2000]
+    row = SheetTemplate.objects.get(name="school-10q")
+    assert (row.kind, row.fields_count, row.uploaded_by) == ("omrchecker", 11, admin_user)
+    assert sheet_templates.resolve("school-10q").field_names() == ["Roll"] + [f"q{i}" for i in range(1, 11)]
+    assert "school-10q" in dict(template_choices())
+    assert services.check_template("school-10q") == "school-10q"
+    page = admin_client.get(reverse("admin:batches_sheettemplate_change", args=[row.pk])).content.decode()
+    assert "Roll, q1, q2" in page
+
+
+def test_a_broken_template_is_refused_naming_each_problem_and_nothing_is_stored(admin_client):
+    broken = json.loads(json.dumps(OMRCHECKER_TEMPLATE))
+    broken["fieldBlocks"]["MCQ"]["fieldType"] = "QTYPE_NOPE"
+    broken["preProcessors"] = [{"name": "Sharpen", "options": {}}]
+    response = add_template(admin_client, template_file=json_file(broken))
+    text = response.content.decode()
+    assert response.status_code == 200
+    assert "QTYPE_NOPE" in text and "Sharpen" in text
+    assert not SheetTemplate.objects.exists()
+
+
+def test_names_of_built_in_templates_and_odd_names_are_refused(admin_client):
+    assert "built-in template" in add_template(admin_client, name="a4-100q-5").content.decode()
+    assert "lower-case letters" in add_template(admin_client, name="../x").content.decode()
+    assert "not JSON" in add_template(admin_client, template_file=SimpleUploadedFile("t.json", b"{nope")).content.decode()
+    assert not SheetTemplate.objects.exists()
+
+
+def test_a_batch_with_an_omrchecker_template_reads_in_omrcheckers_conventions(admin_client, owner):
+    # Given the template uploaded in the admin and three photographed/scanned sheets filled in for it
+    from batches.omr.omrchecker.render import expected_response, simulate_omrchecker_sheet
+
+    assert add_template(admin_client).status_code == 302
+    template = sheet_templates.resolve("school-10q").template
+    filled = [{"q1": "A", "q2": "C", "q3": "BD", "r1": "1", "r2": "0", "r3": "7"},
+              {"q5": "D", "q10": "A", "r1": "9", "r2": "9", "r3": "0"},
+              {}]
+    entries, truth = [], []
+    for i, answers in enumerate(filled):
+        sim = simulate_omrchecker_sheet(template, answers, preset="scan_mild" if i else "photo_mild", seed=i)
+        entries.append((f"sheet{i}.jpg", sim.encode_jpeg()))
+        truth.append(expected_response(template, answers))
+
+    # When a batch is made with it (has_qr as the form sends by default: OMRChecker sheets have none)
+    batch = services.create_batch(owner, ContentFile(make_zip(entries), name="omrc.zip"), filename="omrc.zip",
+                                  template="school-10q", has_qr=True, start=False)
+    batch = pipeline.run_inline(batch.pk)
+
+    # Then every sheet is read with that template, the CSV has its output
+    # columns, and the answers are what OMRChecker would write
+    assert batch.stage == Stage.COMPLETED, batch.error
+    with default_storage.open(batch.results_csv.name, "rb") as f:
+        rows = list(csv.DictReader(io.StringIO(f.read().decode("utf-8-sig"))))
+    assert len(rows) == 3
+    columns = list(rows[0].keys())
+    assert columns[columns.index("error") + 1:] == ["Roll"] + [f"q{i}" for i in range(1, 11)]
+    for row, expected in zip(rows, truth, strict=True):
+        assert row["template"] == "school-10q"
+        assert {k: row[k] for k in expected} == expected, row
+    # The double mark is data, and flagged for review
+    first = Answer.objects.get(sheet__batch=batch, sheet__index=1, field="q3")
+    assert first.value == "BD" and "multiple" in first.flags
+    assert rows[0]["needs_review"] == "true"
+
+
+def test_a_custom_template_in_this_projects_format_is_named_by_the_qr_codes(admin_client, owner):
+    # Given a 30-question template of this project's format uploaded in the admin
+    from batches.omr import simulate
+    from batches.omr.template import load_template, template_to_dict
+
+    base = template_to_dict(load_template("a4-50q-4"))
+    questions = [b for b in base["blocks"] if b["type"] == "questions"]
+    base["blocks"] = [b for b in base["blocks"] if b["type"] not in ("questions", "text")] + [
+        {**questions[0], "first": 1, "count": min(30, questions[0]["count"])}]
+    response = admin_client.post(ADD, {"name": "quiz-30", "kind": "omr-template/1", "description": "Quiz",
+                                       "template_file": json_file(base)})
+    assert response.status_code == 302, response.content.decode()[:3000]
+    custom = sheet_templates.resolve("quiz-30").template
+    assert custom.name == "quiz-30"
+
+    # When a sheet printed from it (its QR code says t=quiz-30) is read in a batch made with another template
+    import random
+
+    answers = simulate.random_answers(custom, 1, random.Random(5))
+    sim = simulate.simulate_sheet(custom, answers, seed=5, preset="clean")
+    batch = services.create_batch(owner, ContentFile(make_zip([("quiz.jpg", sim.encode_jpeg())]), name="q.zip"),
+                                  filename="q.zip", template="a4-100q-5", has_qr=True, start=False)
+    batch = pipeline.run_inline(batch.pk)
+
+    # Then the QR code's template was used
+    assert batch.stage == Stage.COMPLETED, batch.error
+    sheet = batch.sheets.get()
+    assert sheet.template == "quiz-30"
+    stored = dict(Answer.objects.filter(sheet=sheet).values_list("field", "value"))
+    assert {k: v for k, v in stored.items() if k.startswith("q")} == {
+        k: v for k, v in sim.truth["answers"].items() if k.startswith("q")}
