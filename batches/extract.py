@@ -391,9 +391,10 @@ def iter_pages(fileobj, filename: str, limits: Limits, workdir: str | os.PathLik
     """Every page of an uploaded file, in order, as ``Page`` objects.
 
     ``fileobj`` is a seekable binary file; ``filename`` the uploaded name (for
-    messages). PDF pages come out as grey PNGs at ``limits.pdf_dpi``; pages of a
-    multi-page TIFF as grey PNGs; JPEG, PNG and single-page TIFF files as they
-    are (the reader decodes them). The pages together may not exceed
+    messages). A PDF page that is one JPEG comes out as that JPEG, any other
+    as a grey PNG at ``limits.pdf_dpi``; pages of a multi-page TIFF as grey
+    PNGs; JPEG, PNG and single-page TIFF files as they are (the reader decodes
+    them). The pages together may not exceed
     ``limits.max_uncompressed`` bytes (what the caller will write) nor
     ``limits.max_pages``. Raises ``ExtractError``.
     """
@@ -487,7 +488,8 @@ def tiff_pages(data: bytes, name: str, limits: Limits) -> Iterator[Page]:
 
 
 def pdf_pages(source, name: str, limits: Limits, workdir=None) -> Iterator[Page]:
-    """A PDF's pages as grey PNGs, rendered by PDFium in a child process.
+    """A PDF's pages, by PDFium in a child process (``batches.pdfpages``): a
+    page that is one JPEG as that JPEG, any other page rendered to a grey PNG.
 
     ``source`` is the PDF's bytes or a binary file positioned at its start. The
     child gets ``limits.pdf_timeout`` seconds at most and is killed after that;
@@ -530,5 +532,6 @@ def pdf_pages(source, name: str, limits: Limits, workdir=None) -> Iterator[Page]
         if proc.returncode != 0 or "error" in result:
             reason = result.get("error") or f"the PDF renderer stopped (exit code {proc.returncode})"
             raise ExtractError(f"{display_name(name)}: {reason}")
-        for index, page in enumerate(sorted(out.glob("*.png")), start=1):
-            yield Page(name, index, ".png", page.read_bytes())
+        # The child writes 00001.jpg (a page's own JPEG) or 00001.png (rendered).
+        for index, page in enumerate(sorted(p for p in out.iterdir() if p.suffix in (".jpg", ".png")), start=1):
+            yield Page(name, index, page.suffix, page.read_bytes())

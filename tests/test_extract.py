@@ -525,8 +525,62 @@ def test_i3_huge_pdf_page_box_is_clamped_to_the_pixel_cap(owner, sandbox, settin
     settings.OMR_MAX_PIXELS = 1_000_000
     batch = run(owner, pdf_of((2000, 2000), resolution=10), name="poster.pdf")  # a 5 m x 5 m page
     sheets = assert_completed(batch, sandbox, failed={"poster.pdf": ""})  # a blank page: no sheet on it
+    assert sheets["poster.pdf"].image.endswith(".png")  # its 4 MP JPEG was over the cap: rendered instead
     image = cv2.imread(str(sandbox.media / sheets["poster.pdf"].image), cv2.IMREAD_GRAYSCALE)
     assert 900_000 < image.shape[0] * image.shape[1] <= 1_000_000
+
+
+def jpeg_pdf(jpeg: bytes, *, cover: bool = True, mark: bool = False) -> bytes:
+    """A one-page A4 PDF holding ``jpeg`` (over the whole page unless not
+    ``cover``), with a black square drawn over it when ``mark``."""
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as pdfium_c
+
+    pdf = pdfium.PdfDocument.new()
+    page = pdf.new_page(595, 842)
+    image = pdfium.PdfImage.new(pdf)
+    image.load_jpeg(io.BytesIO(jpeg), inline=False)
+    image.set_matrix(pdfium.PdfMatrix().scale(*((595, 842) if cover else (400, 600))))
+    page.insert_obj(image)
+    if mark:
+        square = pdfium_c.FPDFPageObj_CreateNewRect(100, 100, 50, 50)
+        pdfium_c.FPDFPageObj_SetFillColor(square, 0, 0, 0, 255)
+        pdfium_c.FPDFPath_SetDrawMode(square, pdfium_c.FPDF_FILLMODE_ALTERNATE, 0)
+        pdfium_c.FPDFPage_InsertObject(page.raw, square)
+    page.gen_content()
+    buf = io.BytesIO()
+    pdf.save(buf)
+    return buf.getvalue()
+
+
+def test_a_scanned_pdf_page_is_its_own_jpeg(owner, sandbox):
+    # Given a PDF whose page is one JPEG covering it (what scanners write)
+    jpeg = sheet(0)
+    # When it runs, the page stored is that JPEG, byte for byte, and reads
+    sheets = assert_completed(run(owner, jpeg_pdf(jpeg), name="scan.pdf"), sandbox)
+    assert sheets["scan.pdf"].image.endswith("/00001.jpg")
+    assert (sandbox.media / sheets["scan.pdf"].image).read_bytes() == jpeg
+    assert sheets["scan.pdf"].student == simulated_sheet(0).student
+
+
+@pytest.mark.parametrize("kind", [{"cover": False}, {"mark": True}], ids=["not-covering", "drawn-over"])
+def test_a_pdf_page_that_is_more_than_its_jpeg_is_rendered(kind):
+    [page] = iter_pages(io.BytesIO(jpeg_pdf(sheet(0), **kind)), "scan.pdf", Limits())
+    assert page.extension == ".png" and page.data[:4] == b"\x89PNG"
+
+
+def test_an_embedded_jpeg_unlike_its_rendered_page_is_not_used(tmp_path, monkeypatch):
+    from batches import pdfpages
+
+    source, out = tmp_path / "in.pdf", tmp_path / "out"
+    source.write_bytes(jpeg_pdf(sheet(0)))
+    out.mkdir()
+    assert pdfpages.render(source, out, 100, 10, 60_000_000) == 1
+    assert [p.name for p in out.iterdir()] == ["00001.jpg"]
+    (out / "00001.jpg").unlink()
+    monkeypatch.setattr(pdfpages, "THUMB_TOLERANCE", -1.0)  # nothing matches
+    assert pdfpages.render(source, out, 100, 10, 60_000_000) == 1
+    assert [p.name for p in out.iterdir()] == ["00001.png"]
 
 
 # ---------------------------------------------------------------- I4 malformed, encrypted, slow PDFs
