@@ -325,9 +325,9 @@ def inspect_zip(zf: zipfile.ZipFile, limits: Limits) -> ZipPlan:
                                f"{limits.max_ratio}:1 (OMR_MAX_COMPRESSION_RATIO); a zip bomb?")
         total += info.file_size
         if total > limits.max_uncompressed:
-            raise ExtractError(f"the archive unpacks to more than {_size(limits.max_uncompressed)} (at entry "
-                               f"{shown!r}); the limit is {_size(limits.max_uncompressed)} "
-                               "(OMR_MAX_UNCOMPRESSED_MB)")
+            declared = sum(i.file_size for i in infos)
+            raise ExtractError(f"the archive's entries unpack to {_size(declared)} in all; the limit is "
+                               f"{_size(limits.max_uncompressed)} (OMR_MAX_UNCOMPRESSED_MB)")
         if ext in IMAGE_EXTENSIONS or ext in PDF_EXTENSIONS:
             members.append(Member(info, name))
         else:
@@ -355,26 +355,56 @@ def _check_overlaps(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> None:
                                "(a zip bomb or a damaged archive)")
 
 
-def _read_member(zf: zipfile.ZipFile, member: Member, budget: int, limits: Limits) -> bytes:
-    """An entry's bytes, never more than it declared or than ``budget`` (what is
-    left of ``limits.max_uncompressed``): the bytes actually read are counted."""
-    shown = display_name(member.name)
-    cap = min(member.info.file_size, budget)
-    try:
-        with zf.open(member.info) as f:
-            data = f.read(cap + 1)
-    except RuntimeError as exc:  # zipfile raises this for encrypted entries
-        raise ExtractError(f"entry {shown!r}: {exc}") from None
-    except NotImplementedError:
-        raise ExtractError(f"entry {shown!r}: unsupported compression method") from None
-    except _ZIP_ERRORS as exc:
-        raise ExtractError(f"entry {shown!r}: the archive is truncated or damaged ({exc})") from None
-    if len(data) > cap:
-        if cap < member.info.file_size:
-            raise ExtractError(f"entry {shown!r}: the archive unpacks to more than {_size(limits.max_uncompressed)}; "
-                               f"the limit is {_size(limits.max_uncompressed)} (OMR_MAX_UNCOMPRESSED_MB)")
-        raise ExtractError(f"entry {shown!r}: holds more data than it declares (zip bomb?)")
-    return data
+class MemberReader:
+    """An entry's bytes as a stream that counts what it gives and stops one
+    byte past what the entry declared or past ``budget`` (what is left of
+    ``limits.max_uncompressed``), with zipfile's errors as ``ExtractError``."""
+
+    def __init__(self, zf: zipfile.ZipFile, member: Member, budget: int, limits: Limits):
+        self.name = display_name(member.name)
+        self.declared = member.info.file_size
+        self.cap = min(self.declared, budget)
+        self.limits = limits
+        self.count = 0
+        self._prefix = b""
+        self._file = self._guard(lambda: zf.open(member.info))
+
+    def _guard(self, call):
+        try:
+            return call()
+        except RuntimeError as exc:  # zipfile raises this for encrypted entries
+            raise ExtractError(f"entry {self.name!r}: {exc}") from None
+        except NotImplementedError:
+            raise ExtractError(f"entry {self.name!r}: unsupported compression method") from None
+        except _ZIP_ERRORS as exc:
+            raise ExtractError(f"entry {self.name!r}: the archive is truncated or damaged ({exc})") from None
+
+    def peek(self, n: int) -> bytes:
+        """The first ``n`` bytes, which ``read`` then gives again."""
+        self._prefix = self.read(n)
+        return self._prefix
+
+    def read(self, n: int = -1) -> bytes:
+        if self._prefix:
+            data, self._prefix = self._prefix, b""
+            if 0 <= n < len(data):
+                data, self._prefix = data[:n], data[n:]
+            elif n < 0 or n > len(data):
+                data += self.read(-1 if n < 0 else n - len(data))
+            return data
+        want = self.cap + 1 - self.count if n < 0 else min(n, self.cap + 1 - self.count)
+        data = self._guard(lambda: self._file.read(want))
+        self.count += len(data)
+        if self.count > self.cap:
+            if self.cap < self.declared:
+                limit = _size(self.limits.max_uncompressed)
+                raise ExtractError(f"entry {self.name!r}: the archive unpacks to more than {limit}; the limit is "
+                                   f"{limit} (OMR_MAX_UNCOMPRESSED_MB)")
+            raise ExtractError(f"entry {self.name!r}: holds more data than it declares (zip bomb?)")
+        return data
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _size(n: int) -> str:
@@ -421,11 +451,18 @@ def iter_pages(fileobj, filename: str, limits: Limits, workdir: str | os.PathLik
             plan = inspect_zip(zf, limits)
             budget = limits.max_uncompressed
             for member in plan.members:
-                data = _read_member(zf, member, budget, limits)
-                budget -= len(data)
-                if sniff(data) in {"zip", "gzip", "7z", "rar"}:
-                    raise ExtractError(f"entry {display_name(member.name)!r}: nested archives are not supported")
-                yield from counted(_file_pages(data, member.name, limits, workdir))
+                reader = MemberReader(zf, member, budget, limits)
+                try:
+                    kind = sniff(reader.peek(1024))
+                    if kind in {"zip", "gzip", "7z", "rar"}:
+                        raise ExtractError(f"entry {display_name(member.name)!r}: nested archives are not supported")
+                    if kind == "pdf":  # streamed to the renderer's file: a PDF may be large
+                        yield from counted(pdf_pages(reader, member.name, limits, workdir))
+                    else:
+                        yield from counted(_file_pages(reader.read(), member.name, limits, workdir))
+                finally:
+                    reader.close()
+                budget -= reader.count
         return
     if kind == "pdf":
         yield from counted(pdf_pages(fileobj, filename, limits, workdir))

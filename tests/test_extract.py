@@ -206,8 +206,8 @@ def test_z3_compression_bomb_is_stopped_by_the_ratio_cap(owner, sandbox):
 def test_z3_total_size_cap(owner, sandbox, settings):
     settings.OMR_MAX_UNCOMPRESSED_BYTES = 3 * len(JPEG)
     data = make_zip([(f"p{i}.jpg", JPEG) for i in range(5)])
-    assert_failed(run(owner, data), sandbox, "the archive unpacks to more than 318 bytes",
-                  "the limit is 318 bytes (OMR_MAX_UNCOMPRESSED_MB)")
+    assert_failed(run(owner, data), sandbox,
+                  "the archive's entries unpack to 530 bytes in all; the limit is 318 bytes (OMR_MAX_UNCOMPRESSED_MB)")
 
 
 def test_z3_an_entry_that_lies_about_its_size_is_rejected(owner, sandbox):
@@ -340,6 +340,16 @@ def test_z8_bad_crc_fails_the_batch_and_removes_pages_already_written(owner, san
     assert_failed(run(owner, bytes(data)), sandbox, "entry 'b.jpg': the archive is truncated or damaged",
                   "Bad CRC-32")
     assert saved and saved[0].endswith("pages/00001.jpg")  # a.jpg had been written, and is gone
+
+
+def test_z8_a_damaged_pdf_entry_is_stopped_while_streaming_to_the_renderer(owner, sandbox):
+    # A PDF entry is copied from the archive to the renderer's temporary file;
+    # its bad CRC shows at the end of that copy, and the file goes with it.
+    pdf = jpeg_pdf(sheet(0))
+    data = bytearray(make_zip([("a.pdf", pdf)]))
+    data[data.index(b"a.pdf") + len(pdf) // 2] ^= 0xFF
+    assert_failed(run(owner, bytes(data)), sandbox, "entry 'a.pdf': the archive is truncated or damaged",
+                  "Bad CRC-32")
 
 
 # ---------------------------------------------------------------- Z9 not an image
