@@ -92,19 +92,17 @@ class Page:
 def sniff(data: bytes) -> str:
     """The kind of a file from its first bytes: zip, pdf, tiff, jpeg, png, bmp,
     webp, gzip, 7z, rar, or "" when unknown."""
+    # Magic numbers at the start first: "%PDF-" may sit anywhere in the first
+    # KB (readers allow junk before it), so a JPEG with it in a comment is a JPEG.
     head = data[:1024]
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")):
         return "zip"
-    if b"%PDF-" in head:
-        return "pdf"
     if head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
         return "tiff"
     if head.startswith(b"\xff\xd8\xff"):
         return "jpeg"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
-    if head.startswith(b"BM"):
-        return "bmp"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
     if head.startswith(b"\x1f\x8b"):
@@ -113,6 +111,10 @@ def sniff(data: bytes) -> str:
         return "7z"
     if head.startswith(b"Rar!"):
         return "rar"
+    if b"%PDF-" in head:
+        return "pdf"
+    if head.startswith(b"BM"):
+        return "bmp"
     return ""
 
 

@@ -695,6 +695,16 @@ def test_good_archive_gives_pages_in_natural_order_and_skips_junk():
     assert all(p.extension == ".jpg" and p.data == JPEG for p in pages)
 
 
+def test_a_jpeg_mentioning_pdf_in_a_comment_is_a_jpeg():
+    from batches.extract import sniff
+
+    commented = b"\xff\xd8\xff\xfe\x00\x10see %PDF-1.4 \xff\xd9"
+    assert sniff(commented) == "jpeg"
+    assert sniff(b"junk before the header %PDF-1.7\n") == "pdf"
+    [page] = iter_pages(io.BytesIO(make_zip([("a.jpg", commented)])), "scans.zip", Limits())
+    assert page.extension == ".jpg" and page.data == commented
+
+
 def test_limits_follow_the_settings(settings):
     assert Limits.from_settings() == Limits(
         max_entries=20_000, max_pages=settings.OMR_MAX_PAGES, max_pixels=60_000_000,
