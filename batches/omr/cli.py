@@ -5,6 +5,7 @@ Commands:
   render TEMPLATE --out F.pdf    print-ready PDF (or --png --dpi N: one PNG per page)
   layout TEMPLATE --dpi N --json resolved geometry of every bubble, mark and the QR box
   read IMAGE... [--template T]   read sheets; JSON lines, one object per page
+       [--omrchecker-template F]  ... laid out by an OMRChecker template.json instead
   simulate TEMPLATE --out F.jpg  a filled sheet as a scanner or phone would deliver it
 
 This is the only part of the engine that reads or writes files.
@@ -78,10 +79,38 @@ def cmd_layout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _omrchecker_template(args: argparse.Namespace):
+    from .omrchecker import OmrCheckerTemplateError, load_omrchecker_template
+
+    try:
+        t = load_omrchecker_template(Path(args.omrchecker_template),
+                                     config=Path(args.omrchecker_config) if args.omrchecker_config else None)
+    except OmrCheckerTemplateError as exc:
+        raise SystemExit("error: " + "\n  ".join([str(exc).split(":")[0] + ":"] + exc.errors)) from None
+    except OSError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    for note in t.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return t
+
+
 def cmd_read(args: argparse.Namespace) -> int:
     from . import reader
 
-    template = _template(args.template) if args.template else None
+    if args.omrchecker_template:
+        if args.template:
+            raise SystemExit("error: give --template or --omrchecker-template, not both")
+        from .omrchecker import read_omrchecker_image_bytes
+
+        omr = _omrchecker_template(args)
+
+        def read(data: bytes, source: str):
+            return read_omrchecker_image_bytes(data, omr, source=source)
+    else:
+        template = _template(args.template) if args.template else None
+
+        def read(data: bytes, source: str):
+            return reader.read_image_bytes(data, template, source=source)
     status = 0
     for name in args.images:
         path = Path(name)
@@ -91,7 +120,7 @@ def cmd_read(args: argparse.Namespace) -> int:
             print(f"error: {name}: {exc.strerror}", file=sys.stderr)
             status = 1
             continue
-        for reading in reader.read_image_bytes(data, template, source=str(path)):
+        for reading in read(data, str(path)):
             out = reading.to_dict()
             if args.json:
                 print(json.dumps(out), flush=True)
@@ -169,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("read", help="read scanned sheets")
     p.add_argument("images", nargs="+")
     p.add_argument("--template", help="template to read with (default: the one the QR code names)")
+    p.add_argument("--omrchecker-template", metavar="TEMPLATE_JSON",
+                   help="read sheets laid out by an OMRChecker template.json (its config.json and marker or "
+                        "reference images are taken from beside it)")
+    p.add_argument("--omrchecker-config", metavar="CONFIG_JSON", help="OMRChecker config.json, if not beside the template")
     p.add_argument("--json", action="store_true", help="JSON lines, one object per page")
     p.set_defaults(func=cmd_read)
 

@@ -32,6 +32,7 @@ from ..align import (
     MarkGeometry,
     PageFit,
     _background,
+    _ring_evidence,
     apply_h,
     jacobians,
     ray_profiles,
@@ -46,6 +47,7 @@ from .importer import OmrCheckerTemplate
 from .steps import (
     StepError,
     ecc_refine,
+    ecc_to_reference,
     filter_image,
     find_markers,
     find_page,
@@ -57,6 +59,10 @@ from .steps import (
 
 #: Share of a found page's size searched past each side for its markers.
 MARGIN = 0.1
+#: Share of the places one pitch outside the blocks showing a bubble outline
+#: that flags (refuses) a placement as a row or column off.
+BORDER_FLAG = 0.15
+BORDER_FAIL = 0.35
 #: A bubble's printed outline darker than its inside by this much (darkness,
 #: 0..1) counts as printed; otherwise the box is taken as the bubble.
 OUTLINE_MIN = 0.05
@@ -184,8 +190,18 @@ def _run_steps(work: np.ndarray, t: OmrCheckerTemplate, *, page: tuple | None = 
             cropped = True
             how.append("CropOnMarkers")
         elif step.name == "FeatureBasedAlignment":
+            if page_first:
+                # The fallback: the reference is the sheet, so is its outline.
+                how.append("instead of FeatureBasedAlignment")
+                continue
             ref = t.images[step.options["reference"]]
-            Href = match_reference(work, ref)  # ref px -> image px; the reference is the current frame
+            try:
+                Href = match_reference(work, ref)  # ref px -> image px; the reference is the current frame
+            except StepError as exc:
+                # OMRChecker's premise: the reference is the frame, a little off.
+                start = H @ np.diag([fw / ref.shape[1], fh / ref.shape[0], 1.0])
+                Href = ecc_to_reference(work, start, ref)
+                notes.append(f"{exc.reason}: aligned on the reference image's intensities instead")
             if cropped and how:
                 notes.append("FeatureBasedAlignment after a crop: matched on the whole image")
             fw, fh = float(ref.shape[1]), float(ref.shape[0])
@@ -274,6 +290,61 @@ def _estimate_radius(grey: np.ndarray, fit: PageFit, t: OmrCheckerTemplate) -> t
     return float(radii[j]), contrast, r_out
 
 
+_BORDERS: dict[int, tuple[OmrCheckerTemplate, np.ndarray]] = {}
+
+
+def border_points(t: OmrCheckerTemplate) -> np.ndarray:
+    """Page px one bubble pitch outside every block, where nothing is printed
+    (points that fall on another block's bubble are left out): a placement off
+    by a whole row or column finds outlines there."""
+    hit = _BORDERS.get(id(t))
+    if hit is not None and hit[0] is t:
+        return hit[1]
+    pts = []
+    blocks: dict[str, list] = {}
+    for f in t.fields:
+        blocks.setdefault(f.block, []).append(np.array(f.centres()))
+    for fl in blocks.values():
+        grid = np.stack(fl)  # (fields, values, 2)
+        if grid.shape[1] > 1:
+            dv = grid[:, 1] - grid[:, 0]
+            pts += list(grid[:, 0] - dv) + list(grid[:, -1] + dv)
+        if grid.shape[0] > 1:
+            dl = grid[1] - grid[0]
+            pts += list(grid[0] - dl) + list(grid[-1] + dl)
+    allc = np.array([c for f in t.fields for c in f.centres()])
+    half = min(t.bubble_w, t.bubble_h) / 2
+    keep = []
+    for p in pts:
+        if (0 <= p[0] <= t.page_w and 0 <= p[1] <= t.page_h
+                and np.min(np.hypot(*(allc - p).T)) > 1.2 * half):
+            keep.append(p)
+    arr = np.array(keep).reshape(-1, 2)
+    _BORDERS[id(t)] = (t, arr)
+    return arr
+
+
+def _border_share(grey: np.ndarray, fit: PageFit, t: OmrCheckerTemplate, r_mm: float, field_fn=None) -> float:
+    """Share of ``border_points`` where a bubble outline shows as clearly as it
+    typically does at the template's bubbles (~0 when placed right)."""
+    b = border_points(t) * t.mm_per_px
+    if len(b) < 4:
+        return 0.0
+    real = np.array([c for f in t.fields for c in f.centres()]) * t.mm_per_px
+    real = real[:: max(1, len(real) // 120)]
+    if field_fn is not None:
+        b = b + field_fn(b)
+        real = real + field_fn(real)
+    pb = fit.background.at(apply_h(fit.H, b))
+    pr = fit.background.at(apply_h(fit.H, real))
+    eb = _ring_evidence(grey, fit.H, b, pb, r_mm)
+    er = _ring_evidence(grey, fit.H, real, pr, r_mm)
+    typical = float(np.median(er))
+    if typical <= 0.02:
+        return 0.0
+    return float(np.mean(eb > 0.5 * typical))
+
+
 def _circle_share(grey: np.ndarray, frame: BubbleFrame, fit: PageFit, m: bub.Measures, r_out: float) -> np.ndarray:
     """``bubbles.measure``'s drawn-circle evidence, with the band moved out past
     where this sheet's printed outline has faded (heavy or blurred outlines
@@ -335,6 +406,11 @@ def read_omrchecker_sheet(image: np.ndarray, template: OmrCheckerTemplate, *, so
     timings = out.timings_ms
 
     def done() -> OmrCheckerReading:
+        if out.error and any("image border" in n for n in out.notes) and "cut_off" not in out.sheet_flags:
+            # The page outline ran along the image's edge: the sheet is likely
+            # cut off there, which is why it does not fit.
+            out.flag("cut_off")
+            out.error += " (the page runs off the image: it may be cut off)"
         timings["total"] = (time.perf_counter() - t_start) * 1000
         return out
 
@@ -365,7 +441,10 @@ def read_omrchecker_sheet(image: np.ndarray, template: OmrCheckerTemplate, *, so
         lay = layout_mm(t, r_mm)
         page = np.array([[b.x, b.y] for g in lay.groups for b in g.bubbles])
         frame = BubbleFrame(fit.to_image(page), jacobians(fit.H, page), r_mm, fit.H, page)
-        return verify_frame(meas, fit, frame, step=max(1, len(page) // 150)), fit
+        v = verify_frame(meas, fit, frame, step=max(1, len(page) // 150))
+        # A grid placed a whole row or column off sits on outlines too: the
+        # outlines it finds past the blocks' edges give it away.
+        return v * (1.0 - _border_share(meas, fit, t, r_mm)), fit
 
     def quick(pl: _Placement) -> tuple[float, PageFit]:
         found = []
@@ -379,7 +458,7 @@ def read_omrchecker_sheet(image: np.ndarray, template: OmrCheckerTemplate, *, so
         # None sits on the bubbles: pull the likeliest ones in on the outlines.
         found.sort(key=lambda e: -e[0])
         best = found[0][:2]
-        for _s0, fit0, Hr in found[:2]:
+        for _s0, fit0, Hr in found[:1]:
             r_mm, _, _ = _estimate_radius(meas, fit0, t)
             H2 = ecc_refine(meas, Hr, t.page_w, t.page_h, centres_px, max(r_mm, 0.7 * half) / k, 0.3 / k)
             if H2 is None:
@@ -467,6 +546,15 @@ def read_omrchecker_sheet(image: np.ndarray, template: OmrCheckerTemplate, *, so
         return done()
     elif ring_fit < RING_FIT_OK or verified < SURE_FIT:
         out.flag("misaligned")
+    border = _border_share(meas, fit, t, r_mm, frame.field)
+    if border > BORDER_FAIL:
+        out.error = (f"the bubbles are placed a row or column off ({border * 100:.0f} % of the places just "
+                     f"outside the blocks show a bubble; page located by {pl.how})")
+        out.flag("misaligned")
+        timings["bubbles"] = (time.perf_counter() - t0) * 1000
+        return done()
+    if border > BORDER_FLAG:
+        out.flag("misaligned")
     if blur is not None and blur > BLUR_FLAG:
         out.flag("blurred")
     if 1.0 - m.ink_ratio < 0.35:
@@ -482,7 +570,7 @@ def read_omrchecker_sheet(image: np.ndarray, template: OmrCheckerTemplate, *, so
 
 #: A placement whose unrefined bubbles already sit on their outlines this well
 #: is taken without trying the others.
-GOOD_QUICK = 0.7
+GOOD_QUICK = 0.85
 
 
 def _turn(t: OmrCheckerTemplate, roll: int) -> np.ndarray:

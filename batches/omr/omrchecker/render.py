@@ -83,9 +83,12 @@ def sheet_template(t: OmrCheckerTemplate) -> Template:
                     qr=Box(0, 0, 0, 0), bubble_diameter=CIRCLE_SHARE * min(t.bubble_w, t.bubble_h) * k)
 
 
-def render_sheet(t: OmrCheckerTemplate, dpi: float = 200.0, *, letters: bool = True) -> tuple[np.ndarray, PageLayout]:
+def render_sheet(t: OmrCheckerTemplate, dpi: float = 200.0, *, letters: bool = True,
+                 decor: bool = True) -> tuple[np.ndarray, PageLayout]:
     """The printed sheet at ``dpi`` (grey uint8) and its bubbles as a
-    ``PageLayout`` in that raster's pixels (one group per OMRChecker field)."""
+    ``PageLayout`` in that raster's pixels (one group per OMRChecker field).
+    ``letters``: each bubble's value printed in it; ``decor``: a crest and
+    instructions above the bubbles when there is room."""
     g = sheet_geometry(t)
     px = dpi / MM_PER_INCH  # px per mm
     W, H = int(round(g.width * px)), int(round(g.height * px))
@@ -111,6 +114,17 @@ def render_sheet(t: OmrCheckerTemplate, dpi: float = 200.0, *, letters: bool = T
                             max(1, int(round(scale * 1.5))), cv2.LINE_AA)
             bubbles.append(BubbleGeom(f.label, v, x, y, r_mm * px))
         groups.append(Group(f.label, f.label, "question", 0, tuple(bubbles)))
+        # Printed labels, as real sheets have: a question's number before its
+        # row, a block's name above its columns.
+        x0, y0 = (ox + f.centres()[0][0] * k) * px, (oy + f.centres()[0][1] * k) * px
+        lscale = r_mm * px / 20.0
+        if f.direction == "horizontal":
+            (tw, th), _ = cv2.getTextSize(f.label, font, lscale, 1)
+            cv2.putText(img, f.label, (int(x0 - 1.6 * r_mm * px - tw), int(y0 + th / 2)), font, lscale, 30,
+                        max(1, int(round(lscale * 1.6))), cv2.LINE_AA)
+        elif f is next(g for g in t.fields if g.block == f.block):
+            cv2.putText(img, f.block, (int(x0 - r_mm * px), int(y0 - 1.8 * r_mm * px)), font, lscale, 30,
+                        max(1, int(round(lscale * 1.6))), cv2.LINE_AA)
     if g.marker_mm:
         step = next(s for s in t.steps if s.name == "CropOnMarkers")
         marker = t.images[step.options.get("relativePath", "omr_marker.jpg")]
@@ -121,6 +135,24 @@ def render_sheet(t: OmrCheckerTemplate, dpi: float = 200.0, *, letters: bool = T
             x0 = int(round((ox + cx * k) * px - side / 2))
             y0 = int(round((oy + cy * k) * px - mh / 2))
             img[y0:y0 + mh, x0:x0 + side] = np.minimum(img[y0:y0 + mh, x0:x0 + side], mk)
+    top = min(y for f in t.fields for _, y in f.boxes) * k  # mm below the page top, free of bubbles
+    if decor and top > 20:
+        # A crest and lines of instructions above the bubbles, as printed sheets
+        # have: what FeatureBasedAlignment finds features on.
+        rng = np.random.default_rng(len(t.name) + int(t.page_w))
+        cx, cy, rr = (ox + 12) * px, (oy + top / 2 + 2) * px, min(9.0, top / 3) * px
+        ang = np.sort(rng.uniform(0, 2 * np.pi, 9))
+        poly = np.stack([cx + rr * np.cos(ang) * rng.uniform(0.5, 1, 9), cy + rr * np.sin(ang) * rng.uniform(0.5, 1, 9)], 1)
+        cv2.fillPoly(img, [poly.astype(np.int32)], 70, cv2.LINE_AA)
+        cv2.circle(img, (int(cx), int(cy)), int(rr * 1.1), 20, max(1, int(0.5 * px)), cv2.LINE_AA)
+        words = ["Fill", "the", "bubble", "completely", "with", "a", "dark", "pencil;", "erase", "cleanly.",
+                 "Write", "your", "roll", "number", "and", "mark", "it", "below.", "Do", "not", "fold."]
+        lh = max(8, int(round(3.2 * px)))
+        y = int((oy + 8) * px) + lh * 2
+        while y < (oy + top - 4) * px:
+            line = " ".join(rng.choice(words, 7))
+            cv2.putText(img, line, (int((ox + 26) * px), y), font, lh / 34.0, 50, max(1, lh // 14), cv2.LINE_AA)
+            y += int(lh * 1.5)
     title_h = max(10, int(round(4 * px)))
     cv2.putText(img, f"{t.name}: answer sheet", (int(round((ox + 8) * px)), int(round((oy + 2) * px)) + title_h),
                 font, title_h / 30.0, 60, max(1, title_h // 12), cv2.LINE_AA)
@@ -131,14 +163,14 @@ def render_sheet(t: OmrCheckerTemplate, dpi: float = 200.0, *, letters: bool = T
 
 
 def simulate_omrchecker_sheet(t: OmrCheckerTemplate, answers: dict[str, str], *, preset="clean", seed: int = 0,
-                              style=None, letters: bool = True):
+                              style=None, letters: bool = True, decor: bool = True):
     """A filled-in sheet for ``t``, captured as ``preset`` (``simulate.PRESETS``)
     delivers it. ``answers``: {OMRChecker field label: values marked, e.g. "B",
     "AC"}; labels left out are blank. Returns a ``simulate.Simulated``."""
     from ..simulate import simulate_sheet
 
     return simulate_sheet(sheet_template(t), answers, preset=preset, seed=seed, style=style,
-                          printed=lambda dpi: render_sheet(t, dpi, letters=letters))
+                          printed=lambda dpi: render_sheet(t, dpi, letters=letters, decor=decor))
 
 
 def expected_response(t: OmrCheckerTemplate, answers: dict[str, str]) -> dict[str, str]:

@@ -148,25 +148,36 @@ def _refine_sides(grey: np.ndarray, quad: np.ndarray) -> np.ndarray:
     (sampled along normals at full resolution), then intersect the lines."""
     h, w = grey.shape
     side_len = np.linalg.norm(quad - np.roll(quad, -1, 0), axis=1)
-    reach = max(3.0, 0.006 * float(side_len.max()))
+    base_reach = max(3.0, 0.006 * float(side_len.max()))
     lines = []
     centre = quad.mean(0)
     for i in range(4):
         a, b = quad[i], quad[(i + 1) % 4]
+        # A side found along the image border (a scan whose page nearly fills
+        # it) may have the paper's edge well inside: look further in, from the
+        # outside, for the first rise to paper.
+        on_border = all(min(p[0], p[1], w - 1 - p[0], h - 1 - p[1]) < 4 for p in (a, b))
+        reach = 0.035 * float(side_len.max()) if on_border else base_reach
         d = (b - a) / (np.linalg.norm(b - a) + 1e-9)
         n = np.array([-d[1], d[0]])
         if np.dot(centre - (a + b) / 2, n) < 0:
             n = -n  # inward
         ts = np.linspace(0.1, 0.9, 24)
-        offs = np.linspace(-reach, reach, int(2 * reach) * 2 + 1)
+        lo = -1.0 if on_border else -reach  # nothing to see outside the image
+        offs = np.linspace(lo, reach, int(reach - lo) * 2 + 1)
         pts = a[None, :] + ts[:, None] * (b - a)[None, :]
         samp = pts[:, None, :] + offs[None, :, None] * n[None, None, :]
         mx, my = samp[..., 0].astype(np.float32), samp[..., 1].astype(np.float32)
         prof = cv2.remap(grey, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-        prof = cv2.GaussianBlur(prof, (1, 5), 0) if prof.shape[1] >= 5 else prof
+        prof = cv2.GaussianBlur(prof, (5, 5), 0) if prof.shape[1] >= 5 else prof
         grad = np.diff(prof, axis=1)  # inward: background -> paper is a rise
-        k = np.argmax(grad, axis=1)
-        good = grad[np.arange(len(k)), k] > 8
+        if on_border:
+            rise = (prof[:, 4:] - prof[:, :-4]) > 12  # over 2 px
+            k = np.argmax(rise, axis=1) + 1
+            good = rise[np.arange(len(k)), k - 1]
+        else:
+            k = np.argmax(grad, axis=1)
+            good = grad[np.arange(len(k)), k] > 8
         inside = (mx >= 0) & (mx < w) & (my >= 0) & (my < h)
         good &= inside.all(1)
         if good.sum() < 6:
@@ -174,20 +185,28 @@ def _refine_sides(grey: np.ndarray, quad: np.ndarray) -> np.ndarray:
             continue
         shift = (offs[k] + offs[k + 1]) / 2
         p = pts[good] + shift[good, None] * n[None, :]
-        med = np.median(shift[good])
-        keep = np.abs(shift[good] - med) < max(1.5, reach / 3)
-        if keep.sum() < 5:
+        # A robust line through the edge points (the side may be tilted against
+        # the first guess), refitted without the points far off it.
+        keep = np.ones(len(p), bool)
+        line = None
+        for _ in range(2):
+            if keep.sum() < 5:
+                break
+            vx, vy, x0, y0 = cv2.fitLine(p[keep].astype(np.float32), cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
+            line = (np.array([x0, y0]), np.array([x0 + vx, y0 + vy]))
+            dist = np.abs((p[:, 0] - x0) * vy - (p[:, 1] - y0) * vx)
+            keep = dist < max(1.5, 0.15 * reach)
+        if line is None or keep.sum() < 5:
             lines.append((a, b))
             continue
-        vx, vy, x0, y0 = cv2.fitLine(p[keep].astype(np.float32), cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
-        lines.append((np.array([x0, y0]), np.array([x0 + vx, y0 + vy])))
+        lines.append(line)
     out = []
     for i in range(4):
         p1, p2 = lines[i - 1]
         p3, p4 = lines[i]
         out.append(_intersect(p1, p2, p3, p4, quad[i]))
     res = np.array(out)
-    if np.abs(res - quad).max() > 3 * reach:
+    if np.abs(res - quad).max() > 3 * max(base_reach, 0.035 * float(side_len.max())):
         return quad
     return res
 
@@ -306,24 +325,48 @@ def find_markers(grey: np.ndarray, H_frame: np.ndarray, frame_w: float, frame_h:
 
 def match_reference(grey: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Homography reference-image px -> image px from ORB features (ratio test,
-    RANSAC). Raises ``StepError`` when too few features agree."""
-    rs, fr = _shrink(ref, 1000)
-    gs, fg = _shrink(grey, 1400)
-    orb = cv2.ORB_create(3000)
+    RANSAC), trying the image at a few scales (the page may fill all of it, or
+    less in a photo): ORB's pyramid spans only a few-fold scale, and printed
+    text drawn at another size makes other features. Raises ``StepError`` when
+    too few features agree."""
+    fr = 700.0 / max(ref.shape)
+    rs = cv2.resize(ref, (max(1, round(ref.shape[1] * fr)), max(1, round(ref.shape[0] * fr))),
+                    interpolation=cv2.INTER_AREA if fr < 1 else cv2.INTER_LINEAR)
+    fr = rs.shape[1] / ref.shape[1]
+    orb = cv2.ORB_create(2500)
     k1, d1 = orb.detectAndCompute(rs, None)
-    k2, d2 = orb.detectAndCompute(gs, None)
-    if d1 is None or d2 is None or len(k1) < 8 or len(k2) < 8:
-        raise StepError("reference alignment failed (too few features in the image)")
+    if d1 is None or len(k1) < 8:
+        raise StepError("reference alignment failed (too few features in the reference image)")
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-    pairs = matcher.knnMatch(d1, d2, k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < 0.8 * p[1].distance]
-    if len(good) < 12:
-        raise StepError(f"reference alignment failed ({len(good)} features match the reference)")
-    src = np.float32([k1[m.queryIdx].pt for m in good])
-    dst = np.float32([k2[m.trainIdx].pt for m in good])
-    Hs, mask = cv2.findHomography(src, dst, cv2.RANSAC, 4.0)
-    if Hs is None or int(mask.sum()) < 12:
-        raise StepError("reference alignment failed (the features that match do not agree on a page)")
+    best: tuple[int, np.ndarray, float, tuple] | None = None
+    reason = "too few features match the reference"
+    for share in (1.0, 0.75, 0.55):
+        # The image at the size where a page filling ``share`` of it is as large as the reference.
+        long_side = int(max(rs.shape) / share)
+        gs, fg = _shrink(grey, long_side)
+        k2, d2 = orb.detectAndCompute(gs, None)
+        if d2 is None or len(k2) < 8:
+            continue
+        pairs = matcher.knnMatch(d1, d2, k=2)
+        good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < 0.8 * p[1].distance]
+        if len(good) < 12:
+            continue
+        src = np.float32([k1[m.queryIdx].pt for m in good])
+        dst = np.float32([k2[m.trainIdx].pt for m in good])
+        Hs, mask = cv2.findHomography(src, dst, cv2.RANSAC, 4.0)
+        if Hs is None:
+            continue
+        n = int(mask.sum())
+        rh, rw = rs.shape
+        quad = cv2.perspectiveTransform(np.float32([[[0, 0]], [[rw, 0]], [[rw, rh]], [[0, rh]]]), Hs).reshape(4, 1, 2)
+        if not cv2.isContourConvex(quad) or cv2.contourArea(quad) < 0.05 * gs.shape[0] * gs.shape[1]:
+            reason = "the matching features do not make a page"
+            continue
+        if best is None or n > best[0]:
+            best = (n, Hs, fg, gs.shape)
+    if best is None or best[0] < 15:
+        raise StepError(f"reference alignment failed ({reason})")
+    _, Hs, fg, _ = best
     A = np.array([[fr, 0, (fr - 1) / 2], [0, fr, (fr - 1) / 2], [0, 0, 1]])  # ref px -> ref small px
     B = np.array([[1 / fg, 0, (1 / fg - 1) / 2], [0, 1 / fg, (1 / fg - 1) / 2], [0, 0, 1]])  # small -> image
     return B @ Hs @ A
@@ -393,4 +436,38 @@ def ecc_refine(grey: np.ndarray, H: np.ndarray, page_w: float, page_h: float, ce
             return None
         # warp: drawing px -> cut-out px; page px -> image px becomes:
         out = out @ np.linalg.inv(S) @ warp.astype(np.float64) @ S
+    return out
+
+
+def ecc_to_reference(grey: np.ndarray, H: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Align the image on the reference image itself (intensities, OpenCV's ECC,
+    a homography), starting from ``H`` (reference px -> image px): for sheets
+    whose repeated bubbles leave ORB no distinctive features. Returns the
+    corrected homography; raises ``StepError`` when ECC does not converge."""
+    out = H
+    for long_side in (250, 500):
+        s = long_side / max(ref.shape)
+        rw, rh = max(1, round(ref.shape[1] * s)), max(1, round(ref.shape[0] * s))
+        target = cv2.GaussianBlur(cv2.resize(ref, (rw, rh), interpolation=cv2.INTER_AREA), (0, 0), 1.5)
+        S = np.array([[s, 0, 0], [0, s, 0], [0, 0, 1.0]])
+        M = out @ np.linalg.inv(S)
+        px_per = math.sqrt(abs(np.linalg.det((M / M[2, 2])[:2, :2])))
+        src = grey
+        if px_per > 1.6:
+            f = 1.0 / px_per
+            src = cv2.resize(grey, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+            M = np.diag([f, f, 1.0]) @ M
+        cut = cv2.warpPerspective(src, M, (rw, rh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                  borderMode=cv2.BORDER_REPLICATE)
+        cut = cv2.GaussianBlur(cut, (0, 0), 1.5)
+        warp = np.eye(3, dtype=np.float32)
+        try:
+            cc, warp = cv2.findTransformECC(target.astype(np.float32), cut.astype(np.float32), warp,
+                                            cv2.MOTION_HOMOGRAPHY,
+                                            (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 60, 1e-5), None, 5)
+        except cv2.error:
+            raise StepError("reference alignment failed (the image does not converge onto the reference)") from None
+        out = out @ np.linalg.inv(S) @ warp.astype(np.float64) @ S
+    if cc < 0.5:
+        raise StepError(f"reference alignment failed (the image matches the reference poorly: {cc:.2f})")
     return out

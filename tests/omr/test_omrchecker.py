@@ -1,0 +1,348 @@
+"""OMRChecker templates: import (field types, ranges, custom labels, options
+reported by name), and sheets drawn for them, put through the simulator's
+scanner and phone distortions, read back with each alignment method."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from batches.omr.omrchecker import (
+    OmrCheckerTemplate,
+    OmrCheckerTemplateError,
+    load_omrchecker_template,
+    read_omrchecker_image_bytes,
+    read_omrchecker_sheet,
+)
+from batches.omr.omrchecker.render import expected_response, marker_image, render_sheet, simulate_omrchecker_sheet
+from batches.omr.omrchecker.steps import ecc_to_reference, rect_h
+from batches.omr.simulate import PRESETS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def png(img: np.ndarray) -> bytes:
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+#: A sheet like OMRChecker's sample 1: a roll number of a medium choice and
+#: nine integer columns joined by a custom label, a two-digit integer answer,
+#: MCQ4 and MCQ5 blocks, corner markers.
+MARKER_TEMPLATE = {
+    "pageDimensions": [1846, 1500],
+    "bubbleDimensions": [40, 40],
+    "customLabels": {"Roll": ["Medium", "roll1..9"], "q5": ["q5_1", "q5_2"]},
+    "fieldBlocks": {
+        "Medium": {"bubblesGap": 41, "bubbleValues": ["E", "H"], "direction": "vertical",
+                   "fieldLabels": ["Medium"], "labelsGap": 0, "origin": [170, 282]},
+        "Roll": {"fieldType": "QTYPE_INT", "fieldLabels": ["roll1..9"], "bubblesGap": 46, "labelsGap": 58,
+                 "origin": [225, 282]},
+        "Int_Q5": {"fieldType": "QTYPE_INT", "fieldLabels": ["q5_1", "q5_2"], "bubblesGap": 46, "labelsGap": 60,
+                   "origin": [903, 282]},
+        "Mcq1": {"fieldType": "QTYPE_MCQ4", "fieldLabels": ["q1..4"], "bubblesGap": 59, "labelsGap": 50,
+                 "origin": [121, 860]},
+        "Mcq2": {"fieldType": "QTYPE_MCQ5", "fieldLabels": ["q6..13"], "bubblesGap": 59, "labelsGap": 50,
+                 "origin": [905, 860]},
+    },
+    "preProcessors": [{"name": "CropOnMarkers",
+                       "options": {"relativePath": "omr_marker.jpg", "sheetToMarkerWidthRatio": 17}}],
+}
+
+#: A portrait sheet with room for instructions: a roll number counted from 1,
+#: values printed right to left, an empty value of "-".
+PAGE_TEMPLATE = {
+    "pageDimensions": [1200, 1600],
+    "bubbleDimensions": [32, 32],
+    "emptyValue": "-",
+    "customLabels": {"Roll": ["roll1..6"]},
+    "fieldBlocks": {
+        "Roll": {"fieldType": "QTYPE_INT_FROM_1", "fieldLabels": ["roll1..6"], "bubblesGap": 40, "labelsGap": 42,
+                 "origin": [100, 330]},
+        "Rtl": {"bubbleValues": ["E", "D", "C", "B", "A"], "direction": "horizontal", "fieldLabels": ["r1..5"],
+                "bubblesGap": 45, "labelsGap": 45, "origin": [600, 330], "emptyValue": ""},
+        "Mcq": {"fieldType": "QTYPE_MCQ4", "fieldLabels": ["q1..20"], "bubblesGap": 48, "labelsGap": 40,
+                "origin": [150, 760]},
+        "Mcq2": {"fieldType": "QTYPE_MCQ5", "fieldLabels": ["q21..40"], "bubblesGap": 48, "labelsGap": 40,
+                 "origin": [650, 760]},
+    },
+    "preProcessors": [{"name": "CropPage", "options": {"morphKernel": [10, 10]}}],
+}
+
+
+@cache
+def marker_template() -> OmrCheckerTemplate:
+    return load_omrchecker_template(json.dumps(MARKER_TEMPLATE), png(marker_image()))
+
+
+@cache
+def page_template(kind: str = "CropPage") -> OmrCheckerTemplate:
+    tpl = json.loads(json.dumps(PAGE_TEMPLATE))
+    images = {}
+    if kind == "none":
+        tpl["preProcessors"] = []
+    elif kind == "filters":
+        tpl["preProcessors"] = [{"name": "CropPage", "options": {}},
+                                {"name": "GaussianBlur", "options": {"kSize": [3, 3], "sigmaX": 0}},
+                                {"name": "MedianBlur", "options": {"kSize": 5}},
+                                {"name": "Levels", "options": {"low": 0.1, "high": 0.9, "gamma": 0.8}}]
+    elif kind == "features":
+        blank, _ = render_sheet(page_template("none"), 100)
+        images["reference.png"] = png(blank)
+        tpl["preProcessors"] = [{"name": "FeatureBasedAlignment", "options": {"reference": "reference.png"}}]
+    return load_omrchecker_template(tpl, images=images)
+
+
+def some_answers(t: OmrCheckerTemplate, seed: int = 1, blank_rate: float = 0.1) -> dict[str, str]:
+    rng = np.random.default_rng(seed)
+    return {f.label: f.values[rng.integers(len(f.values))] for f in t.fields if rng.random() >= blank_rate}
+
+
+def read_back(t, answers, preset, seed=0, **kw):
+    sim = simulate_omrchecker_sheet(t, answers, preset=preset, seed=seed, **kw)
+    return read_omrchecker_image_bytes(sim.encode_jpeg(), t, source=f"{preset}-{seed}.jpg")[0].to_dict()
+
+
+def assert_right_or_flagged(out, expected, *, must_read=True):
+    """Every answer right, or (on the hard end) wrong only where it is flagged."""
+    if must_read:
+        assert out["error"] is None, out["error"]
+        assert out["answers"] == expected
+        return
+    if out["error"]:
+        assert out["sheet_flags"] and out["answers"] == {}
+        return
+    for col, value in expected.items():
+        if out["answers"][col] != value:
+            assert out["sheet_flags"] or set(out["flags"][col]) - {"blank"}, (col, out["answers"][col], value)
+
+
+# ---------------------------------------------------------------- import
+
+
+def test_field_types_ranges_and_bubble_positions_follow_omrchecker():
+    t = marker_template()
+    by = {f.label: f for f in t.fields}
+    assert [f"roll{n}" for n in range(1, 10)] == [f.label for f in t.fields if f.block == "Roll"]
+    # QTYPE_INT: 0..9 down the column (bubblesGap), columns labelsGap apart.
+    roll3 = by["roll3"]
+    assert roll3.values == tuple("0123456789")
+    assert roll3.boxes[0] == (225 + 2 * 58, 282) and roll3.boxes[4] == (225 + 2 * 58, 282 + 4 * 46)
+    # QTYPE_MCQ4: A..D along the row, rows labelsGap apart.
+    q3 = by["q3"]
+    assert q3.values == ("A", "B", "C", "D") and q3.direction == "horizontal"
+    assert q3.boxes == tuple((121 + i * 59, 860 + 2 * 50) for i in range(4))
+    assert by["q13"].values == tuple("ABCDE")
+    assert by["Medium"].values == ("E", "H") and by["Medium"].boxes == ((170, 282), (170, 323))
+    assert page_template().fields[0].values == tuple("1234567890")  # QTYPE_INT_FROM_1
+
+
+def test_custom_labels_output_columns_and_empty_values():
+    t = marker_template()
+    assert t.custom_labels["Roll"] == ["Medium"] + [f"roll{n}" for n in range(1, 10)]
+    # OMRChecker's natural sort of custom labels and the fields they leave.
+    assert t.output_columns == ["Roll", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8", "q9", "q10", "q11",
+                                "q12", "q13"]
+    p = page_template()
+    empties = {f.label: f.empty_value for f in p.fields}
+    assert empties["q1"] == "-" and empties["r1"] == ""
+    tpl = dict(PAGE_TEMPLATE, outputColumns=["q2", "Roll", "q1"])
+    assert load_omrchecker_template(tpl).output_columns == ["q2", "Roll", "q1"]
+    gaps = json.loads(json.dumps(PAGE_TEMPLATE))
+    gaps["fieldBlocks"]["Roll"]["labelsGap"] = [40, 40, 60, 40, 40]
+    xs = [f.boxes[0][0] for f in load_omrchecker_template(gaps).fields if f.block == "Roll"]
+    assert xs == [100, 140, 180, 240, 280, 320]
+
+
+def test_unsupported_options_are_reported_by_name():
+    tpl = json.loads(json.dumps(PAGE_TEMPLATE))
+    tpl["preProcessors"] = [{"name": "CropPage", "options": {"morphKernel": [10, 10], "colour": "red"}},
+                            {"name": "CropOnLogo", "options": {"relativePath": "logo.png"}}]
+    tpl["fieldBlocks"]["Mcq"]["fieldType"] = "QTYPE_MCQ6"
+    tpl["fieldBlocks"]["Rtl"]["shift"] = 3
+    tpl["sortFiles"] = True
+    with pytest.raises(OmrCheckerTemplateError) as exc:
+        load_omrchecker_template(tpl)
+    errors = "\n".join(exc.value.errors)
+    assert "preProcessors[0].options.colour: not supported for CropPage" in errors
+    assert "preProcessors[1].name: 'CropOnLogo' is not supported" in errors
+    assert "fieldBlocks.Mcq.fieldType: 'QTYPE_MCQ6' is not supported" in errors
+    assert "fieldBlocks.Rtl.shift: not supported" in errors
+    assert "sortFiles: not supported" in errors
+    # Tuning options are accepted but named, never dropped silently.
+    notes = "\n".join(page_template().notes)
+    assert "CropPage.morphKernel: accepted without effect" in notes
+
+
+def test_missing_images_overflow_and_the_old_format_are_errors():
+    with pytest.raises(OmrCheckerTemplateError, match="marker image 'omr_marker.jpg' was not given"):
+        load_omrchecker_template(MARKER_TEMPLATE)
+    over = json.loads(json.dumps(PAGE_TEMPLATE))
+    over["fieldBlocks"]["Mcq2"]["origin"] = [1100, 760]
+    with pytest.raises(OmrCheckerTemplateError, match="Mcq2: overflows"):
+        load_omrchecker_template(over)
+    with pytest.raises(OmrCheckerTemplateError, match="pre-1.0 OMRChecker format"):
+        load_omrchecker_template({"Dimensions": [300, 400], "QBlocks": {}})
+
+
+def test_config_json_and_files_beside_the_template(tmp_path):
+    (tmp_path / "template.json").write_text(json.dumps(MARKER_TEMPLATE))
+    (tmp_path / "omr_marker.jpg").write_bytes(png(marker_image()))
+    (tmp_path / "config.json").write_text(json.dumps({
+        "dimensions": {"processing_width": 800, "processing_height": 1000, "display_width": 1640},
+        "threshold_params": {"MIN_JUMP": 30}}))
+    t = load_omrchecker_template(tmp_path / "template.json")
+    assert t.name == tmp_path.name and t.processing == (800, 1000)
+    assert "omr_marker.jpg" in t.images
+    assert any(n.startswith("config.json threshold_params: not used") for n in t.notes)
+
+
+def test_serialises_for_storage_and_reads_the_same():
+    t = marker_template()
+    stored = json.loads(json.dumps(t.to_dict()))
+    again = OmrCheckerTemplate.from_dict(stored)
+    assert again.fields == t.fields and again.steps == t.steps and again.output_columns == t.output_columns
+    assert np.array_equal(again.images["omr_marker.jpg"], t.images["omr_marker.jpg"])
+
+
+# ---------------------------------------------------------------- reading
+
+
+def test_markers_sheet_reads_right_on_scans_and_a_phone_photo():
+    t = marker_template()
+    answers = some_answers(t)
+    answers["q2"] = "AC"  # a double mark: OMRChecker concatenates in bubble order
+    expected = expected_response(t, answers)
+    assert expected["q2"] == "AC"
+    for preset in ("clean", "scan_mild", "photo_mild"):
+        out = read_back(t, answers, preset)
+        assert out["alignment"].startswith(("CropOnMarkers", "page outline"))
+        assert_right_or_flagged(out, expected)
+        assert "multiple" in out["flags"]["q2"]
+        assert out["fields"]["q5_1"] == answers.get("q5_1", "")
+
+
+def test_roll_number_custom_label_concatenates_columns():
+    t = marker_template()
+    answers = {"Medium": "H", **{f"roll{n}": str((n * 7) % 10) for n in range(1, 10)}, "q5_1": "4", "q5_2": "2"}
+    out = read_back(t, answers, "scan_mild", seed=3)
+    assert out["answers"]["Roll"] == "H" + "".join(str((n * 7) % 10) for n in range(1, 10))
+    assert out["answers"]["q5"] == "42"
+    assert out["answers"]["q1"] == ""  # the template's empty value
+
+
+def test_crop_page_sheet_reads_on_scan_and_photos():
+    t = page_template()
+    answers = some_answers(t, seed=2)
+    answers["r2"] = "E"  # right-to-left values
+    expected = expected_response(t, answers)
+    for preset, seed in (("scan_mild", 0), ("photo_mild", 1), ("photo_mild", 2)):
+        out = read_back(t, answers, preset, seed)
+        assert_right_or_flagged(out, expected)
+    assert expected["q1"] in ("-", *"ABCD")
+
+
+def test_feature_based_alignment_finds_the_reference():
+    t = page_template("features")
+    ref = t.images["reference.png"]
+    w, h = ref.shape[1], ref.shape[0]
+    # A scan of the sheet at another resolution, turned 1.5 degrees and shifted.
+    a = np.radians(1.5)
+    turn = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    quad = (np.array([[0, 0], [w, 0], [w, h], [0, h]]) * 1.45) @ turn.T + [30, 20]
+    hi, _ = render_sheet(page_template("none"), 150)
+    S = np.diag([w / hi.shape[1], h / hi.shape[0], 1.0])
+    image = cv2.warpPerspective(hi, rect_h(w, h, quad) @ S, (1000, 1330), borderValue=235)
+    H = ecc_to_reference(image, np.diag([image.shape[1] / w, image.shape[0] / h, 1.0]), ref)
+    corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]]).T
+    got = (H @ corners).T
+    assert np.abs(got[:, :2] / got[:, 2:] - quad).max() < 5
+    answers = some_answers(t, seed=4)
+    out = read_back(t, answers, "clean", seed=2)
+    assert out["alignment"] == "FeatureBasedAlignment"
+    assert_right_or_flagged(out, expected_response(t, answers))
+    # A harder scan: read through the reference, or through the page outline
+    # when the reference does not hold.
+    out = read_back(t, answers, "scan_mild", seed=2)
+    assert out["alignment"] in ("FeatureBasedAlignment",
+                                "page outline + instead of FeatureBasedAlignment (page outline first)")
+    assert_right_or_flagged(out, expected_response(t, answers))
+
+
+def test_filters_and_no_preprocessors():
+    answers = some_answers(page_template(), seed=5)
+    for kind, preset in (("filters", "photo_mild"), ("none", "clean")):
+        t = page_template(kind)
+        out = read_back(t, answers, preset, seed=1)
+        assert_right_or_flagged(out, expected_response(t, answers))
+    assert out["alignment"] == "whole image"
+
+
+def test_unfilled_sheet_reads_all_blank_without_review():
+    t = page_template()
+    for preset in ("scan_mild", "photo_mild"):
+        # Nothing on the sheet at all: no erased earlier answers, no stray marks.
+        quiet = dataclasses.replace(PRESETS[preset], erasure_rate=0.0, stray_marks=0)
+        out = read_back(t, {}, quiet, seed=4)
+        assert out["error"] is None
+        assert out["answers"] == expected_response(t, {})
+        assert all(flags == ["blank"] for flags in out["flags"].values()), out["flags"]
+        assert out["needs_review"] is False
+
+
+def test_faint_circled_and_double_marks_are_flagged():
+    t = page_template()
+    answers = {"q1": "B", "q2": "C", "q3": "A", "q4": "BD", "q5": "A"}
+    style = {"q1": "light", "q2": "circled", "q3": "filled", "q4": "filled", "q5": "filled"}
+    out = read_back(t, answers, "clean", seed=1, style=style)
+    assert out["answers"]["q3"] == "A" and out["flags"]["q3"] == []
+    assert out["answers"]["q4"] == "BD" and "multiple" in out["flags"]["q4"]
+    assert out["answers"]["q2"] == "C" and "circled" in out["flags"]["q2"]
+    assert out["answers"]["q1"] in ("B", "-") and set(out["flags"]["q1"]) & {"faint", "ambiguous", "erasure"}
+    assert out["needs_review"] is True
+
+
+def test_hard_photos_are_read_or_flagged_never_silently_wrong():
+    t = marker_template()
+    answers = some_answers(t, seed=6)
+    expected = expected_response(t, answers)
+    for seed in (0, 1):
+        out = read_back(t, answers, "photo_hard", seed)
+        assert_right_or_flagged(out, expected, must_read=False)
+
+
+def test_cut_off_sheet_and_a_photo_of_something_else_are_refused():
+    t = page_template()
+    sim = simulate_omrchecker_sheet(t, some_answers(t), preset="clean", seed=0)
+    h = sim.image.shape[0]
+    cut = sim.image[: int(h * 0.6)]
+    out = read_omrchecker_sheet(cut, t).to_dict()
+    assert "cut_off" in out["sheet_flags"] and out["error"] and out["answers"] == {}
+    rng = np.random.default_rng(0)
+    noise = cv2.GaussianBlur(rng.integers(0, 255, (900, 700), dtype=np.uint8), (0, 0), 6)
+    out = read_omrchecker_sheet(noise, t).to_dict()
+    assert out["error"] and out["answers"] == {} and out["needs_review"]
+    out = read_omrchecker_image_bytes(b"not an image", t)[0].to_dict()
+    assert out["sheet_flags"] == ["unreadable"]
+
+
+def test_cli_reads_with_an_omrchecker_template(tmp_path):
+    t = marker_template()
+    (tmp_path / "template.json").write_text(json.dumps(MARKER_TEMPLATE))
+    (tmp_path / "omr_marker.jpg").write_bytes(png(marker_image()))
+    answers = some_answers(t, seed=7)
+    sim = simulate_omrchecker_sheet(t, answers, preset="scan_mild", seed=5)
+    image = tmp_path / "sheet.jpg"
+    image.write_bytes(sim.encode_jpeg())
+    result = subprocess.run([sys.executable, "-m", "batches.omr", "read", "--omrchecker-template",
+                             tmp_path / "template.json", image, "--json"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.splitlines()[0])
+    assert out["format"] == "omrchecker" and out["file"] == str(image)
+    assert out["answers"] == expected_response(t, answers)
