@@ -19,6 +19,7 @@ import textwrap
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -675,11 +676,12 @@ def test_tuspy_killed_mid_upload_resumes_and_the_file_arrives_intact(live, tmp_p
     assert body["sha256"] == hashlib.sha256(data).hexdigest() and body["sheets_total"] == len(sheets)
 
 
-def live_create(live, data: bytes) -> tuple[str, str]:
+def live_create(live, data: bytes, declare_sha256: bool = True) -> tuple[str, str]:
+    fields = {"filename": "scans.zip", "template": TEMPLATE, "has_qr": "true"}
+    if declare_sha256:
+        fields["sha256"] = hashlib.sha256(data).hexdigest()
     status, headers, raw = live.request("POST", "/api/uploads/", b"", {
-        **TUS, "Upload-Length": str(len(data)),
-        "Upload-Metadata": metadata(filename="scans.zip", template=TEMPLATE, has_qr="true",
-                                    sha256=hashlib.sha256(data).hexdigest())})
+        **TUS, "Upload-Length": str(len(data)), "Upload-Metadata": metadata(**fields)})
     assert status == 201, raw
     return urlparse(headers["Location"]).path, headers["Upload-Batch-Id"]
 
@@ -751,3 +753,65 @@ def test_u8_a_chunked_body_without_content_length_is_capped_by_the_view(live):
     assert response.status == 413 and "at most" in body["error"]
     status, headers, _ = live.request("HEAD", url, headers=TUS)
     assert headers["Upload-Offset"] == "0"
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=False)
+def test_u5_two_daphne_processes_patching_one_upload_at_once_never_interleave(live):
+    from tests.test_end_to_end import free_port
+
+    # Given a second Daphne process on the same database and media root
+    port = free_port()
+    log = (live.tmp / "web2.log").open("ab")
+    second = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                               "omrsite.asgi:application"], cwd=Path(__file__).resolve().parents[1], env=live.env,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("OPTIONS", "/api/uploads/")
+                if conn.getresponse().status == 204:
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, live.logs()
+                time.sleep(0.2)
+            finally:
+                conn.close()
+        size = 16 * 1024 * 1024
+        bodies = [b"PK\x03\x04" + b"A" * (size - 4), b"PK\x03\x04" + b"B" * (size - 4)]
+        url, batch_id = live_create(live, bodies[0], declare_sha256=False)  # either body may win
+        barrier, results = threading.Barrier(2), [None, None]
+
+        # When each process gets a whole-file PATCH at the same moment
+        def send(i, to_port):
+            conn = http.client.HTTPConnection("127.0.0.1", to_port, timeout=120)
+            try:
+                conn.putrequest("PATCH", url)
+                for name, value in {**TUS, "Authorization": f"Bearer {live.token}", "Content-Type": CHUNK_TYPE,
+                                    "Upload-Offset": "0", "Content-Length": str(size)}.items():
+                    conn.putheader(name, value)
+                conn.endheaders()
+                conn.send(bodies[i][:-1])
+                barrier.wait()
+                conn.send(bodies[i][-1:])  # both requests complete together
+                response = conn.getresponse()
+                response.read()
+                results[i] = response.status
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=send, args=(0, live.port)), threading.Thread(target=send, args=(1, port))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        # Then one wins, the other is refused, and the file is one body whole
+        assert sorted(results)[0] == 204 and sorted(results)[1] in (409, 423), results
+        stored_file = live.tmp / "media" / "batches" / batch_id / "upload" / "original.zip"
+        assert stored_file.read_bytes() == bodies[results.index(204)]
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(20)
+
