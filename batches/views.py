@@ -86,8 +86,9 @@ def batch_row(request, batch_id):
 @require_http_methods(["GET", "POST"])
 @staff_required
 def upload(request):
-    """The upload form. A refused upload comes back as the form with the reason
-    (422); an accepted one goes to the batch's page."""
+    """The upload form, a plain multipart POST: a refused upload comes back as
+    the form with the reason (422); an accepted one goes to the batch's page.
+    With JavaScript the page sends the file through tus instead (/api/uploads/)."""
     form = UploadForm(request.POST or None, request.FILES or None)
     status = 200
     if request.method == "POST":
@@ -107,7 +108,9 @@ def upload(request):
                 return redirect(target, permanent=False)
         status = 422
     template = "batches/upload.html#upload-form" if request.htmx else "batches/upload.html"
-    context = {"form": form, "accept": ACCEPT, "max_bytes": settings.OMR_MAX_UPLOAD_BYTES, "nav": "upload"}
+    context = {"form": form, "accept": ACCEPT, "max_bytes": settings.OMR_MAX_UPLOAD_BYTES, "nav": "upload",
+               # static/js/upload.js sends the file through tus in PATCHes this large.
+               "chunk_bytes": min(settings.OMR_TUS_BROWSER_CHUNK_BYTES, settings.OMR_TUS_MAX_CHUNK_BYTES)}
     return render(request, template, context, status=status)
 
 

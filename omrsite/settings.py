@@ -241,6 +241,7 @@ OMR_PDF_TIMEOUT = env_int("OMR_PDF_TIMEOUT", 600)  # seconds to render one PDF
 # last chunk; one PATCH body may be at most this large (the view counts it).
 OMR_UPLOAD_EXPIRY_HOURS = env_float("OMR_UPLOAD_EXPIRY_HOURS", 24.0)
 OMR_TUS_MAX_CHUNK_BYTES = env_int("OMR_TUS_MAX_CHUNK_MB", 64) * 1024 * 1024
+OMR_TUS_BROWSER_CHUNK_BYTES = int(env_float("OMR_TUS_BROWSER_CHUNK_MB", 8.0) * 1024 * 1024)  # the upload page's PATCH size
 OMR_DEFAULT_TEMPLATE = env("OMR_DEFAULT_TEMPLATE", "a4-100q-5")
 OMR_CHUNK_SIZE = env_int("OMR_CHUNK_SIZE", 10)  # sheets per worker message
 OMR_SHEET_MAX_ATTEMPTS = env_int("OMR_SHEET_MAX_ATTEMPTS", 3)

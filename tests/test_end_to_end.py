@@ -153,14 +153,20 @@ class Servers:
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "omrsite.asgi:application"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
+    def stop_web(self, sig=signal.SIGTERM, timeout: float = 20) -> None:
+        """Stop Daphne (``start_web`` starts it again on the same port)."""
+        if self.web is None or self.web.poll() is not None:
+            return
+        os.killpg(self.web.pid, sig)
+        try:
+            self.web.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.web.pid, signal.SIGKILL)
+            self.web.wait(10)
+
     def stop(self) -> None:
         self.stop_worker()
-        if self.web is not None and self.web.poll() is None:
-            os.killpg(self.web.pid, signal.SIGTERM)
-            try:
-                self.web.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.web.pid, signal.SIGKILL)
+        self.stop_web()
 
     def logs(self) -> str:
         return "".join((self.tmp / n).read_text(errors="replace")[-4000:] for n in ("worker.log", "web.log")
