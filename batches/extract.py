@@ -2,14 +2,16 @@
 
 Nothing here writes a file named after anything in the upload: callers get
 ``Page`` objects (bytes plus the name to show) and store them under generated
-names. Every archive entry is checked before anything is read
-(``inspect_zip``), and the bytes actually read are counted against the caps.
-PDF pages are rendered by PDFium in a child process with a time limit
+names. A ZIP's raw directory is walked before ``zipfile`` parses it
+(``open_zip``), every entry is checked before anything is read
+(``inspect_zip``), and the bytes actually read, and the bytes of the pages to
+be written, are counted against the caps. PDF pages are rendered (or their
+scanned JPEG taken) by PDFium in a child process with a time limit
 (``batches.pdfpages``), because PDFium is not thread-safe and a hostile PDF can
-make it spin.
+make it spin. See docs/input.md.
 
-Errors are ``ExtractError`` with a plain sentence that names the entry and the
-limit; the pipeline fails the batch with it.
+Errors are ``ExtractError`` with a plain sentence that names the file or the
+entry, and a limit's value and setting; the pipeline fails the batch with it.
 """
 
 from __future__ import annotations
@@ -227,8 +229,9 @@ def _read_directory(fileobj, filename: str, limits: Limits) -> None:
 
 
 _CENTRAL = struct.Struct("<4s4B4HL2L5H2L")  # a central directory record, 46 bytes
-# What zipfile may raise on hostile input, besides BadZipFile, while parsing
-# the directory or reading an entry (found by tests/test_extract_property.py).
+# What zipfile and the decompressors may raise on hostile input besides
+# BadZipFile, parsing the directory or reading an entry (the property tests in
+# tests/test_extract_property.py throw such input at them).
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, struct.error, OverflowError,
                NotImplementedError, IndexError, KeyError, zlib.error, lzma.LZMAError, RuntimeError)
 
