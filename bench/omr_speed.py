@@ -1,9 +1,15 @@
 """Reading speed on one core: sheets per second for 300-dpi A4 100-question JPEG
-scans, the time per step, and a bare JPEG decode of the same files to compare.
+scans and phone photos (``--preset photo_mild``), the time per step, and a bare
+JPEG decode of the same files to compare; then photographed and scanned sheets
+of an OMRChecker-format template (corner markers, roll number, MCQ blocks).
 
     python bench/omr_speed.py [--sheets 100] [--preset clean] [--template a4-100q-5]
+                              [--omrchecker-sheets 10] [--omrchecker-preset photo_mild]
+    python bench/omr_speed.py --sheets 0 --omrchecker-template T.json --images DIR
 
-Run it on a quiet machine; the ratio to the bare decode is the stable figure.
+The second form times real files (every JPEG/PNG in DIR) read with an OMRChecker
+template, the way OMRChecker itself would be timed on them. Run it on a quiet
+machine; the ratio to the bare decode is the stable figure.
 """
 
 from __future__ import annotations
@@ -21,7 +27,21 @@ def main() -> None:
     parser.add_argument("--preset", action="append", help="simulator preset(s); default clean, scan_mild, photo_mild")
     parser.add_argument("--template", default="a4-100q-5")
     parser.add_argument("--repeat", type=int, default=2, help="passes over the sheets; the best pass counts")
+    parser.add_argument("--omrchecker-sheets", type=int, default=10, help="OMRChecker-format sheets per preset")
+    parser.add_argument("--omrchecker-preset", action="append",
+                        help="presets for the OMRChecker-format sheets; default scan_mild, photo_mild")
+    parser.add_argument("--omrchecker-template", help="a real OMRChecker template.json (with --images)")
+    parser.add_argument("--images", help="folder of sheet images to read with --omrchecker-template")
     args = parser.parse_args()
+    if args.sheets > 0:
+        builtin(args)
+    if args.omrchecker_template:
+        real_files(args)
+    elif args.omrchecker_sheets > 0:
+        omrchecker(args)
+
+
+def builtin(args: argparse.Namespace) -> None:
 
     from batches.omr import load_template, reader
 
@@ -70,6 +90,89 @@ def main() -> None:
         print(f"  bare decode 1/2:    {1 / reduced:6.1f} sheets/s  ({reduced * 1000:.1f} ms)")
         print(f"  read / full decode: {per_sheet / full:.2f}x   target: >= 35 sheets/s, within ~2x of decode")
         print("  median per step (ms): " + ", ".join(f"{k} {median(v):.1f}" for k, v in steps.items()))
+
+
+#: An OMRChecker template like its sample 1 (page px after the corner markers).
+OMRCHECKER_TEMPLATE = {
+    "pageDimensions": [1846, 1500],
+    "bubbleDimensions": [40, 40],
+    "customLabels": {"Roll": ["Medium", "roll1..9"], "q5": ["q5_1", "q5_2"]},
+    "fieldBlocks": {
+        "Medium": {"bubblesGap": 41, "bubbleValues": ["E", "H"], "direction": "vertical",
+                   "fieldLabels": ["Medium"], "labelsGap": 0, "origin": [170, 282]},
+        "Roll": {"fieldType": "QTYPE_INT", "fieldLabels": ["roll1..9"], "bubblesGap": 46, "labelsGap": 58,
+                 "origin": [225, 282]},
+        "Int_Q5": {"fieldType": "QTYPE_INT", "fieldLabels": ["q5_1", "q5_2"], "bubblesGap": 46, "labelsGap": 60,
+                   "origin": [903, 282]},
+        "Mcq1": {"fieldType": "QTYPE_MCQ4", "fieldLabels": ["q1..4"], "bubblesGap": 59, "labelsGap": 50,
+                 "origin": [121, 860]},
+        "Mcq2": {"fieldType": "QTYPE_MCQ5", "fieldLabels": ["q6..13"], "bubblesGap": 59, "labelsGap": 50,
+                 "origin": [905, 860]},
+    },
+    "preProcessors": [{"name": "CropOnMarkers",
+                       "options": {"relativePath": "omr_marker.jpg", "sheetToMarkerWidthRatio": 17}}],
+}
+
+
+def omrchecker(args: argparse.Namespace) -> None:
+    """Simulated OMRChecker-format sheets: speed, and how many read right."""
+    from batches.omr.omrchecker import load_omrchecker_template, read_omrchecker_image_bytes
+    from batches.omr.omrchecker.render import expected_response, marker_image, simulate_omrchecker_sheet
+
+    marker = cv2.imencode(".png", marker_image())[1].tobytes()
+    t = load_omrchecker_template(OMRCHECKER_TEMPLATE, marker)
+    print(f"\nOMRChecker-format sheets (CropOnMarkers, {len(t.fields)} fields), {args.omrchecker_sheets} per preset")
+    for preset in args.omrchecker_preset or ["scan_mild", "photo_mild"]:
+        sheets = []
+        for i in range(args.omrchecker_sheets):
+            rng = np.random.default_rng(1000 + i)
+            answers = {f.label: f.values[rng.integers(len(f.values))] for f in t.fields if rng.random() > 0.1}
+            sim = simulate_omrchecker_sheet(t, answers, preset=preset, seed=1000 + i)
+            sheets.append((sim.encode_jpeg(), expected_response(t, answers), sim.image.shape))
+        best, right, flagged, silent, failed = float("inf"), 0, 0, 0, 0
+        steps: dict[str, list[float]] = {}
+        for _ in range(args.repeat):
+            right = flagged = silent = failed = 0
+            steps = {}
+            t0 = time.perf_counter()
+            for data, expected, _ in sheets:
+                out = read_omrchecker_image_bytes(data, t)[0].to_dict()
+                failed += bool(out["error"])
+                for k, v in out["timings_ms"].items():
+                    steps.setdefault(k, []).append(v)
+                for col, value in expected.items():
+                    if out["answers"].get(col) == value:
+                        right += 1
+                    elif out["sheet_flags"] or set(out["flags"].get(col, [])) - {"blank"}:
+                        flagged += 1
+                    else:
+                        silent += 1
+            best = min(best, time.perf_counter() - t0)
+        per = best / len(sheets)
+        h, w = sheets[0][2][:2]
+        print(f"[{preset}] {w}x{h} px: {1 / per:5.1f} sheets/s ({per * 1000:.0f} ms/sheet); answers right {right}, "
+              f"wrong but flagged {flagged}, silent errors {silent}; sheets refused {failed}")
+        print("  median per step (ms): " + ", ".join(f"{k} {median(v):.1f}" for k, v in steps.items()))
+
+
+def real_files(args: argparse.Namespace) -> None:
+    """Every image in ``--images`` read with ``--omrchecker-template``."""
+    from pathlib import Path
+
+    from batches.omr.omrchecker import load_omrchecker_template, read_omrchecker_image_bytes
+
+    t = load_omrchecker_template(Path(args.omrchecker_template))
+    files = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    datas = [p.read_bytes() for p in files]
+    t0 = time.perf_counter()
+    failed = review = 0
+    for data, p in zip(datas, files, strict=True):
+        for r in read_omrchecker_image_bytes(data, t, source=p.name):
+            failed += bool(r.error)
+            review += r.needs_review
+    dt = time.perf_counter() - t0
+    print(f"{len(files)} files with {args.omrchecker_template}: {len(files) / dt:.2f} sheets/s "
+          f"({dt / max(1, len(files)) * 1000:.0f} ms/sheet), refused {failed}, needs review {review}")
 
 
 if __name__ == "__main__":

@@ -59,10 +59,10 @@ from .steps import (
 
 #: Share of a found page's size searched past each side for its markers.
 MARGIN = 0.1
-#: Share of the places one pitch outside the blocks showing a bubble outline
-#: that flags (refuses) a placement as a row or column off.
-BORDER_FLAG = 0.15
-BORDER_FAIL = 0.35
+#: Share of the places one pitch outside a block's side showing a bubble
+#: outline that flags (refuses) a placement as a row or column off.
+BORDER_FLAG = 0.3
+BORDER_FAIL = 0.5
 #: A bubble's printed outline darker than its inside by this much (darkness,
 #: 0..1) counts as printed; otherwise the box is taken as the bubble.
 OUTLINE_MIN = 0.05
@@ -70,9 +70,10 @@ OUTLINE_MIN = 0.05
 #: sheet is refused as cut off (any at all is flagged).
 CUT_OFF_LIMIT = 0.02
 #: Printed outlines blurred over more than this share of the bubble radius
-#: (edge spread, 10-90 %) flag the sheet ``blurred``; over BLUR_FAIL it is refused.
-BLUR_FLAG = 0.45
-BLUR_FAIL = 0.9
+#: (edge spread, 10-90 %) flag the sheet ``blurred``; a sheet refused for a
+#: placement that cannot be verified is said to be too blurred over BLUR_FAIL.
+BLUR_FLAG = 0.35
+BLUR_FAIL = 0.3
 
 
 @dataclass
@@ -290,46 +291,54 @@ def _estimate_radius(grey: np.ndarray, fit: PageFit, t: OmrCheckerTemplate) -> t
     return float(radii[j]), contrast, r_out
 
 
-_BORDERS: dict[int, tuple[OmrCheckerTemplate, np.ndarray]] = {}
+_BORDERS: dict[int, tuple[OmrCheckerTemplate, np.ndarray, np.ndarray]] = {}
 
 
-def border_points(t: OmrCheckerTemplate) -> np.ndarray:
-    """Page px one bubble pitch outside every block, where nothing is printed
-    (points that fall on another block's bubble are left out): a placement off
-    by a whole row or column finds outlines there."""
+def border_points(t: OmrCheckerTemplate) -> tuple[np.ndarray, np.ndarray]:
+    """Page px one bubble pitch outside every side of every block, where nothing
+    is printed (points on another block's bubble are left out), and which side
+    of which block each is: a block placed a whole row or column off shows
+    outlines along one of its sides."""
     hit = _BORDERS.get(id(t))
     if hit is not None and hit[0] is t:
-        return hit[1]
-    pts = []
+        return hit[1], hit[2]
+    pts, sides = [], []
     blocks: dict[str, list] = {}
     for f in t.fields:
         blocks.setdefault(f.block, []).append(np.array(f.centres()))
     for fl in blocks.values():
         grid = np.stack(fl)  # (fields, values, 2)
+        found = []
         if grid.shape[1] > 1:
             dv = grid[:, 1] - grid[:, 0]
-            pts += list(grid[:, 0] - dv) + list(grid[:, -1] + dv)
+            found += [grid[:, 0] - dv, grid[:, -1] + dv]
         if grid.shape[0] > 1:
             dl = grid[1] - grid[0]
-            pts += list(grid[0] - dl) + list(grid[-1] + dl)
+            found += [grid[0] - dl, grid[-1] + dl]
+        for side in found:
+            sid = (max(sides) + 1) if sides else 0
+            for p in side:
+                pts.append(p)
+                sides.append(sid)
     allc = np.array([c for f in t.fields for c in f.centres()])
     half = min(t.bubble_w, t.bubble_h) / 2
-    keep = []
-    for p in pts:
-        if (0 <= p[0] <= t.page_w and 0 <= p[1] <= t.page_h
-                and np.min(np.hypot(*(allc - p).T)) > 1.2 * half):
-            keep.append(p)
-    arr = np.array(keep).reshape(-1, 2)
-    _BORDERS[id(t)] = (t, arr)
-    return arr
+    keep = [i for i, p in enumerate(pts)
+            if 0 <= p[0] <= t.page_w and 0 <= p[1] <= t.page_h and np.min(np.hypot(*(allc - p).T)) > 1.2 * half]
+    arr = np.array([pts[i] for i in keep]).reshape(-1, 2)
+    ids = np.array([sides[i] for i in keep], dtype=np.int64)
+    _BORDERS[id(t)] = (t, arr, ids)
+    return arr, ids
 
 
 def _border_share(grey: np.ndarray, fit: PageFit, t: OmrCheckerTemplate, r_mm: float, field_fn=None) -> float:
-    """Share of ``border_points`` where a bubble outline shows as clearly as it
-    typically does at the template's bubbles (~0 when placed right)."""
-    b = border_points(t) * t.mm_per_px
-    if len(b) < 4:
+    """The largest share, over the blocks' sides, of ``border_points`` where a
+    bubble outline shows as clearly as it typically does at the template's
+    bubbles (~0 when placed right; ~1 along one side of a block placed a row
+    or column off)."""
+    b, ids = border_points(t)
+    if len(b) < 3:
         return 0.0
+    b = b * t.mm_per_px
     real = np.array([c for f in t.fields for c in f.centres()]) * t.mm_per_px
     real = real[:: max(1, len(real) // 120)]
     if field_fn is not None:
@@ -342,7 +351,13 @@ def _border_share(grey: np.ndarray, fit: PageFit, t: OmrCheckerTemplate, r_mm: f
     typical = float(np.median(er))
     if typical <= 0.02:
         return 0.0
-    return float(np.mean(eb > 0.5 * typical))
+    shows = eb > 0.5 * typical
+    worst = 0.0
+    for sid in np.unique(ids):
+        sel = ids == sid
+        if sel.sum() >= 3:
+            worst = max(worst, float(shows[sel].mean()))
+    return worst
 
 
 def _circle_share(grey: np.ndarray, frame: BubbleFrame, fit: PageFit, m: bub.Measures, r_out: float) -> np.ndarray:
@@ -535,9 +550,10 @@ def read_omrchecker_sheet(image: np.ndarray, template: OmrCheckerTemplate, *, so
     out.homography = frame.H @ np.diag([k, k, 1.0])
     blur = _blur_share(meas, frame, m)
     if outline < OUTLINE_MIN or ring_fit < RING_FIT_FAIL or verified < FAIL_FIT:
-        if blur is not None and blur > BLUR_FAIL:
-            out.error = "the image is too blurred to read"
+        if blur is not None and blur > BLUR_FAIL and verified >= 0.45:
+            out.error = f"the image is too blurred to read (printed outlines spread over {blur:.0%} of their radius)"
             out.flag("blurred")
+            out.flag("misaligned")
         else:
             out.error = (f"the bubbles are not where the template puts them ({verified * 100:.0f} % of outlines "
                          f"centred; page located by {pl.how})")
@@ -551,6 +567,9 @@ def read_omrchecker_sheet(image: np.ndarray, template: OmrCheckerTemplate, *, so
         out.error = (f"the bubbles are placed a row or column off ({border * 100:.0f} % of the places just "
                      f"outside the blocks show a bubble; page located by {pl.how})")
         out.flag("misaligned")
+        if blur is not None and blur > BLUR_FAIL and verified >= 0.45:
+            out.flag("blurred")
+            out.error += "; the image is blurred"
         timings["bubbles"] = (time.perf_counter() - t0) * 1000
         return done()
     if border > BORDER_FLAG:

@@ -172,14 +172,22 @@ def _refine_sides(grey: np.ndarray, quad: np.ndarray) -> np.ndarray:
         prof = cv2.GaussianBlur(prof, (5, 5), 0) if prof.shape[1] >= 5 else prof
         grad = np.diff(prof, axis=1)  # inward: background -> paper is a rise
         if on_border:
-            rise = (prof[:, 4:] - prof[:, :-4]) > 12  # over 2 px
+            # Only where the image's edge is not paper already (a page filling
+            # the scan has no edge to find; the first rise would be printing).
+            edge = prof[:, :3].mean(1)
+            step_up = np.percentile(prof, 90, axis=1) - edge
+            rise = (prof[:, 4:] - prof[:, :-4]) > np.maximum(6.0, 0.4 * step_up)[:, None]  # over 2 px
             k = np.argmax(rise, axis=1) + 1
             good = rise[np.arange(len(k)), k - 1]
+            good &= step_up > 12
+            drop = np.argmax(prof < edge[:, None] - 40, axis=1)
+            good &= ~((prof < edge[:, None] - 40).any(1) & (drop < k))
         else:
             k = np.argmax(grad, axis=1)
             good = grad[np.arange(len(k)), k] > 8
-        inside = (mx >= 0) & (mx < w) & (my >= 0) & (my < h)
-        good &= inside.all(1)
+        if not on_border:  # (along the border, replicated edge pixels are fine)
+            inside = (mx >= 0) & (mx < w) & (my >= 0) & (my < h)
+            good &= inside.all(1)
         if good.sum() < 6:
             lines.append((a, b))
             continue
@@ -267,35 +275,67 @@ def find_markers(grey: np.ndarray, H_frame: np.ndarray, frame_w: float, frame_h:
     paper = cv2.resize(paper, (ww, wh), interpolation=cv2.INTER_LINEAR)
     if not wide:  # off the page (a desk) it would only stretch the clutter
         frame = cv2.divide(frame, np.maximum(paper, 1), scale=255)
-    scales = np.geomspace(0.25 if wide else 0.6, 1.4, 14 if wide else 9)
-    mid_x, mid_y = ww // 2, wh // 2
-    best = None
-    for sc in scales:
-        mw = max(8, int(round(expect * sc)))
-        mh = max(8, int(round(mw * marker.shape[0] / marker.shape[1])))
-        if mw >= mid_x or mh >= mid_y:
-            continue
-        tm = cv2.resize(mk, (mw, mh), interpolation=cv2.INTER_AREA)
-        res = cv2.matchTemplate(frame, tm, cv2.TM_CCOEFF_NORMED)
-        quads = []
+    scales = np.geomspace(0.25 if wide else 0.6, 1.4, 11 if wide else 8)
+    aspect = marker.shape[0] / marker.shape[1]
+
+    def quarters(img: np.ndarray, mw: int, mh: int, res: np.ndarray) -> list[tuple[float, int, int]]:
+        h_, w_ = img.shape
         rh, rw = res.shape
-        cx, cy = mid_x - mw // 2, mid_y - mh // 2  # a match's centre in the left/top half
+        cx, cy = w_ // 2 - mw // 2, h_ // 2 - mh // 2  # a match's centre in the left/top half
         # On a cropped page the markers sit in its corners: look only there
         # (filled bubbles and printed blocks elsewhere can resemble a marker).
-        ex = rw if wide else min(rw, max(int(0.3 * ww), 3 * mw))
-        ey = rh if wide else min(rh, max(int(0.3 * wh), 3 * mh))
+        ex = rw if wide else min(rw, max(int(0.3 * w_), 3 * mw))
+        ey = rh if wide else min(rh, max(int(0.3 * h_), 3 * mh))
+        out = []
         for qx, qy in ((0, 0), (1, 0), (1, 1), (0, 1)):
             xs = slice(0, max(1, min(cx, ex))) if qx == 0 else slice(max(min(rw - 1, cx), rw - ex), rw)
             ys = slice(0, max(1, min(cy, ey))) if qy == 0 else slice(max(min(rh - 1, cy), rh - ey), rh)
-            sub = res[ys, xs]
-            _, mv, _, ml = cv2.minMaxLoc(sub)
-            quads.append((float(mv), ml[0] + xs.start, ml[1] + ys.start))
-        total = sum(q[0] for q in quads)
+            _, mv, _, ml = cv2.minMaxLoc(res[ys, xs])
+            out.append((float(mv), ml[0] + xs.start, ml[1] + ys.start))
+        return out
+
+    # Coarse: every scale on a half-size copy; fine: the best scale and its
+    # neighbours at full size, only around the coarse hits.
+    # (Over a whole photo the page, and so its markers, may be small: no halving.)
+    cf = 1 if wide else 2
+    coarse = frame if wide else cv2.resize(frame, (ww // 2, wh // 2), interpolation=cv2.INTER_AREA)
+    best = None
+    for sc in scales:
+        mw = max(6, int(round(expect * sc / cf)))
+        mh = max(6, int(round(mw * aspect)))
+        if mw >= coarse.shape[1] // 2 or mh >= coarse.shape[0] // 2:
+            continue
+        tm = cv2.resize(mk, (mw, mh), interpolation=cv2.INTER_AREA)
+        qs = quarters(coarse, mw, mh, cv2.matchTemplate(coarse, tm, cv2.TM_CCOEFF_NORMED))
+        total = sum(q[0] for q in qs)
         if best is None or total > best[0]:
-            best = (total, sc, mw, mh, quads, res)
+            best = (total, sc, qs)
     if best is None:
         raise StepError("corner markers not found (marker larger than a quarter of the page)")
-    _, sc, mw, mh, quads, res = best
+    _, sc0, coarse_q = best
+    fine = None
+    for sc in (sc0 / 1.08, sc0, sc0 * 1.08):
+        mw = max(8, int(round(expect * sc)))
+        mh = max(8, int(round(mw * aspect)))
+        tm = cv2.resize(mk, (mw, mh), interpolation=cv2.INTER_AREA)
+        qs = []
+        for _, x, y in coarse_q:
+            # Window of the full-size frame around the coarse hit (its top-left, x2).
+            pad = max(6, mw // 3)
+            x0, y0 = max(0, cf * x - pad), max(0, cf * y - pad)
+            x1, y1 = min(ww, cf * x + pad + mw + 1), min(wh, cf * y + pad + mh + 1)
+            win = frame[y0:y1, x0:x1]
+            if win.shape[0] < mh + 1 or win.shape[1] < mw + 1:
+                qs.append((-1.0, cf * x, cf * y, None, 0, 0))
+                continue
+            res = cv2.matchTemplate(win, tm, cv2.TM_CCOEFF_NORMED)
+            _, mv, _, ml = cv2.minMaxLoc(res)
+            qs.append((float(mv), ml[0] + x0, ml[1] + y0, res, ml[0], ml[1]))
+        total = sum(q[0] for q in qs)
+        if fine is None or total > fine[0]:
+            fine = (total, mw, mh, qs)
+    _, mw, mh, qs = fine
+    quads = [(q[0], q[1], q[2]) for q in qs]
     top = max(q[0] for q in quads)
     names = ("top-left", "top-right", "bottom-right", "bottom-left")
     for (v, _, _), nm in zip(quads, names, strict=True):
@@ -303,14 +343,14 @@ def find_markers(grey: np.ndarray, H_frame: np.ndarray, frame_w: float, frame_h:
             raise StepError(f"corner marker not found in the {nm} quarter "
                             f"(match {v:.2f}, needs {min_match:.2f} and within {max_variation:.2f} of the best, {top:.2f})")
     centres = []
-    for _v, x, y in quads:
+    for _v, x, y, res, lx, ly in qs:
         dx = dy = 0.0
-        if 0 < x < res.shape[1] - 1:
-            a, b, c = res[y, x - 1], res[y, x], res[y, x + 1]
+        if res is not None and 0 < lx < res.shape[1] - 1:
+            a, b, c = res[ly, lx - 1], res[ly, lx], res[ly, lx + 1]
             den = a - 2 * b + c
             dx = 0.5 * (a - c) / den if den < 0 else 0.0
-        if 0 < y < res.shape[0] - 1:
-            a, b, c = res[y - 1, x], res[y, x], res[y + 1, x]
+        if res is not None and 0 < ly < res.shape[0] - 1:
+            a, b, c = res[ly - 1, lx], res[ly, lx], res[ly + 1, lx]
             den = a - 2 * b + c
             dy = 0.5 * (a - c) / den if den < 0 else 0.0
         # Match top-left corner -> the marker's centre, work px (pixel centres at whole numbers)
@@ -407,7 +447,7 @@ def ecc_refine(grey: np.ndarray, H: np.ndarray, page_w: float, page_h: float, ce
     little off). Returns the corrected homography, or None when ECC does not
     converge."""
     out = H
-    for bubble_px in (3.0, 5.0):  # coarse, then fine: bubble radius in the cut-out
+    for bubble_px in (2.0, 3.2):  # coarse, then fine: bubble radius in the cut-out
         s = bubble_px / max(r_px, 1e-6)
         fw, fh = int(round(page_w * s)), int(round(page_h * s))
         if fw < 40 or fh < 40 or fw * fh > 4_000_000:
@@ -431,7 +471,7 @@ def ecc_refine(grey: np.ndarray, H: np.ndarray, page_w: float, page_h: float, ce
         try:
             _, warp = cv2.findTransformECC(drawing.astype(np.float32), cut.astype(np.float32), warp,
                                            cv2.MOTION_HOMOGRAPHY,
-                                           (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 40, 1e-4), None, 5)
+                                           (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 25, 1e-4), None, 5)
         except cv2.error:
             return None
         # warp: drawing px -> cut-out px; page px -> image px becomes:
