@@ -552,11 +552,12 @@ def test_i2_truncated_and_empty_files_fail_alone_and_tiff_pages_become_sheets(ow
         simulated_sheet(i).student for i in (1, 2, 3)]
 
 
-def test_i2_an_empty_upload_fails_the_batch(owner, sandbox):
+def test_i2_an_empty_upload_is_refused_before_a_batch_exists(owner, sandbox):
     with pytest.raises(services.ServiceError, match="empty"):
         services.create_batch(owner, ContentFile(b"", name="scan.jpg"), filename="scan.jpg", template=TEMPLATE,
                               start=False)
-    assert_contained(Batch(pk=uuid.uuid4()), sandbox)
+    assert not Batch.objects.exists()
+    assert_contained(Batch(pk=uuid.uuid4()), sandbox)  # nothing written at all
 
 
 # ---------------------------------------------------------------- I3 PDF pages and page boxes

@@ -217,7 +217,7 @@ def _pdf() -> bytes:
 PDF = _pdf()
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(flips=st.lists(st.tuples(st.integers(0, len(PDF) - 1), st.integers(1, 255)), min_size=1, max_size=6),
        cut=st.integers(20, len(PDF)))
 def test_mutated_pdfs_are_rejected_cleanly_or_rendered(scratch, flips, cut):
