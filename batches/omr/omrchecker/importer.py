@@ -304,6 +304,12 @@ def parse_template(source: Any, *, images: dict[str, bytes] | None = None, confi
         raise OmrCheckerTemplateError(["template.json: the pre-1.0 OMRChecker format (Dimensions, QBlocks, "
                                        "Concatenations) is not supported; use the current one (pageDimensions, "
                                        "fieldBlocks, customLabels)"])
+    v2 = [k for k in ("templateDimensions", "customBubbleFieldTypes", "alignment", "conditionalSets") if k in source]
+    v2 += sorted({k for b in (source.get("fieldBlocks") or {}).values() if isinstance(b, dict)
+                  for k in ("bubbleFieldType", "fieldDetectionType") if k in b})
+    if v2:
+        raise OmrCheckerTemplateError([f"template.json: the OMRChecker 2 (development branch) format ({', '.join(v2)}) "
+                                       "is not supported; use the released 1.x format (pageDimensions, fieldType)"])
     for key in sorted(set(source) - TOP_KEYS):
         errors.append(f"{key}: not supported (unknown to OMRChecker's template format 1.x)")
     for key in ("pageDimensions", "bubbleDimensions", "fieldBlocks"):
