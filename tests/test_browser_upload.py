@@ -19,6 +19,7 @@ so the 3 MB ZIP of simulated sheets takes about twenty seconds in a dozen PATCHe
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
@@ -147,6 +148,13 @@ def head(stack, upload_url: str) -> tuple[int, int, str]:
     return int(headers["Upload-Offset"]), int(headers["Upload-Length"]), headers["Upload-Batch-Id"]
 
 
+def metadata_of(stack, upload_url: str) -> dict[str, str]:
+    """The upload's Upload-Metadata as the server keeps it, decoded."""
+    _status, headers, _body = stack.request("HEAD", urlparse(upload_url).path, headers={"Tus-Resumable": "1.0.0"})
+    pairs = (item.split(" ") for item in headers["Upload-Metadata"].split(","))
+    return {p[0]: base64.b64decode(p[1]).decode() if len(p) > 1 else "" for p in pairs}
+
+
 def upload_url_of(page) -> str:
     return wait_until(lambda: [u["uploadUrl"] for u in stored_uploads(page)], 60, "the upload to be created")[0]
 
@@ -214,6 +222,10 @@ def test_upload_resumes_by_itself_after_the_server_is_stopped_and_started_again(
     upload_url = upload_url_of(page)
     offset, length, batch_id = wait_for_offset(stack, upload_url, CHUNK)
     assert offset < length == len(data)
+    # (with what the page declared: the form's choices and the file's SHA-256, which the server checks at the end)
+    source_sha = hashlib.sha256(data).hexdigest()
+    assert metadata_of(stack, upload_url) == {"filename": "cut-off-scans.zip", "filetype": "application/zip",
+                                              "template": "a4-20q-4", "has_qr": "true", "sha256": source_sha}
 
     # When Daphne is killed, stays away while the page's retries fail, and starts again on the same port
     stack.stop_web(signal.SIGKILL)
@@ -235,7 +247,6 @@ def test_upload_resumes_by_itself_after_the_server_is_stopped_and_started_again(
     assert navigations == [f"{stack.base}/batches/{batch_id}/"], navigations
 
     # And the server stored the very file that was chosen, in one batch
-    source_sha = hashlib.sha256(data).hexdigest()
     assert stored_file_sha256(stack, batch_id) == source_sha
     batch = api_json(stack, f"/api/batches/{batch_id}")
     assert batch["sha256"] == source_sha and batch["size"] == len(data)
@@ -323,6 +334,8 @@ def test_after_a_reload_the_same_file_resumes_where_it_stopped(stack, browser, s
     expect(offer).to_contain_text(f"({100 * offset // length} %)")
     expect(offer).to_contain_text("a4-20q-4")
     expect(page.locator("#upload-button")).to_have_text("Resume upload")
+    # ... and the form shows the choices the upload began with, not the page's defaults
+    expect(page.get_by_label("Sheet template")).to_have_value("a4-20q-4")
 
     # And resuming sends only the rest, into the same upload and batch
     sent = len(patches)
@@ -332,4 +345,36 @@ def test_after_a_reload_the_same_file_resumes_where_it_stopped(stack, browser, s
     assert batch_count(stack) == before + 1
     assert stored_file_sha256(stack, batch_id) == hashlib.sha256(data).hexdigest()
     check_completed_with_csv(page, sheets)
+    page.close()
+
+
+def test_without_javascript_the_form_posts_the_file_as_before(stack, browser, scans, tmp_path):
+    data, sheets = scans
+    source = tmp_path / "plain-post-scans.zip"
+    source.write_bytes(data)
+    page = browser.new_page(java_script_enabled=False)
+    tus_requests = []
+    page.on("request", lambda r: tus_requests.append(r.url) if "/api/uploads" in r.url else None)
+    page.goto(f"{stack.base}/accounts/login/?next=/batches/upload")
+    page.get_by_label("Username").fill(STAFF_USER)
+    page.get_by_label("Password").fill(STAFF_PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+
+    # Given the upload page without JavaScript: no progress box, no resume offer, no buttons but the form's
+    expect(page.get_by_role("button", name="Pause")).to_be_hidden()
+    expect(page.locator("#resume-offer")).to_be_hidden()
+
+    # When the form is sent
+    page.get_by_label("Scanned sheets").set_input_files(str(source))
+    page.get_by_label("Sheet template").select_option("a4-20q-4")
+    page.get_by_role("button", name="Upload and read").click()
+
+    # Then it went as one multipart POST, to the batch page, and the batch completes
+    page.wait_for_url(f"{stack.base}/batches/*/", timeout=120_000)
+    assert tus_requests == []
+    batch_id = urlparse(page.url).path.split("/")[2]
+    wait_until(lambda: api_json(stack, f"/api/batches/{batch_id}")["stage"] == "completed", 120, "the batch to complete")
+    assert stored_file_sha256(stack, batch_id) == hashlib.sha256(data).hexdigest()
+    page.reload()
+    expect(page.locator("#stage-heading")).to_contain_text("Completed")
     page.close()

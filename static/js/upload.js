@@ -42,11 +42,10 @@
     return total ? Math.floor((done / total) * 100) : 0;
   }
 
+  // The server's words as a sentence (not capitalised: they may start with a file name).
   function sentence(text) {
     text = String(text || "").trim();
-    if (!text) return "";
-    text = text.charAt(0).toUpperCase() + text.slice(1);
-    return /[.!?]$/.test(text) ? text : text + ".";
+    return !text || /[.!?]$/.test(text) ? text : text + ".";
   }
 
   function toHex(buffer) {
@@ -356,6 +355,18 @@
         (meta.template ? " with template " + meta.template + ", " + how : "");
     }
 
+    // The form shows what a resumed upload will use: the choices made when it began.
+    function showChoices(meta) {
+      var template = form.elements.template;
+      if (meta.template && template.querySelector('option[value="' + CSS.escape(meta.template) + '"]')) {
+        template.value = meta.template;
+      }
+      if (meta.has_qr === "true" || meta.has_qr === "false") {
+        var radio = form.querySelector('input[name="has_qr"][value="' + meta.has_qr + '"]');
+        if (radio) radio.checked = true;
+      }
+    }
+
     function lookForPrevious(file) {
       previous = null;
       offer.hidden = true;
@@ -375,6 +386,7 @@
           previous = hit;
           byId("resume-text").textContent = "This file was partly uploaded before: " + describe(hit) +
             ". Resuming sends only the rest, and keeps the choices made then.";
+          showChoices(hit.metadata || {});
           offer.hidden = false;
           unfinished.hidden = true;
           submit.textContent = "Resume upload";
