@@ -260,18 +260,26 @@ def _background_of(grey: np.ndarray) -> Background:
     return Background(_background(small), small.shape[1] / w)
 
 
-def _estimate_radius(grey: np.ndarray, fit: PageFit, t: OmrCheckerTemplate) -> tuple[float, float]:
+def _estimate_radius(grey: np.ndarray, fit: PageFit, t: OmrCheckerTemplate,
+                     frame: BubbleFrame | None = None) -> tuple[float, float, float]:
     """The printed bubble outline's radius (mm), how clearly it shows (darkness
     of the outline over the inside) and where it has faded back to paper (mm),
-    from radial profiles of a spread of unfilled bubbles."""
+    from radial profiles of a spread of unfilled bubbles: where the flat
+    placement puts them, or where ``frame`` (a refined placement) reads them."""
     k = t.mm_per_px
     half = min(t.bubble_w, t.bubble_h) / 2 * k
-    cen = np.array([c for f in t.fields for c in f.centres()]) * k
-    if len(cen) > 60:
-        cen = cen[np.linspace(0, len(cen) - 1, 60).astype(int)]
+    if frame is not None:
+        n = len(frame.centres)
+        idx = np.linspace(0, n - 1, min(n, 60)).astype(int)
+        img, J = frame.centres[idx], frame.J[idx]
+    else:
+        cen = np.array([c for f in t.fields for c in f.centres()]) * k
+        if len(cen) > 60:
+            cen = cen[np.linspace(0, len(cen) - 1, 60).astype(int)]
+        img, J = apply_h(fit.H, cen), jacobians(fit.H, cen)
     radii = np.linspace(0.1, 1.5, 29) * half
-    prof = ray_profiles(grey, apply_h(fit.H, cen), jacobians(fit.H, cen), radii)  # (N, A, R)
-    paper = fit.background.at(apply_h(fit.H, cen))
+    prof = ray_profiles(grey, img, J, radii)  # (N, A, R)
+    paper = fit.background.at(img)
     d = (paper[:, None, None] - prof) / np.maximum(paper[:, None, None], 1.0)
     radial = d.mean(1)  # (N, R)
     unfilled = radial[:, :6].mean(1) < 0.15
@@ -449,6 +457,7 @@ def read_omrchecker_sheet(image: np.ndarray, template: OmrCheckerTemplate, *, so
     tried: list[tuple[float, _Placement, PageFit]] = []
     half = min(t.bubble_w, t.bubble_h) / 2 * k
     centres_px = np.array([c for f in t.fields for c in f.centres()])
+    radius_of: dict[int, float] = {}  # fit -> the bubble radius its refined placement was found with
 
     def score(Hr: np.ndarray) -> tuple[float, PageFit]:
         fit = _make_fit(meas, Hr @ to_px, t, bg)
@@ -461,35 +470,64 @@ def read_omrchecker_sheet(image: np.ndarray, template: OmrCheckerTemplate, *, so
         # outlines it finds past the blocks' edges give it away.
         return v * (1.0 - _border_share(meas, fit, t, r_mm)), fit
 
-    def quick(pl: _Placement) -> tuple[float, PageFit]:
+    def quick(pl: _Placement) -> tuple[float, PageFit, list[tuple[float, PageFit, np.ndarray]]]:
+        """The four namings of the corners (a sheet photographed sideways or
+        upside down), scored: (best score, its fit, every naming whose page
+        proportions fit, best first)."""
         found = []
         for roll in (0, 2, 1, 3):
-            # Quarter and half turns: the corners' naming can be off by a turn.
             Hr = pl.H if roll == 0 else pl.H @ _turn(t, roll)
             s, fit = score(Hr)
-            found.append((s, fit, Hr))
-            if s >= GOOD_QUICK:
-                return s, fit
-        # None sits on the bubbles: pull the likeliest ones in on the outlines.
-        found.sort(key=lambda e: -e[0])
-        best = found[0][:2]
-        for _s0, fit0, Hr in found[:1]:
-            r_mm, _, _ = _estimate_radius(meas, fit0, t)
-            H2 = ecc_refine(meas, Hr, t.page_w, t.page_h, centres_px, max(r_mm, 0.7 * half) / k, 0.3 / k)
-            if H2 is None:
-                continue
-            s, fit = score(H2)
-            if s > best[0]:
-                best = (s, fit)
-                pl.notes.append("placement corrected on the bubble outlines")
+            found.append((s, fit, Hr, _aspect_error(Hr, t)))
             if s >= GOOD_QUICK:
                 break
+        found.sort(key=lambda e: -e[0])
+        # For the pull-in, only namings that give the page its proportions
+        # (a page's long side is not its short one; a square page allows all).
+        plausible = [e[:3] for e in found if e[3] < 0.25] or [e[:3] for e in found]
+        return found[0][0], found[0][1], plausible
+
+    def score_refined(Hr: np.ndarray) -> tuple[float, PageFit]:
+        """As ``score``, after the outline refinement (a curled photo moves the
+        middle of the page by a pitch or more from the flat placement). The
+        bubble radius measured where the flat placement puts them is smeared
+        when it is off: it is measured again where the refinement reads them,
+        and a typical printed bubble (0.85 of the box) is tried too."""
+        fit = _make_fit(meas, Hr @ to_px, t, bg)
+        r0, _, _ = _estimate_radius(meas, fit, t)
+        best = (-1.0, fit)
+        tried_r: list[float] = []
+        queue = [r0, 0.85 * half]
+        while queue:
+            r_mm = queue.pop(0)
+            if any(abs(r_mm / r - 1) < 0.05 for r in tried_r) or len(tried_r) >= 3:
+                continue
+            tried_r.append(r_mm)
+            frame = refine_on_bubbles(meas, fit, layout_mm(t, r_mm))
+            v = verify_frame(meas, fit, frame) * (1.0 - _border_share(meas, fit, t, r_mm, frame.field))
+            if v > best[0]:
+                best = (v, fit)
+                radius_of[id(fit)] = r_mm
+            if v >= GOOD_QUICK:
+                break
+            r1, _, _ = _estimate_radius(meas, fit, t, frame)
+            queue.insert(0, r1)
         return best
 
+    def pull_in(pl: _Placement, fit0: PageFit, Hr: np.ndarray) -> tuple[float, PageFit] | None:
+        """The placement pulled in on the printed outlines (ECC), scored."""
+        r_mm, _, _ = _estimate_radius(meas, fit0, t)
+        H2 = ecc_refine(meas, Hr, t.page_w, t.page_h, centres_px, max(r_mm, 0.7 * half) / k, 0.3 / k)
+        if H2 is None:
+            return None
+        return score(H2)
+
     # The template's own steps first; then each likely page outline (the
-    # photo fallback, or CropPage's other candidates).
+    # photo fallback, or CropPage's other candidates). The ones that do not sit
+    # on the bubbles at once are pulled in on the outlines, likeliest first.
     pages: list | None = None
     plan = 0
+    scored: list[tuple[float, _Placement, PageFit, np.ndarray]] = []
     while True:
         if plan == 0:
             page = None
@@ -513,10 +551,42 @@ def read_omrchecker_sheet(image: np.ndarray, template: OmrCheckerTemplate, *, so
             pl.how = "page outline (fallback)"
         elif page is not None and t.alignment()[0] != "CropPage":
             pl.how += " (page outline first)"
-        s, fit = quick(pl)
-        tried.append((s, pl, fit))
-        if s >= GOOD_QUICK or len(tried) >= 4:
+        s, fit, namings = quick(pl)
+        scored.append((s, pl, fit, namings))
+        if s >= GOOD_QUICK:
             break
+    scored.sort(key=lambda e: -e[0])
+    for s, pl, fit, _n in scored:
+        tried.append((s, pl, fit))
+    if scored and scored[0][0] < GOOD_QUICK:
+        # Nothing sits on the bubbles flat: the likeliest namings, refined on
+        # the outlines (curl), then pulled in (a page outline found off).
+        cands = sorted(((s0, pl, f0, H0) for _s, pl, _f, namings in scored for s0, f0, H0 in namings[:2]),
+                       key=lambda e: -e[0])
+        for _s0, pl, _f0, H0 in cands[:3]:
+            s, fit = score_refined(H0)
+            if s > tried[0][0]:
+                tried.insert(0, (s, pl, fit))
+            if s >= GOOD_QUICK:
+                break
+        tried.sort(key=lambda e: -e[0])
+    if tried and tried[0][0] < GOOD_QUICK:
+        done_pull = False
+        for _s, pl, _fit, namings in scored[:2]:
+            for _s0, fit0, Hr in namings[:2]:
+                pulled = pull_in(pl, fit0, Hr)
+                if pulled is None:
+                    continue
+                s, fit = pulled
+                if s > tried[0][0]:
+                    pl.notes.append("placement corrected on the bubble outlines")
+                    tried.insert(0, (s, pl, fit))
+                if s >= GOOD_QUICK:
+                    done_pull = True
+                    break
+            if done_pull:
+                break
+        tried.sort(key=lambda e: -e[0])
     timings["align"] = (time.perf_counter() - t0) * 1000
     if not tried:
         exc = failures[0]
@@ -530,6 +600,9 @@ def read_omrchecker_sheet(image: np.ndarray, template: OmrCheckerTemplate, *, so
 
     t0 = time.perf_counter()
     r_mm, outline, r_out = _estimate_radius(meas, fit, t)
+    if id(fit) in radius_of:
+        r_mm = radius_of[id(fit)]
+        _, outline, r_out = _estimate_radius(meas, fit, t, refine_on_bubbles(meas, fit, layout_mm(t, r_mm)))
     lay = layout_mm(t, r_mm)
     page = np.array([[b.x, b.y] for g in lay.groups for b in g.bubbles])
     cen = fit.to_image(page)
@@ -590,6 +663,18 @@ def read_omrchecker_sheet(image: np.ndarray, template: OmrCheckerTemplate, *, so
 #: A placement whose unrefined bubbles already sit on their outlines this well
 #: is taken without trying the others.
 GOOD_QUICK = 0.85
+
+
+def _aspect_error(H: np.ndarray, t: OmrCheckerTemplate) -> float:
+    """|log| of how much the page's width/height ratio, as ``H`` (page px ->
+    image px) shows it, differs from the template's (perspective makes it
+    approximate: ~0 right, ~|log(w/h)| * 2 for a quarter turn misnamed)."""
+    c = apply_h(H, _corners(t))
+    w = (np.linalg.norm(c[1] - c[0]) + np.linalg.norm(c[2] - c[3])) / 2
+    h = (np.linalg.norm(c[3] - c[0]) + np.linalg.norm(c[2] - c[1])) / 2
+    if w <= 0 or h <= 0:
+        return 9.0
+    return abs(math.log((w / h) / (t.page_w / t.page_h)))
 
 
 def _turn(t: OmrCheckerTemplate, roll: int) -> np.ndarray:

@@ -87,7 +87,7 @@ def _valid_quad(q: np.ndarray, shape: tuple[int, int], min_share: float) -> bool
     return True
 
 
-def page_candidates(grey: np.ndarray, limit: int = 4) -> list[tuple[np.ndarray, list[str]]]:
+def page_candidates(grey: np.ndarray, limit: int = 8) -> list[tuple[np.ndarray, list[str]]]:
     """Likely outlines of the sheet in ``grey``, likeliest first: each is (four
     corners TL, TR, BR, BL in image px, notes). Found on brightness (the large
     bright region, opened harder and harder so a pen or a cable touching the
@@ -105,16 +105,21 @@ def page_candidates(grey: np.ndarray, limit: int = 4) -> list[tuple[np.ndarray, 
             quads.append(q)
 
     k = max(3, round(min(h, w) / 40)) | 1
-    _, bright = cv2.threshold(blur, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    bright = cv2.morphologyEx(bright, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
-    for ko in (5, k, 2 * k + 1):
-        opened = cv2.morphologyEx(bright, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (ko, ko)))
-        contours, _ = cv2.findContours(opened, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        for cnt in sorted(contours, key=cv2.contourArea, reverse=True)[:2]:
-            q = _quad_from_contour(cnt)
-            if q is not None and _valid_quad(q, (h, w), 0.08):
-                add(q)
-                break
+    otsu, _ = cv2.threshold(blur, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    hi = float(np.percentile(blur, 97))
+    # Otsu's level, then lower ones: a shadow across the page puts part of it
+    # under Otsu's level; higher ones: bright clutter merged with the page.
+    for level in (otsu, 0.5 * (otsu + hi), 0.75 * otsu, 0.55 * otsu):
+        _, bright = cv2.threshold(blur, level, 255, cv2.THRESH_BINARY)
+        bright = cv2.morphologyEx(bright, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+        for ko in (5, k, 2 * k + 1):
+            opened = cv2.morphologyEx(bright, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (ko, ko)))
+            contours, _ = cv2.findContours(opened, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            for cnt in sorted(contours, key=cv2.contourArea, reverse=True)[:2]:
+                q = _quad_from_contour(cnt)
+                if q is not None and _valid_quad(q, (h, w), 0.08):
+                    add(q)
+                    break
     _, tr = cv2.threshold(blur, 200, 255, cv2.THRESH_TRUNC)
     tr = cv2.normalize(tr, None, 0, 255, cv2.NORM_MINMAX)
     closed = cv2.morphologyEx(tr, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
