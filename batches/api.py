@@ -70,7 +70,7 @@ def upload(request):
     """``POST /api/batches/upload``: multipart ``file``, ``has_qr``, ``template``."""
     length = request.META.get("CONTENT_LENGTH")
     if length and length.isdigit() and int(length) > settings.OMR_MAX_UPLOAD_BYTES + 1024 * 1024:
-        return error_response(413, f"the upload is over the limit of {settings.OMR_MAX_UPLOAD_BYTES / 1e6:.0f} MB")
+        return error_response(413, f"the upload is over the limit of {services.upload_limit_text()}")
     upload_file = request.FILES.get("file")
     if upload_file is None:
         return error_response(400, "no file: send the scans as the multipart field 'file'")

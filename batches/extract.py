@@ -60,6 +60,7 @@ class Limits:
     max_pages: int = 10_000
     max_pixels: int = 60_000_000
     max_uncompressed: int = 8 * 1024**3
+    max_image_entry: int = 512 * 1024**2  # an image entry is decoded from memory whole
     max_ratio: int = 200
     max_name_length: int = 255
     pdf_dpi: int = 200
@@ -74,6 +75,7 @@ class Limits:
             max_pages=settings.OMR_MAX_PAGES,
             max_pixels=settings.OMR_MAX_PIXELS,
             max_uncompressed=settings.OMR_MAX_UNCOMPRESSED_BYTES,
+            max_image_entry=settings.OMR_MAX_IMAGE_ENTRY_BYTES,
             max_ratio=settings.OMR_MAX_COMPRESSION_RATIO,
             max_name_length=settings.OMR_MAX_NAME_LENGTH,
             pdf_dpi=settings.OMR_PDF_DPI,
@@ -333,6 +335,9 @@ def inspect_zip(zf: zipfile.ZipFile, limits: Limits) -> ZipPlan:
             declared = sum(i.file_size for i in infos)
             raise ExtractError(f"the archive's entries unpack to {_size(declared)} in all; the limit is "
                                f"{_size(limits.max_uncompressed)} (OMR_MAX_UNCOMPRESSED_MB)")
+        if ext in IMAGE_EXTENSIONS:
+            # Image entries are read into memory to be checked and decoded (PDFs stream to their renderer).
+            _check_image_size(info.file_size, f"entry {shown!r}", limits)
         if ext in IMAGE_EXTENSIONS or ext in PDF_EXTENSIONS:
             members.append(Member(info, name))
         else:
@@ -464,6 +469,7 @@ def iter_pages(fileobj, filename: str, limits: Limits, workdir: str | os.PathLik
                     if kind == "pdf":  # streamed to the renderer's file: a PDF may be large
                         yield from counted(pdf_pages(reader, member.name, limits, workdir))
                     else:
+                        _check_image_size(member.info.file_size, f"entry {display_name(member.name)!r}", limits)
                         yield from counted(_file_pages(reader.read(), member.name, limits, workdir))
                 finally:
                     reader.close()
@@ -472,8 +478,19 @@ def iter_pages(fileobj, filename: str, limits: Limits, workdir: str | os.PathLik
     if kind == "pdf":
         yield from counted(pdf_pages(fileobj, filename, limits, workdir))
         return
+    start = fileobj.tell()
+    size = fileobj.seek(0, os.SEEK_END) - start
+    fileobj.seek(start)
+    _check_image_size(size, repr(display_name(filename)), limits)
     data = fileobj.read()
     yield from counted(_file_pages(data, filename, limits, workdir))
+
+
+def _check_image_size(size: int, label: str, limits: Limits) -> None:
+    """Images are decoded from memory whole: refuse one larger than the cap first."""
+    if size > limits.max_image_entry:
+        raise ExtractError(f"{label}: an image of {_size(size)}; the limit is "
+                           f"{_size(limits.max_image_entry)} per image (OMR_MAX_IMAGE_ENTRY_MB)")
 
 
 def _file_pages(data: bytes, name: str, limits: Limits, workdir) -> Iterator[Page]:

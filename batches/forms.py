@@ -9,10 +9,10 @@ from pathlib import PurePath
 
 from django import forms
 from django.conf import settings
-from django.template.defaultfilters import filesizeformat
 
 from .extract import UPLOAD_EXTENSIONS
 from .omr import builtin_names
+from .services import size_text, upload_limit_text
 
 ACCEPT = ",".join(sorted(UPLOAD_EXTENSIONS))
 
@@ -77,7 +77,7 @@ class UploadForm(forms.Form):
             raise forms.ValidationError(f"“{upload.name}” is empty.")
         if upload.size > settings.OMR_MAX_UPLOAD_BYTES:
             raise forms.ValidationError(
-                f"“{upload.name}” is {filesizeformat(upload.size)}; the limit is "
-                f"{filesizeformat(settings.OMR_MAX_UPLOAD_BYTES)}. Split the scans into several uploads."
+                f"“{upload.name}” is {size_text(upload.size)}; the limit is {upload_limit_text()}. "
+                "Split the scans into several uploads."
             )
         return upload

@@ -330,13 +330,16 @@ def read_sheet(sheet: Sheet, batch: Batch) -> SheetResult:
                 readings = read_omrchecker_image_bytes(data, chosen.template, source=sheet.source_name)
             else:
                 template = None if batch.has_qr else chosen.template
-                readings = read_image_bytes(data, template, source=sheet.source_name, resolve=_resolve_template)
+                readings = read_image_bytes(data, template, source=sheet.source_name, resolve=_resolve_template,
+                                            max_pixels=settings.OMR_MAX_PIXELS)
     except Exception as exc:  # an engine bug must cost one sheet, not the batch
         logger.exception("Reading sheet %s of batch %s failed", sheet.index, batch.pk)
         return SheetResult(sheet.pk, SheetStatus.FAILED, error=f"could not read this page ({type(exc).__name__})")
     if not readings:
         return SheetResult(sheet.pk, SheetStatus.FAILED, error="no page found in the image")
     reading = readings[0].to_dict()
+    if (reading.get("error") or "").endswith(" MP") and "over the limit of" in reading["error"]:
+        reading["error"] += " (OMR_MAX_PIXELS)"  # the engine knows no settings; the user may change this one
     if len(readings) > 1:
         reading["sheet_flags"] = [*reading.get("sheet_flags", []), "extra_pages"]
         reading["needs_review"] = True

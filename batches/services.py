@@ -58,6 +58,18 @@ def check_template(name: str) -> str:
     return name
 
 
+def size_text(size: int) -> str:
+    """Bytes as the limits are set: ``OMR_MAX_UPLOAD_MB`` counts MB of 2**20 bytes."""
+    if size < 2**20:
+        return f"{size:,} bytes"
+    return f"{size / 2**20:,.1f} MB".replace(".0 MB", " MB")
+
+
+def upload_limit_text() -> str:
+    """The upload size limit as a user reads it, with the setting that sets it."""
+    return f"{size_text(settings.OMR_MAX_UPLOAD_BYTES)} (OMR_MAX_UPLOAD_MB)"
+
+
 def check_new_batch(filename: str, template: str, size: int) -> tuple[str, str]:
     """The checked template name and file extension for a new batch of
     ``size`` bytes; raises ``ServiceError`` (400 bad template, file type or an
@@ -68,8 +80,8 @@ def check_new_batch(filename: str, template: str, size: int) -> tuple[str, str]:
     except ExtractError as exc:
         raise ServiceError(400, str(exc)) from None
     if size > settings.OMR_MAX_UPLOAD_BYTES:
-        raise ServiceError(413, f"{display_name(filename)} is {size / 1e6:.1f} MB, over the limit of "
-                                f"{settings.OMR_MAX_UPLOAD_BYTES / 1e6:.0f} MB")
+        raise ServiceError(413, f"{display_name(filename)} is {size_text(size)}, over the limit of "
+                                f"{upload_limit_text()}")
     if size == 0:
         raise ServiceError(400, f"{display_name(filename)} is empty")
     return template, extension

@@ -193,7 +193,8 @@ def parse_int_header(request, name: str) -> int:
 
 
 def _mb(size: int) -> str:
-    return f"{size / 1e6:.1f} MB"
+    """Progress in MB of 2**20 bytes, the unit of the settings."""
+    return f"{size / 2**20:,.1f} MB"
 
 
 # ---------------------------------------------------------------- write actions
@@ -204,7 +205,7 @@ def create_upload(owner, *, length: int, metadata: dict[str, str]) -> Upload:
     Metadata: ``filename``, ``template``, ``has_qr``, optional ``sha256``/``sha1``
     of the whole file. Raises ``TusError`` or ``ServiceError`` (400, 413)."""
     if length > settings.OMR_MAX_UPLOAD_BYTES:
-        raise TusError(413, f"Upload-Length {_mb(length)} is over the limit of {_mb(settings.OMR_MAX_UPLOAD_BYTES)}")
+        raise TusError(413, f"Upload-Length {_mb(length)} is over the limit of {services.upload_limit_text()}")
     filename = metadata.get("filename") or metadata.get("name") or "upload"
     has_qr = services.parse_bool(metadata.get("has_qr"), default=True)
     digests = {name: parse_digest(name, metadata[name]) for name in CHECKSUMS if metadata.get(name)}
@@ -276,8 +277,8 @@ def _too_much(upload: Upload, room: int) -> str:
     if room <= settings.OMR_TUS_MAX_CHUNK_BYTES:
         return (f"the chunk goes past the declared Upload-Length of {upload.length} bytes "
                 f"({room} bytes are still expected)")
-    return (f"a chunk may be at most {settings.OMR_TUS_MAX_CHUNK_BYTES} bytes "
-            f"({_mb(settings.OMR_TUS_MAX_CHUNK_BYTES)}); send smaller chunks")
+    return (f"a chunk may be at most {settings.OMR_TUS_MAX_CHUNK_BYTES:,} bytes "
+            f"({services.size_text(settings.OMR_TUS_MAX_CHUNK_BYTES)}, OMR_TUS_MAX_CHUNK_MB); send smaller chunks")
 
 
 def _check_writable(upload: Upload, offset: int) -> None:

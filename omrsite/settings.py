@@ -12,7 +12,8 @@ Environment variables (all optional):
 - ``REDIS_URL``: the Dramatiq broker and the channel layer. Default ``redis://127.0.0.1:6379/0``.
 - ``MEDIA_ROOT``: where uploads, page images and CSV files go. Default ``var/media``.
 - ``OMR_MAX_UPLOAD_MB``, ``OMR_MAX_ENTRIES``, ``OMR_MAX_PAGES``, ``OMR_MAX_PIXELS``,
-  ``OMR_MAX_UNCOMPRESSED_MB``, ``OMR_MAX_COMPRESSION_RATIO``: the limits on what an upload may contain.
+  ``OMR_MAX_UNCOMPRESSED_MB``, ``OMR_MAX_IMAGE_ENTRY_MB``, ``OMR_MAX_COMPRESSION_RATIO``: the limits on
+  what an upload may contain.
 - ``OMR_UPLOAD_EXPIRY_HOURS``, ``OMR_TUS_MAX_CHUNK_MB``: resumable uploads (expiry, largest PATCH body).
 """
 
@@ -233,6 +234,7 @@ OMR_MAX_ENTRIES = env_int("OMR_MAX_ENTRIES", 20_000)
 OMR_MAX_PAGES = env_int("OMR_MAX_PAGES", 10_000)
 OMR_MAX_PIXELS = env_int("OMR_MAX_PIXELS", 60_000_000)
 OMR_MAX_UNCOMPRESSED_BYTES = env_int("OMR_MAX_UNCOMPRESSED_MB", 8192) * 1024 * 1024
+OMR_MAX_IMAGE_ENTRY_BYTES = env_int("OMR_MAX_IMAGE_ENTRY_MB", 512) * 1024 * 1024  # one image in an archive
 OMR_MAX_COMPRESSION_RATIO = env_int("OMR_MAX_COMPRESSION_RATIO", 200)
 OMR_MAX_NAME_LENGTH = 255
 OMR_PDF_DPI = env_int("OMR_PDF_DPI", 200)

@@ -65,7 +65,7 @@ def test_upload_over_the_limit_is_413(api, settings):
     settings.OMR_MAX_UPLOAD_BYTES = 100
     response = post_upload(api, data=b"PK\x03\x04" + b"x" * 500)
     assert response.status_code == 413
-    assert "limit" in response.json()["error"]
+    assert response.json()["error"].endswith("over the limit of 100 bytes (OMR_MAX_UPLOAD_MB)")
     assert not Batch.objects.exists()
 
 

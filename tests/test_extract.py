@@ -723,3 +723,18 @@ def test_upload_extension_checks():
 def test_unicode_folding_helper_agrees_with_the_standard():
     # The duplicate check folds like NFKC_Casefold (a fullwidth capital S is an s).
     assert unicodedata.normalize("NFKC", "\uff33").casefold() == "s"
+
+
+def test_an_image_entry_over_the_per_image_cap_is_refused_before_it_is_read(owner, sandbox, settings):
+    # Images are decoded from memory whole, so one larger than the cap stops the archive up front
+    settings.OMR_MAX_IMAGE_ENTRY_BYTES = 2 * 1024 * 1024
+    data = make_zip([("a.jpg", JPEG), ("poster.tif", b"II*\0" + b"\0" * (3 * 1024 * 1024))])
+    assert_failed(run(owner, data), sandbox,
+                  "entry 'poster.tif': an image of 3 MB; the limit is 2 MB per image (OMR_MAX_IMAGE_ENTRY_MB)")
+
+
+def test_a_single_image_upload_over_the_per_image_cap_is_refused(owner, sandbox, settings):
+    settings.OMR_MAX_IMAGE_ENTRY_BYTES = 1024 * 1024
+    big = JPEG + b"\0" * (2 * 1024 * 1024)
+    assert_failed(run(owner, big, name="scan.jpg"), sandbox,
+                  "'scan.jpg': an image of 2 MB; the limit is 1 MB per image (OMR_MAX_IMAGE_ENTRY_MB)")

@@ -241,7 +241,7 @@ def test_a_file_over_the_limit_is_refused_with_the_limit(owner, settings):
     settings.OMR_MAX_UPLOAD_BYTES = 1000
     response = upload(logged_in(owner), data=b"x" * 5000)
     assert response.status_code == 422
-    assert "the limit is 1000" in response.content.decode()
+    assert "is 5,000 bytes; the limit is 1,000 bytes (OMR_MAX_UPLOAD_MB)" in response.content.decode()
     assert not Batch.objects.exists()
 
 

@@ -475,3 +475,17 @@ def test_w3_redis_down_while_publishing_costs_only_the_wake_up(owner, monkeypatc
     batch.refresh_from_db()
     assert batch.stage == Stage.COMPLETED
     assert_stage_order(batch)
+
+
+def test_the_pixel_cap_of_the_settings_applies_to_the_pages_and_is_named(owner, settings):
+    # Given a cap lower than a 300-dpi A4 page (2480 x 3508 pixels)
+    settings.OMR_MAX_PIXELS = 5_000_000
+    data, _sheets = sheets_zip(2)
+
+    # When the batch runs
+    batch = pipeline.run_inline(new_batch(owner, data).pk)
+
+    # Then each page failed before decoding, saying which limit and which setting; the batch completed
+    assert batch.stage == Stage.COMPLETED and batch.sheets_failed == 2
+    errors = set(Sheet.objects.filter(batch=batch).values_list("error", flat=True))
+    assert errors == {"image is 2480 x 3508 pixels, over the limit of 5 MP (OMR_MAX_PIXELS)"}, errors

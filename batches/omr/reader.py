@@ -43,7 +43,7 @@ from .align import (
     to_grey,
     verify_frame,
 )
-from .imageio import ImageError, load_grey_for_reading
+from .imageio import MAX_PIXELS, ImageError, load_grey_for_reading
 from .layout import PageLayout
 from .payload import QrPayload
 from .qr import read_qr, scan_region
@@ -490,11 +490,13 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
 
 
 def read_image_bytes(data: bytes, template: Template | None = None, *, source: str = "",
-                     resolve: Callable[[str], Template] = load_template) -> list[SheetReading]:
+                     resolve: Callable[[str], Template] = load_template,
+                     max_pixels: int = MAX_PIXELS) -> list[SheetReading]:
     """Read every page of an uploaded image file.
 
     ``data``: the file's bytes; ``template``/``resolve``: as ``read_sheet``;
-    ``source``: the file name reported back. Returns one ``SheetReading`` per
+    ``source``: the file name reported back; ``max_pixels``: images larger than
+    this are refused before decoding. Returns one ``SheetReading`` per
     page; a file that cannot be decoded gives one reading with ``error`` and the
     sheet flag ``unreadable``. Large page-sized JPEG scans are decoded at
     reduced size (see ``imageio.load_grey_for_reading``); coordinates in the
@@ -503,7 +505,7 @@ def read_image_bytes(data: bytes, template: Template | None = None, *, source: s
     """
     t0 = time.perf_counter()
     try:
-        pages = load_grey_for_reading(data)
+        pages = load_grey_for_reading(data, max_pixels=max_pixels)
     except ImageError as exc:
         r = SheetReading(file=source, error=str(exc), sheet_flags=["unreadable"])
         r.timings_ms = {"decode": (time.perf_counter() - t0) * 1000}
@@ -520,7 +522,7 @@ def read_image_bytes(data: bytes, template: Template | None = None, *, source: s
             # A shrunk decode that failed: try the full image before giving up.
             t1 = time.perf_counter()
             try:
-                full = load_grey_for_reading(data, min_dpi=1e9)[0]
+                full = load_grey_for_reading(data, min_dpi=1e9, max_pixels=max_pixels)[0]
                 r2 = read_sheet(full.image, template, source=name, resolve=resolve)
                 decode_ms += (time.perf_counter() - t1) * 1000 - r2.timings_ms.get("total", 0.0)
                 if not r2.error:
