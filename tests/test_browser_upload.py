@@ -2,8 +2,8 @@
 tus (static/js/upload.js and the vendored tus-js-client) to a real Daphne,
 with a real Dramatiq worker and Redis behind it (``tests.test_end_to_end.Servers``).
 
-- Daphne is killed in the middle of an upload and started again on the same
-  port: the page retries by itself, the upload goes on from the server's
+- Daphne is stopped (SIGKILL, and SIGTERM) in the middle of an upload and
+  started again on the same port: the page retries by itself, the upload goes on from the server's
   offset (no reload, no second upload), the stored file is the source byte for
   byte, the batch page shows Completed and the CSV downloads; the batch's event
   stream carries the upload's progress as the ``uploading`` stage.
@@ -207,7 +207,9 @@ def check_completed_with_csv(page, sheets) -> None:
 # ---------------------------------------------------------------- tests
 
 
-def test_upload_resumes_by_itself_after_the_server_is_stopped_and_started_again(stack, browser, scans, tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_upload_resumes_by_itself_after_the_server_is_stopped_and_started_again(stack, browser, scans, tmp_path,
+                                                                                stop_signal):
     data, sheets = scans
     source = tmp_path / "cut-off-scans.zip"
     source.write_bytes(data)
@@ -227,8 +229,9 @@ def test_upload_resumes_by_itself_after_the_server_is_stopped_and_started_again(
     assert metadata_of(stack, upload_url) == {"filename": "cut-off-scans.zip", "filetype": "application/zip",
                                               "template": "a4-20q-4", "has_qr": "true", "sha256": source_sha}
 
-    # When Daphne is killed, stays away while the page's retries fail, and starts again on the same port
-    stack.stop_web(signal.SIGKILL)
+    # When Daphne is stopped (killed, or told to stop), stays away while the
+    # page's retries fail, and starts again on the same port
+    stack.stop_web(stop_signal)
     status = page.locator("#upload-status")
     expect(status).to_contain_text("The connection to the server was lost", timeout=60_000)
     expect(status).to_contain_text("Trying again")
