@@ -74,6 +74,61 @@ def _quad_from_contour(cnt: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def _quad_by_lines(cnt: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    """The page's four sides as the four dominant straight runs of its outline
+    (RANSAC, one line at a time), intersected: a pen or a hand overlapping the
+    page bends its outline but leaves most of each side straight."""
+    pts = cnt.reshape(-1, 2).astype(np.float64)
+    if len(pts) < 40:
+        return None
+    span = float(np.ptp(pts, axis=0).max())
+    tol = max(1.5, 0.004 * span)
+    lines = []
+    left = pts
+    for _ in range(4):
+        if len(left) < 20:
+            return None
+        i = rng.integers(0, len(left), (300, 2))
+        a, b = left[i[:, 0]], left[i[:, 1]]
+        d = b - a
+        ln = np.hypot(d[:, 0], d[:, 1])
+        ok = ln > 0.1 * span
+        if not ok.any():
+            return None
+        a, d, ln = a[ok], d[ok], ln[ok]
+        nrm = np.stack([-d[:, 1], d[:, 0]], 1) / ln[:, None]
+        dist = np.abs((left[None, :, 0] - a[:, None, 0]) * nrm[:, None, 0]
+                      + (left[None, :, 1] - a[:, None, 1]) * nrm[:, None, 1])
+        counts = (dist < tol).sum(1)
+        j = int(np.argmax(counts))
+        inl = left[dist[j] < tol]
+        if len(inl) < 0.05 * len(pts):
+            return None
+        vx, vy, x0, y0 = cv2.fitLine(inl.astype(np.float32), cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
+        lines.append((np.array([x0, y0]), np.array([vx, vy])))
+        # Drop this side's points (and those close to it) before the next.
+        n2 = np.array([-vy, vx])
+        left = left[np.abs((left - [x0, y0]) @ n2) > 3 * tol]
+    c = pts.mean(0)
+    # Order the sides around the page by the direction of their nearest point from the centre.
+    ang = []
+    for p0, v in lines:
+        foot = p0 + np.dot(c - p0, v) * v
+        ang.append(math.atan2(foot[1] - c[1], foot[0] - c[0]))
+    order = np.argsort(ang)
+    lines = [lines[i] for i in order]
+    quad = []
+    for i in range(4):
+        p1, v1 = lines[i]
+        p2, v2 = lines[(i + 1) % 4]
+        den = v1[0] * v2[1] - v1[1] * v2[0]
+        if abs(den) < 0.3:  # adjacent sides must cross at a good angle
+            return None
+        tpar = ((p2[0] - p1[0]) * v2[1] - (p2[1] - p1[1]) * v2[0]) / den
+        quad.append(p1 + tpar * v1)
+    return np.array(quad)
+
+
 def _valid_quad(q: np.ndarray, shape: tuple[int, int], min_share: float) -> bool:
     area = cv2.contourArea(q.astype(np.float32))
     if area < min_share * shape[0] * shape[1]:
@@ -119,6 +174,12 @@ def page_candidates(grey: np.ndarray, limit: int = 8) -> list[tuple[np.ndarray, 
                 q = _quad_from_contour(cnt)
                 if q is not None and _valid_quad(q, (h, w), 0.08):
                     add(q)
+                    if ko == 5:
+                        full, _ = cv2.findContours(opened, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+                        big = max(full, key=cv2.contourArea)
+                        q2 = _quad_by_lines(big, np.random.default_rng(0))
+                        if q2 is not None and _valid_quad(q2, (h, w), 0.08):
+                            add(q2)
                     break
     _, tr = cv2.threshold(blur, 200, 255, cv2.THRESH_TRUNC)
     tr = cv2.normalize(tr, None, 0, 255, cv2.NORM_MINMAX)
