@@ -277,8 +277,8 @@ def _too_much(upload: Upload, room: int) -> str:
     if room <= settings.OMR_TUS_MAX_CHUNK_BYTES:
         return (f"the chunk goes past the declared Upload-Length of {upload.length} bytes "
                 f"({room} bytes are still expected)")
-    return (f"a chunk may be at most {settings.OMR_TUS_MAX_CHUNK_BYTES:,} bytes "
-            f"({services.size_text(settings.OMR_TUS_MAX_CHUNK_BYTES)}, OMR_TUS_MAX_CHUNK_MB); send smaller chunks")
+    return (f"a chunk may be at most {services.size_text(settings.OMR_TUS_MAX_CHUNK_BYTES)} (OMR_TUS_MAX_CHUNK_MB); "
+            "send smaller chunks")
 
 
 def _check_writable(upload: Upload, offset: int) -> None:

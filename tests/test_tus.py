@@ -307,7 +307,7 @@ def test_u4_a_wrong_content_type_is_415_and_nothing_is_appended(api, started, pa
 def test_u8_a_chunk_over_the_cap_is_413_and_nothing_is_appended(api, started, payload, settings):
     settings.OMR_TUS_MAX_CHUNK_BYTES = 4096
     response = patch(api, started, payload[:5000], 0)
-    assert response.status_code == 413 and "at most 4096 bytes" in response.json()["error"]
+    assert response.status_code == 413 and "at most 4,096 bytes (OMR_TUS_MAX_CHUNK_MB)" in response.json()["error"]
     assert stored(started) == b""
     assert patch(api, started, payload[:4096], 0).status_code == 204
 
