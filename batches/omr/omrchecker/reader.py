@@ -52,7 +52,6 @@ from .steps import (
     find_markers,
     find_page,
     match_reference,
-    order_corners,
     page_candidates,
     rect_h,
 )
@@ -750,7 +749,3 @@ def read_omrchecker_image_bytes(data: bytes, template: OmrCheckerTemplate, *, so
         out.append(r)
     return out
 
-
-def order_quad(pts: np.ndarray) -> np.ndarray:
-    """Re-exported for callers that measure corners themselves."""
-    return order_corners(pts)
