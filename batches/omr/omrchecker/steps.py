@@ -362,9 +362,9 @@ def find_markers(grey: np.ndarray, H_frame: np.ndarray, frame_w: float, frame_h:
 
     # Coarse: every scale on a half-size copy; fine: the best scale and its
     # neighbours at full size, only around the coarse hits.
-    # (Over a whole photo the page, and so its markers, may be small: no halving.)
-    cf = 1 if wide else 2
-    coarse = frame if wide else cv2.resize(frame, (ww // 2, wh // 2), interpolation=cv2.INTER_AREA)
+    # (Over a whole photo the page, and so its markers, may be small: less shrinking.)
+    cf = 1.5 if wide else 2.0
+    coarse = cv2.resize(frame, (int(ww / cf), int(wh / cf)), interpolation=cv2.INTER_AREA)
     best = None
     for sc in scales:
         mw = max(6, int(round(expect * sc / cf)))
@@ -388,11 +388,12 @@ def find_markers(grey: np.ndarray, H_frame: np.ndarray, frame_w: float, frame_h:
         for _, x, y in coarse_q:
             # Window of the full-size frame around the coarse hit (its top-left, x2).
             pad = max(6, mw // 3)
-            x0, y0 = max(0, cf * x - pad), max(0, cf * y - pad)
-            x1, y1 = min(ww, cf * x + pad + mw + 1), min(wh, cf * y + pad + mh + 1)
+            fx, fy = int(round(cf * x)), int(round(cf * y))
+            x0, y0 = max(0, fx - pad), max(0, fy - pad)
+            x1, y1 = min(ww, fx + pad + mw + 1), min(wh, fy + pad + mh + 1)
             win = frame[y0:y1, x0:x1]
             if win.shape[0] < mh + 1 or win.shape[1] < mw + 1:
-                qs.append((-1.0, cf * x, cf * y, None, 0, 0))
+                qs.append((-1.0, fx, fy, None, 0, 0))
                 continue
             res = cv2.matchTemplate(win, tm, cv2.TM_CCOEFF_NORMED)
             _, mv, _, ml = cv2.minMaxLoc(res)
