@@ -613,6 +613,8 @@ def read_omrchecker_sheet(image: np.ndarray, template: OmrCheckerTemplate, *, so
             return done()
     frame = refine_on_bubbles(meas, fit, lay)
     m = bub.measure(meas, frame, fit)
+    # Heavy or blurred printed outlines reach into the engine's band: look past
+    # where this sheet's outlines fade instead.
     m.circle = _circle_share(meas, frame, fit, m, max(r_out, bub.CIRCLE_RADII[0] * r_mm))
     unfilled = m.score < 0.3
     ring_fit = float(np.mean(m.ring[unfilled] >= bub.RING_MIN)) if unfilled.any() else 0.0
@@ -653,6 +655,7 @@ def read_omrchecker_sheet(image: np.ndarray, template: OmrCheckerTemplate, *, so
 
     levels = bub.sheet_levels(m, frame)
     groups, marked = bub.decide_groups(lay, m, levels)
+    _flag_partial_circles(lay, m, groups)
     _answers(out, t, groups)
     out._bubble_data = (lay, np.round(m.score, 3), marked, frame.centres)
     timings["bubbles"] = (time.perf_counter() - t0) * 1000
@@ -685,6 +688,29 @@ def _turn(t: OmrCheckerTemplate, roll: int) -> np.ndarray:
 def _orientation(fit: PageFit) -> int:
     v = fit.marks_px[1] - fit.marks_px[0]
     return int(round((math.degrees(math.atan2(v[1], v[0])) % 360) / 90.0)) % 4 * 90
+
+
+#: A drawn circle around this share of the free directions, short of what reads
+#: as a mark (``bubbles.CIRCLE_MIN``), is doubt: a circle drawn tight against the
+#: outline shows only in part.
+PARTIAL_CIRCLE = 0.3
+
+
+def _flag_partial_circles(lay: PageLayout, m: bub.Measures, groups: list[bub.GroupReading]) -> None:
+    """Flag ``ambiguous`` a group read blank with a bubble that looks partly
+    circled (the engine reads a circle as a mark only when it shows nearly all
+    round)."""
+    i = 0
+    circle = m.circle.tolist()
+    for g, gr in zip(lay.groups, groups, strict=True):
+        n = len(g.bubbles)
+        # Only where nothing is read: beside a clear mark, a filled neighbour's
+        # overflow looks like part of a circle too.
+        if not gr.marked and any(PARTIAL_CIRCLE <= circle[j] < bub.CIRCLE_MIN for j in range(i, i + n)):
+            if "ambiguous" not in gr.flags:
+                gr.flags.append("ambiguous")
+            gr.confidence = min(gr.confidence, 0.5)
+        i += n
 
 
 def _answers(out: OmrCheckerReading, t: OmrCheckerTemplate, groups: list[bub.GroupReading]) -> None:
