@@ -274,6 +274,16 @@ def test_feature_based_alignment_finds_the_reference():
     assert_right_or_flagged(out, expected_response(t, answers))
 
 
+def test_printed_bubbles_larger_or_smaller_than_the_template_boxes():
+    # Template boxes are drawn by hand around the printed bubbles: the reader
+    # measures the real outline, it does not take the box for it.
+    t = page_template()
+    answers = some_answers(t, seed=9)
+    for share, preset in ((1.25, "scan_mild"), (0.6, "photo_mild")):
+        out = read_back(t, answers, preset, seed=2, circle_share=share)
+        assert_right_or_flagged(out, expected_response(t, answers))
+
+
 def test_filters_and_no_preprocessors():
     answers = some_answers(page_template(), seed=5)
     for kind, preset in (("filters", "photo_mild"), ("none", "clean")):

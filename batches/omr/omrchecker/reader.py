@@ -285,7 +285,7 @@ def _estimate_radius(grey: np.ndarray, fit: PageFit, t: OmrCheckerTemplate,
     if unfilled.sum() < 3:
         return 0.9 * half, 0.0, 1.1 * half
     mean = radial[unfilled].mean(0)
-    lo, hi = np.searchsorted(radii, 0.45 * half), np.searchsorted(radii, 1.3 * half)
+    lo, hi = np.searchsorted(radii, 0.45 * half), np.searchsorted(radii, 1.45 * half)
     j = lo + int(np.argmax(mean[lo:hi]))
     inside = float(mean[:4].mean())
     contrast = float(mean[j] - inside)

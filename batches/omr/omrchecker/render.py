@@ -84,11 +84,13 @@ def sheet_template(t: OmrCheckerTemplate) -> Template:
 
 
 def render_sheet(t: OmrCheckerTemplate, dpi: float = 200.0, *, letters: bool = True,
-                 decor: bool = True) -> tuple[np.ndarray, PageLayout]:
+                 decor: bool = True, circle_share: float = CIRCLE_SHARE) -> tuple[np.ndarray, PageLayout]:
     """The printed sheet at ``dpi`` (grey uint8) and its bubbles as a
     ``PageLayout`` in that raster's pixels (one group per OMRChecker field).
     ``letters``: each bubble's value printed in it; ``decor``: a crest and
-    instructions above the bubbles when there is room."""
+    instructions above the bubbles when there is room; ``circle_share``: the
+    printed circle's diameter over the box's smaller side (templates are often
+    drawn with boxes larger or smaller than the printed bubbles)."""
     g = sheet_geometry(t)
     px = dpi / MM_PER_INCH  # px per mm
     W, H = int(round(g.width * px)), int(round(g.height * px))
@@ -96,7 +98,7 @@ def render_sheet(t: OmrCheckerTemplate, dpi: float = 200.0, *, letters: bool = T
     ox, oy = g.offset
     k = g.mm_per_px
     sub = 16  # cv2 sub-pixel drawing: coordinates in 1/16 px
-    r_mm = CIRCLE_SHARE * min(t.bubble_w, t.bubble_h) * k / 2
+    r_mm = circle_share * min(t.bubble_w, t.bubble_h) * k / 2
     thick = max(1, int(round(OUTLINE_MM * px)))
     groups = []
     font = cv2.FONT_HERSHEY_SIMPLEX
@@ -163,14 +165,16 @@ def render_sheet(t: OmrCheckerTemplate, dpi: float = 200.0, *, letters: bool = T
 
 
 def simulate_omrchecker_sheet(t: OmrCheckerTemplate, answers: dict[str, str], *, preset="clean", seed: int = 0,
-                              style=None, letters: bool = True, decor: bool = True):
+                              style=None, letters: bool = True, decor: bool = True,
+                              circle_share: float = CIRCLE_SHARE):
     """A filled-in sheet for ``t``, captured as ``preset`` (``simulate.PRESETS``)
     delivers it. ``answers``: {OMRChecker field label: values marked, e.g. "B",
     "AC"}; labels left out are blank. Returns a ``simulate.Simulated``."""
     from ..simulate import simulate_sheet
 
     return simulate_sheet(sheet_template(t), answers, preset=preset, seed=seed, style=style,
-                          printed=lambda dpi: render_sheet(t, dpi, letters=letters, decor=decor))
+                          printed=lambda dpi: render_sheet(t, dpi, letters=letters, decor=decor,
+                                                           circle_share=circle_share))
 
 
 def expected_response(t: OmrCheckerTemplate, answers: dict[str, str]) -> dict[str, str]:
