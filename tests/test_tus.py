@@ -202,6 +202,75 @@ def test_a_chunked_upload_becomes_a_batch_with_the_file_and_its_checksum(
     assert body["finished"] and body["batch_id"] == str(batch.pk) and body["stream_url"].endswith("/stream")
 
 
+def upload_in_chunks(api, payload: bytes, parts: int, *, between=None, **digests) -> Batch:
+    response = create(api, len(payload), **digests)
+    url, upload = response["Location"], upload_of(response)
+    size = -(-len(payload) // parts)
+    for i, offset in enumerate(range(0, len(payload), size)):
+        if between:
+            between(i)
+        assert patch(api, url, payload[offset:offset + size], offset).status_code == 204
+    return Batch.objects.get(pk=upload.batch_id)
+
+
+def test_the_whole_file_digest_is_kept_as_chunks_arrive_and_not_read_again(api, payload, monkeypatch):
+    # Given a process that sees every chunk of an upload
+    def no_second_read(path, names):
+        raise AssertionError("the whole file was read again")
+
+    monkeypatch.setattr(tus, "file_digests", no_second_read)
+    sha1 = hashlib.sha1(payload).hexdigest()
+
+    # When it arrives in five chunks, with both whole-file digests declared
+    batch = upload_in_chunks(api, payload, 5, sha256=hashlib.sha256(payload).hexdigest(), sha1=sha1)
+
+    # Then both were checked from the running digests, and the batch got the file
+    assert batch.sha256 == hashlib.sha256(payload).hexdigest() and batch.stage != Stage.FAILED
+    with batch.upload.open("rb") as handle:
+        assert handle.read() == payload
+
+
+def test_a_chunk_stored_by_another_process_makes_the_end_read_the_file_once(api, payload):
+    # Given an upload whose third chunk was stored by another web process
+    # (this process's running digest is gone from then on)
+    def elsewhere(i):
+        if i == 2:
+            tus.running_digests = tus.RunningDigests()
+
+    batch = upload_in_chunks(api, payload, 4, between=elsewhere, sha256=hashlib.sha256(payload).hexdigest())
+
+    # Then the file was read at the end and matched
+    assert batch.sha256 == hashlib.sha256(payload).hexdigest() and batch.stage != Stage.FAILED
+
+
+def test_a_mismatch_found_by_the_running_digest_fails_the_batch(api, payload):
+    # The declared digest is of other bytes; the running digest must catch it as the full read did
+    response = create(api, len(payload), sha256=hashlib.sha256(b"other bytes").hexdigest())
+    url, upload = response["Location"], upload_of(response)
+    half = len(payload) // 2
+    assert patch(api, url, payload[:half], 0).status_code == 204
+    last = patch(api, url, payload[half:], half)
+    assert last.status_code == 460 and "does not match its sha256" in last.json()["error"]
+    batch = Batch.objects.get(pk=upload.batch_id)
+    assert batch.stage == Stage.FAILED and "does not match its sha256" in batch.error
+
+
+def test_a_discarded_chunk_does_not_enter_the_running_digest(api, payload, monkeypatch):
+    # Given a chunk refused for its checksum, then sent again correctly
+    monkeypatch.setattr(tus, "file_digests", lambda path, names: (_ for _ in ()).throw(AssertionError("read")))
+    response = create(api, len(payload), sha256=hashlib.sha256(payload).hexdigest())
+    url, upload = response["Location"], upload_of(response)
+    half = len(payload) // 2
+    assert patch(api, url, payload[:half], 0).status_code == 204
+    bad = patch(api, url, payload[half:], half, **{"Upload-Checksum": checksum("sha256", b"not this")})
+    assert bad.status_code == 460
+    assert patch(api, url, payload[half:], half).status_code == 204
+
+    # Then the digest covers the stored bytes only, and the file is accepted
+    batch = Batch.objects.get(pk=upload.batch_id)
+    assert batch.sha256 == hashlib.sha256(payload).hexdigest() and batch.stage != Stage.FAILED
+
+
 def test_progress_events_are_throttled_not_one_per_chunk(api, settings):
     settings.OMR_PROGRESS_INTERVAL = 3600
     data = b"PK\x05\x06" + os.urandom(99_996)
