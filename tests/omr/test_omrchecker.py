@@ -20,8 +20,9 @@ from batches.omr.omrchecker import (
     read_omrchecker_image_bytes,
     read_omrchecker_sheet,
 )
+from batches.omr.omrchecker import reader as omrc_reader
 from batches.omr.omrchecker.render import expected_response, marker_image, render_sheet, simulate_omrchecker_sheet
-from batches.omr.omrchecker.steps import ecc_to_reference, rect_h
+from batches.omr.omrchecker.steps import ecc_to_reference, fit_on_grid, rect_h
 from batches.omr.simulate import PRESETS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -324,6 +325,86 @@ def test_hard_photos_are_read_or_flagged_never_silently_wrong():
     for seed in (0, 1):
         out = read_back(t, answers, "photo_hard", seed)
         assert_right_or_flagged(out, expected, must_read=False)
+
+
+#: A school's 10-question sheet with a 3-digit roll number, found by its page outline.
+SCHOOL_TEMPLATE = {
+    "pageDimensions": [1000, 1200], "bubbleDimensions": [32, 32],
+    "fieldBlocks": {
+        "MCQ": {"fieldType": "QTYPE_MCQ4", "origin": [120, 400], "fieldLabels": ["q1..10"], "bubblesGap": 56,
+                "labelsGap": 56},
+        "Roll": {"fieldType": "QTYPE_INT", "origin": [600, 400], "fieldLabels": ["r1..3"], "bubblesGap": 50,
+                 "labelsGap": 56}},
+    "customLabels": {"Roll": ["r1..3"]},
+    "preProcessors": [{"name": "CropPage", "options": {}}],
+}
+
+
+def on_a_desk(page: np.ndarray, *, paper: float, page_gain: float = 0.92, desk: float = 118, seed: int = 0):
+    """A photo-like image of ``page`` (grey, the whole printed sheet) lying on a
+    grey desk, partly on a near-white paper (grey ``paper``) that runs under its
+    left and top edges, lit unevenly (darker to the right), mildly in
+    perspective. Returns (image, homography page image px -> image px)."""
+    rng = np.random.default_rng(seed)
+    h, w = page.shape
+    W, H = int(w * 1.5), int(h * 1.4)
+    canvas = np.full((H, W), desk, np.float32)
+    ox, oy = 0.25 * w, 0.2 * h
+    cv2.rectangle(canvas, (0, 0), (int(ox + 0.4 * w), int(oy + 0.8 * h)), paper, -1)
+    quad = np.float32([[ox, oy], [ox + w, oy], [ox + w, oy + h], [ox, oy + h]])
+    quad += (rng.uniform(-0.03, 0.03, (4, 2)) * [w, h]).astype(np.float32)
+    M = cv2.getPerspectiveTransform(np.float32([[0, 0], [w, 0], [w, h], [0, h]]), quad)
+    lit = page.astype(np.float32) * page_gain * (1.0 - 0.2 * np.linspace(0, 1, w)[None, :] ** 2)
+    warped = cv2.warpPerspective(lit, M, (W, H), flags=cv2.INTER_LINEAR)
+    mask = cv2.warpPerspective(np.ones((h, w), np.float32), M, (W, H), flags=cv2.INTER_LINEAR)
+    out = canvas * (1 - mask) + warped * mask
+    out = cv2.GaussianBlur(out, (0, 0), 0.8) + rng.normal(0, 2.0, out.shape)
+    return np.clip(out, 0, 255).astype(np.uint8), M.astype(np.float64)
+
+
+def jpeg(img: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+
+def test_page_partly_on_a_white_paper_reads_right(monkeypatch):
+    t = load_omrchecker_template(SCHOOL_TEMPLATE, name="school-10q")
+    answers = {f"q{j}": "ABCD"[j % 4] for j in range(1, 11)} | {"r1": "7", "r2": "0", "r3": "6"}
+    expected = expected_response(t, answers)
+    sim = simulate_omrchecker_sheet(t, answers, preset="clean", seed=0)
+    page = cv2.cvtColor(sim.image, cv2.COLOR_BGR2GRAY)
+    # A bright photo: page and the paper behind it both over OMRChecker's
+    # truncation level, 20 grey levels apart.
+    image, M = on_a_desk(page, paper=215)
+    out = read_omrchecker_image_bytes(jpeg(image), t)[0].to_dict()
+    assert out["error"] is None, out["error"]
+    assert out["answers"] == expected
+    # The page outline found short along one side (its bottom-right corner
+    # most of a bubble pitch in, as in a photo where the page meets a white
+    # paper in a shadow): the placement does not verify (nor refined, nor
+    # pulled in), the bubble grid is fitted on the printed outlines instead.
+    true_h = M @ np.diag([page.shape[1] / t.page_w, page.shape[0] / t.page_h, 1.0])  # template px -> image px
+    corners = np.array([[0, 0], [t.page_w, 0], [t.page_w, t.page_h], [0, t.page_h]], np.float64)
+    quad = cv2.perspectiveTransform(corners.reshape(-1, 1, 2), true_h).reshape(4, 2)
+    quad[2] -= [70.0, 0.0]  # a pitch is ~83 px here
+    off = (quad, [])
+    monkeypatch.setattr(omrc_reader, "find_page", lambda grey: off)
+    monkeypatch.setattr(omrc_reader, "page_candidates", lambda grey: [off])
+    grey = cv2.imdecode(np.frombuffer(jpeg(image), np.uint8), cv2.IMREAD_GRAYSCALE)
+    out = read_omrchecker_sheet(grey, t).to_dict()
+    assert out["error"] is None, out["error"]
+    assert out["alignment"] == "CropPage + bubble grid"
+    assert out["answers"] == expected
+    centres = np.array([c for f in t.fields for c in f.centres()], np.float64)
+    fitted, n = fit_on_grid(grey, rect_h(t.page_w, t.page_h, quad), centres, 16.0, 50.0)
+    err = cv2.perspectiveTransform(centres.reshape(-1, 1, 2), fitted) - cv2.perspectiveTransform(
+        centres.reshape(-1, 1, 2), true_h)
+    assert n >= 0.8 * len(centres) and np.abs(err).max() < 2.0
+    # Where the page is as white as the paper behind it, no outline and no
+    # grid can be trusted: refused (or right), never silently wrong.
+    monkeypatch.undo()
+    image, _ = on_a_desk(page, paper=232, seed=1)
+    out = read_omrchecker_image_bytes(jpeg(image), t)[0].to_dict()
+    assert_right_or_flagged(out, expected, must_read=False)
 
 
 def test_cut_off_sheet_and_a_photo_of_something_else_are_refused():

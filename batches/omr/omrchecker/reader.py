@@ -51,6 +51,7 @@ from .steps import (
     filter_image,
     find_markers,
     find_page,
+    fit_on_grid,
     match_reference,
     page_candidates,
     rect_h,
@@ -554,6 +555,7 @@ def read_omrchecker_sheet(image: np.ndarray, template: OmrCheckerTemplate, *, so
         scored.append((s, pl, fit, namings))
         if s >= GOOD_QUICK:
             break
+    in_order = list(scored)  # likeliest page outline first
     scored.sort(key=lambda e: -e[0])
     for s, pl, fit, _n in scored:
         tried.append((s, pl, fit))
@@ -584,6 +586,41 @@ def read_omrchecker_sheet(image: np.ndarray, template: OmrCheckerTemplate, *, so
                     done_pull = True
                     break
             if done_pull:
+                break
+        tried.sort(key=lambda e: -e[0])
+    if tried and tried[0][0] < GRID_POLISH:
+        # Nothing verifies, or only just: the page outline may be off by more
+        # than the refinement and the pull-in reach (a side found short where
+        # the page meets a white paper behind it, or in a shadow), or off
+        # enough that some bubbles are read beside their outlines. The template
+        # says where every bubble is: the grid is fitted on the printed
+        # outlines themselves, from the best placement and (when none
+        # verifies) each likely outline in turn, and verified as any placement
+        # is (a grid fitted a row off is refused, not read).
+        pitch = _pitch(t)
+        best0 = tried[0][0]
+        starts: list[tuple[_Placement, np.ndarray]] = [(tried[0][1], tried[0][2].H @ np.diag([k, k, 1.0]))]
+        for _s, pl, _fit, namings in in_order if best0 < GOOD_QUICK else ():
+            for _s0, _f0, Hr in namings[:2]:
+                c = apply_h(Hr, _corners(t))
+                if all(np.abs(c - apply_h(H1, _corners(t))).max() > 0.02 * max(w, h) for _p, H1 in starts):
+                    starts.append((pl, Hr))
+        for pl, Hr in starts[:GRID_TRIES]:
+            res = fit_on_grid(meas, Hr, centres_px, half / k, pitch)
+            if res is None:
+                continue
+            s, fit = score(res[0])
+            if s < GOOD_QUICK:
+                s2, fit2 = score_refined(res[0])
+                if s2 > s:
+                    s, fit = s2, fit2
+            if s > tried[0][0]:
+                why = "did not verify" if best0 < GOOD_QUICK else "only just verified"
+                pg = _Placement(res[0], pl.how + " + bubble grid",
+                                pl.notes + [f"placement fitted on the printed bubble outlines (the {pl.how} "
+                                            f"placement {why})"])
+                tried.insert(0, (s, pg, fit))
+            if s >= GRID_POLISH or (s >= GOOD_QUICK and best0 < GOOD_QUICK):
                 break
         tried.sort(key=lambda e: -e[0])
     timings["align"] = (time.perf_counter() - t0) * 1000
@@ -665,6 +702,31 @@ def read_omrchecker_sheet(image: np.ndarray, template: OmrCheckerTemplate, *, so
 #: A placement whose unrefined bubbles already sit on their outlines this well
 #: is taken without trying the others.
 GOOD_QUICK = 0.85
+#: Rough placements (page outlines, corner namings) the bubble grid is fitted
+#: from when no placement verifies.
+GRID_TRIES = 5
+#: A best placement scoring under this is also fitted on the bubble grid (kept
+#: when that scores higher): a placement that only just verifies may still
+#: read a few bubbles beside their outlines.
+GRID_POLISH = 0.97
+
+_PITCH: dict[int, tuple[OmrCheckerTemplate, float]] = {}
+
+
+def _pitch(t: OmrCheckerTemplate) -> float:
+    """The smallest distance between two bubble centres (page px)."""
+    hit = _PITCH.get(id(t))
+    if hit is not None and hit[0] is t:
+        return hit[1]
+    c = np.array([c for f in t.fields for c in f.centres()], np.float64)
+    best = float(min(t.bubble_w, t.bubble_h))
+    for i in range(0, len(c) if len(c) > 1 else 0, 256):
+        part = c[i:i + 256]
+        d = np.hypot(part[:, None, 0] - c[None, :, 0], part[:, None, 1] - c[None, :, 1])
+        d[d < 1e-6] = np.inf  # itself
+        best = min(best, float(d.min())) if i else float(d.min())
+    _PITCH[id(t)] = (t, best)
+    return max(best, 1.0)
 
 
 def _aspect_error(H: np.ndarray, t: OmrCheckerTemplate) -> float:

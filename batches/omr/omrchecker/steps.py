@@ -25,6 +25,8 @@ import math
 import cv2
 import numpy as np
 
+from ..align import apply_h
+
 
 class StepError(Exception):
     """A step could not do its job; ``flag`` is the sheet flag (``page_not_found``,
@@ -181,16 +183,22 @@ def page_candidates(grey: np.ndarray, limit: int = 8) -> list[tuple[np.ndarray, 
                         if q2 is not None and _valid_quad(q2, (h, w), 0.08):
                             add(q2)
                     break
-    _, tr = cv2.threshold(blur, 200, 255, cv2.THRESH_TRUNC)
-    tr = cv2.normalize(tr, None, 0, 255, cv2.NORM_MINMAX)
-    closed = cv2.morphologyEx(tr, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
-    for lo, hi in ((55, 185), (20, 60)):
-        edges = cv2.dilate(cv2.Canny(closed, lo, hi), np.ones((3, 3), np.uint8))
-        contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-        for cnt in sorted(contours, key=lambda c: cv2.contourArea(cv2.convexHull(c)), reverse=True)[:4]:
-            q = _quad_from_contour(cnt)
-            if q is not None and _valid_quad(q, (h, w), 0.08):
-                add(q)
+    # OMRChecker truncates at 200 before its edges; in a bright photo that
+    # also flattens the edge between the page and a white paper behind it
+    # (both over 200, the page merges with it at every level above): the edges
+    # are then looked for untruncated too (only when several candidates are
+    # asked for: ``find_page``'s likeliest outline comes before them anyway).
+    for cut in (200, 255) if hi > 205 and limit > 1 else (200,):
+        _, tr = cv2.threshold(blur, cut, 255, cv2.THRESH_TRUNC)
+        tr = cv2.normalize(tr, None, 0, 255, cv2.NORM_MINMAX)
+        closed = cv2.morphologyEx(tr, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+        for c_lo, c_hi in ((55, 185), (20, 60)):
+            edges = cv2.dilate(cv2.Canny(closed, c_lo, c_hi), np.ones((3, 3), np.uint8))
+            contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+            for cnt in sorted(contours, key=lambda c: cv2.contourArea(cv2.convexHull(c)), reverse=True)[:4]:
+                q = _quad_from_contour(cnt)
+                if q is not None and _valid_quad(q, (h, w), 0.08):
+                    add(q)
     if not quads:
         raise StepError("page not found (no sheet outline stands out from the background)")
     out = []
@@ -578,3 +586,109 @@ def ecc_to_reference(grey: np.ndarray, H: np.ndarray, ref: np.ndarray) -> np.nda
     if cc < 0.5:
         raise StepError(f"reference alignment failed (the image matches the reference poorly: {cc:.2f})")
     return out
+
+
+def _ring_kernel(r: float) -> np.ndarray:
+    """A printed bubble outline of radius ``r`` px as matched: a dark ring on
+    white, blurred a little (float32, odd side ~2.7 r)."""
+    half = int(math.ceil(1.35 * r)) + 1
+    side = 2 * half + 1
+    sub = 16
+    img = np.full((side, side), 255, np.uint8)
+    cv2.circle(img, (half * sub, half * sub), int(round(r * sub)), 0, max(1, int(round(0.18 * r + 0.8))), cv2.LINE_AA, 4)
+    return cv2.GaussianBlur(img, (0, 0), 0.8).astype(np.float32)
+
+
+def fit_on_grid(grey: np.ndarray, H: np.ndarray, centres: np.ndarray, half_box: float, pitch: float,
+                ) -> tuple[np.ndarray, int] | None:
+    """Place the template's bubble grid on the printed bubble outlines
+    themselves, independent of where the page's edge seemed to be: the region
+    of the bubbles is cut out through a rough placement ``H`` (page px ->
+    image px; off by up to about half a pitch anywhere, as a page outline
+    found a little short along a low-contrast side is), printed outlines are
+    found there by correlation with a ring (the printed radius tried at
+    several sizes: OMRChecker's box is not the printed circle), each bubble
+    takes the best ring within ``0.45 pitch`` of where ``H`` puts it, and a
+    homography is fitted to those (RANSAC), twice, the second time in
+    narrower windows. ``centres``: template bubble centres (page px);
+    ``half_box``: half the bubble box (page px); ``pitch``: the smallest
+    distance between neighbouring bubbles (page px). Returns (the homography,
+    how many bubbles it rests on) or None when too few outlines agree. The
+    caller verifies the placement (a grid fitted a row off sits on outlines
+    too)."""
+    n = len(centres)
+    if n < 8:
+        return None
+    out = H
+    inliers = 0
+    lo, hi = centres.min(0) - 1.2 * pitch, centres.max(0) + 1.2 * pitch
+    s = 9.0 / max(half_box, 1e-6)  # cut-out px per page px: a box half is 9 px
+    radius: float | None = None
+    for window in (0.45, 0.25):
+        fw, fh = int(round((hi[0] - lo[0]) * s)), int(round((hi[1] - lo[1]) * s))
+        if fw < 30 or fh < 30 or fw * fh > 6_000_000:
+            return None
+        # cut-out px (pixel centres at whole numbers) -> page px -> image px
+        C = np.array([[1 / s, 0, lo[0] + 0.5 / s], [0, 1 / s, lo[1] + 0.5 / s], [0, 0, 1.0]])
+        M = out @ C
+        px_per = math.sqrt(abs(np.linalg.det((M / M[2, 2])[:2, :2])))
+        src, Mi = grey, M
+        if px_per > 1.6:
+            f = 1.0 / px_per
+            src = cv2.resize(grey, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+            Mi = np.array([[f, 0, 0.5 * f - 0.5], [0, f, 0.5 * f - 0.5], [0, 0, 1.0]]) @ M
+        cut = cv2.warpPerspective(src, Mi, (fw, fh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                  borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        pred = (centres - lo) * s - 0.5  # cut-out px
+        win = max(2, int(round(window * pitch * s)))
+        best = None
+        for rr in ((0.55, 0.7, 0.85, 1.0, 1.15, 1.3) if radius is None else (radius,)):
+            ker = _ring_kernel(rr * 9.0)
+            kh = ker.shape[0] // 2
+            if ker.shape[0] >= min(fw, fh):
+                continue
+            res = cv2.matchTemplate(cut, ker, cv2.TM_CCOEFF_NORMED)
+            rh, rw = res.shape
+            vals, pts = np.full(n, -1.0), np.zeros((n, 2))
+            for i, (px, py) in enumerate(pred):
+                x0, y0 = int(round(px)) - kh - win, int(round(py)) - kh - win
+                x1, y1 = x0 + 2 * win + 1, y0 + 2 * win + 1
+                xa, ya, xb, yb = max(0, x0), max(0, y0), min(rw, x1), min(rh, y1)
+                if xb - xa < 3 or yb - ya < 3:
+                    continue
+                _, mv, _, ml = cv2.minMaxLoc(res[ya:yb, xa:xb])
+                lx, ly = ml[0] + xa, ml[1] + ya
+                dx = dy = 0.0
+                if 0 < lx < rw - 1:
+                    a, b, c = res[ly, lx - 1], res[ly, lx], res[ly, lx + 1]
+                    den = a - 2 * b + c
+                    dx = 0.5 * (a - c) / den if den < 0 else 0.0
+                if 0 < ly < rh - 1:
+                    a, b, c = res[ly - 1, lx], res[ly, lx], res[ly + 1, lx]
+                    den = a - 2 * b + c
+                    dy = 0.5 * (a - c) / den if den < 0 else 0.0
+                vals[i] = mv
+                pts[i] = (lx + kh + dx, ly + kh + dy)
+            typical = float(np.median(vals))
+            if best is None or typical > best[0]:
+                best = (typical, rr, vals, pts)
+        if best is None:
+            return None
+        typical, radius, vals, pts = best
+        ok = vals > max(0.3, 0.6 * typical)
+        if ok.sum() < max(8, 0.3 * n):
+            return None
+        img_pts = apply_h(M, pts[ok])
+        tol = max(1.5, 0.3 * 9.0 * radius * px_per)  # image px
+        Hn, mask = cv2.findHomography(centres[ok].astype(np.float64), img_pts, cv2.RANSAC, tol)
+        if Hn is None:
+            return None
+        keep = mask.ravel().astype(bool)
+        if keep.sum() < max(8, 0.3 * n):
+            return None
+        Hn, _ = cv2.findHomography(centres[ok][keep].astype(np.float64), img_pts[keep], 0)
+        if Hn is None:
+            return None
+        out, inliers = Hn, int(keep.sum())
+    return out, inliers
+
