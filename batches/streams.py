@@ -43,6 +43,32 @@ def _events_after(batch_id, last_id: int) -> tuple[list[ProgressEvent], str | No
     return events, stage
 
 
+_inflight: dict[tuple[str, int], asyncio.Future] = {}
+
+
+async def _read_shared(batch_id, last_id: int) -> tuple[list[ProgressEvent], str | None]:
+    """``_events_after``, read once for every stream of this process that asks
+    for the same rows at the same time. A wake-up reaches all the listeners of
+    a batch at once, and each used to read the same rows: with 200 listeners
+    that was 200 reads (and connections) in a row on Django's one database
+    thread, and the last listener got its event a second late. Nothing is
+    cached: a request that comes after a read has finished reads again."""
+    key = (str(batch_id), last_id)
+    loop = asyncio.get_running_loop()
+    future = _inflight.get(key)
+    if future is None or future.get_loop() is not loop:
+        future = asyncio.ensure_future(sync_to_async(_events_after)(batch_id, last_id))
+        _inflight[key] = future
+
+        def forget(done: asyncio.Future, key=key) -> None:
+            if _inflight.get(key) is done:
+                del _inflight[key]
+
+        future.add_done_callback(forget)
+    # Shielded: a listener that goes away must not cancel the others' read.
+    return await asyncio.shield(future)
+
+
 async def follow_events(batch: Batch | str, last_event_id: int = 0, *, keepalive: float | None = None,
                         poll: float | None = None) -> AsyncIterator[ProgressEvent | None]:
     """Yield the events of ``batch`` after ``last_event_id``, then new ones as
@@ -74,7 +100,7 @@ async def follow_events(batch: Batch | str, last_event_id: int = 0, *, keepalive
     try:
         while True:
             woken.clear()
-            events, stage = await sync_to_async(_events_after)(batch_id, last_id)
+            events, stage = await _read_shared(batch_id, last_id)
             for event in events:
                 last_id = event.id
                 last_sent = time.monotonic()

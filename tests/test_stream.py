@@ -227,3 +227,46 @@ def test_stream_needs_login(batch):
         return await AsyncClient().get(stream_url(batch))
 
     assert async_to_sync(get)().status_code == 401
+
+
+def test_many_listeners_of_one_batch_share_each_database_read(batch, monkeypatch):
+    # Given a finished batch and a count of the database reads the streams make
+    publish_run(batch)
+    expected = list(ProgressEvent.objects.filter(batch=batch).order_by("id").values_list("id", flat=True))
+    reads = []
+    real = streams._events_after
+
+    def counted(batch_id, last_id):
+        reads.append(last_id)
+        return real(batch_id, last_id)
+
+    monkeypatch.setattr(streams, "_events_after", counted)
+
+    async def listen():
+        return [e.id async for e in streams.follow_events(batch.pk, 0) if e is not None]
+
+    async def fifty_at_once():
+        return await asyncio.gather(*(listen() for _ in range(50)))
+
+    # When fifty listeners connect at the same moment
+    got = async_to_sync(fifty_at_once)()
+
+    # Then each got every event, in order, once, from far fewer reads than listeners
+    assert all(ids == expected for ids in got)
+    assert 1 <= len(reads) <= 5, reads
+
+
+def test_a_listener_that_goes_away_does_not_cancel_the_shared_read(batch):
+    publish_run(batch)
+    expected = list(ProgressEvent.objects.filter(batch=batch).order_by("id").values_list("id", flat=True))
+
+    async def scenario():
+        gone = asyncio.ensure_future(streams._read_shared(batch.pk, 0))
+        stays = asyncio.ensure_future(streams._read_shared(batch.pk, 0))
+        await asyncio.sleep(0)
+        gone.cancel()
+        events, stage = await stays
+        return [e.id for e in events], stage, gone.cancelled()
+
+    ids, stage, cancelled = async_to_sync(scenario)()
+    assert cancelled and ids == expected and stage == Stage.COMPLETED
