@@ -92,26 +92,9 @@ def builtin(args: argparse.Namespace) -> None:
         print("  median per step (ms): " + ", ".join(f"{k} {median(v):.1f}" for k, v in steps.items()))
 
 
-#: An OMRChecker template like its sample 1 (page px after the corner markers).
-OMRCHECKER_TEMPLATE = {
-    "pageDimensions": [1846, 1500],
-    "bubbleDimensions": [40, 40],
-    "customLabels": {"Roll": ["Medium", "roll1..9"], "q5": ["q5_1", "q5_2"]},
-    "fieldBlocks": {
-        "Medium": {"bubblesGap": 41, "bubbleValues": ["E", "H"], "direction": "vertical",
-                   "fieldLabels": ["Medium"], "labelsGap": 0, "origin": [170, 282]},
-        "Roll": {"fieldType": "QTYPE_INT", "fieldLabels": ["roll1..9"], "bubblesGap": 46, "labelsGap": 58,
-                 "origin": [225, 282]},
-        "Int_Q5": {"fieldType": "QTYPE_INT", "fieldLabels": ["q5_1", "q5_2"], "bubblesGap": 46, "labelsGap": 60,
-                   "origin": [903, 282]},
-        "Mcq1": {"fieldType": "QTYPE_MCQ4", "fieldLabels": ["q1..4"], "bubblesGap": 59, "labelsGap": 50,
-                 "origin": [121, 860]},
-        "Mcq2": {"fieldType": "QTYPE_MCQ5", "fieldLabels": ["q6..13"], "bubblesGap": 59, "labelsGap": 50,
-                 "origin": [905, 860]},
-    },
-    "preProcessors": [{"name": "CropOnMarkers",
-                       "options": {"relativePath": "omr_marker.jpg", "sheetToMarkerWidthRatio": 17}}],
-}
+#: An OMRChecker template like its sample 1 (page px after the corner markers),
+#: the one the engine's tests read.
+from tests.omr.test_omrchecker import MARKER_TEMPLATE as OMRCHECKER_TEMPLATE  # noqa: E402
 
 
 def omrchecker(args: argparse.Namespace) -> None:

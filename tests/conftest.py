@@ -5,6 +5,7 @@ Worker, and ZIPs of simulated answer sheets with their ground truth."""
 from __future__ import annotations
 
 import io
+import os
 import random
 import zipfile
 from dataclasses import dataclass
@@ -172,3 +173,22 @@ def parse_sse(raw: bytes) -> list[dict]:
             frame[key] = frame[key] + "\n" + value if key == "data" and "data" in frame else value
         frames.append(frame)
     return frames
+
+
+# ---------------------------------------------------------------- browser
+
+CHROMIUM = os.environ.get("OMR_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture
+def browser():
+    """Debian's Chromium, headless, driven by Playwright (the browser tests)."""
+    import playwright.sync_api as playwright_api
+
+    with playwright_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

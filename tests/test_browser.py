@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 
 import playwright.sync_api as playwright_api
 import pytest
 
-from .conftest import sheets_zip
+from .conftest import CHROMIUM, sheets_zip
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = os.environ.get("OMR_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 STAFF_USER, STAFF_PASSWORD = "reviewer", "browser-test-pw-1"
 SHEETS = 6
 
@@ -62,16 +59,6 @@ def stack(tmp_path_factory):
         client.close()
         # Shown by pytest only when a test failed.
         print(servers.logs())
-
-
-@pytest.fixture
-def browser():
-    with playwright_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 SEEN_SCRIPT = """

@@ -33,7 +33,6 @@ import playwright.sync_api as playwright_api
 import pytest
 
 from .conftest import sheets_zip
-from .test_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.slow
 
@@ -79,16 +78,6 @@ def scans():
     data, sheets = sheets_zip(6)
     assert len(data) > 8 * CHUNK  # enough chunks to be cut off in the middle
     return data, sheets
-
-
-@pytest.fixture
-def browser():
-    with playwright_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 # ---------------------------------------------------------------- helpers
