@@ -83,23 +83,26 @@ def main() -> int:
             for round_ in range(1, args.rounds + 1):
                 # The engine is timed just before and just after each batch (the
                 # servers idle meanwhile): a shared machine's speed drifts by a
-                # quarter within minutes, and the ratio should compare like with like.
+                # quarter within minutes.
                 before = engine_alone()
                 ratio, ok_round = one_batch(servers, archive)
                 after = engine_alone()
-                engine_rate = (before + after) / 2
+                # The faster timing is the one least disturbed (the kernel writing
+                # the last batch's files back to disk slows the next timing down):
+                # the ratio is taken against it, the strict reading; the mean is shown too.
+                engine_rate = max(before, after)
+                mean = (before + after) / 2
                 ok &= ok_round
                 ratios.append(ratio["end_to_end"] / engine_rate)
-                print(f"round {round_}: engine alone {before:.1f} before, {after:.1f} after (mean {engine_rate:.1f}) "
-                      f"sheets/s")
-                print(f"  end to end {ratio['end_to_end']:.1f} sheets/s = {ratios[-1]:.2f}x the engine "
-                      f"(target >= 1.4x); processing_sheets alone {ratio['processing']:.1f} sheets/s = "
-                      f"{ratio['processing'] / engine_rate:.2f}x")
+                print(f"round {round_}: engine alone {before:.1f} before, {after:.1f} after sheets/s")
+                print(f"  end to end {ratio['end_to_end']:.1f} sheets/s = {ratios[-1]:.2f}x the faster engine timing "
+                      f"({ratio['end_to_end'] / mean:.2f}x their mean; target >= 1.4x); processing_sheets alone "
+                      f"{ratio['processing']:.1f} sheets/s = {ratio['processing'] / engine_rate:.2f}x")
         finally:
             servers.stop()
             servers.drop_db()
     if len(ratios) > 1:
-        print(f"end to end / engine over {len(ratios)} rounds: median {median(ratios):.2f}x, "
+        print(f"end to end / faster engine timing over {len(ratios)} rounds: median {median(ratios):.2f}x, "
               f"min {min(ratios):.2f}x, max {max(ratios):.2f}x")
     return 0 if ok else 1
 
