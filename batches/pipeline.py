@@ -367,7 +367,8 @@ def read_sheet(sheet: Sheet, batch: Batch) -> SheetResult:
                 # OMRChecker sheets carry no QR code: always the batch's template.
                 from .omr.omrchecker import read_omrchecker_image_bytes
 
-                readings = read_omrchecker_image_bytes(data, chosen.template, source=sheet.source_name)
+                readings = read_omrchecker_image_bytes(data, chosen.template, source=sheet.source_name,
+                                                       max_pixels=settings.OMR_MAX_PIXELS)
             else:
                 template = None if batch.has_qr else chosen.template
                 readings = read_image_bytes(data, template, source=sheet.source_name, resolve=_resolve_template,

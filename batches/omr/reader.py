@@ -503,27 +503,40 @@ def read_image_bytes(data: bytes, template: Template | None = None, *, source: s
     readings are in the file's own pixels either way (as displayed: a JPEG's EXIF
     orientation is applied).
     """
+    def unreadable(error: str) -> SheetReading:
+        return SheetReading(file=source, template=template.name if template is not None else None, error=error,
+                            sheet_flags=["unreadable"])
+
+    return read_pages(data, lambda image, name: read_sheet(image, template, source=name, resolve=resolve),
+                      unreadable, source=source, max_pixels=max_pixels)
+
+
+def read_pages(data: bytes, read: Callable, unreadable: Callable[[str], SheetReading], *, source: str = "",
+               max_pixels: int = MAX_PIXELS) -> list:
+    """Decode every page of an image file and ``read(image, name)`` each: the
+    loop both readers (built-in and OMRChecker templates) share. A page decoded
+    at reduced size whose reading failed is read again at full size; a file that
+    cannot be decoded gives ``[unreadable(reason)]``. Readings get the page's
+    scale, size and decode time."""
     t0 = time.perf_counter()
     try:
         pages = load_grey_for_reading(data, max_pixels=max_pixels)
     except ImageError as exc:
-        r = SheetReading(file=source, error=str(exc), sheet_flags=["unreadable"])
+        r = unreadable(str(exc))
         r.timings_ms = {"decode": (time.perf_counter() - t0) * 1000}
         r.timings_ms["total"] = r.timings_ms["decode"]
-        if template is not None:
-            r.template = template.name
         return [r]
     decode_ms = (time.perf_counter() - t0) * 1000 / max(1, len(pages))
     out = []
     for k, p in enumerate(pages):
         name = source if len(pages) == 1 else f"{source}#{k + 1}" if source else f"#{k + 1}"
-        r = read_sheet(p.image, template, source=name, resolve=resolve)
+        r = read(p.image, name)
         if p.scale != 1 and r.error and "unreadable" not in r.sheet_flags:
             # A shrunk decode that failed: try the full image before giving up.
             t1 = time.perf_counter()
             try:
                 full = load_grey_for_reading(data, min_dpi=1e9, max_pixels=max_pixels)[0]
-                r2 = read_sheet(full.image, template, source=name, resolve=resolve)
+                r2 = read(full.image, name)
                 decode_ms += (time.perf_counter() - t1) * 1000 - r2.timings_ms.get("total", 0.0)
                 if not r2.error:
                     r, p = r2, full

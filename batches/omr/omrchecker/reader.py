@@ -40,9 +40,9 @@ from ..align import (
     to_grey,
     verify_frame,
 )
-from ..imageio import ImageError, load_grey_for_reading
+from ..imageio import MAX_PIXELS
 from ..layout import BubbleGeom, Group, PageLayout, Rect, Square
-from ..reader import FAIL_FIT, RING_FIT_FAIL, RING_FIT_OK, SURE_FIT, SheetReading
+from ..reader import FAIL_FIT, RING_FIT_FAIL, RING_FIT_OK, SURE_FIT, SheetReading, read_pages
 from .importer import OmrCheckerTemplate
 from .steps import (
     StepError,
@@ -803,37 +803,15 @@ def _answers(out: OmrCheckerReading, t: OmrCheckerTemplate, groups: list[bub.Gro
         out.confidence[col] = round(min(conf, 0.5) if "gap" in flags else conf, 3)
 
 
-def read_omrchecker_image_bytes(data: bytes, template: OmrCheckerTemplate, *, source: str = ""
-                                ) -> list[OmrCheckerReading]:
+def read_omrchecker_image_bytes(data: bytes, template: OmrCheckerTemplate, *, source: str = "",
+                                max_pixels: int = MAX_PIXELS) -> list[OmrCheckerReading]:
     """Read every page of an image file with an OMRChecker template: one
     ``OmrCheckerReading`` per page; a file that cannot be decoded gives one with
     ``error`` and the sheet flag ``unreadable``. Coordinates are in the file's
-    pixels."""
-    t0 = time.perf_counter()
-    try:
-        pages = load_grey_for_reading(data)
-    except ImageError as exc:
-        r = OmrCheckerReading(file=source, template=template.name, error=str(exc), sheet_flags=["unreadable"])
-        r.timings_ms = {"decode": (time.perf_counter() - t0) * 1000}
-        r.timings_ms["total"] = r.timings_ms["decode"]
-        return [r]
-    decode_ms = (time.perf_counter() - t0) * 1000 / max(1, len(pages))
-    out = []
-    for i, p in enumerate(pages):
-        name = source if len(pages) == 1 else f"{source}#{i + 1}"
-        r = read_omrchecker_sheet(p.image, template, source=name)
-        if p.scale != 1 and r.error and "unreadable" not in r.sheet_flags:
-            try:
-                full = load_grey_for_reading(data, min_dpi=1e9)[0]
-                r2 = read_omrchecker_sheet(full.image, template, source=name)
-                if not r2.error:
-                    r, p = r2, full
-            except ImageError:
-                pass
-        r.pixel_scale = float(p.scale)
-        r.image_size = (p.width, p.height)
-        r.timings_ms["decode"] = decode_ms
-        r.timings_ms["total"] = r.timings_ms.get("total", 0.0) + decode_ms
-        out.append(r)
-    return out
+    pixels. ``max_pixels``: images larger than this are refused before decoding."""
+    def unreadable(error: str) -> OmrCheckerReading:
+        return OmrCheckerReading(file=source, template=template.name, error=error, sheet_flags=["unreadable"])
+
+    return read_pages(data, lambda image, name: read_omrchecker_sheet(image, template, source=name), unreadable,
+                      source=source, max_pixels=max_pixels)
 
