@@ -37,28 +37,11 @@ def stack(tmp_path_factory):
     """Daphne + a rundramatiq worker + Redis, started the way the end-to-end
     test starts them (its ``Servers``), with a staff login for the browser and
     one sheet per message so the page has a run to follow; yields the base URL."""
-    import redis
+    from .test_end_to_end import running_servers
 
-    from .test_end_to_end import Servers, redis_url
-
-    client = redis.Redis.from_url(redis_url(), socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.fail(f"no Redis at {redis_url()} (bin/ensure-redis starts one)", pytrace=False)
-    servers = Servers(tmp_path_factory.mktemp("browser"))
-    servers.env.update(OMR_CHUNK_SIZE="1", OMR_STAFF_USER=STAFF_USER, OMR_STAFF_PASSWORD=STAFF_PASSWORD)
-    try:
-        servers.start()
+    with running_servers(tmp_path_factory.mktemp("browser"), OMR_CHUNK_SIZE="1", OMR_STAFF_USER=STAFF_USER,
+                         OMR_STAFF_PASSWORD=STAFF_PASSWORD) as servers:
         yield f"http://127.0.0.1:{servers.port}"
-    finally:
-        servers.stop()
-        servers.drop_db()
-        for key in client.scan_iter(f"{servers.namespace}*"):
-            client.delete(key)
-        client.close()
-        # Shown by pytest only when a test failed.
-        print(servers.logs())
 
 
 SEEN_SCRIPT = """

@@ -47,30 +47,14 @@ def stack(tmp_path_factory):
     """Daphne + a rundramatiq worker + Redis as the browser test starts them,
     with small browser chunks; yields the ``Servers`` (an API token of the same
     user in ``servers.token``, for HEAD requests and the event stream)."""
-    import redis
+    from .test_end_to_end import running_servers
 
-    from .test_end_to_end import Servers, redis_url
-
-    client = redis.Redis.from_url(redis_url(), socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.fail(f"no Redis at {redis_url()} (bin/ensure-redis starts one)", pytrace=False)
-    servers = Servers(tmp_path_factory.mktemp("browser-upload"))
-    servers.env.update(OMR_CHUNK_SIZE="1", OMR_STAFF_USER=STAFF_USER, OMR_STAFF_PASSWORD=STAFF_PASSWORD,
-                       OMR_TUS_BROWSER_CHUNK_MB=str(CHUNK / 1024 / 1024))
-    try:
-        servers.start()
+    with running_servers(tmp_path_factory.mktemp("browser-upload"), OMR_CHUNK_SIZE="1", OMR_STAFF_USER=STAFF_USER,
+                         OMR_STAFF_PASSWORD=STAFF_PASSWORD,
+                         OMR_TUS_BROWSER_CHUNK_MB=str(CHUNK / 1024 / 1024)) as servers:
         servers.token = servers.manage("create_api_token", STAFF_USER).strip()
         servers.base = f"http://127.0.0.1:{servers.port}"
         yield servers
-    finally:
-        servers.stop()
-        servers.drop_db()
-        for key in client.scan_iter(f"{servers.namespace}*"):
-            client.delete(key)
-        client.close()
-        print(servers.logs())  # shown by pytest only when a test failed
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ a batch and started again. Each batch finishes with every page read once.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import http.client
 import io
@@ -248,8 +249,12 @@ class Servers:
         return dict(response.getheaders()), events, comments
 
 
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+@contextlib.contextmanager
+def running_servers(tmp: Path, username: str | None = None, **env: str):
+    """``Servers`` started (with ``env`` added to theirs) for the length of the
+    block, then stopped, their database dropped and their Redis keys removed.
+    Fails at once when Redis does not answer. The logs are printed at the end
+    (pytest shows them only for a failed test)."""
     import redis
 
     client = redis.Redis.from_url(redis_url(), socket_connect_timeout=2)
@@ -257,10 +262,10 @@ def servers(tmp_path_factory):
         client.ping()
     except redis.ConnectionError:
         pytest.fail(f"no Redis at {redis_url()} (bin/ensure-redis starts one)", pytrace=False)
-    tmp = tmp_path_factory.mktemp("e2e")
     s = Servers(tmp)
+    s.env.update(env)
     try:
-        s.start("e2e")
+        s.start(username)
         yield s
     finally:
         s.stop()
@@ -268,6 +273,13 @@ def servers(tmp_path_factory):
         for key in client.scan_iter(f"{s.namespace}*"):
             client.delete(key)
         client.close()
+        print(s.logs())
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    with running_servers(tmp_path_factory.mktemp("e2e"), "e2e") as s:
+        yield s
 
 
 def check_events(events: list[dict]) -> None:
