@@ -85,12 +85,22 @@ class Limits:
 
 @dataclass(frozen=True)
 class Page:
-    """One page image to store: its bytes, file extension and where it came from."""
+    """One page image to store: its bytes, file extension and where it came from.
+
+    A page that is an archive entry stored uncompressed has ``span`` (offset,
+    length): its bytes are that range of the upload, unchanged, so nothing is
+    copied (``data`` is empty). Such a page's CRC is checked by the time the
+    iteration of ``iter_pages`` ends."""
 
     source_name: str  # for display and the CSV; never a path
     source_page: int  # 1-based page within that file
     extension: str  # ".jpg", ".png", ...
     data: bytes
+    span: tuple[int, int] | None = None
+
+    @property
+    def size(self) -> int:
+        return self.span[1] if self.span is not None else len(self.data)
 
 
 def sniff(data: bytes) -> str:
@@ -447,7 +457,7 @@ def iter_pages(fileobj, filename: str, limits: Limits, workdir: str | os.PathLik
         nonlocal count, written
         for page in pages:
             count += 1
-            written += len(page.data)
+            written += page.size
             if count > limits.max_pages:
                 raise ExtractError(f"the upload has more than {limits.max_pages:,} pages; the limit is "
                                    f"{limits.max_pages:,} (OMR_MAX_PAGES)")
@@ -457,7 +467,7 @@ def iter_pages(fileobj, filename: str, limits: Limits, workdir: str | os.PathLik
             yield page
 
     if kind == "zip":
-        with open_zip(fileobj, filename, limits) as zf:
+        with open_zip(fileobj, filename, limits) as zf, _CrcChecks(fileobj) as checks:
             plan = inspect_zip(zf, limits)
             budget = limits.max_uncompressed
             for member in plan.members:
@@ -470,10 +480,17 @@ def iter_pages(fileobj, filename: str, limits: Limits, workdir: str | os.PathLik
                         yield from counted(pdf_pages(reader, member.name, limits, workdir))
                     else:
                         _check_image_size(member.info.file_size, f"entry {display_name(member.name)!r}", limits)
-                        yield from counted(_file_pages(reader.read(), member.name, limits, workdir))
+                        span = _stored_span(fileobj, member, reader) if kind in _SPAN_KINDS else None
+                        if span is not None:
+                            checks.add(member, span)
+                            reader.count = span[1]
+                            yield from counted(iter([Page(member.name, 1, _EXT_FOR_KIND[kind], b"", span)]))
+                        else:
+                            yield from counted(_file_pages(reader.read(), member.name, limits, workdir))
                 finally:
                     reader.close()
                 budget -= reader.count
+            checks.wait()
         return
     if kind == "pdf":
         yield from counted(pdf_pages(fileobj, filename, limits, workdir))
@@ -484,6 +501,93 @@ def iter_pages(fileobj, filename: str, limits: Limits, workdir: str | os.PathLik
     _check_image_size(size, repr(display_name(filename)), limits)
     data = fileobj.read()
     yield from counted(_file_pages(data, filename, limits, workdir))
+
+
+#: Kinds of entry that are kept as a range of the upload when stored
+#: uncompressed: single images the reader decodes as they are. (A TIFF may
+#: hold several pages, which are split, so it is copied out as before.)
+_SPAN_KINDS = {"jpeg", "png"}
+
+
+def _stored_span(fileobj, member: Member, reader: MemberReader) -> tuple[int, int] | None:
+    """Where an entry stored uncompressed lies in the upload, as (offset,
+    length), when its bytes can be used in place; None to copy it out. The
+    local header has been checked by ``zipfile`` when the entry was opened,
+    and ``inspect_zip`` checked that no two entries overlap."""
+    info = member.info
+    if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size or info.flag_bits & 0x1:
+        return None
+    if info.file_size > reader.cap or info.file_size == 0:
+        return None  # over what is left of the budget: the copy path says so
+    try:
+        fileobj.seek(info.header_offset)
+        header = fileobj.read(_ZIP_HEADER)
+        end = fileobj.seek(0, os.SEEK_END)
+    except (OSError, ValueError):
+        return None
+    if len(header) != _ZIP_HEADER or header[:4] != zipfile.stringFileHeader:
+        return None
+    fields = struct.unpack(zipfile.structFileHeader, header)
+    offset = info.header_offset + _ZIP_HEADER + fields[zipfile._FH_FILENAME_LENGTH] + \
+        fields[zipfile._FH_EXTRA_FIELD_LENGTH]
+    if offset + info.file_size > end:
+        return None  # truncated: the copy path reports it
+    return offset, info.file_size
+
+
+class _CrcChecks:
+    """The CRC-32 checks of the entries kept in place (``_stored_span``), on
+    two threads beside the walk through the archive: the check is the only
+    pass over their bytes, and ``zlib.crc32`` lets go of the GIL. The upload
+    is mapped into memory when it is a real file (no copy); otherwise each
+    range is read. ``wait`` raises ``ExtractError`` for the first bad entry in
+    file order."""
+
+    def __init__(self, fileobj):
+        self._fileobj = fileobj
+        self._futures: list = []
+        self._pool = None
+        self._map = None
+
+    def __enter__(self) -> _CrcChecks:
+        return self
+
+    def add(self, member: Member, span: tuple[int, int]) -> None:
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="omr-extract-crc")
+            try:
+                import mmap
+
+                self._map = mmap.mmap(self._fileobj.fileno(), 0, access=mmap.ACCESS_READ)
+            except (AttributeError, OSError, ValueError):
+                self._map = None  # not a real file (tests pass BytesIO): read the ranges
+        if self._map is not None:
+            self._futures.append((member, self._pool.submit(self._crc_mapped, span)))
+        else:
+            self._fileobj.seek(span[0])
+            data = self._fileobj.read(span[1])
+            self._futures.append((member, self._pool.submit(lambda: (zlib.crc32(data), len(data)))))
+
+    def _crc_mapped(self, span: tuple[int, int]) -> tuple[int, int]:
+        with memoryview(self._map) as whole, whole[span[0]:span[0] + span[1]] as part:
+            return zlib.crc32(part), len(part)
+
+    def wait(self) -> None:
+        for member, future in self._futures:
+            crc, length = future.result()
+            if length != member.info.file_size:
+                raise ExtractError(f"entry {display_name(member.name)!r}: the archive is truncated or damaged")
+            if crc != member.info.CRC:
+                raise ExtractError(f"entry {display_name(member.name)!r}: the archive is truncated or damaged "
+                                   f"(Bad CRC-32 for file {member.info.orig_filename!r})")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)  # no thread still holds the map
+        if self._map is not None:
+            self._map.close()
 
 
 def _check_image_size(size: int, label: str, limits: Limits) -> None:

@@ -8,6 +8,7 @@ channel layer only wakes streams up (see ``progress.py``).
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import secrets
 import uuid
@@ -122,6 +123,12 @@ class Sheet(models.Model):
     source_name = models.CharField(max_length=300, help_text="File (or ZIP entry) the page came from; display only.")
     source_page = models.IntegerField(default=1, help_text="Page number within that file.")
     image = models.CharField(max_length=255, help_text="Storage name of the page image.")
+    # A ZIP entry stored uncompressed is not copied out: its page is this
+    # range of the stored upload (``image``), checked at extraction.
+    image_offset = models.BigIntegerField(null=True, blank=True, help_text="Where the page starts in the "
+                                          "stored file, for a page that is part of the upload.")
+    image_length = models.BigIntegerField(null=True, blank=True, help_text="The page's size in bytes, for a "
+                                          "page that is part of the upload.")
     status = models.CharField(max_length=16, choices=SheetStatus.choices, default=SheetStatus.PENDING)
     attempts = models.IntegerField(default=0)
     claim_token = models.CharField(max_length=64, blank=True)
@@ -147,6 +154,20 @@ class Sheet(models.Model):
 
     def __str__(self) -> str:
         return f"sheet {self.index} of {self.batch_id}"
+
+    def read_image(self) -> bytes:
+        """The page image's bytes: its own stored file, or its range of the
+        stored upload. Raises ``OSError`` when they cannot be read whole."""
+        from django.core.files.storage import default_storage
+
+        with default_storage.open(self.image, "rb") as f:
+            if self.image_length is None:
+                return f.read()
+            f.seek(self.image_offset or 0)
+            data = f.read(self.image_length)
+        if len(data) != self.image_length:
+            raise OSError(errno.EIO, "the stored upload is shorter than this page's place in it")
+        return data
 
 
 class Answer(models.Model):

@@ -193,7 +193,11 @@ def extract(batch: Batch) -> None:
             for page in iter_pages(f, batch.original_filename, Limits.from_settings()):
                 index = len(manifest) + 1
                 entry = {"index": index, "source": page.source_name, "page": page.source_page, "image": ""}
-                writer.save(entry, f"{prefix}{index:05d}{page.extension}", page.data)
+                if page.span is not None:
+                    # An entry stored uncompressed is read in place: no copy of it is written.
+                    entry.update(image=batch.upload.name, offset=page.span[0], length=page.span[1])
+                else:
+                    writer.save(entry, f"{prefix}{index:05d}{page.extension}", page.data)
                 manifest.append(entry)
                 if time.monotonic() - last_event > settings.OMR_PROGRESS_INTERVAL:
                     last_event = time.monotonic()
@@ -289,7 +293,8 @@ def create_sheets(batch: Batch) -> None:
         Sheet.objects.filter(batch=batch).delete()
         Sheet.objects.bulk_create(
             [Sheet(batch=batch, index=m["index"], source_name=m["source"][:300], source_page=m["page"],
-                   image=m["image"]) for m in manifest],
+                   image=m["image"], image_offset=m.get("offset"), image_length=m.get("length"))
+             for m in manifest],
             batch_size=1000,
         )
         Batch.objects.filter(pk=batch.pk).update(sheets_total=len(manifest), sheets_processed=0, sheets_failed=0,
@@ -356,8 +361,7 @@ def read_sheet(sheet: Sheet, batch: Batch) -> SheetResult:
     from .omr.reader import read_image_bytes
 
     try:
-        with default_storage.open(sheet.image, "rb") as f:
-            data = f.read()
+        data = sheet.read_image()
     except OSError as exc:
         return SheetResult(sheet.pk, SheetStatus.FAILED, error=f"page image missing ({exc.strerror or exc})")
     chosen = _template(batch.template)
@@ -591,7 +595,7 @@ def claim_sheets(batch_id, sheet_ids: list[int], token: str) -> list[Sheet]:
     ).update(status=SheetStatus.RUNNING, claim_token=token, claimed_at=now)
     return list(Sheet.objects.filter(batch_id=batch_id, pk__in=sheet_ids, status=SheetStatus.RUNNING,
                                      claim_token=token).order_by("index")
-                .only("pk", "index", "image", "source_name", "attempts"))
+                .only("pk", "index", "image", "image_offset", "image_length", "source_name", "attempts"))
 
 
 def process_chunk(batch_id, sheet_ids: list[int], token: str | None = None) -> bool:

@@ -14,7 +14,6 @@ import logging
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import user_passes_test
-from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
 from django.db import connection
 from django.http import HttpResponse, StreamingHttpResponse
@@ -210,8 +209,7 @@ def sheet_overlay(request, batch_id, index: int):
     batch = get_batch_or_404(request.user, batch_id)
     sheet = get_object_or_404(Sheet, batch=batch, index=index)
     try:
-        with default_storage.open(sheet.image, "rb") as f:
-            data = f.read()
+        data = sheet.read_image()
         png = overlay.render_overlay_png(data, sheet.reading)
     except (OSError, ImageError) as exc:
         logger.info("No overlay for sheet %s of batch %s: %s", index, batch.pk, exc)

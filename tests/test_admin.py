@@ -194,8 +194,7 @@ def test_overlay_colours_marked_doubtful_and_blank_bubbles(owner, batch):
     # Given the stored reading of the sheet with the double mark
     sheet = Sheet.objects.get(batch=batch, source_name="scan_double.jpg")
     reading = sheet.reading
-    with default_storage.open(sheet.image, "rb") as f:
-        page = overlay.decode_page(f.read())
+    page = overlay.decode_page(sheet.read_image())
     drawn = overlay.draw_overlay(page, reading, max_width=page.shape[1])  # full size: page px = overlay px
     marks = {(row[0], row[1]): m for row, m in zip(reading["bubbles"], overlay.bubble_marks(reading), strict=True)}
 
@@ -218,8 +217,7 @@ def test_overlay_colours_marked_doubtful_and_blank_bubbles(owner, batch):
 def test_readings_stored_without_bubbles_are_read_again_for_the_drawing(owner, batch):
     sheet = Sheet.objects.get(batch=batch, source_name=simulated_sheet(0).name)
     assert not sheet.needs_review and not (sheet.reading or {}).get("bubbles")  # kept only for review
-    with default_storage.open(sheet.image, "rb") as f:
-        png = overlay.render_overlay_png(f.read(), sheet.reading)
+    png = overlay.render_overlay_png(sheet.read_image(), sheet.reading)
     image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
     green = (image[:, :, 1] > 120) & (image[:, :, 1] > image[:, :, 2] + 40) & (image[:, :, 1] > image[:, :, 0] + 40)
     assert green.sum() > 500  # the marked bubbles are drawn

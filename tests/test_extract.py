@@ -138,13 +138,17 @@ def assert_failed(batch: Batch, box: Sandbox, *reasons: str) -> str:
 
 def assert_completed(batch: Batch, box: Sandbox, failed: dict[str, str] | None = None) -> dict[str, Sheet]:
     """The batch completed; the sheets named in ``failed`` failed with those
-    reasons, every other sheet was read; pages stored under generated names."""
+    reasons, every other sheet was read; pages stored under generated names, or
+    (entries stored uncompressed) read in place from the upload."""
     batch.refresh_from_db()
     assert batch.stage == Stage.COMPLETED, (batch.stage, batch.error)
     sheets = list(Sheet.objects.filter(batch=batch).order_by("index"))
     failed = failed or {}
     for s in sheets:
-        assert s.image == f"{pipeline.pages_prefix(batch)}{s.index:05d}{Path(s.image).suffix}"
+        if s.image_length is None:
+            assert s.image == f"{pipeline.pages_prefix(batch)}{s.index:05d}{Path(s.image).suffix}"
+        else:
+            assert s.image == batch.upload.name and s.image_offset > 0
         key = s.source_name if s.source_page == 1 else f"{s.source_name}#{s.source_page}"
         if key in failed:
             assert s.status == SheetStatus.FAILED and failed[key] in s.error, (key, s.status, s.error)
@@ -313,8 +317,18 @@ def test_z6_encrypted_entries(owner, sandbox, entry):
 def test_z7_non_utf8_names_get_generated_names_and_keep_theirs(owner, sandbox):
     # CP437 (the ZIP default) and Latin-1 bytes that are valid as neither UTF-8 nor a path.
     data = raw_zip([Entry(b"sch\x81ler_000.jpg", sheet(0)), Entry(b"\xe9l\xe8ve\xff.jpg", sheet(1))])
-    sheets = assert_completed(run(owner, data), sandbox)
+    batch = run(owner, data)
+    sheets = assert_completed(batch, sandbox)
     assert set(sheets) == {"sch\u00fcler_000.jpg", "\u0398l\u03a6ve\u00a0.jpg"}  # read as CP437
+    # Stored uncompressed, the entries are read in place: no file is named after them.
+    assert all(s.image == batch.upload.name for s in sheets.values())
+    assert sheets["sch\u00fcler_000.jpg"].read_image() == sheet(0)
+    assert not (sandbox.media / pipeline.pages_prefix(batch)).exists()
+
+
+def test_z7_compressed_entries_are_copied_out_under_generated_names(owner, sandbox):
+    data = make_zip([("sch\u00fcler_000.jpg", sheet(0)), ("\u00e9l\u00e8ve.jpg", sheet(1))], zipfile.ZIP_DEFLATED)
+    sheets = assert_completed(run(owner, data), sandbox)
     assert sorted(s.image.rsplit("/", 1)[1] for s in sheets.values()) == ["00001.jpg", "00002.jpg"]
 
 
@@ -332,15 +346,20 @@ def test_z8_truncated_archive(owner, sandbox, cut):
     assert_failed(run(owner, data[: int(len(data) * cut)]), sandbox, "scans.zip: not a valid ZIP archive")
 
 
-def test_z8_bad_crc_fails_the_batch_and_removes_pages_already_written(owner, sandbox, monkeypatch):
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED], ids=["stored", "deflated"])
+def test_z8_bad_crc_fails_the_batch_and_removes_pages_already_written(owner, sandbox, monkeypatch, compression):
     saved = []
     real_save = pipeline._save
     monkeypatch.setattr(pipeline, "_save", lambda name, data: saved.append(name) or real_save(name, data))
-    data = bytearray(make_zip([("a.jpg", sheet(0)), ("b.jpg", sheet(1))]))
+    data = bytearray(make_zip([("a.jpg", sheet(0)), ("b.jpg", sheet(1))], compression))
     data[data.index(b"b.jpg") + 100] ^= 0xFF  # a byte inside b.jpg's data
-    assert_failed(run(owner, bytes(data)), sandbox, "entry 'b.jpg': the archive is truncated or damaged",
-                  "Bad CRC-32")
-    assert saved and saved[0].endswith("pages/00001.jpg")  # a.jpg had been written, and is gone
+    # (A flipped byte of deflated data mostly breaks the decompression before the CRC.)
+    reasons = ["Bad CRC-32"] if compression == zipfile.ZIP_STORED else []
+    assert_failed(run(owner, bytes(data)), sandbox, "entry 'b.jpg': the archive is truncated or damaged", *reasons)
+    if compression == zipfile.ZIP_STORED:
+        assert saved == []  # read in place: nothing was copied out
+    else:
+        assert saved and saved[0].endswith("pages/00001.jpg")  # a.jpg had been written, and is gone
 
 
 def test_z8_a_damaged_pdf_entry_is_stopped_while_streaming_to_the_renderer(owner, sandbox):
@@ -445,7 +464,7 @@ def test_z10_disk_full_during_extraction(owner, sandbox, small_disk, monkeypatch
     sandbox.bystander.write_bytes(keep)
     rng = __import__("random").Random(7)
     entries = [(f"p{i}.jpg", b"\xff\xd8\xff" + rng.randbytes(256 * 1024)) for i in range(8)]
-    upload = make_zip(entries)
+    upload = make_zip(entries, zipfile.ZIP_DEFLATED)  # copied out (stored entries are read in place)
     batch = run(owner, upload)
     assert_failed(batch, sandbox, "the pages could not be stored", "No space left on device")
     assert 1 < len(saved) < 8  # some pages were written before the disk filled; none is left
@@ -693,7 +712,16 @@ def test_good_archive_gives_pages_in_natural_order_and_skips_junk():
                      ("sub/", b""), ("sub/scan1.jpg", JPEG), (".DS_Store", b"x")])
     pages = list(iter_pages(io.BytesIO(data), "scans.zip", Limits()))
     assert [p.source_name for p in pages] == ["scan2.jpg", "scan10.jpg", "sub/scan1.jpg"]
-    assert all(p.extension == ".jpg" and p.data == JPEG for p in pages)
+    assert all(p.extension == ".jpg" and page_bytes(p, data) == JPEG for p in pages)
+    assert all(p.span is not None and p.data == b"" for p in pages)  # stored: read in place, not copied
+    deflated = make_zip([("scan1.jpg", JPEG)], zipfile.ZIP_DEFLATED)
+    [page] = iter_pages(io.BytesIO(deflated), "scans.zip", Limits())
+    assert page.span is None and page.data == JPEG
+
+
+def page_bytes(page, upload: bytes) -> bytes:
+    """A page's bytes: its own, or its range of the upload."""
+    return page.data if page.span is None else upload[page.span[0]:page.span[0] + page.span[1]]
 
 
 def test_a_jpeg_mentioning_pdf_in_a_comment_is_a_jpeg():
@@ -702,8 +730,9 @@ def test_a_jpeg_mentioning_pdf_in_a_comment_is_a_jpeg():
     commented = b"\xff\xd8\xff\xfe\x00\x10see %PDF-1.4 \xff\xd9"
     assert sniff(commented) == "jpeg"
     assert sniff(b"junk before the header %PDF-1.7\n") == "pdf"
-    [page] = iter_pages(io.BytesIO(make_zip([("a.jpg", commented)])), "scans.zip", Limits())
-    assert page.extension == ".jpg" and page.data == commented
+    upload = make_zip([("a.jpg", commented)])
+    [page] = iter_pages(io.BytesIO(upload), "scans.zip", Limits())
+    assert page.extension == ".jpg" and page_bytes(page, upload) == commented
 
 
 def test_limits_follow_the_settings(settings):
