@@ -18,8 +18,7 @@ import re
 from functools import lru_cache
 
 import orjson
-from django.db.models import TextField
-from django.db.models.functions import Cast
+from django.db import connection
 
 from .models import Answer, Batch, Sheet
 
@@ -89,6 +88,21 @@ def write_results_csv(batch: Batch, out) -> int:
     return count
 
 
+def _answer_rows(sheet_ids: list[int]) -> list[tuple]:
+    """(sheet id, field, value, flags as JSON text) of the answers of
+    ``sheet_ids``, by one plain query: the queryset's per-row work took as
+    long as the database (about 100 rows per sheet)."""
+    meta = Answer._meta
+    qn = connection.ops.quote_name
+    column = {name: qn(meta.get_field(name).column) for name in ("sheet", "field", "value", "flags")}
+    marks = ", ".join(["%s"] * len(sheet_ids))
+    sql = (f"SELECT {column['sheet']}, {column['field']}, {column['value']}, CAST({column['flags']} AS TEXT) "
+           f"FROM {qn(meta.db_table)} WHERE {column['sheet']} IN ({marks})")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, sheet_ids)
+        return cursor.fetchall()
+
+
 def _write_chunk(writer, chunk: list[tuple], fields: list[str]) -> int:
     # About a hundred answer rows per sheet: this loop is the stage's cost.
     # Flags come as JSON text and only non-empty lists are parsed (decoding
@@ -97,10 +111,7 @@ def _write_chunk(writer, chunk: list[tuple], fields: list[str]) -> int:
     order = {name: i for i, name in enumerate(fields)}
     answers: dict[int, dict[str, str]] = {}
     flagged: dict[int, list[tuple[int, str, list]]] = {}
-    rows = (Answer.objects.filter(sheet_id__in=[r[0] for r in chunk])
-            .annotate(flags_text=Cast("flags", TextField()))
-            .values_list("sheet_id", "field", "value", "flags_text"))
-    for sheet_id, name, value, flags_text in rows.iterator(chunk_size=10_000):
+    for sheet_id, name, value, flags_text in _answer_rows([r[0] for r in chunk]):
         answers.setdefault(sheet_id, {})[name] = value
         if flags_text and flags_text != "[]":
             flagged.setdefault(sheet_id, []).append((order.get(name, len(order)), name, orjson.loads(flags_text)))

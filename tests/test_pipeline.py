@@ -158,6 +158,22 @@ def test_stages_are_idempotent(owner):
     assert sorted(Answer.objects.filter(sheet__batch=batch).values_list("sheet__index", "field", "value")) == answers
 
 
+def test_loading_database_restores_answer_rows_a_read_sheet_lacks(owner):
+    # Given a completed batch whose second sheet lost its answer rows
+    data, _sheets = sheets_zip(3)
+    batch = pipeline.run_inline(new_batch(owner, data).pk)
+    answers = sorted(Answer.objects.filter(sheet__batch=batch).values_list("sheet__index", "field", "value"))
+    Answer.objects.filter(sheet__batch=batch, sheet__index=2).delete()
+    Batch.objects.filter(pk=batch.pk).update(stage=Stage.GENERATING_CSV)
+    batch.refresh_from_db()
+
+    # When the database is loaded again, the rows come back from its reading, and only its rows
+    pipeline.load_database(batch)
+    assert sorted(Answer.objects.filter(sheet__batch=batch).values_list("sheet__index", "field", "value")) == answers
+    event = ProgressEvent.objects.filter(batch=batch).latest("id")
+    assert event.message == f"Database load complete: 3 sheets, {len(answers)} answers"
+
+
 def start_processing(owner, count: int) -> tuple[Batch, list[list[int]]]:
     data, _sheets = sheets_zip(count)
     batch = new_batch(owner, data)
