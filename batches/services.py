@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 
 from django.conf import settings
 from django.core.files.base import File
+from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
@@ -109,6 +111,7 @@ def store_upload(batch: Batch, upload, *, sha256: str, start: bool = True) -> Ba
         # file is then moved into storage, not copied.
         batch.upload.save("original" + batch.extension, upload if isinstance(upload, File) else File(upload),
                           save=False)
+        make_durable(batch.upload.name)
         batch.sha256 = sha256
         Batch.objects.filter(pk=batch.pk).update(upload=batch.upload.name, sha256=sha256)
         progress.publish(batch, Stage.UPLOADING,
@@ -117,6 +120,23 @@ def store_upload(batch: Batch, upload, *, sha256: str, start: bool = True) -> Ba
         if start:
             tasks.enqueue_batch(batch.pk)
     return batch
+
+
+def make_durable(name: str) -> None:
+    """Flush a stored file and its folder to disk before the upload is
+    answered as accepted: a crash just after the answer must not lose it. (It
+    also keeps the kernel from writing the upload back later, in the middle of
+    reading its sheets.) Storages without local paths are left to themselves."""
+    try:
+        path = default_storage.path(name)
+    except NotImplementedError:
+        return
+    for target, flags in ((path, os.O_RDONLY), (os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)):
+        fd = os.open(target, flags)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def create_batch(owner, upload, *, filename: str | None = None, template: str = "", has_qr: bool = True,

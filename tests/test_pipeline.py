@@ -52,6 +52,25 @@ def new_batch(owner, data: bytes, name="scans.zip", has_qr=True) -> Batch:
                                  has_qr=has_qr, start=False)
 
 
+def test_an_accepted_upload_is_on_disk_before_its_batch_is_queued(owner, monkeypatch):
+    # Given a recorder of what is flushed to disk
+    import os
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    queued = []
+    monkeypatch.setattr(services.tasks, "enqueue_batch", lambda pk: queued.append(list(synced)))
+
+    # When an upload is stored as a batch
+    batch = services.create_batch(owner, ContentFile(b"\xff\xd8\xff scan", name="scan.jpg"), filename="scan.jpg",
+                                  template=TEMPLATE)
+
+    # Then the file and its folder were flushed before the pipeline was queued
+    path = default_storage.path(batch.upload.name)
+    assert queued == [[path, os.path.dirname(path)]]
+
+
 def test_upload_runs_every_stage_and_the_csv_matches_the_sheets(api, owner, broker, worker):
     # Given a ZIP of 12 simulated sheets
     data, sheets = sheets_zip(12)
