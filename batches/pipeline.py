@@ -28,6 +28,7 @@ import io
 import json
 import logging
 import math
+import os
 import time
 import uuid
 from collections import defaultdict, deque
@@ -87,6 +88,10 @@ def delete_prefix(prefix: str) -> None:
         default_storage.delete(prefix + name)
     for name in dirs:
         delete_prefix(f"{prefix}{name}/")
+    try:  # the folder itself, now empty, where the storage has folders
+        os.rmdir(default_storage.path(prefix))
+    except (NotImplementedError, OSError):
+        pass
 
 
 def _save(name: str, data: bytes) -> str:

@@ -161,10 +161,11 @@ def progress_state(batch: Batch, events: list[ProgressEvent], now: datetime | No
 
 
 def format_duration(seconds: float | None) -> str:
-    """``0.4 s``, ``12 s``, ``3 min 05 s``, ``1 h 02 min``."""
+    """``0.4 s``, ``12 s``, ``3 min 05 s``, ``1 h 02 min``. Whole seconds (an
+    ``int``, as the events' ``elapsed_seconds``) show no tenth they do not have."""
     if seconds is None:
         return ""
-    if seconds < 10:
+    if seconds < 10 and not isinstance(seconds, int):
         return f"{seconds:.1f} s"
     whole = int(round(seconds))
     if whole < 60:

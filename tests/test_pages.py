@@ -413,3 +413,13 @@ def test_the_page_stream_of_a_hostile_name_batch_escapes(owner):
     html = next(f for f in frames if f.get("event") == "progress")["data"]
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert frames[-1] == {"event": "done", "data": "failed"}
+
+
+def test_durations_show_the_precision_they_have():
+    from batches.templatetags.batch_pages import duration
+    from batches.timeline import format_duration
+
+    # Stage times come from timestamps; the elapsed time of events is whole seconds.
+    assert [format_duration(v) for v in (0.44, 3.0, 3, 12.6, 75, 3725)] == [
+        "0.4 s", "3.0 s", "3 s", "13 s", "1 min 15 s", "1 h 02 min"]
+    assert (duration(3), duration(2.25), duration(None), duration("x")) == ("3 s", "2.2 s", "", "")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import threading
 import time
 
@@ -175,6 +176,14 @@ def test_stages_are_idempotent(owner):
     batch.refresh_from_db()
     assert (batch.sheets_total, batch.sheets_processed, batch.sheets_failed) == (3, 3, 0)
     assert sorted(Answer.objects.filter(sheet__batch=batch).values_list("sheet__index", "field", "value")) == answers
+
+
+def test_a_completed_batch_keeps_its_upload_and_csv_and_no_working_folder(owner):
+    data, _sheets = sheets_zip(2)
+    batch = pipeline.run_inline(new_batch(owner, data).pk)
+    assert batch.stage == Stage.COMPLETED
+    folder = default_storage.path(batch.storage_prefix.rstrip("/"))
+    assert sorted(os.listdir(folder)) == ["results.csv", "upload"]  # pages read in place from the upload
 
 
 def test_loading_database_restores_answer_rows_a_read_sheet_lacks(owner):

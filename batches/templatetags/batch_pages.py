@@ -14,7 +14,9 @@ register = template.Library()
 def duration(seconds) -> str:
     """Seconds as people read them: ``0.4 s``, ``12 s``, ``3 min 05 s``."""
     try:
-        return format_duration(None if seconds is None or seconds == "" else float(seconds))
+        if seconds is None or seconds == "":
+            return ""
+        return format_duration(seconds if isinstance(seconds, int) else float(seconds))
     except (TypeError, ValueError):
         return ""
 
