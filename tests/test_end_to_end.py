@@ -328,6 +328,12 @@ def test_upload_stream_and_results_through_real_servers(servers):
     assert status == 200 and body["stage"] == "completed" and body["sheets_processed"] == 20
 
 
+def test_each_worker_process_warms_the_engine_up_before_taking_messages(servers):
+    log = (servers.tmp / "worker.log").read_text(errors="replace")
+    assert "Engine warm-up failed" not in log
+    assert log.count("Engine warmed up in") >= 2, log[-2000:]  # one per process
+
+
 def test_w7_workers_stopped_mid_batch_and_started_again(servers):
     # Given a batch of 200 pages being read (enough work that the workers are
     # still busy when the stop takes effect)
