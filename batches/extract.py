@@ -30,7 +30,7 @@ import tempfile
 import unicodedata
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -453,7 +453,7 @@ def iter_pages(fileobj, filename: str, limits: Limits, workdir: str | os.PathLik
     kind = sniff(head)
     count = written = 0
 
-    def counted(pages: Iterator[Page]) -> Iterator[Page]:
+    def counted(pages: Iterable[Page]) -> Iterator[Page]:
         nonlocal count, written
         for page in pages:
             count += 1
@@ -484,7 +484,7 @@ def iter_pages(fileobj, filename: str, limits: Limits, workdir: str | os.PathLik
                         if span is not None:
                             checks.add(member, span)
                             reader.count = span[1]
-                            yield from counted(iter([Page(member.name, 1, _EXT_FOR_KIND[kind], b"", span)]))
+                            yield from counted([Page(member.name, 1, _EXT_FOR_KIND[kind], b"", span)])
                         else:
                             yield from counted(_file_pages(reader.read(), member.name, limits, workdir))
                 finally:
