@@ -131,12 +131,17 @@ def make_durable(name: str) -> None:
         path = default_storage.path(name)
     except NotImplementedError:
         return
-    for target, flags in ((path, os.O_RDONLY), (os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)):
-        fd = os.open(target, flags)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_path(path)
+    fsync_path(os.path.dirname(path))
+
+
+def fsync_path(path) -> None:
+    """Flush a file, or a folder's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def create_batch(owner, upload, *, filename: str | None = None, template: str = "", has_qr: bool = True,

@@ -80,14 +80,6 @@ def data_path(upload_id) -> Path:
     return upload_dir(upload_id) / "data"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def locked(upload_id):
     """Hold the upload's write lock, or raise ``TusError`` 423 at once when
@@ -222,8 +214,8 @@ def create_upload(owner, *, length: int, metadata: dict[str, str]) -> Upload:
                                            sha256=digests.get("sha256", ""), sha1=digests.get("sha1", ""))
             with open(directory / "data", "xb") as handle:
                 os.fsync(handle.fileno())
-            _fsync_dir(directory)
-            _fsync_dir(directory.parent)
+            services.fsync_path(directory)
+            services.fsync_path(directory.parent)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
