@@ -25,12 +25,15 @@ out:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .rules import ExamRules
 from .scoring import MASKS, POPCOUNT, ScoredSheets, ScoringTables, answer_text
 
 #: Answer categories counted per question: option k (0..7), then blank, multiple.
@@ -62,6 +65,11 @@ def histogram_edges(tables: ScoringTables) -> np.ndarray:
     start = math.floor(low / width + 1e-9) * width
     count = max(1, math.ceil((high - start) / width - 1e-9))
     return np.round(start + width * np.arange(count + 1), 9)
+
+
+def rules_digest(rules: ExamRules) -> str:
+    """A fingerprint of the rules, kept with saved statistics."""
+    return hashlib.sha256(json.dumps(rules.to_json(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _bins(edges: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -228,14 +236,17 @@ class ItemStatistics:
     def to_dict(self) -> dict[str, Any]:
         """The sums as plain JSON (to keep beside the exam between corrections)."""
         return {
-            "sheets": self.sheets, "right": self.right.tolist(), "chosen": self.chosen.tolist(),
+            "rules": rules_digest(self.tables.rules), "sheets": self.sheets, "right": self.right.tolist(), "chosen": self.chosen.tolist(),
             "cross": self.cross.tolist(), "total": self.total, "total_sq": self.total_sq,
             "score_sum": self.score_sum, "score_sq": self.score_sq, "histogram": self.histogram.tolist(),
         }
 
     @classmethod
     def from_dict(cls, tables: ScoringTables, data: dict[str, Any]) -> ItemStatistics:
-        """Sums saved by ``to_dict`` for the same rules (after a key change, count again)."""
+        """Sums saved by ``to_dict``, for the same rules: after a change of key or
+        rules the sheets must be counted again (``of``); ValueError otherwise."""
+        if data.get("rules") != rules_digest(tables.rules):
+            raise ValueError("these statistics were counted with other rules: count the sheets again")
         stats = cls.empty(tables)
         for name in ("right", "chosen", "cross", "histogram"):
             value = np.array(data[name], dtype=np.int64)

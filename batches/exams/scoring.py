@@ -133,6 +133,10 @@ class ScoredSheets:
     def scored(self) -> np.ndarray:
         return self.version >= 0
 
+    def subset(self, rows: np.ndarray) -> ScoredSheets:
+        """These sheets' rows (a boolean mask or indexes): one batch of an exam."""
+        return ScoredSheets(self.answers[rows], self.version[rows], self.earned[rows], self.right[rows], self.scores[rows])
+
     def __len__(self) -> int:
         return len(self.version)
 

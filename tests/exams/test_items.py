@@ -192,6 +192,17 @@ def test_statistics_survive_a_round_trip_through_json():
     stats = ItemStatistics.of(tables, score_sheets(tables, answers, versions))
     again = ItemStatistics.from_dict(tables, json.loads(json.dumps(stats.to_dict())))
     assert again.items() == stats.items() and again.summary() == stats.summary()
-    other, _, _ = random_exam(np.random.default_rng(5), sheets=1, questions=10)
-    with pytest.raises(ValueError, match="saved for other rules"):
+    other, _, _ = random_exam(np.random.default_rng(6), sheets=1)  # same questions, other keys
+    with pytest.raises(ValueError, match="counted with other rules"):
         ItemStatistics.from_dict(other, stats.to_dict())
+
+
+def test_the_statistics_of_part_of_the_sheets_and_of_the_rest_add_up():
+    tables, answers, versions = random_exam(np.random.default_rng(9), sheets=120)
+    scored = score_sheets(tables, answers, versions)
+    first_batch = np.arange(120) < 50
+    part = ItemStatistics.of(tables, scored.subset(first_batch))
+    rest = ItemStatistics.of(tables, scored.subset(~first_batch))
+    assert part.sheets + rest.sheets == ItemStatistics.of(tables, scored).sheets
+    part.add(scored.subset(~first_batch))
+    assert part.items() == ItemStatistics.of(tables, scored).items()
