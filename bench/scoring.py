@@ -24,9 +24,9 @@ import time
 import numpy as np
 from _common import median
 
-from batches.exams.items import ItemStatistics
+from batches.exams.items import ItemStatistics, rescore_sheet
 from batches.exams.rules import parse_exam_rules
-from batches.exams.scoring import compile_rules, encode_answers, score_masks, score_sheet, version_indexes
+from batches.exams.scoring import compile_rules, encode_answers, score_masks, version_indexes
 from batches.exams.simulate import simulate_answers
 
 VERSIONS = ("A", "B", "C", "D")
@@ -90,9 +90,7 @@ def main() -> None:
         answers = dict(sheets[i])
         answers["q10"] = "" if answers["q10"] else "B"
         t0 = time.perf_counter()
-        before = score_sheet(tables, sheets[i], versions[i])
-        after = score_sheet(tables, answers, versions[i])
-        stats.replace(before, after)
+        rescore_sheet(tables, stats, (sheets[i], versions[i]), (answers, versions[i]))
         analyse(stats)
         corrections.append(time.perf_counter() - t0)
         sheets[i] = answers

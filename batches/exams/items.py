@@ -28,13 +28,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .rules import ExamRules
-from .scoring import MASKS, POPCOUNT, ScoredSheets, ScoringTables, answer_text
+from .scoring import MASKS, POPCOUNT, ScoredSheets, ScoringTables, answer_text, score_sheet
 
 #: Answer categories counted per question: option k (0..7), then blank, multiple.
 BLANK = 8
@@ -256,3 +257,23 @@ class ItemStatistics:
         stats.sheets, stats.total, stats.total_sq = int(data["sheets"]), int(data["total"]), int(data["total_sq"])
         stats.score_sum, stats.score_sq = float(data["score_sum"]), float(data["score_sq"])
         return stats
+
+
+#: One sheet as the server holds it: {field: answer as read}, and the version read.
+SheetAnswers = tuple[Mapping[str, str | None], str | None]
+
+
+def rescore_sheet(
+    tables: ScoringTables, stats: ItemStatistics, before: SheetAnswers | None, after: SheetAnswers | None
+) -> ScoredSheets | None:
+    """A correction: one sheet's answers and version as they were (``before``;
+    None for a sheet new to the exam) and as they are now (``after``; None for a
+    sheet taken out). Updates ``stats`` in place and returns the sheet scored
+    now (a one-row ``ScoredSheets``), or None when it was taken out."""
+    if before is not None:
+        stats.remove(score_sheet(tables, *before))
+    if after is None:
+        return None
+    scored = score_sheet(tables, *after)
+    stats.add(scored)
+    return scored

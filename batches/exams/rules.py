@@ -166,12 +166,12 @@ class _Reader:
             return None
         return name
 
-    def answer(self, path: str, question: str, answer: Any, blank_ok: bool = False) -> str | None:
+    def answer(self, path: str, question: str, answer: Any) -> str | None:
         options = self.template[question]
         if not isinstance(answer, str):
             self.fail(path, f"must be an answer such as {options[0]!r}, not {answer!r}")
             return None
-        if answer == "" and not blank_ok:
+        if answer == "":
             self.fail(path, "must not be blank (a question no one can get right is dropped instead)")
             return None
         canonical = canonical_answer(answer, options)

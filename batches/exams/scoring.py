@@ -151,9 +151,9 @@ def encode_answers(tables: ScoringTables, sheets: Sequence[Mapping[str, str | No
     for i, sheet in enumerate(sheets):
         get = sheet.get
         row = [codes.get(get(q) or "", -1) for q, codes in pairs]
-        if -1 in row:
-            row = [_slow_code(tables, i, j, get(q)) if code < 0 else code for j, ((q, _), code) in
-                   enumerate(zip(pairs, row, strict=True))]
+        if -1 in row:  # an answer not written as the reader writes it: check it alone
+            row = [code if code >= 0 else _slow_code(tables, i, j, get(q))
+                   for j, (q, code) in enumerate(zip(tables.questions, row, strict=True))]
         rows.append(row)
     return np.array(rows, dtype=np.uint8).reshape(len(rows), len(pairs))
 

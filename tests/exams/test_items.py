@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from batches.exams.items import ItemStatistics
+from batches.exams.items import ItemStatistics, rescore_sheet
 from batches.exams.rules import parse_exam_rules
 from batches.exams.scoring import compile_rules, score_sheet, score_sheets
 from batches.exams.simulate import simulate_answers
@@ -206,3 +206,19 @@ def test_the_statistics_of_part_of_the_sheets_and_of_the_rest_add_up():
     assert part.sheets + rest.sheets == ItemStatistics.of(tables, scored).sheets
     part.add(scored.subset(~first_batch))
     assert part.items() == ItemStatistics.of(tables, scored).items()
+
+
+def test_rescore_sheet_adds_corrects_and_takes_out_sheets():
+    rng = np.random.default_rng(4)
+    tables, answers, versions = random_exam(rng, sheets=60)
+    scored = score_sheets(tables, answers[:50], versions[:50])
+    stats = ItemStatistics.of(tables, scored)
+    for i in range(50, 60):  # sheets read later join the exam
+        rescore_sheet(tables, stats, None, (answers[i], versions[i]))
+    corrected = {**answers[3], "q4": "E"}
+    now = rescore_sheet(tables, stats, (answers[3], versions[3]), (corrected, "A"))
+    answers[3], versions[3] = corrected, "A"
+    assert now.scores[0] == score_sheet(tables, corrected, "A").scores[0]
+    assert rescore_sheet(tables, stats, (answers[7], versions[7]), None) is None  # a sheet taken out
+    del answers[7], versions[7]
+    assert stats.items() == ItemStatistics.of(tables, score_sheets(tables, answers, versions)).items()
