@@ -67,8 +67,11 @@ class ScoringTables:
         return self.rules.questions[self.questions[q]]
 
     def version_index(self, version: str | None) -> int:
-        """The key a sheet of ``version`` is scored with, or -1 when there is none."""
-        if self.rules.one_key_for_all:
+        """The key a sheet of ``version`` is scored with, or -1 when there is none.
+        An exam with one key scores a sheet whose version was left blank with it
+        (there is no other version it could be); a version the exam does not key
+        is never guessed."""
+        if self.rules.one_key_for_all or (not version and len(self.versions) == 1):
             return 0
         try:
             return self.versions.index(version)

@@ -92,9 +92,12 @@ def test_an_item_is_right_when_it_earns_its_full_points():
 
 
 def test_sheets_not_scored_are_left_out():
-    sheets = [{"q1": "A"}, {"q1": "B"}, {"q1": "A"}]
-    _, _, stats = stats_for({"keys": {"A": {"q1": "A"}}}, sheets, versions=["A", "B", None])
-    assert stats.sheets == 1 and stats.items()["items"]["q1"]["options"]["A"] == 1
+    # version A is keyed; B is not; a blank version on an exam with one key is A
+    sheets = [{"q1": "A"}, {"q1": "B"}, {"q1": "C"}]
+    _, scored, stats = stats_for({"keys": {"A": {"q1": "A"}}}, sheets, versions=["A", "B", None])
+    assert scored.scored.tolist() == [True, False, True]
+    assert stats.sheets == 2
+    assert stats.items()["items"]["q1"]["options"] == {"A": 1, "B": 0, "C": 1, "D": 0, "blank": 0, "multiple": 0}
 
 
 def test_miskey_hints_name_a_distractor_above_the_key_and_negative_discrimination():

@@ -94,6 +94,12 @@ def test_a_sheet_whose_version_has_no_key_is_not_scored():
     assert not scored.right[1:].any()
 
 
+def test_an_exam_with_one_key_scores_a_sheet_whose_version_was_left_blank():
+    tables = tables_for({"keys": {"A": {"q1": "A"}}}, versions=("A", "B"))
+    scored = score_sheets(tables, [{"q1": "A"}, {"q1": "A"}, {"q1": "A"}], ["A", None, "B"])
+    assert scored.scores[:2].tolist() == [1, 1] and math.isnan(scored.scores[2])
+
+
 def test_one_key_scores_every_sheet_when_the_template_has_no_version_field():
     tables = compile_rules(parse_exam_rules({"keys": {"A": {"q1": "A"}}}, questions=QUESTIONS, versions=None))
     scored = score_sheets(tables, [{"q1": "A"}, {"q1": "A"}], [None, "B"])
