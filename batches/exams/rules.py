@@ -186,7 +186,9 @@ class _Reader:
         return number
 
     def mapping(self, data: Mapping, key: str, default: Any) -> Any:
-        value = data.get(key, default)
+        value = data.get(key)
+        if value is None:  # left out, or null: the default
+            return default
         if not isinstance(value, Mapping):
             self.fail(key, "must be an object")
             return default
@@ -243,7 +245,8 @@ def parse_exam_rules(
         accepted[question] = tuple(dict.fromkeys(a for a in parsed if a is not None))
 
     dropped: set[str] = set()
-    raw_dropped = data.get("dropped", [])
+    raw_dropped = data.get("dropped")
+    raw_dropped = [] if raw_dropped is None else raw_dropped
     if not isinstance(raw_dropped, list):
         r.fail("dropped", "must be a list of question names")
         raw_dropped = []
@@ -331,7 +334,7 @@ def parse_exam_rules(
 
 
 def _amount_or_default(r: _Reader, data: Mapping, name: str, default: float, prefix: str = "") -> float:
-    if name not in data:
+    if data.get(name) is None:  # left out, or null: the default
         return default
     value = r.amount(f"{prefix}.{name}" if prefix else name, data[name])
     return default if value is None else value

@@ -42,6 +42,12 @@ def test_amounts_default_to_zero_and_points_to_one():
     assert rules.max_score == 2
 
 
+def test_null_fields_take_their_defaults():
+    rules = parse({"keys": {"A": {"q1": "A"}}, "points": None, "wrong": None, "accepted": None, "dropped": None,
+                   "marking": None, "credit": None})
+    assert rules == parse({"keys": {"A": {"q1": "A"}}})
+
+
 def test_max_score_counts_dropped_questions():
     rules = parse({"keys": {"A": {"q1": "A"}}, "dropped": ["q2"], "points": {"q2": 3}})
     assert rules.max_score == 4
