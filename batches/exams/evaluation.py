@@ -173,7 +173,7 @@ def import_evaluation(
     if r.errors:
         raise ExamRulesError(r.errors)
     source, options = evaluation["source_type"], evaluation["options"]
-    if source not in SOURCE_OPTIONS:
+    if not isinstance(source, str) or source not in SOURCE_OPTIONS:
         raise ExamRulesError([f"source_type: must be \"csv\" or \"custom\", not {source!r}"])
     if not isinstance(options, Mapping):
         raise ExamRulesError(["options: must be an object"])
@@ -187,12 +187,9 @@ def import_evaluation(
     if r.errors:
         raise ExamRulesError(r.errors)
 
-    known = []
     for question, place in zip(order, places, strict=True):
         if question not in r.template:
             r.fail(place, f"{question} is not a question of the template")
-        else:
-            known.append(question)
 
     sections = _sections(r, evaluation["marking_schemes"], set(order))
     if r.errors:
@@ -249,6 +246,9 @@ def _custom_key(r: _Reader, options: Mapping) -> tuple[list[str], list[Any], lis
     answers = options["answers_in_order"]
     if not isinstance(answers, list):
         r.fail("options.answers_in_order", "must be a list")
+        return [], [], []
+    if not order and not r.errors:
+        r.fail("options.questions_in_order", "names no question")
         return [], [], []
     if len(order) != len(answers):
         r.fail("options.answers_in_order", f"has {len(answers)} answers for {len(order)} questions in order")

@@ -273,6 +273,8 @@ def parse_exam_rules(
 
     in_exam = {q for key in keys.values() for q in key} | set(accepted) | dropped | set(credit)
     exam_questions = {q: options for q, options in r.template.items() if q in in_exam}
+    if not exam_questions and not r.errors:
+        r.fail("keys", "name no question: an exam needs at least one")
 
     points: dict[str, float] = dict.fromkeys(exam_questions, 1.0)
     for question, value in r.mapping(data, "points", {}).items():

@@ -127,6 +127,7 @@ def test_what_cannot_be_represented_or_omrchecker_refuses_is_refused_by_path():
     assert refused({"source_type": "local", "options": {}, "marking_schemes": {}}) == [
         "source_type: must be \"csv\" or \"custom\", not 'local'"]
     assert refused({"options": {}}) == ["source_type: is required", "marking_schemes: is required"]
+    assert refused(custom([], [])) == ["options.questions_in_order: names no question"]
     assert refused(custom(["q1..3"], ["A", "B"])) == ["options.answers_in_order: has 2 answers for 3 questions in order"]
     assert refused(custom(["q1..3", "q3"], ["A", "B", "C"])) == ["options.questions_in_order[1]: 'q3' names q3 again"]
     assert refused(custom(["q5..3"], [])) == [

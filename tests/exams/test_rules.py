@@ -100,6 +100,7 @@ def test_a_question_keyed_on_one_version_needs_a_key_on_every_version():
 def test_keys_are_required():
     assert errors_of({}) == ["keys: must be an object with one answer key per version, such as {\"A\": {\"q1\": \"B\"}}"]
     assert errors_of({"keys": {"A": ["B"]}}) == ["keys.A: must be an object {question: answer}"]
+    assert errors_of({"keys": {"A": {}}}) == ["keys: name no question: an exam needs at least one"]
     with pytest.raises(ExamRulesError, match="must be a JSON object"):
         parse(["keys"])
 
