@@ -171,7 +171,7 @@ _dramatiq_middleware = [
     "dramatiq.middleware.Retries",
     "dramatiq.middleware.CurrentMessage",
     "django_dramatiq.middleware.DbConnectionsMiddleware",
-    "batches.workers.WorkerSetup",
+    "batches.pipeline.workers.WorkerSetup",
 ]
 if DRAMATIQ_BACKEND == "stub":
     DRAMATIQ_BROKER = {"BROKER": "dramatiq.brokers.stub.StubBroker", "OPTIONS": {},
@@ -194,7 +194,8 @@ else:
         "MIDDLEWARE": _dramatiq_middleware,
     }
 DRAMATIQ_TASKS_DATABASE = "default"
-DRAMATIQ_AUTODISCOVER_MODULES = ["tasks"]
+# The actors live in batches/pipeline/tasks.py.
+DRAMATIQ_AUTODISCOVER_MODULES = ["pipeline.tasks"]
 
 # Streams send a keep-alive every OMR_STREAM_KEEPALIVE seconds (at most 15), so
 # the Redis socket timeout must be longer than that or idle streams break.
@@ -249,7 +250,7 @@ OMR_CHUNK_SIZE = env_int("OMR_CHUNK_SIZE", 10)  # sheets per worker message
 OMR_SHEET_MAX_ATTEMPTS = env_int("OMR_SHEET_MAX_ATTEMPTS", 3)
 # A page still being read after this many seconds is stuck (in C code, where
 # Dramatiq's time limit cannot reach): the worker's watchdog kills the process,
-# the message comes back, and the attempt counter fails the page (batches/watchdog.py).
+# the message comes back, and the attempt counter fails the page (batches/pipeline/watchdog.py).
 OMR_SHEET_TIME_LIMIT = env_float("OMR_SHEET_TIME_LIMIT", 120.0)
 OMR_PROGRESS_INTERVAL = env_float("OMR_PROGRESS_INTERVAL", 2.0)  # seconds between processing events
 OMR_STREAM_KEEPALIVE = min(env_float("OMR_STREAM_KEEPALIVE", 10.0), 15.0)

@@ -417,7 +417,7 @@ def test_the_page_stream_of_a_hostile_name_batch_escapes(owner):
 
 def test_durations_show_the_precision_they_have():
     from batches.templatetags.batch_pages import duration
-    from batches.timeline import format_duration
+    from batches.web.timeline import format_duration
 
     # Stage times come from timestamps; the elapsed time of events is whole seconds.
     assert [format_duration(v) for v in (0.44, 3.0, 3, 12.6, 75, 3725)] == [

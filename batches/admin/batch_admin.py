@@ -21,10 +21,11 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import ngettext
 
-from . import review, services
-from .auth import batches_for
-from .models import Answer, ApiToken, Batch, Correction, ProgressEvent, Sheet, Stage, WorkerHeartbeat
-from .timeline import format_duration, stage_steps
+from ..models import Answer, ApiToken, Batch, Correction, ProgressEvent, Sheet, Stage, WorkerHeartbeat
+from ..review import actions as review
+from ..uploads import accept
+from ..web.auth import batches_for
+from ..web.timeline import format_duration, stage_steps
 
 #: Sheets an admin action reads again in one request (reading takes ~0.2 s a sheet).
 READ_AGAIN_LIMIT = 25
@@ -137,11 +138,11 @@ class BatchAdmin(admin.ModelAdmin):
         _regenerate(self, request, list(queryset.values_list("pk", flat=True)))
 
     def delete_model(self, request, obj):
-        services.delete_batch(obj)  # the batch's files go with it
+        accept.delete_batch(obj)  # the batch's files go with it
 
     def delete_queryset(self, request, queryset):
         for batch in queryset:
-            services.delete_batch(batch)
+            accept.delete_batch(batch)
 
 
 # ---------------------------------------------------------------- sheets
@@ -459,4 +460,3 @@ class WorkerHeartbeatAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
-from . import template_admin  # noqa: E402,F401  (registers SheetTemplate)

@@ -78,7 +78,7 @@ class WorkerSetup(Middleware):
         try:
             from django.db import connection
 
-            from .models import WorkerHeartbeat
+            from ..models import WorkerHeartbeat
 
             WorkerHeartbeat.objects.filter(name=self._name).delete()
             connection.close()
@@ -89,7 +89,7 @@ class WorkerSetup(Middleware):
         from django.db import connection
         from django.utils import timezone
 
-        from .models import WorkerHeartbeat
+        from ..models import WorkerHeartbeat
 
         host, _, pid = self._name.rpartition(":")
         started = timezone.now()
@@ -120,7 +120,7 @@ def warm_up_engine() -> None:
     try:
         import cv2
 
-        from .omr import load_template, reader, render
+        from ..omr import load_template, reader, render
 
         image = render.render_page_image(load_template("a4-20q-4"), 1, dpi=150)
         reader.read_image_bytes(cv2.imencode(".jpg", image)[1].tobytes(), None)

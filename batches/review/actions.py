@@ -23,14 +23,16 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from . import csvexport, pipeline
-from .models import Answer, Batch, Correction, Sheet, SheetStatus, Stage
+from .. import csvexport, sheet_templates
+from ..models import Answer, Batch, Correction, Sheet, SheetStatus, Stage
+from ..pipeline import reading, stages
+from ..storage import csv_name
 
 logger = logging.getLogger(__name__)
 
 #: Flags that come from comparing sheets with each other (collecting_results);
 #: a re-read of one sheet cannot see them, so they are kept.
-CROSS_SHEET_FLAGS = pipeline.COLLECT_FLAGS
+CROSS_SHEET_FLAGS = stages.COLLECT_FLAGS
 NEEDS_REVIEW_FIELD = "needs_review"
 
 
@@ -53,10 +55,10 @@ class FieldRule:
 
 def field_rules(template_name: str, page: int | None) -> dict[str, FieldRule]:
     """The rules for every field on ``page`` of a built-in template ({} when unknown)."""
-    from .omr.align import layout_mm
+    from ..omr.align import layout_mm
 
     try:
-        template = pipeline._resolve_template(template_name)  # OMRChecker ones: free text
+        template = sheet_templates.resolve_for_qr(template_name)  # OMRChecker ones: free text
         lay = layout_mm(template, int(page or 1))
     except (FileNotFoundError, ValueError, TypeError):
         return {}
@@ -183,7 +185,7 @@ def read_again(sheet: Sheet, user=None) -> Sheet:
     sheet = Sheet.objects.select_related("batch").get(pk=sheet.pk)
     _check_finished(sheet.batch)
     # The read itself runs outside the transaction: it takes a while and needs no lock.
-    result = pipeline.read_sheet(sheet, sheet.batch)
+    result = reading.read_sheet(sheet, sheet.batch)
     with transaction.atomic():
         locked = Sheet.objects.select_for_update().get(pk=sheet.pk)
         kept = [f for f in (locked.flags or []) if f in CROSS_SHEET_FLAGS]
@@ -257,7 +259,7 @@ def regenerate_csv(batch: Batch | str) -> str | None:
             return None
         buffer = io.StringIO(newline="")
         count = csvexport.write_results_csv(row, buffer)
-        name = pipeline.csv_name(row)
+        name = csv_name(row)
         if default_storage.exists(name):
             default_storage.delete(name)
         # The same encoding as the pipeline's file (a BOM, so spreadsheets see UTF-8).

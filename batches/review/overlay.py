@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .omr.align import jacobians, layout_mm, to_grey
-from .omr.imageio import ImageError, load_images
+from ..omr.align import jacobians, layout_mm, to_grey
+from ..omr.imageio import ImageError, load_images
 
 #: Widest overlay sent to the browser, px: enough to read a bubble, small enough to load fast.
 MAX_WIDTH = 1400
@@ -85,7 +85,7 @@ def bubble_marks(reading: dict, scale: float = 1.0) -> list[Mark]:
 
 
 def _layout(reading: dict):
-    from .sheet_templates import resolve
+    from ..sheet_templates import resolve
 
     try:
         chosen = resolve(reading["template"])
@@ -196,12 +196,12 @@ def render_overlay_png(data: bytes, reading: dict | None, max_width: int = MAX_W
     """
     image = decode_page(data)
     if needs_fresh_reading(reading):
-        from .omr.reader import read_sheet
-        from .sheet_templates import resolve
+        from ..omr.reader import read_sheet
+        from ..sheet_templates import resolve
 
         chosen = resolve(reading["template"])
         if chosen.is_omrchecker:
-            from .omr.omrchecker import read_omrchecker_sheet
+            from ..omr.omrchecker import read_omrchecker_sheet
 
             fresh = read_omrchecker_sheet(image, chosen.template).to_dict()
         else:

@@ -1,4 +1,6 @@
-"""Write actions on batches, shared by the API, the browser pages and commands.
+"""Accepting a batch, running a failed one again, deleting one: the write
+actions on a whole batch, shared by the API, the browser pages, resumable
+uploads and commands.
 
 Views parse the request and call these; these check the rules and raise
 ``ServiceError`` with an HTTP status and a plain message.
@@ -8,17 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 
 from django.conf import settings
 from django.core.files.base import File
-from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from . import pipeline, progress, tasks
-from .extract import ExtractError, display_name, upload_extension
-from .models import Batch, Stage
+from .. import progress, sheet_templates
+from ..display import display_name, size_text
+from ..models import Batch, Stage
+from ..pipeline import tasks
+from ..pipeline.extract import ExtractError, upload_extension
+from ..storage import delete_prefix, make_durable
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +50,6 @@ def parse_bool(value, default: bool = True) -> bool:
 def check_template(name: str) -> str:
     """The template name (a built-in one or one uploaded in the admin), checked
     to exist and parse; raises ServiceError 400."""
-    from . import sheet_templates
-
     name = (name or settings.OMR_DEFAULT_TEMPLATE).strip()
     known = sheet_templates.names()
     if name not in known:
@@ -58,13 +59,6 @@ def check_template(name: str) -> str:
     except (FileNotFoundError, ValueError) as exc:
         raise ServiceError(400, f"template {name!r} cannot be used: {exc}") from None
     return name
-
-
-def size_text(size: int) -> str:
-    """Bytes as the limits are set: ``OMR_MAX_UPLOAD_MB`` counts MB of 2**20 bytes."""
-    if size < 2**20:
-        return f"{size:,} bytes"
-    return f"{size / 2**20:,.1f} MB".replace(".0 MB", " MB")
 
 
 def upload_limit_text() -> str:
@@ -122,28 +116,6 @@ def store_upload(batch: Batch, upload, *, sha256: str, start: bool = True) -> Ba
     return batch
 
 
-def make_durable(name: str) -> None:
-    """Flush a stored file and its folder to disk before the upload is
-    answered as accepted: a crash just after the answer must not lose it. (It
-    also keeps the kernel from writing the upload back later, in the middle of
-    reading its sheets.) Storages without local paths are left to themselves."""
-    try:
-        path = default_storage.path(name)
-    except NotImplementedError:
-        return
-    fsync_path(path)
-    fsync_path(os.path.dirname(path))
-
-
-def fsync_path(path) -> None:
-    """Flush a file, or a folder's entries, to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def create_batch(owner, upload, *, filename: str | None = None, template: str = "", has_qr: bool = True,
                  start: bool = True) -> Batch:
     """Store an uploaded file as a new batch and queue its pipeline.
@@ -186,5 +158,5 @@ def delete_batch(batch: Batch) -> None:
     A worker still busy with it finds it gone and stops."""
     prefix = batch.storage_prefix
     batch.delete()
-    pipeline.delete_prefix(prefix)
+    delete_prefix(prefix)
     logger.info("Batch %s deleted at %s", batch.pk, timezone.now().isoformat())

@@ -16,7 +16,7 @@ urlpatterns = [
     path("api/batches/<uuid:batch_id>/retry", api.batch_retry, name="api-retry"),
     path("api/batches/<uuid:batch_id>/delete", api.batch_delete, name="api-delete"),
     path("api/health", api.health, name="api-health"),
-    # Resumable uploads (tus 1.0, batches/tus.py); with and without the slash.
+    # Resumable uploads (tus 1.0, web/tus.py); with and without the slash.
     path("api/uploads/", tus.upload_collection, name="tus-uploads"),
     path("api/uploads", tus.upload_collection),
     path("api/uploads/<uuid:upload_id>", tus.upload_resource, name="tus-upload"),

@@ -18,7 +18,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from .models import ApiToken, Batch, hash_token
+from ..models import ApiToken, Batch, hash_token
 
 
 def error_response(status: int, message: str, **extra) -> JsonResponse:

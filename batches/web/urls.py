@@ -1,8 +1,7 @@
 """URLs of the browser pages, in the ``batches`` namespace beside the API's.
 
 Django resolves a namespace to one URLconf only, so this module carries the
-API's patterns too (from ``batches.urls``, unchanged) and the site includes
-this module in place of ``batches.urls``. Login and logout are Django's own
+API's patterns too (from ``api_urls``) and the site includes this module. Login and logout are Django's own
 views with the project's templates.
 
 ``/static/`` is served here too (the pages' CSS and vendored htmx, and the
@@ -16,8 +15,7 @@ from django.contrib.staticfiles.views import serve as serve_static
 from django.urls import path, reverse_lazy
 from django.views.generic import RedirectView
 
-from . import urls as api_urls
-from . import views
+from . import api_urls, views
 
 app_name = "batches"
 

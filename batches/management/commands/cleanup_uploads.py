@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from batches import progress
 from batches.models import Batch, Stage, Upload
-from batches.tus import TusError, complete_stalled, locked, upload_dir
+from batches.uploads.tus import TusError, complete_stalled, locked, upload_dir
 
 
 class Command(BaseCommand):
