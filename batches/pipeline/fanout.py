@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from .. import progress
+from .. import lifecycle
 from ..models import Answer, Batch, Sheet, SheetStatus, Stage
 from . import reading
 from .bulk import insert_answers, update_sheets
@@ -100,8 +100,8 @@ def _maybe_publish_processing(batch_id, now) -> None:
     if won:
         counts = Batch.objects.filter(pk=batch_id).values("sheets_processed", "sheets_total").first()
         done, total = counts["sheets_processed"], counts["sheets_total"]
-        progress.publish(batch_id, Stage.PROCESSING_SHEETS, f"Processing: {done}/{total} sheets completed",
-                         progress=100.0 * done / max(total, 1))
+        lifecycle.advance(batch_id, Stage.PROCESSING_SHEETS, f"Processing: {done}/{total} sheets completed",
+                          progress=100.0 * done / max(total, 1))
 
 
 def claim_sheets(batch_id, sheet_ids: list[int], token: str) -> list[Sheet]:
@@ -152,13 +152,13 @@ def process_chunk(batch_id, sheet_ids: list[int], token: str | None = None) -> b
                 continue
             Sheet.objects.filter(pk=s.pk).update(attempts=F("attempts") + 1)
             store_results(batch_id, token, [reading.read_sheet(s, batch)])
-    return advance_if_done(batch_id)
+    return lifecycle.finish_processing(batch_id) is not None
 
 
 def give_up_chunk(batch_id, sheet_ids: list[int], token: str) -> bool:
     """Mark the sheets of a chunk that failed every retry as failed, so the
     batch goes on without them. Returns True when that finished the batch's
-    processing (as ``advance_if_done``)."""
+    processing (as ``process_chunk``)."""
     held = list(Sheet.objects.filter(batch_id=batch_id, pk__in=sheet_ids)
                 .filter(Q(status=SheetStatus.PENDING) | Q(status=SheetStatus.RUNNING))
                 .values_list("pk", flat=True))
@@ -166,24 +166,7 @@ def give_up_chunk(batch_id, sheet_ids: list[int], token: str) -> bool:
         Sheet.objects.filter(pk__in=held).update(status=SheetStatus.RUNNING, claim_token=token)
         reason = "this page could not be read or stored after several tries"
         store_results(batch_id, token, [failed_result(pk, reason) for pk in held])
-    return advance_if_done(batch_id)
-
-
-def advance_if_done(batch_id) -> bool:
-    """Move the batch from processing_sheets to collecting_results once every
-    sheet is stored. The conditional UPDATE lets exactly one caller win."""
-    with transaction.atomic():
-        won = Batch.objects.filter(
-            pk=batch_id, stage=Stage.PROCESSING_SHEETS, sheets_processed__gte=F("sheets_total")
-        ).update(stage=Stage.COLLECTING_RESULTS)
-        if won != 1:
-            return False
-        row = Batch.objects.get(pk=batch_id)
-        progress.publish(row, Stage.PROCESSING_SHEETS,
-                         f"All {row.sheets_total} sheets processed ({row.sheets_failed} failed)", progress=100)
-        # publish() records the stage of the event; the batch itself has moved on.
-        Batch.objects.filter(pk=batch_id).update(stage=Stage.COLLECTING_RESULTS)
-    return True
+    return lifecycle.finish_processing(batch_id) is not None
 
 
 def stale_chunks(batch_id, older_than: timedelta = SHEET_LEASE) -> list[list[int]]:

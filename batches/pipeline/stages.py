@@ -35,7 +35,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Count, Exists, OuterRef, Q
 
-from .. import csvexport, progress, sheet_templates
+from .. import csvexport, lifecycle, sheet_templates
 from ..display import display_name
 from ..models import Answer, Batch, Sheet, SheetStatus, Stage, stage_index
 from ..storage import csv_name, delete_prefix, manifest_name, pages_prefix, save
@@ -64,13 +64,6 @@ def _past(batch: Batch, stage: str) -> bool:
 
 
 
-def fail(batch: Batch | str, message: str) -> None:
-    """Mark the batch failed, saying why in plain words."""
-    batch_id = batch.pk if isinstance(batch, Batch) else batch
-    logger.warning("Batch %s failed: %s", batch_id, message)
-    progress.publish(batch_id, Stage.FAILED, f"Batch failed: {message}", error=message)
-
-
 # ---------------------------------------------------------------- start: validating .. creating_sheets
 
 
@@ -88,7 +81,7 @@ def start_batch(batch_id) -> list[list[int]]:
         create_sheets(batch)
         return open_processing(batch)
     except BatchError as exc:
-        fail(batch, str(exc))
+        lifecycle.fail(batch, str(exc))
         return []
     except BatchGone:
         return []
@@ -99,7 +92,7 @@ def validate(batch: Batch) -> None:
     ZIP) every entry passes the archive checks before anything is extracted."""
     if _past(batch, Stage.VALIDATING):
         return
-    progress.publish(batch, Stage.VALIDATING, f"Checking {display_name(batch.original_filename)}")
+    lifecycle.advance(batch, Stage.VALIDATING, f"Checking {display_name(batch.original_filename)}")
     try:
         sheet_templates.resolve(batch.template)
     except (FileNotFoundError, ValueError) as exc:
@@ -133,7 +126,7 @@ def validate(batch: Batch) -> None:
             raise BatchError(f"{display_name(batch.original_filename)} is not a PDF file")
         elif kind in {"zip", "gzip", "7z", "rar"}:
             raise BatchError(f"{display_name(batch.original_filename)} is an archive; upload it as .zip")
-    progress.publish(batch, Stage.VALIDATING, message, progress=100)
+    lifecycle.advance(batch, Stage.VALIDATING, message, progress=100)
 
 
 def extract(batch: Batch) -> None:
@@ -141,7 +134,7 @@ def extract(batch: Batch) -> None:
     manifest listing them in file order. Partial output is removed on failure."""
     if _past(batch, Stage.EXTRACTING):
         return
-    progress.publish(batch, Stage.EXTRACTING, f"Extracting pages from {display_name(batch.original_filename)}")
+    lifecycle.advance(batch, Stage.EXTRACTING, f"Extracting pages from {display_name(batch.original_filename)}")
     prefix = pages_prefix(batch)
     delete_prefix(prefix)
     manifest = []
@@ -159,7 +152,7 @@ def extract(batch: Batch) -> None:
                 manifest.append(entry)
                 if time.monotonic() - last_event > settings.OMR_PROGRESS_INTERVAL:
                     last_event = time.monotonic()
-                    if progress.publish(batch, Stage.EXTRACTING, f"Extracted {index} pages", progress=50) is None:
+                    if lifecycle.advance(batch, Stage.EXTRACTING, f"Extracted {index} pages", progress=50) is None:
                         raise BatchGone()  # deleted (or failed) meanwhile: stop writing its files
     except BatchGone:
         delete_prefix(prefix)
@@ -174,8 +167,8 @@ def extract(batch: Batch) -> None:
         raise BatchError("the upload holds no pages to read")
     save(manifest_name(batch), json.dumps(manifest).encode())
     sources = len({m["source"] for m in manifest})
-    progress.publish(batch, Stage.EXTRACTING, f"Extraction complete: {len(manifest)} pages from {sources} files",
-                     progress=100)
+    lifecycle.advance(batch, Stage.EXTRACTING, f"Extraction complete: {len(manifest)} pages from {sources} files",
+                      progress=100)
 
 
 class _PageWriter:
@@ -232,20 +225,20 @@ def organize_qr(batch: Batch) -> None:
     (one read per page) and pages are grouped by it in collecting_results."""
     if _past(batch, Stage.ORGANIZING_QR):
         return
-    progress.publish(batch, Stage.ORGANIZING_QR, "Planning the reading order")
+    lifecycle.advance(batch, Stage.ORGANIZING_QR, "Planning the reading order")
     count = len(_manifest(batch))
     if batch.has_qr:
         message = f"{count} pages in file order; each page's QR code is read with its answers"
     else:
         message = f"{count} pages in file order, read as {batch.template}; students found by their number grid"
-    progress.publish(batch, Stage.ORGANIZING_QR, message, progress=100)
+    lifecycle.advance(batch, Stage.ORGANIZING_QR, message, progress=100)
 
 
 def create_sheets(batch: Batch) -> None:
     """creating_sheets: one ``Sheet`` row per page (replacing any earlier ones)."""
     if _past(batch, Stage.CREATING_SHEETS):
         return
-    progress.publish(batch, Stage.CREATING_SHEETS, "Creating sheet records")
+    lifecycle.advance(batch, Stage.CREATING_SHEETS, "Creating sheet records")
     manifest = _manifest(batch)
     with transaction.atomic():
         Sheet.objects.filter(batch=batch).delete()
@@ -259,15 +252,15 @@ def create_sheets(batch: Batch) -> None:
                                                  sheets_needs_review=0, progress_published_count=0,
                                                  progress_published_at=None)
     batch.sheets_total = len(manifest)
-    progress.publish(batch, Stage.CREATING_SHEETS, f"Created {len(manifest)} sheets", progress=100)
+    lifecycle.advance(batch, Stage.CREATING_SHEETS, f"Created {len(manifest)} sheets", progress=100)
 
 def open_processing(batch: Batch) -> list[list[int]]:
     """processing_sheets starts: returns the chunks of pending sheet ids."""
     ids = list(Sheet.objects.filter(batch=batch, status=SheetStatus.PENDING).order_by("index")
                .values_list("pk", flat=True))
     chunks = fanout.split_chunks(ids)
-    progress.publish(batch, Stage.PROCESSING_SHEETS,
-                     f"Dispatching {len(ids)} sheets to the workers in {len(chunks)} chunks")
+    lifecycle.advance(batch, Stage.PROCESSING_SHEETS,
+                      f"Dispatching {len(ids)} sheets to the workers in {len(chunks)} chunks")
     return chunks
 
 
@@ -289,7 +282,7 @@ def finish_batch(batch_id) -> None:
         cleanup(batch)
         complete(batch)
     except BatchError as exc:
-        fail(batch, str(exc))
+        lifecycle.fail(batch, str(exc))
 
 
 #: Sheet flags that collecting_results adds (and so may take away on a re-run).
@@ -303,8 +296,8 @@ def collect_results(batch: Batch) -> None:
     template than the batch's when the batch has no QR codes."""
     if _past(batch, Stage.COLLECTING_RESULTS):
         return
-    progress.publish(batch, Stage.COLLECTING_RESULTS, f"Collecting results of {batch.sheets_total} sheets",
-                     progress=0)
+    lifecycle.advance(batch, Stage.COLLECTING_RESULTS, f"Collecting results of {batch.sheets_total} sheets",
+                      progress=0)
     # The readings themselves are not loaded: their flags and doubt were kept
     # on the sheet rows when they were stored.
     sheets = list(Sheet.objects.filter(batch=batch).only(
@@ -346,22 +339,22 @@ def collect_results(batch: Batch) -> None:
             Sheet.objects.filter(pk__in=pks[i:i + 1000]).update(flags=list(flags), needs_review=needs_review)
     Batch.objects.filter(pk=batch.pk).update(sheets_needs_review=review)
     students = len(groups)
-    progress.publish(batch, Stage.COLLECTING_RESULTS,
-                     f"Collected {len(sheets)} results: {students} students, {review} sheets need review",
-                     progress=100)
+    lifecycle.advance(batch, Stage.COLLECTING_RESULTS,
+                      f"Collected {len(sheets)} results: {students} students, {review} sheets need review",
+                      progress=100)
 
 
 def generate_csv(batch: Batch) -> None:
     """generating_csv: the results file, one row per sheet (see ``csvexport``)."""
     if _past(batch, Stage.GENERATING_CSV):
         return
-    progress.publish(batch, Stage.GENERATING_CSV, "Generating the results CSV")
+    lifecycle.advance(batch, Stage.GENERATING_CSV, "Generating the results CSV")
     buffer = io.StringIO(newline="")
     rows = csvexport.write_results_csv(batch, buffer)
     name = save(csv_name(batch), buffer.getvalue().encode("utf-8-sig"))
     Batch.objects.filter(pk=batch.pk).update(results_csv=name)
     batch.results_csv.name = name
-    progress.publish(batch, Stage.GENERATING_CSV, f"CSV generation complete: {rows} sheets", progress=100)
+    lifecycle.advance(batch, Stage.GENERATING_CSV, f"CSV generation complete: {rows} sheets", progress=100)
 
 
 def load_database(batch: Batch) -> None:
@@ -371,7 +364,7 @@ def load_database(batch: Batch) -> None:
     rows themselves, the source of truth."""
     if _past(batch, Stage.LOADING_DATABASE):
         return
-    progress.publish(batch, Stage.LOADING_DATABASE, "Loading results into the database")
+    lifecycle.advance(batch, Stage.LOADING_DATABASE, "Loading results into the database")
     # NOT EXISTS, not a count per sheet: grouping the sheets by their columns,
     # the readings among them, took 0.12 s for 500 sheets.
     missing = list(Sheet.objects.filter(batch=batch, status=SheetStatus.DONE, reading__isnull=False)
@@ -387,8 +380,8 @@ def load_database(batch: Batch) -> None:
     Batch.objects.filter(pk=batch.pk).update(sheets_total=stats["total"], sheets_processed=stats["processed"],
                                              sheets_failed=stats["failed"], sheets_needs_review=stats["review"])
     answers = Answer.objects.filter(sheet__batch=batch).count()
-    progress.publish(batch, Stage.LOADING_DATABASE,
-                     f"Database load complete: {stats['total']} sheets, {answers} answers", progress=100)
+    lifecycle.advance(batch, Stage.LOADING_DATABASE,
+                      f"Database load complete: {stats['total']} sheets, {answers} answers", progress=100)
 
 
 def cleanup(batch: Batch) -> None:
@@ -396,17 +389,17 @@ def cleanup(batch: Batch) -> None:
     (reviewers look at them) and the CSV stay until the batch is deleted."""
     if _past(batch, Stage.CLEANUP):
         return
-    progress.publish(batch, Stage.CLEANUP, "Cleaning up working files")
+    lifecycle.advance(batch, Stage.CLEANUP, "Cleaning up working files")
     delete_prefix(f"{batch.storage_prefix}work/")
-    progress.publish(batch, Stage.CLEANUP, "Cleanup complete", progress=100)
+    lifecycle.advance(batch, Stage.CLEANUP, "Cleanup complete", progress=100)
 
 
 def complete(batch: Batch) -> None:
     batch.refresh_from_db(fields=["sheets_total", "sheets_failed", "sheets_needs_review"])
     read = batch.sheets_total - batch.sheets_failed
-    progress.publish(batch, Stage.COMPLETED,
+    lifecycle.complete(batch,
                      f"Batch completed: {read} of {batch.sheets_total} sheets read, "
-                     f"{batch.sheets_needs_review} need review, {batch.sheets_failed} failed", progress=100)
+                       f"{batch.sheets_needs_review} need review, {batch.sheets_failed} failed")
 
 
 # ---------------------------------------------------------------- in-process run
@@ -425,6 +418,6 @@ def run_inline(batch_id, on_chunk=None) -> Batch:
                 finish_batch(batch_id)
     except Exception as exc:
         logger.exception("Batch %s stopped", batch_id)
-        fail(batch_id, f"internal error ({type(exc).__name__}: {exc})")
+        lifecycle.fail(batch_id, f"internal error ({type(exc).__name__}: {exc})")
     return Batch.objects.get(pk=batch_id)
 

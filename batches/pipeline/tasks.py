@@ -14,6 +14,7 @@ import dramatiq
 from django.db import transaction
 from dramatiq.middleware import CurrentMessage
 
+from .. import lifecycle
 from . import fanout, stages
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def batch_failed(message: dict, retry_info: dict) -> None:
         return
     reason = f"the server could not finish this batch after {retry_info.get('retries', 0) + 1} tries"
     logger.error("Batch %s: %s (%s)", batch_id, reason, message.get("actor_name"))
-    stages.fail(batch_id, reason)
+    lifecycle.fail(batch_id, reason)
 
 
 def send_chunks(batch_id: str, chunks: list[list[int]]) -> None:

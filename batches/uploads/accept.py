@@ -16,7 +16,7 @@ from django.core.files.base import File
 from django.db import transaction
 from django.utils import timezone
 
-from .. import progress, sheet_templates
+from .. import lifecycle, sheet_templates
 from ..display import display_name, size_text
 from ..models import Batch, Stage
 from ..pipeline import tasks
@@ -92,7 +92,7 @@ def begin_batch(owner, *, filename: str, template: str = "", has_qr: bool = True
     with transaction.atomic():
         batch = Batch.objects.create(owner=owner, template=template, has_qr=has_qr, extension=extension,
                                      original_filename=filename[:255], size=size, stage=Stage.UPLOADING)
-        progress.publish(batch, Stage.UPLOADING, f"Receiving {display_name(filename)}")
+        lifecycle.advance(batch, Stage.UPLOADING, f"Receiving {display_name(filename)}")
     return batch
 
 
@@ -108,9 +108,9 @@ def store_upload(batch: Batch, upload, *, sha256: str, start: bool = True) -> Ba
         make_durable(batch.upload.name)
         batch.sha256 = sha256
         Batch.objects.filter(pk=batch.pk).update(upload=batch.upload.name, sha256=sha256)
-        progress.publish(batch, Stage.UPLOADING,
-                         f"Upload complete: {display_name(batch.original_filename)}, {batch.size / 1e6:.1f} MB",
-                         progress=100)
+        lifecycle.advance(batch, Stage.UPLOADING,
+                          f"Upload complete: {display_name(batch.original_filename)}, {batch.size / 1e6:.1f} MB",
+                          progress=100)
         if start:
             tasks.enqueue_batch(batch.pk)
     return batch
@@ -143,11 +143,8 @@ def retry_batch(batch: Batch) -> Batch:
     """Run a failed batch again from the start; raises ServiceError 409 otherwise.
     The stages overwrite their own rows, so nothing is doubled."""
     with transaction.atomic():
-        moved = Batch.objects.filter(pk=batch.pk, stage=Stage.FAILED).update(
-            stage=Stage.QUEUED, error="", finished_at=None, started_at=None)
-        if moved != 1:
+        if lifecycle.retry(batch, "Retry requested: the batch runs again from the start") is None:
             raise ServiceError(409, f"only a failed batch can be retried; this one is {batch.stage}")
-        progress.publish(batch, Stage.QUEUED, "Retry requested: the batch runs again from the start")
         tasks.enqueue_batch(batch.pk)
     batch.refresh_from_db()
     return batch

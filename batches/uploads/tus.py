@@ -36,7 +36,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from .. import progress
+from .. import lifecycle
 from ..display import display_name, size_text
 from ..models import Stage, Upload, batch_upload_path, upload_expiry
 from ..storage import fsync_path
@@ -386,9 +386,9 @@ def _publish_progress(upload: Upload, now) -> None:
     if not due:
         return
     Upload.objects.filter(pk=upload.pk).update(progress_published_at=now, progress_published_percent=percent)
-    progress.publish(upload.batch_id, Stage.UPLOADING,
-                     f"Received chunk {upload.chunks} ({_mb(upload.offset)} of {_mb(upload.length)})",
-                     progress=percent)
+    lifecycle.advance(upload.batch_id, Stage.UPLOADING,
+                      f"Received chunk {upload.chunks} ({_mb(upload.offset)} of {_mb(upload.length)})",
+                      progress=percent)
 
 
 def finish_upload(upload: Upload) -> None:
@@ -414,7 +414,7 @@ def finish_upload(upload: Upload) -> None:
             upload.error, upload.finished_at = message, timezone.now()
             with transaction.atomic():
                 Upload.objects.filter(pk=upload.pk).update(error=message, finished_at=upload.finished_at)
-                progress.publish(batch, Stage.FAILED, message, error=message)
+                lifecycle.fail_upload(batch, message)
             path.unlink(missing_ok=True)
             raise TusError(460, message, **{"Upload-Offset": str(upload.offset)})
     staged = StagedFile(path, batch.original_filename)
