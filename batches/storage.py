@@ -10,6 +10,7 @@ Layout under ``batches/<id>/``: ``upload/original.<ext>`` (the upload),
 from __future__ import annotations
 
 import os
+import uuid
 from typing import TYPE_CHECKING
 
 from django.core.files.base import ContentFile
@@ -44,7 +45,8 @@ def delete_prefix(prefix: str) -> None:
 
 
 def save(name: str, data: bytes) -> str:
-    """Store ``data`` as ``name``, replacing any file of that name."""
+    """Store ``data`` as ``name``, replacing any file of that name (deleted
+    first: for files nothing reads until the stage that writes them is done)."""
     if default_storage.exists(name):
         default_storage.delete(name)
     return default_storage.save(name, ContentFile(data))
@@ -52,6 +54,26 @@ def save(name: str, data: bytes) -> str:
 
 def csv_name(batch: Batch) -> str:
     return f"{batch.storage_prefix}results.csv"
+
+
+def replace(name: str, data: bytes) -> str:
+    """Store ``data`` as ``name`` in one step: written and flushed under a
+    temporary name, then renamed over the old file, so a reader or a crash
+    sees the old file or the new one, never none or half of one. Storages
+    without local paths fall back to ``save``."""
+    try:
+        final = default_storage.path(name)
+    except NotImplementedError:
+        return save(name, data)
+    temporary = default_storage.save(f"{name}.{uuid.uuid4().hex}.partial", ContentFile(data))
+    try:
+        fsync_path(default_storage.path(temporary))
+        os.replace(default_storage.path(temporary), final)
+    except BaseException:
+        default_storage.delete(temporary)
+        raise
+    fsync_path(os.path.dirname(final))
+    return name
 
 
 def make_durable(name: str) -> None:

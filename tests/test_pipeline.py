@@ -139,6 +139,33 @@ def test_a_bad_page_fails_alone_and_the_batch_goes_on(owner):
     assert row["status"] == "failed" and "not an image" in row["error"]
 
 
+def test_a_page_that_cannot_be_read_keeps_its_reason_on_its_row(owner, monkeypatch):
+    # Given a page whose stored image is gone
+    data, _sheets = sheets_zip(3)
+    batch = new_batch(owner, data)
+    real_read_image = Sheet.read_image
+
+    def read_image(sheet):
+        if sheet.index == 1:
+            raise FileNotFoundError(2, "No such file or directory")
+        return real_read_image(sheet)
+
+    monkeypatch.setattr(Sheet, "read_image", read_image)
+
+    # When it runs
+    batch = stages.run_inline(batch.pk)
+
+    # Then the sheet failed, needs review, and says why on its row and in the CSV
+    assert batch.stage == Stage.COMPLETED
+    gone = Sheet.objects.get(batch=batch, index=1)
+    assert gone.status == SheetStatus.FAILED and gone.needs_review
+    assert gone.error == "page image missing (No such file or directory)"
+    assert (batch.sheets_failed, batch.sheets_needs_review) == (1, Sheet.objects.filter(batch=batch,
+                                                                                        needs_review=True).count())
+    row = [r for r in results_rows(batch) if r["sheet"] == "1"][0]
+    assert row["status"] == "failed" and row["error"] == gone.error
+
+
 def test_bad_archive_fails_the_batch_naming_the_entry(owner):
     from tests.conftest import make_zip
 

@@ -22,6 +22,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import ngettext
 
 from ..models import Answer, ApiToken, Batch, Correction, ProgressEvent, Sheet, Stage, WorkerHeartbeat
+from ..omr.flags import NOT_REVIEW, Flag
 from ..review import actions as review
 from ..uploads import accept
 from ..web.auth import batches_for
@@ -30,27 +31,8 @@ from ..web.timeline import format_duration, stage_steps
 #: Sheets an admin action reads again in one request (reading takes ~0.2 s a sheet).
 READ_AGAIN_LIMIT = 25
 
-#: Flags offered by the sheet filter: sheet flags and field flags the reader sets.
-KNOWN_FLAGS = [
-    ("multiple", "Multiple marks"),
-    ("ambiguous", "Ambiguous mark"),
-    ("faint", "Faint mark"),
-    ("erasure", "Erasure"),
-    ("gap", "Gap in a number"),
-    ("misaligned", "Misaligned"),
-    ("low_contrast", "Low contrast"),
-    ("qr_missing", "QR code missing"),
-    ("qr_damaged", "QR code damaged"),
-    ("qr_foreign", "Foreign QR code"),
-    ("wrong_template", "Wrong template"),
-    ("page_unknown", "Page unknown"),
-    ("not_a_sheet", "Not a sheet"),
-    ("unreadable", "Unreadable"),
-    ("unknown_template", "Unknown template"),
-    ("duplicate_page", "Duplicate page"),
-    ("missing_page", "Missing page"),
-    ("extra_pages", "Extra pages"),
-]
+#: Flags offered by the sheet filter: every flag but a plain blank.
+KNOWN_FLAGS = [(flag.value, flag.label) for flag in Flag if flag not in NOT_REVIEW]
 
 
 def _regenerate(modeladmin, request, batch_ids) -> None:
@@ -209,13 +191,13 @@ class AnswerInline(admin.TabularInline):
         # Fields the reader flagged (anything but a plain blank) come first, so
         # the reviewer starts where the doubt is. Flags are JSON lists; their
         # text is the same on SQLite and PostgreSQL.
-        plain = Case(When(flags_text__in=["[]", '["blank"]'], then=Value(1)), default=Value(0))
+        plain = Case(When(flags_text__in=["[]", f'["{Flag.BLANK}"]'], then=Value(1)), default=Value(0))
         return (super().get_queryset(request).annotate(flags_text=Cast("flags", TextField()))
                 .annotate(plain=plain).order_by("plain", "id"))
 
     @admin.display(description="Reader's flags")
     def reader(self, obj):
-        flags = [f for f in (obj.flags or []) if f != "blank"]
+        flags = [f for f in (obj.flags or []) if f not in NOT_REVIEW]
         if not flags:
             return "blank" if obj.value == "" and not obj.corrected else ""
         return format_html_join(" ", '<span class="flag">{}</span>', ((f,) for f in flags))
@@ -297,8 +279,8 @@ class SheetAdmin(admin.ModelAdmin):
         """Sheet flags, then the fields the reader was not sure of."""
         parts = list(obj.flags or [])
         fields = (obj.reading or {}).get("flags") or {}
-        doubtful = [f"{name}: {', '.join(x for x in f if x != 'blank')}" for name, f in fields.items()
-                    if set(f or []) - {"blank"}]
+        doubtful = [f"{name}: {', '.join(x for x in f if x not in NOT_REVIEW)}" for name, f in fields.items()
+                    if set(f or []) - NOT_REVIEW]
         parts += doubtful[:6]
         if len(doubtful) > 6:
             parts.append(f"+{len(doubtful) - 6} more fields")

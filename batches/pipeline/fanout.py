@@ -21,7 +21,7 @@ from .. import lifecycle
 from ..models import Answer, Batch, Sheet, SheetStatus, Stage
 from . import reading
 from .bulk import insert_answers, update_sheets
-from .reading import SHEET_DEFAULTS, SheetResult, failed_result
+from .reading import SheetResult, failed_result
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +71,10 @@ def store_results(batch_id, token: str, results: list[SheetResult]) -> int:
             return 0
         Answer.objects.filter(sheet_id__in=live).delete()
         insert_answers([row for r in results for row in r.rows])
-        update_sheets([{**SHEET_DEFAULTS, **r.fields, "status": r.status, "pk": r.sheet_id} for r in results], now)
+        values = [{**r.sheet_values(), "claim_token": "", "pk": r.sheet_id} for r in results]
+        update_sheets(values, now)
         failed = sum(r.status == SheetStatus.FAILED for r in results)
-        review = sum(bool(r.fields.get("needs_review")) for r in results)
+        review = sum(v["needs_review"] for v in values)
         Batch.objects.filter(pk=batch_id).update(
             sheets_processed=F("sheets_processed") + len(results),
             sheets_failed=F("sheets_failed") + failed,

@@ -33,12 +33,13 @@ from collections import defaultdict, deque
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef
 
 from .. import csvexport, lifecycle, sheet_templates
 from ..display import display_name
-from ..models import Answer, Batch, Sheet, SheetStatus, Stage, stage_index
-from ..storage import csv_name, delete_prefix, manifest_name, pages_prefix, save
+from ..models import Answer, Batch, Sheet, SheetStatus, Stage, sheet_needs_review, stage_index
+from ..omr.flags import CROSS_SHEET, Flag
+from ..storage import delete_prefix, manifest_name, pages_prefix, save
 from . import fanout
 from .bulk import insert_answers
 from .extract import ExtractError, Limits, check_archive, iter_pages, sniff
@@ -285,8 +286,6 @@ def finish_batch(batch_id) -> None:
         lifecycle.fail(batch, str(exc))
 
 
-#: Sheet flags that collecting_results adds (and so may take away on a re-run).
-COLLECT_FLAGS = frozenset({"duplicate_page", "missing_page"})
 
 
 def collect_results(batch: Batch) -> None:
@@ -306,7 +305,8 @@ def collect_results(batch: Batch) -> None:
     before = {s.pk: (list(s.flags), s.needs_review) for s in sheets}
     groups: dict[tuple, list[Sheet]] = defaultdict(list)
     for s in sheets:
-        s.flags = [f for f in s.flags if f not in COLLECT_FLAGS]
+        # The flags this stage adds, taken away first on a re-run.
+        s.flags = [f for f in s.flags if f not in CROSS_SHEET]
         if s.status == SheetStatus.DONE and s.student:
             groups[(s.template, s.exam, s.student)].append(s)
     for (template_name, _exam, _student), members in groups.items():
@@ -316,18 +316,18 @@ def collect_results(batch: Batch) -> None:
         for same in by_page.values():
             if len(same) > 1:
                 for s in same:
-                    s.flags.append("duplicate_page")
+                    s.flags.append(Flag.DUPLICATE_PAGE)
         try:
             pages = sheet_templates.resolve(template_name).pages if template_name else 1
         except (FileNotFoundError, ValueError):
             pages = 1
         if pages > 1 and set(by_page) != set(range(1, pages + 1)):
             for s in members:
-                s.flags.append("missing_page")
+                s.flags.append(Flag.MISSING_PAGE)
     review = 0
     changed: dict[tuple, list[int]] = defaultdict(list)
     for s in sheets:
-        s.needs_review = bool(s.error or s.status == SheetStatus.FAILED or s.flags or s.engine_review)
+        s.needs_review = sheet_needs_review(status=s.status, error=s.error, flags=s.flags, engine_review=s.engine_review)
         review += s.needs_review
         if (s.flags, s.needs_review) != before[s.pk]:
             changed[(tuple(s.flags), s.needs_review)].append(s.pk)
@@ -349,11 +349,7 @@ def generate_csv(batch: Batch) -> None:
     if _past(batch, Stage.GENERATING_CSV):
         return
     lifecycle.advance(batch, Stage.GENERATING_CSV, "Generating the results CSV")
-    buffer = io.StringIO(newline="")
-    rows = csvexport.write_results_csv(batch, buffer)
-    name = save(csv_name(batch), buffer.getvalue().encode("utf-8-sig"))
-    Batch.objects.filter(pk=batch.pk).update(results_csv=name)
-    batch.results_csv.name = name
+    rows = csvexport.save_results_csv(batch)
     lifecycle.advance(batch, Stage.GENERATING_CSV, f"CSV generation complete: {rows} sheets", progress=100)
 
 
@@ -371,14 +367,7 @@ def load_database(batch: Batch) -> None:
                    .filter(~Exists(Answer.objects.filter(sheet=OuterRef("pk")))).only("pk", "reading"))
     repaired = [row for s in missing for row in result_from_reading(s.pk, s.reading, batch).rows]
     insert_answers(repaired)
-    stats = Sheet.objects.filter(batch=batch).aggregate(
-        total=Count("pk"),
-        processed=Count("pk", filter=Q(status__in=[SheetStatus.DONE, SheetStatus.FAILED])),
-        failed=Count("pk", filter=Q(status=SheetStatus.FAILED)),
-        review=Count("pk", filter=Q(needs_review=True)),
-    )
-    Batch.objects.filter(pk=batch.pk).update(sheets_total=stats["total"], sheets_processed=stats["processed"],
-                                             sheets_failed=stats["failed"], sheets_needs_review=stats["review"])
+    stats = Batch.objects.recount_sheets(batch.pk)
     answers = Answer.objects.filter(sheet__batch=batch).count()
     lifecycle.advance(batch, Stage.LOADING_DATABASE,
                       f"Database load complete: {stats['total']} sheets, {answers} answers", progress=100)
