@@ -102,7 +102,7 @@ def wake(batch_id, event_id: int | None = None) -> None:
     if layer is None:
         return
     message = {"type": "progress.wake", "id": event_id}
-    if settings.IS_WORKER:
+    if settings.OMR_PROCESS_ROLE == "worker":
         future = asyncio.run_coroutine_threadsafe(layer.group_send(group_name(batch_id), message), _wake_loop())
         future.add_done_callback(lambda f: _log_wake_error(batch_id, f))
         return

@@ -45,7 +45,7 @@ class WorkerSetup(Middleware):
         # small script call per 100 ms per process.
         if settings.OMR_WORKER_POLL_MS > 0:
             worker.worker_timeout = settings.OMR_WORKER_POLL_MS
-        if settings.IS_WORKER:
+        if settings.OMR_PROCESS_ROLE == "worker":
             warm_up_engine()
 
     def after_worker_boot(self, broker, worker) -> None:
@@ -57,7 +57,7 @@ class WorkerSetup(Middleware):
             cv2.setNumThreads(1)
         except ImportError:  # pragma: no cover
             pass
-        if settings.IS_WORKER and settings.OMR_SHEET_TIME_LIMIT > 0:
+        if settings.OMR_PROCESS_ROLE == "worker" and settings.OMR_SHEET_TIME_LIMIT > 0:
             from . import watchdog
 
             watchdog.enable()
