@@ -92,7 +92,6 @@ class Batch(models.Model):
     overall_percentage = models.FloatField(default=0.0)
     results_csv = models.FileField(max_length=255, blank=True)
     error = models.TextField(blank=True)
-    notes = models.JSONField(default=list, blank=True, help_text="Plain-words remarks from the stages.")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -1,5 +1,5 @@
 """Top-level URLs: the admin, and the batches app (its browser pages and API,
-one ``batches`` namespace; ``batches.web.urls`` carries ``batches.web.api_urls``)."""
+one ``batches`` namespace: ``batches/web/urls.py``)."""
 
 from django.contrib import admin
 from django.urls import include, path

@@ -65,12 +65,12 @@ class BatchAdmin(admin.ModelAdmin):
     actions = ["regenerate_csv"]
     readonly_fields = ["id", "owner", "original_filename", "template", "has_qr", "size", "sha256", "stage",
                        "overall_percentage", "sheets_total", "sheets_processed", "sheets_failed",
-                       "sheets_needs_review", "error", "notes", "created_at", "started_at", "finished_at",
+                       "sheets_needs_review", "error", "created_at", "started_at", "finished_at",
                        "duration", "stage_timings", "links"]
     fieldsets = [
         (None, {"fields": ["original_filename", "owner", "template", "has_qr", "links"]}),
         ("Progress", {"fields": ["stage", "overall_percentage", "sheets_total", "sheets_processed", "sheets_failed",
-                                 "sheets_needs_review", "error", "notes"]}),
+                                 "sheets_needs_review", "error"]}),
         ("Timings", {"fields": ["created_at", "started_at", "finished_at", "duration", "stage_timings"]}),
         ("File", {"fields": ["id", "size", "sha256"], "classes": ["collapse"]}),
     ]

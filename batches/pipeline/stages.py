@@ -93,7 +93,8 @@ def validate(batch: Batch) -> None:
     ZIP) every entry passes the archive checks before anything is extracted."""
     if _past(batch, Stage.VALIDATING):
         return
-    lifecycle.advance(batch, Stage.VALIDATING, f"Checking {display_name(batch.original_filename)}")
+    shown = display_name(batch.original_filename)
+    lifecycle.advance(batch, Stage.VALIDATING, f"Checking {shown}")
     try:
         sheet_templates.resolve(batch.template)
     except (FileNotFoundError, ValueError) as exc:
@@ -107,12 +108,12 @@ def validate(batch: Batch) -> None:
         if size != batch.size:
             raise BatchError(f"the stored upload has {size} bytes, not the {batch.size} received")
         if size == 0:
-            raise BatchError(f"{display_name(batch.original_filename)} is empty")
+            raise BatchError(f"{shown} is empty")
         kind = sniff(head)
-        message = f"{display_name(batch.original_filename)} is a valid upload"
+        message = f"{shown} is a valid upload"
         if batch.extension == ".zip":
             if kind != "zip":
-                raise BatchError(f"{display_name(batch.original_filename)} is not a ZIP archive")
+                raise BatchError(f"{shown} is not a ZIP archive")
             f.seek(0)
             try:
                 plan = check_archive(f, batch.original_filename, Limits.from_settings())
@@ -124,9 +125,9 @@ def validate(batch: Batch) -> None:
             if plan.skipped:
                 message += f", {len(plan.skipped)} other files skipped"
         elif batch.extension == ".pdf" and kind != "pdf":
-            raise BatchError(f"{display_name(batch.original_filename)} is not a PDF file")
+            raise BatchError(f"{shown} is not a PDF file")
         elif kind in {"zip", "gzip", "7z", "rar"}:
-            raise BatchError(f"{display_name(batch.original_filename)} is an archive; upload it as .zip")
+            raise BatchError(f"{shown} is an archive; upload it as .zip")
     lifecycle.advance(batch, Stage.VALIDATING, message, progress=100)
 
 
