@@ -14,6 +14,7 @@ as formulas; such cells are prefixed with ``'`` unless they are plain numbers.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from functools import lru_cache
 
@@ -21,6 +22,8 @@ import orjson
 from django.db import connection
 
 from .models import Answer, Batch, Sheet
+from .omr.flags import NOT_REVIEW
+from .storage import csv_name, replace
 
 FIXED_COLUMNS = ["sheet", "source_file", "source_page", "template", "template_page", "student", "exam", "status",
                  "needs_review", "flags", "error"]
@@ -120,9 +123,22 @@ def _write_chunk(writer, chunk: list[tuple], fields: list[str]) -> int:
         mine = answers.get(pk, {})
         flag_text = list(sheet_flags or [])
         for _order, name, flags in sorted(flagged.get(pk, ())):
-            flag_text.extend(f"{name}:{flag}" for flag in flags if flag != "blank")
+            flag_text.extend(f"{name}:{flag}" for flag in flags if flag not in NOT_REVIEW)
         cells = [safe_cell(c) for c in (index, source, source_page, template, template_page, student, exam, status,
                                         review, "; ".join(flag_text), error)]
         cells += [_safe_text(mine.get(name, "")) for name in fields]
         writer.writerow(cells)
     return len(chunk)
+
+
+def save_results_csv(batch: Batch) -> int:
+    """Write the batch's results CSV from its rows and point the batch at it;
+    returns the number of sheets. The file replaces the old one in one step
+    (``storage.replace``): a completed batch always has a whole CSV. Encoded
+    UTF-8 with a BOM, so spreadsheets see UTF-8."""
+    buffer = io.StringIO(newline="")
+    count = write_results_csv(batch, buffer)
+    name = replace(csv_name(batch), buffer.getvalue().encode("utf-8-sig"))
+    Batch.objects.filter(pk=batch.pk).update(results_csv=name)
+    batch.results_csv.name = name
+    return count

@@ -54,8 +54,25 @@ def batch_upload_path(batch: Batch, filename: str) -> str:
     return f"batches/{batch.pk}/upload/original{batch.extension}"
 
 
+class BatchManager(models.Manager):
+    def recount_sheets(self, batch_id) -> dict[str, int]:
+        """Set the batch's sheet counts from its sheet rows (the source of
+        truth); returns them (``total``, ``processed``, ``failed``, ``review``)."""
+        stats = Sheet.objects.filter(batch_id=batch_id).aggregate(
+            total=models.Count("pk"),
+            processed=models.Count("pk", filter=models.Q(status__in=[SheetStatus.DONE, SheetStatus.FAILED])),
+            failed=models.Count("pk", filter=models.Q(status=SheetStatus.FAILED)),
+            review=models.Count("pk", filter=models.Q(needs_review=True)),
+        )
+        self.filter(pk=batch_id).update(sheets_total=stats["total"], sheets_processed=stats["processed"],
+                                        sheets_failed=stats["failed"], sheets_needs_review=stats["review"])
+        return stats
+
+
 class Batch(models.Model):
-    """One uploaded file (ZIP, PDF, TIFF or image) and everything read from it."""
+    """One uploaded file (ZIP, PDF, TIFF or image) and everything read from it.
+
+    Its stage, start, finish and error change only through ``lifecycle.py``."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
@@ -75,13 +92,14 @@ class Batch(models.Model):
     overall_percentage = models.FloatField(default=0.0)
     results_csv = models.FileField(max_length=255, blank=True)
     error = models.TextField(blank=True)
-    notes = models.JSONField(default=list, blank=True, help_text="Plain-words remarks from the stages.")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     # Throttle for processing_sheets events (claimed by a conditional UPDATE).
     progress_published_at = models.DateTimeField(null=True, blank=True)
     progress_published_count = models.IntegerField(default=0)
+
+    objects = BatchManager()
 
     class Meta:
         ordering = ["-created_at"]
@@ -113,6 +131,13 @@ class SheetStatus(models.TextChoices):
     RUNNING = "running", "Running"
     DONE = "done", "Done"
     FAILED = "failed", "Failed"
+
+
+def sheet_needs_review(*, status: str, error: str, flags: list[str], engine_review: bool) -> bool:
+    """The one rule for a sheet: it goes to review when its read failed or
+    erred, when it carries any sheet flag (the engine's or the checks across
+    pages'), or when the engine doubted its reading."""
+    return bool(error or status == SheetStatus.FAILED or flags or engine_review)
 
 
 class Sheet(models.Model):

@@ -1,10 +1,11 @@
-"""The one place that publishes progress.
+"""Recording and announcing progress events.
 
-``publish()`` writes a ``ProgressEvent`` row (the source of truth, replayed by
+``record()`` writes a ``ProgressEvent`` row (the source of truth, replayed by
 streams) and, once the transaction commits, wakes the channel-layer group
 ``batch-<id>`` so live streams read the new rows at once. The wake-up carries
 no data: the channel layer is at-most-once, so a lost wake-up only delays a
-stream until its next database poll.
+stream until its next database poll. The moves between stages that the
+events report are in ``lifecycle.py``, the one caller of ``record``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .models import TERMINAL_STAGES, Batch, ProgressEvent, Stage
+from .models import Batch, ProgressEvent, Stage
 
 logger = logging.getLogger(__name__)
 
@@ -55,55 +56,37 @@ def overall_for(stage: str, progress: float) -> float:
     return start + (end - start) * max(0.0, min(100.0, progress)) / 100.0
 
 
-def publish(batch: Batch | str, stage: str, message: str, *, progress: float = 0.0,
-            error: str | None = None) -> ProgressEvent | None:
-    """Record one progress event for ``batch`` and move the batch to ``stage``.
+def record(batch: Batch, stage: str, message: str, progress: float = 0.0, *, now=None) -> ProgressEvent:
+    """Record one event of ``stage`` for ``batch`` and announce it once the
+    transaction commits.
 
-    ``progress`` is the percentage within the stage. Sheet counts are taken from
-    the batch row. The batch's ``overall_percentage`` never goes backwards, and
-    events of one batch get increasing ids in the order of their overall
-    percentage (the batch row is locked while the event is written). Nothing is
-    published after a terminal event except a new run (``queued``).
-    ``error`` (with ``stage="failed"``) is stored as the batch's error.
-    Returns the event, or ``None`` when the batch is gone or already finished.
+    ``batch`` is the row as read just after the move that locked it, in the
+    same transaction (``lifecycle.py``): so events of one batch get
+    increasing ids in the order of their overall percentage, and the event's
+    counts and times are the row's. ``progress`` is the percentage within
+    the stage; the batch's ``overall_percentage`` never goes backwards.
     """
-    batch_id = batch.pk if isinstance(batch, Batch) else batch
-    with transaction.atomic():
-        row = Batch.objects.select_for_update().filter(pk=batch_id).first()
-        if row is None:
-            logger.info("Not publishing progress: batch=%s is gone", batch_id)
-            return None
-        if row.stage in TERMINAL_STAGES and stage != Stage.QUEUED:
-            logger.info("Not publishing progress: batch=%s already %s", batch_id, row.stage)
-            return None
-        now = timezone.now()
-        overall = max(row.overall_percentage, overall_for(stage, progress))
-        changes = {"stage": stage, "overall_percentage": overall}
-        if row.started_at is None and stage not in (Stage.QUEUED, Stage.UPLOADING):
-            changes["started_at"] = row.started_at = now
-        if stage in TERMINAL_STAGES:
-            changes["finished_at"] = row.finished_at = now
-        if error is not None:
-            changes["error"] = error
-        logger.info("Publishing progress: batch=%s stage=%s message=%s", batch_id, stage, message)
-        event = ProgressEvent.objects.create(
-            batch_id=batch_id,
-            stage=stage,
-            message=message,
-            progress_percentage=max(0.0, min(100.0, progress)),
-            overall_percentage=overall,
-            sheets_total=row.sheets_total,
-            sheets_processed=row.sheets_processed,
-            sheets_failed=row.sheets_failed,
-            sheets_needs_review=row.sheets_needs_review,
-            elapsed_seconds=row.elapsed_seconds(now),
-            timestamp=now,
-        )
-        Batch.objects.filter(pk=batch_id).update(**changes)
-        if isinstance(batch, Batch):
-            for key, value in changes.items():
-                setattr(batch, key, value)
-        transaction.on_commit(lambda: wake(batch_id, event.id))
+    now = now or timezone.now()
+    overall = max(batch.overall_percentage, overall_for(stage, progress))
+    logger.info("Publishing progress: batch=%s stage=%s message=%s", batch.pk, stage, message)
+    event = ProgressEvent.objects.create(
+        batch_id=batch.pk,
+        stage=stage,
+        message=message,
+        progress_percentage=max(0.0, min(100.0, progress)),
+        overall_percentage=overall,
+        sheets_total=batch.sheets_total,
+        sheets_processed=batch.sheets_processed,
+        sheets_failed=batch.sheets_failed,
+        sheets_needs_review=batch.sheets_needs_review,
+        elapsed_seconds=batch.elapsed_seconds(now),
+        timestamp=now,
+    )
+    if overall != batch.overall_percentage:
+        Batch.objects.filter(pk=batch.pk).update(overall_percentage=overall)
+        batch.overall_percentage = overall
+    batch_id = batch.pk
+    transaction.on_commit(lambda: wake(batch_id, event.id))
     return event
 
 
@@ -119,7 +102,7 @@ def wake(batch_id, event_id: int | None = None) -> None:
     if layer is None:
         return
     message = {"type": "progress.wake", "id": event_id}
-    if settings.IS_WORKER:
+    if settings.OMR_PROCESS_ROLE == "worker":
         future = asyncio.run_coroutine_threadsafe(layer.group_send(group_name(batch_id), message), _wake_loop())
         future.add_done_callback(lambda f: _log_wake_error(batch_id, f))
         return

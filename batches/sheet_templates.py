@@ -54,6 +54,40 @@ class Resolved:
         """OMRChecker sheets carry no QR code: pages are read with the batch's template."""
         return not self.is_omrchecker
 
+    def read_image_bytes(self, data: bytes, *, source: str, batch_has_qr: bool, max_pixels: int) -> list:
+        """The engine's readings (one per page) of an image file, for a batch of
+        this template: with QR codes each page is read with the template its
+        code names (built-in or this project's own, by name only: a QR code is
+        untrusted input), without them with this template."""
+        if self.is_omrchecker:
+            from .omr.omrchecker import read_omrchecker_image_bytes
+
+            return read_omrchecker_image_bytes(data, self.template, source=source, max_pixels=max_pixels)
+        from .omr.reader import read_image_bytes
+
+        template = None if batch_has_qr and self.uses_qr else self.template
+        return read_image_bytes(data, template, source=source, resolve=resolve_for_qr, max_pixels=max_pixels)
+
+    def read_image(self, image, page: int | None = None):
+        """The engine's reading of one decoded page image (a fresh reading for
+        the overlay, whose stored reading kept no bubbles)."""
+        if self.is_omrchecker:
+            from .omr.omrchecker import read_omrchecker_sheet
+
+            return read_omrchecker_sheet(image, self.template)
+        from .omr.reader import read_sheet
+
+        return read_sheet(image, self.template, page=page)
+
+    def layout(self, page: int | None = None):
+        """The bubble layout of ``page`` in mm, or ``None`` for an OMRChecker
+        template (its groups are its fields: group keys name them already)."""
+        if self.is_omrchecker:
+            return None
+        from .omr.align import layout_mm
+
+        return layout_mm(self.template, int(page or 1))
+
 
 @lru_cache(maxsize=1)
 def builtin_names() -> tuple[str, ...]:

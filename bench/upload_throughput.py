@@ -36,7 +36,7 @@ import django  # noqa: E402
 
 django.setup()  # the end-to-end helpers import the models
 
-from batches.tus import metadata_header  # noqa: E402
+from batches.uploads.tus import metadata_header  # noqa: E402
 from tests.test_end_to_end import Servers  # noqa: E402
 
 TUS = {"Tus-Resumable": "1.0.0"}

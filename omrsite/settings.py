@@ -15,16 +15,19 @@ Environment variables (all optional):
   ``OMR_MAX_UNCOMPRESSED_MB``, ``OMR_MAX_IMAGE_ENTRY_MB``, ``OMR_MAX_COMPRESSION_RATIO``: the limits on
   what an upload may contain.
 - ``OMR_UPLOAD_EXPIRY_HOURS``, ``OMR_TUS_MAX_CHUNK_MB``: resumable uploads (expiry, largest PATCH body).
+- ``OMR_PROCESS_ROLE``: ``worker`` in the processes ``manage.py rundramatiq`` starts (it sets it), else ``web``.
+
+The test suite runs with ``settings_test.py``, these settings and what a test run sets for itself.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -54,9 +57,12 @@ def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in env(name, default).split(",") if item.strip()]
 
 
-# Under pytest the broker and channel layer default to in-process ones; the
-# end-to-end test starts real servers with an explicit environment instead.
-RUNNING_TESTS = "pytest" in sys.modules
+# What this process was started as: "worker" for the processes of
+# ``manage.py rundramatiq`` (the command sets it), "web" for everything else.
+# Nothing guesses it; the test suite's settings are in settings_test.py.
+OMR_PROCESS_ROLE = env("OMR_PROCESS_ROLE", "web")
+if OMR_PROCESS_ROLE not in {"web", "worker"}:
+    raise ImproperlyConfigured(f"OMR_PROCESS_ROLE must be web or worker, not {OMR_PROCESS_ROLE!r}")
 
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env("SECRET_KEY")
@@ -75,8 +81,6 @@ if not SECRET_KEY:
         _key_file.chmod(0o600)
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost" + (",*" if DEBUG else ""))
-if RUNNING_TESTS:
-    ALLOWED_HOSTS = [*ALLOWED_HOSTS, "testserver"]
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
@@ -88,10 +92,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    # Before django_dramatiq: its rundramatiq command is this app's (it starts the workers in their role).
+    "batches",
     "django_dramatiq",
     "django_htmx",
     "template_partials",
-    "batches",
 ]
 
 MIDDLEWARE = [
@@ -129,15 +134,14 @@ TEMPLATES = [
 
 VAR_DIR = Path(env("OMR_VAR_DIR", str(BASE_DIR / "var")))
 DATABASE_URL = env("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
-# A Dramatiq worker process (``rundramatiq`` execs the ``dramatiq`` program)
-# keeps its database connection between messages: Django's default closes it
-# after each one, and a fan-out of hundreds of chunks then paid a new
-# PostgreSQL connection for each. Health checks replace a connection that a
-# database restart broke. The web process keeps Django's default (0) under ASGI.
-IS_WORKER = Path(sys.argv[0]).name.startswith("dramatiq")
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL,
-                                              conn_max_age=env_int("CONN_MAX_AGE", 600 if IS_WORKER else 0),
-                                              conn_health_checks=True)}
+# A worker process keeps its database connection between messages: Django's
+# default closes it after each one, and a fan-out of hundreds of chunks then
+# paid a new PostgreSQL connection for each. Health checks replace a
+# connection that a database restart broke. The web process keeps Django's
+# default (0) under ASGI.
+DATABASES = {"default": dj_database_url.parse(
+    DATABASE_URL, conn_max_age=env_int("CONN_MAX_AGE", 600 if OMR_PROCESS_ROLE == "worker" else 0),
+    conn_health_checks=True)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     name = DATABASES["default"]["NAME"]
     if name and name != ":memory:":
@@ -150,12 +154,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
     }
-    if RUNNING_TESTS:
-        # A file, not the shared in-memory database: worker threads in the tests
-        # then wait for locks (busy timeout) the way real processes do.
-        import tempfile
-
-        DATABASES["default"]["TEST"] = {"NAME": str(Path(tempfile.gettempdir()) / f"omr-test-{os.getpid()}.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # ---------------------------------------------------------------- Redis, workers, channels
@@ -163,21 +161,22 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
 # Key prefixes in Redis, so several installs (or test runs) can share one server.
 REDIS_NAMESPACE = env("OMR_REDIS_NAMESPACE", "omr")
-DRAMATIQ_BACKEND = env("OMR_BROKER", "stub" if RUNNING_TESTS else "redis")
-_dramatiq_middleware = [
+DRAMATIQ_MIDDLEWARE = [
     "dramatiq.middleware.AgeLimit",
     "dramatiq.middleware.TimeLimit",
     "dramatiq.middleware.Callbacks",
     "dramatiq.middleware.Retries",
     "dramatiq.middleware.CurrentMessage",
     "django_dramatiq.middleware.DbConnectionsMiddleware",
-    "batches.workers.WorkerSetup",
+    "batches.pipeline.workers.WorkerSetup",
 ]
-if DRAMATIQ_BACKEND == "stub":
-    DRAMATIQ_BROKER = {"BROKER": "dramatiq.brokers.stub.StubBroker", "OPTIONS": {},
-                       "MIDDLEWARE": _dramatiq_middleware}
-else:
-    DRAMATIQ_BROKER = {
+
+
+def dramatiq_broker(backend: str) -> dict:
+    """The broker: "redis", or Dramatiq's in-process "stub" (the test suite's)."""
+    if backend == "stub":
+        return {"BROKER": "dramatiq.brokers.stub.StubBroker", "OPTIONS": {}, "MIDDLEWARE": DRAMATIQ_MIDDLEWARE}
+    return {
         "BROKER": "dramatiq.brokers.redis.RedisBroker",
         "OPTIONS": {
             "url": REDIS_URL,
@@ -191,21 +190,26 @@ else:
             # (5 %) brings that near the heartbeat timeout at no real cost.
             "maintenance_chance": env_int("OMR_BROKER_MAINTENANCE_CHANCE", 50_000),
         },
-        "MIDDLEWARE": _dramatiq_middleware,
+        "MIDDLEWARE": DRAMATIQ_MIDDLEWARE,
     }
-DRAMATIQ_TASKS_DATABASE = "default"
-DRAMATIQ_AUTODISCOVER_MODULES = ["tasks"]
 
-# Streams send a keep-alive every OMR_STREAM_KEEPALIVE seconds (at most 15), so
-# the Redis socket timeout must be longer than that or idle streams break.
-CHANNEL_LAYER_BACKEND = env("OMR_CHANNEL_LAYER", "memory" if RUNNING_TESTS else "redis")
-if CHANNEL_LAYER_BACKEND == "memory":
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-else:
-    CHANNEL_LAYERS = {
+
+DRAMATIQ_BACKEND = env("OMR_BROKER", "redis")
+DRAMATIQ_BROKER = dramatiq_broker(DRAMATIQ_BACKEND)
+DRAMATIQ_TASKS_DATABASE = "default"
+# The actors live in batches/pipeline/tasks.py.
+DRAMATIQ_AUTODISCOVER_MODULES = ["pipeline.tasks"]
+
+def channel_layers(backend: str) -> dict:
+    """The channel layer: "redis", or the in-process "memory" one (the test suite's)."""
+    if backend == "memory":
+        return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    return {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
+                # Streams send a keep-alive every OMR_STREAM_KEEPALIVE seconds (at most 15), so
+                # the Redis socket timeout must be longer than that or idle streams break.
                 "hosts": [{"address": REDIS_URL, "socket_timeout": 60, "socket_connect_timeout": 5}],
                 "prefix": f"{REDIS_NAMESPACE}-asgi",
                 "capacity": 1000,
@@ -213,6 +217,10 @@ else:
             },
         }
     }
+
+
+CHANNEL_LAYER_BACKEND = env("OMR_CHANNEL_LAYER", "redis")
+CHANNEL_LAYERS = channel_layers(CHANNEL_LAYER_BACKEND)
 
 # ---------------------------------------------------------------- files and limits
 
@@ -249,13 +257,13 @@ OMR_CHUNK_SIZE = env_int("OMR_CHUNK_SIZE", 10)  # sheets per worker message
 OMR_SHEET_MAX_ATTEMPTS = env_int("OMR_SHEET_MAX_ATTEMPTS", 3)
 # A page still being read after this many seconds is stuck (in C code, where
 # Dramatiq's time limit cannot reach): the worker's watchdog kills the process,
-# the message comes back, and the attempt counter fails the page (batches/watchdog.py).
+# the message comes back, and the attempt counter fails the page (batches/pipeline/watchdog.py).
 OMR_SHEET_TIME_LIMIT = env_float("OMR_SHEET_TIME_LIMIT", 120.0)
 OMR_PROGRESS_INTERVAL = env_float("OMR_PROGRESS_INTERVAL", 2.0)  # seconds between processing events
 OMR_STREAM_KEEPALIVE = min(env_float("OMR_STREAM_KEEPALIVE", 10.0), 15.0)
 OMR_STREAM_POLL = env_float("OMR_STREAM_POLL", 5.0)  # the DB safety net under the wake-ups
 OMR_WORKER_POLL_MS = env_int("OMR_WORKER_POLL_MS", 100)  # longest wait of an idle worker for a message
-OMR_HEARTBEAT_INTERVAL = env_float("OMR_HEARTBEAT_INTERVAL", 0.0 if RUNNING_TESTS else 10.0)
+OMR_HEARTBEAT_INTERVAL = env_float("OMR_HEARTBEAT_INTERVAL", 10.0)
 # OpenCV reads this once, before its first import: refuse giant images up front.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(OMR_MAX_PIXELS))
 

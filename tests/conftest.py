@@ -76,7 +76,7 @@ def media_root(settings, tmp_path):
 
 @pytest.fixture
 def broker():
-    """The StubBroker the settings install under pytest, emptied around each test."""
+    """The StubBroker the test settings install (omrsite/settings_test.py), emptied around each test."""
     stub = dramatiq.get_broker()
     _fresh_queues(stub)
     stub.emit_after("process_boot")

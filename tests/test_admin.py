@@ -20,9 +20,12 @@ from django.core.files.storage import default_storage
 from django.test import Client
 from django.urls import reverse
 
-from batches import overlay, pipeline, review, services
 from batches.models import Answer, Batch, Correction, Sheet, Stage
+from batches.pipeline import stages
+from batches.review import actions as review
+from batches.review import overlay
 from batches.roles import REVIEWER_PERMISSIONS, REVIEWERS
+from batches.uploads import accept
 
 from .conftest import TEMPLATE, make_zip, simulated_sheet
 
@@ -57,9 +60,9 @@ def batch(owner):
     bad, truth = doubtful_sheet()
     entries = [(simulated_sheet(0).name, simulated_sheet(0).jpeg), ("scan_double.jpg", bad),
                (simulated_sheet(1).name, simulated_sheet(1).jpeg)]
-    b = services.create_batch(owner, ContentFile(make_zip(entries), name="exam.zip"), filename="exam.zip",
+    b = accept.create_batch(owner, ContentFile(make_zip(entries), name="exam.zip"), filename="exam.zip",
                               template=TEMPLATE, has_qr=True, start=False)
-    b = pipeline.run_inline(b.pk)
+    b = stages.run_inline(b.pk)
     assert b.stage == Stage.COMPLETED, b.error
     b.truth = truth
     return b

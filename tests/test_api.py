@@ -8,8 +8,9 @@ from django.core.files.base import ContentFile
 from django.test import Client
 from django.urls import reverse
 
-from batches import pipeline, services
 from batches.models import ApiToken, Batch, ProgressEvent, Stage, WorkerHeartbeat
+from batches.pipeline import stages
+from batches.uploads import accept
 from tests.conftest import TEMPLATE, sheets_zip, token_client
 
 pytestmark = pytest.mark.django_db
@@ -23,9 +24,9 @@ def post_upload(client, data=b"PK\x05\x06" + b"\0" * 18, name="scans.zip", **fie
 @pytest.fixture
 def finished_batch(owner):
     data, _sheets = sheets_zip(2)
-    batch = services.create_batch(owner, ContentFile(data, name="s.zip"), filename="s.zip", template=TEMPLATE,
+    batch = accept.create_batch(owner, ContentFile(data, name="s.zip"), filename="s.zip", template=TEMPLATE,
                                   start=False)
-    return pipeline.run_inline(batch.pk)
+    return stages.run_inline(batch.pk)
 
 
 def test_upload_answers_202_with_the_links(api, owner, django_capture_on_commit_callbacks):

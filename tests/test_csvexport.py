@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 
 import pytest
+from django.core.files.storage import default_storage
 
-from batches.csvexport import FIXED_COLUMNS, safe_cell, write_results_csv
+from batches.csvexport import FIXED_COLUMNS, safe_cell, save_results_csv, write_results_csv
 from batches.models import Answer, Batch, Sheet, SheetStatus, Stage
 
 pytestmark = pytest.mark.django_db
@@ -58,3 +60,41 @@ def test_csv_rows_hold_every_answer_and_neutralised_names(owner):
     assert (cells["q1"], cells["q2"], cells["q3"], cells["student_number"]) == ("A", "BD", "", "0042")
     assert cells["flags"] == "misaligned; q2:multiple"
     assert cells["needs_review"] == "true"
+
+
+def completed_batch_with_csv(owner) -> Batch:
+    batch = Batch.objects.create(owner=owner, template="a4-20q-4", stage=Stage.COMPLETED)
+    sheet = Sheet.objects.create(batch=batch, index=1, source_name="a.jpg", image="x", status=SheetStatus.DONE)
+    Answer.objects.create(sheet=sheet, field="q1", value="A")
+    assert save_results_csv(batch) == 1
+    return batch
+
+
+def test_the_csv_is_replaced_in_one_step(owner, monkeypatch):
+    # Given a completed batch with its CSV
+    batch = completed_batch_with_csv(owner)
+    path = default_storage.path(batch.results_csv.name)
+    before = open(path, "rb").read()
+    Answer.objects.filter(sheet__batch=batch).update(value="B")
+
+    # When the new file cannot be put in place (a crash at that moment)
+    def broken(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(OSError):
+        save_results_csv(batch)
+
+    # Then the batch still has its whole old CSV, and no partial file is left
+    batch.refresh_from_db()
+    assert open(default_storage.path(batch.results_csv.name), "rb").read() == before
+    assert os.listdir(os.path.dirname(path)) == ["results.csv"]
+
+    # And once it can, the new file takes the old one's place, under the same name
+    monkeypatch.undo()
+    save_results_csv(batch)
+    batch.refresh_from_db()
+    assert batch.results_csv.name.endswith("/results.csv")
+    rows = list(csv.DictReader(io.StringIO(open(path, encoding="utf-8-sig").read())))
+    assert [r["q1"] for r in rows] == ["B"]
+    assert os.listdir(os.path.dirname(path)) == ["results.csv"]

@@ -23,9 +23,11 @@ from pathlib import Path
 import pytest
 from django.core.files.base import ContentFile
 
-from batches import pipeline, services
-from batches.extract import ExtractError, Limits, iter_pages, upload_extension
+from batches import storage
 from batches.models import Batch, ProgressEvent, Sheet, SheetStatus, Stage
+from batches.pipeline import stages
+from batches.pipeline.extract import ExtractError, Limits, iter_pages, upload_extension
+from batches.uploads import accept
 from tests.conftest import TEMPLATE, make_zip, simulated_sheet
 
 pytestmark = pytest.mark.django_db
@@ -100,9 +102,9 @@ def sandbox(tmp_path, settings, monkeypatch) -> Sandbox:
 
 def run(owner, data: bytes, name: str = "scans.zip") -> Batch:
     """Upload ``data`` as ``name`` and run the whole pipeline in this process."""
-    batch = services.create_batch(owner, ContentFile(data, name=name), filename=name, template=TEMPLATE,
+    batch = accept.create_batch(owner, ContentFile(data, name=name), filename=name, template=TEMPLATE,
                                   has_qr=True, start=False)
-    return pipeline.run_inline(batch.pk)
+    return stages.run_inline(batch.pk)
 
 
 def all_files(root: Path) -> list[str]:
@@ -130,7 +132,7 @@ def assert_failed(batch: Batch, box: Sandbox, *reasons: str) -> str:
     last = ProgressEvent.objects.filter(batch=batch).latest("id")
     assert last.stage == Stage.FAILED and batch.error in last.message
     assert not Sheet.objects.filter(batch=batch).exists()
-    pages = box.media / pipeline.pages_prefix(batch)
+    pages = box.media / storage.pages_prefix(batch)
     assert not pages.exists() or all_files(pages) == [], "pages of a failed batch left behind"
     assert_contained(batch, box)
     return batch.error
@@ -146,7 +148,7 @@ def assert_completed(batch: Batch, box: Sandbox, failed: dict[str, str] | None =
     failed = failed or {}
     for s in sheets:
         if s.image_length is None:
-            assert s.image == f"{pipeline.pages_prefix(batch)}{s.index:05d}{Path(s.image).suffix}"
+            assert s.image == f"{storage.pages_prefix(batch)}{s.index:05d}{Path(s.image).suffix}"
         else:
             assert s.image == batch.upload.name and s.image_offset > 0
         key = s.source_name if s.source_page == 1 else f"{s.source_name}#{s.source_page}"
@@ -323,7 +325,7 @@ def test_z7_non_utf8_names_get_generated_names_and_keep_theirs(owner, sandbox):
     # Stored uncompressed, the entries are read in place: no file is named after them.
     assert all(s.image == batch.upload.name for s in sheets.values())
     assert sheets["sch\u00fcler_000.jpg"].read_image() == sheet(0)
-    assert not (sandbox.media / pipeline.pages_prefix(batch)).exists()
+    assert not (sandbox.media / storage.pages_prefix(batch)).exists()
 
 
 def test_z7_compressed_entries_are_copied_out_under_generated_names(owner, sandbox):
@@ -349,8 +351,8 @@ def test_z8_truncated_archive(owner, sandbox, cut):
 @pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED], ids=["stored", "deflated"])
 def test_z8_bad_crc_fails_the_batch_and_removes_pages_already_written(owner, sandbox, monkeypatch, compression):
     saved = []
-    real_save = pipeline._save
-    monkeypatch.setattr(pipeline, "_save", lambda name, data: saved.append(name) or real_save(name, data))
+    real_save = stages.save
+    monkeypatch.setattr(stages, "save", lambda name, data: saved.append(name) or real_save(name, data))
     data = bytearray(make_zip([("a.jpg", sheet(0)), ("b.jpg", sheet(1))], compression))
     data[data.index(b"b.jpg") + 100] ^= 0xFF  # a byte inside b.jpg's data
     # (A flipped byte of deflated data mostly breaks the decompression before the CRC.)
@@ -455,8 +457,8 @@ def small_disk(monkeypatch):
 def test_z10_disk_full_during_extraction(owner, sandbox, small_disk, monkeypatch):
     """A full disk: MEDIA_ROOT holds 3 MB (see ``small_disk``); the 2 MB upload fits, its pages do not."""
     saved = []
-    real_save = pipeline._save
-    monkeypatch.setattr(pipeline, "_save", lambda name, data: saved.append(name) or real_save(name, data))
+    real_save = stages.save
+    monkeypatch.setattr(stages, "save", lambda name, data: saved.append(name) or real_save(name, data))
     media = sandbox.media
     keep = sandbox.bystander.read_bytes()
     mode = small_disk(media, 3 * 1024**2)
@@ -572,8 +574,8 @@ def test_i2_truncated_and_empty_files_fail_alone_and_tiff_pages_become_sheets(ow
 
 
 def test_i2_an_empty_upload_is_refused_before_a_batch_exists(owner, sandbox):
-    with pytest.raises(services.ServiceError, match="empty"):
-        services.create_batch(owner, ContentFile(b"", name="scan.jpg"), filename="scan.jpg", template=TEMPLATE,
+    with pytest.raises(accept.ServiceError, match="empty"):
+        accept.create_batch(owner, ContentFile(b"", name="scan.jpg"), filename="scan.jpg", template=TEMPLATE,
                               start=False)
     assert not Batch.objects.exists()
     assert_contained(Batch(pk=uuid.uuid4()), sandbox)  # nothing written at all
@@ -654,7 +656,7 @@ def test_a_pdf_page_that_is_more_than_its_jpeg_is_rendered(kind):
 
 
 def test_an_embedded_jpeg_unlike_its_rendered_page_is_not_used(tmp_path, monkeypatch):
-    from batches import pdfpages
+    from batches.pipeline import pdfpages
 
     source, out = tmp_path / "in.pdf", tmp_path / "out"
     source.write_bytes(jpeg_pdf(sheet(0)))
@@ -725,7 +727,7 @@ def page_bytes(page, upload: bytes) -> bytes:
 
 
 def test_a_jpeg_mentioning_pdf_in_a_comment_is_a_jpeg():
-    from batches.extract import sniff
+    from batches.pipeline.extract import sniff
 
     commented = b"\xff\xd8\xff\xfe\x00\x10see %PDF-1.4 \xff\xd9"
     assert sniff(commented) == "jpeg"

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from batches.extract import IMAGE_EXTENSIONS, ExtractError, Limits, check_archive, iter_pages
+from batches.pipeline.extract import IMAGE_EXTENSIONS, ExtractError, Limits, check_archive, iter_pages
 
 # Pillow warns (and goes on) about corrupt TIFF metadata: expected here.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin")

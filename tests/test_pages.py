@@ -12,7 +12,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.test import AsyncClient, Client
 from django.urls import reverse
 
-from batches import progress
+from batches import lifecycle
 from batches.models import Batch, ProgressEvent, Sheet, Stage
 
 from .conftest import TEMPLATE, parse_sse, sheets_zip
@@ -30,19 +30,19 @@ def make_batch(owner, name="scans.zip", stage=Stage.UPLOADING, **fields) -> Batc
 
 def publish_run(batch: Batch, sheets: int = 4, review: int = 1, end: str = Stage.COMPLETED) -> None:
     """The events of a whole run, as the pipeline publishes them."""
-    progress.publish(batch, Stage.UPLOADING, "Upload complete", progress=100)
+    lifecycle.advance(batch, Stage.UPLOADING, "Upload complete", progress=100)
     Batch.objects.filter(pk=batch.pk).update(sheets_total=sheets)
     for stage in STAGES:
-        progress.publish(batch, stage, f"Starting {stage}")
+        lifecycle.advance(batch, stage, f"Starting {stage}")
         if stage == Stage.PROCESSING_SHEETS:
             Batch.objects.filter(pk=batch.pk).update(sheets_processed=sheets // 2)
-            progress.publish(batch, stage, f"Processing: {sheets // 2}/{sheets} sheets completed", progress=50)
+            lifecycle.advance(batch, stage, f"Processing: {sheets // 2}/{sheets} sheets completed", progress=50)
             Batch.objects.filter(pk=batch.pk).update(sheets_processed=sheets, sheets_needs_review=review)
-        progress.publish(batch, stage, f"Finished {stage}", progress=100)
+        lifecycle.advance(batch, stage, f"Finished {stage}", progress=100)
     if end == Stage.FAILED:
-        progress.publish(batch, Stage.FAILED, "Batch failed: the disk is full", error="the disk is full")
+        lifecycle.fail(batch, "the disk is full")
     else:
-        progress.publish(batch, Stage.COMPLETED, f"Batch completed: {sheets} of {sheets} sheets read", progress=100)
+        lifecycle.complete(batch, f"Batch completed: {sheets} of {sheets} sheets read")
 
 
 def logged_in(user, **kwargs) -> Client:
@@ -267,7 +267,7 @@ def test_an_unknown_template_is_refused(owner):
 @pytest.mark.django_db(transaction=True)
 def test_running_rows_poll_and_finished_rows_do_not(owner):
     running = make_batch(owner, name="running.zip")
-    progress.publish(running, Stage.PROCESSING_SHEETS, "Processing", progress=40)
+    lifecycle.advance(running, Stage.PROCESSING_SHEETS, "Processing", progress=40)
     finished = make_batch(owner, name="finished.zip")
     publish_run(finished)
     client = logged_in(owner)
@@ -288,7 +288,7 @@ def test_running_rows_poll_and_finished_rows_do_not(owner):
 @pytest.mark.django_db(transaction=True)
 def test_a_running_batch_page_listens_to_its_stream_and_closes_on_done(owner):
     batch = make_batch(owner)
-    progress.publish(batch, Stage.EXTRACTING, "Extracting 4 files", progress=50)
+    lifecycle.advance(batch, Stage.EXTRACTING, "Extracting 4 files", progress=50)
     html = logged_in(owner).get(reverse("batches:detail", args=[batch.pk])).content.decode()
     stream = reverse("batches:progress-stream", args=[batch.pk])
     tag = re.search(r'<div id="progress"[^>]*>', html).group(0)
@@ -379,7 +379,7 @@ def test_the_page_stream_follows_a_running_batch_to_the_end(owner, settings):
     # means only the channel-layer wake-ups can deliver in time)
     settings.OMR_STREAM_POLL = 30.0
     batch = make_batch(owner)
-    progress.publish(batch, Stage.UPLOADING, "Receiving scans.zip")
+    lifecycle.advance(batch, Stage.UPLOADING, "Receiving scans.zip")
 
     async def run_batch():
         await asyncio.sleep(0.1)
@@ -417,7 +417,7 @@ def test_the_page_stream_of_a_hostile_name_batch_escapes(owner):
 
 def test_durations_show_the_precision_they_have():
     from batches.templatetags.batch_pages import duration
-    from batches.timeline import format_duration
+    from batches.web.timeline import format_duration
 
     # Stage times come from timestamps; the elapsed time of events is whole seconds.
     assert [format_duration(v) for v in (0.44, 3.0, 3, 12.6, 75, 3725)] == [

@@ -17,8 +17,9 @@ from django.core.files.storage import default_storage
 from django.core.management import call_command
 from django.urls import reverse
 
-from batches import pipeline, services
 from batches.models import Answer, Batch, ProgressEvent, Sheet, SheetStatus, Stage
+from batches.pipeline import fanout, reading, stages
+from batches.uploads import accept
 from tests.conftest import TEMPLATE, run_queue, sheets_zip
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -49,7 +50,7 @@ def assert_stage_order(batch: Batch) -> list[ProgressEvent]:
 
 
 def new_batch(owner, data: bytes, name="scans.zip", has_qr=True) -> Batch:
-    return services.create_batch(owner, ContentFile(data, name=name), filename=name, template=TEMPLATE,
+    return accept.create_batch(owner, ContentFile(data, name=name), filename=name, template=TEMPLATE,
                                  has_qr=has_qr, start=False)
 
 
@@ -61,10 +62,10 @@ def test_an_accepted_upload_is_on_disk_before_its_batch_is_queued(owner, monkeyp
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
     queued = []
-    monkeypatch.setattr(services.tasks, "enqueue_batch", lambda pk: queued.append(list(synced)))
+    monkeypatch.setattr(accept.tasks, "enqueue_batch", lambda pk: queued.append(list(synced)))
 
     # When an upload is stored as a batch
-    batch = services.create_batch(owner, ContentFile(b"\xff\xd8\xff scan", name="scan.jpg"), filename="scan.jpg",
+    batch = accept.create_batch(owner, ContentFile(b"\xff\xd8\xff scan", name="scan.jpg"), filename="scan.jpg",
                                   template=TEMPLATE)
 
     # Then the file and its folder were flushed before the pipeline was queued
@@ -110,7 +111,7 @@ def test_processing_publishes_in_steps_not_per_sheet(owner, settings):
     batch = new_batch(owner, data)
 
     # When it runs
-    pipeline.run_inline(batch.pk)
+    stages.run_inline(batch.pk)
 
     # Then processing_sheets published its start, a few steps and its end: not 30 events
     processing = ProgressEvent.objects.filter(batch=batch, stage=Stage.PROCESSING_SHEETS)
@@ -125,7 +126,7 @@ def test_a_bad_page_fails_alone_and_the_batch_goes_on(owner):
     batch = new_batch(owner, data)
 
     # When it runs
-    batch = pipeline.run_inline(batch.pk)
+    batch = stages.run_inline(batch.pk)
 
     # Then that one sheet failed with the reason, and the batch completed
     assert batch.stage == Stage.COMPLETED
@@ -138,11 +139,38 @@ def test_a_bad_page_fails_alone_and_the_batch_goes_on(owner):
     assert row["status"] == "failed" and "not an image" in row["error"]
 
 
+def test_a_page_that_cannot_be_read_keeps_its_reason_on_its_row(owner, monkeypatch):
+    # Given a page whose stored image is gone
+    data, _sheets = sheets_zip(3)
+    batch = new_batch(owner, data)
+    real_read_image = Sheet.read_image
+
+    def read_image(sheet):
+        if sheet.index == 1:
+            raise FileNotFoundError(2, "No such file or directory")
+        return real_read_image(sheet)
+
+    monkeypatch.setattr(Sheet, "read_image", read_image)
+
+    # When it runs
+    batch = stages.run_inline(batch.pk)
+
+    # Then the sheet failed, needs review, and says why on its row and in the CSV
+    assert batch.stage == Stage.COMPLETED
+    gone = Sheet.objects.get(batch=batch, index=1)
+    assert gone.status == SheetStatus.FAILED and gone.needs_review
+    assert gone.error == "page image missing (No such file or directory)"
+    assert (batch.sheets_failed, batch.sheets_needs_review) == (1, Sheet.objects.filter(batch=batch,
+                                                                                        needs_review=True).count())
+    row = [r for r in results_rows(batch) if r["sheet"] == "1"][0]
+    assert row["status"] == "failed" and row["error"] == gone.error
+
+
 def test_bad_archive_fails_the_batch_naming_the_entry(owner):
     from tests.conftest import make_zip
 
     data = make_zip([("good.jpg", b"x"), ("../../etc/evil.jpg", b"x")])
-    batch = pipeline.run_inline(new_batch(owner, data).pk)
+    batch = stages.run_inline(new_batch(owner, data).pk)
     assert batch.stage == Stage.FAILED
     assert "../../etc/evil.jpg" in batch.error
     last = ProgressEvent.objects.filter(batch=batch).latest("id")
@@ -153,14 +181,14 @@ def test_bad_archive_fails_the_batch_naming_the_entry(owner):
 def test_stages_are_idempotent(owner):
     # Given a completed batch
     data, _sheets = sheets_zip(3)
-    batch = pipeline.run_inline(new_batch(owner, data).pk)
+    batch = stages.run_inline(new_batch(owner, data).pk)
     answers = sorted(Answer.objects.filter(sheet__batch=batch).values_list("sheet__index", "field", "value"))
 
     # When the messages come again (start, every chunk, finish)
-    pipeline.start_batch(batch.pk)
+    stages.start_batch(batch.pk)
     for sheet_id in Sheet.objects.filter(batch=batch).values_list("pk", flat=True):
-        pipeline.process_chunk(batch.pk, [sheet_id], "another-token")
-    pipeline.finish_batch(batch.pk)
+        fanout.process_chunk(batch.pk, [sheet_id], "another-token")
+    stages.finish_batch(batch.pk)
 
     # Then nothing changed: same rows, same counts, one terminal event
     batch.refresh_from_db()
@@ -171,8 +199,8 @@ def test_stages_are_idempotent(owner):
     # And re-running a finishing stage rewrites its rows identically
     Batch.objects.filter(pk=batch.pk).update(stage=Stage.COLLECTING_RESULTS)
     batch.refresh_from_db()
-    pipeline.collect_results(batch)
-    pipeline.load_database(batch)
+    stages.collect_results(batch)
+    stages.load_database(batch)
     batch.refresh_from_db()
     assert (batch.sheets_total, batch.sheets_processed, batch.sheets_failed) == (3, 3, 0)
     assert sorted(Answer.objects.filter(sheet__batch=batch).values_list("sheet__index", "field", "value")) == answers
@@ -180,7 +208,7 @@ def test_stages_are_idempotent(owner):
 
 def test_a_completed_batch_keeps_its_upload_and_csv_and_no_working_folder(owner):
     data, _sheets = sheets_zip(2)
-    batch = pipeline.run_inline(new_batch(owner, data).pk)
+    batch = stages.run_inline(new_batch(owner, data).pk)
     assert batch.stage == Stage.COMPLETED
     folder = default_storage.path(batch.storage_prefix.rstrip("/"))
     assert sorted(os.listdir(folder)) == ["results.csv", "upload"]  # pages read in place from the upload
@@ -189,14 +217,14 @@ def test_a_completed_batch_keeps_its_upload_and_csv_and_no_working_folder(owner)
 def test_loading_database_restores_answer_rows_a_read_sheet_lacks(owner):
     # Given a completed batch whose second sheet lost its answer rows
     data, _sheets = sheets_zip(3)
-    batch = pipeline.run_inline(new_batch(owner, data).pk)
+    batch = stages.run_inline(new_batch(owner, data).pk)
     answers = sorted(Answer.objects.filter(sheet__batch=batch).values_list("sheet__index", "field", "value"))
     Answer.objects.filter(sheet__batch=batch, sheet__index=2).delete()
     Batch.objects.filter(pk=batch.pk).update(stage=Stage.GENERATING_CSV)
     batch.refresh_from_db()
 
     # When the database is loaded again, the rows come back from its reading, and only its rows
-    pipeline.load_database(batch)
+    stages.load_database(batch)
     assert sorted(Answer.objects.filter(sheet__batch=batch).values_list("sheet__index", "field", "value")) == answers
     event = ProgressEvent.objects.filter(batch=batch).latest("id")
     assert event.message == f"Database load complete: 3 sheets, {len(answers)} answers"
@@ -205,7 +233,7 @@ def test_loading_database_restores_answer_rows_a_read_sheet_lacks(owner):
 def start_processing(owner, count: int) -> tuple[Batch, list[list[int]]]:
     data, _sheets = sheets_zip(count)
     batch = new_batch(owner, data)
-    chunks = pipeline.start_batch(batch.pk)
+    chunks = stages.start_batch(batch.pk)
     batch.refresh_from_db()
     assert batch.stage == Stage.PROCESSING_SHEETS
     return batch, chunks
@@ -215,11 +243,11 @@ def test_w1_message_back_after_its_worker_was_killed(owner):
     # Given a chunk whose worker claimed its sheets and died before storing them
     batch, chunks = start_processing(owner, 3)
     ids = [i for chunk in chunks for i in chunk]
-    pipeline.claim_sheets(batch.pk, ids, "message-1")
+    fanout.claim_sheets(batch.pk, ids, "message-1")
     Sheet.objects.filter(pk__in=ids).update(attempts=1)
 
     # When the broker delivers the same message again
-    moved_on = pipeline.process_chunk(batch.pk, ids, "message-1")
+    moved_on = fanout.process_chunk(batch.pk, ids, "message-1")
 
     # Then every sheet is stored exactly once and the batch moves on
     assert moved_on
@@ -234,15 +262,15 @@ def test_w1_expired_claims_are_taken_over(owner):
     # Given sheets claimed by a worker that vanished long ago
     batch, chunks = start_processing(owner, 2)
     ids = chunks[0]
-    pipeline.claim_sheets(batch.pk, ids, "lost-worker")
+    fanout.claim_sheets(batch.pk, ids, "lost-worker")
     Sheet.objects.filter(pk__in=ids).update(claimed_at=Sheet.objects.get(pk=ids[0]).claimed_at
-                                            - pipeline.SHEET_LEASE * 2)
+                                            - fanout.SHEET_LEASE * 2)
 
     # When the reconcile step sends them out again, under a new message id
-    stale = pipeline.stale_chunks(batch.pk)
+    stale = fanout.stale_chunks(batch.pk)
     assert sorted(i for c in stale for i in c) == sorted(i for c in chunks for i in c)
     for chunk in stale:
-        pipeline.process_chunk(batch.pk, chunk, "reconcile-1")
+        fanout.process_chunk(batch.pk, chunk, "reconcile-1")
 
     # Then they are read and stored once
     assert Sheet.objects.filter(batch=batch, status=SheetStatus.DONE).count() == 2
@@ -258,19 +286,19 @@ def test_w2_a_sheet_that_kills_its_worker_every_time_is_given_up(owner, monkeypa
     batch, _chunks = start_processing(owner, 4)
     ids = list(Sheet.objects.filter(batch=batch).order_by("index").values_list("pk", flat=True))
     poison = ids[1]
-    real_read = pipeline.read_sheet
+    real_read = reading.read_sheet
 
     def read(sheet, batch_):
         if sheet.pk == poison:
             raise WorkerKilled()
         return real_read(sheet, batch_)
 
-    monkeypatch.setattr(pipeline, "read_sheet", read)
+    monkeypatch.setattr(reading, "read_sheet", read)
 
     # When the broker keeps delivering the message after each crash
     for _ in range(10):
         try:
-            if pipeline.process_chunk(batch.pk, ids, "message-7"):
+            if fanout.process_chunk(batch.pk, ids, "message-7"):
                 break
         except WorkerKilled:
             continue
@@ -296,7 +324,7 @@ def test_w4_same_message_twice_at_once_gives_one_result(owner):
 
         try:
             barrier.wait()
-            outcomes.append(pipeline.process_chunk(batch.pk, ids, "message-dup"))
+            outcomes.append(fanout.process_chunk(batch.pk, ids, "message-dup"))
         finally:
             connection.close()
 
@@ -365,10 +393,10 @@ def test_retry_of_a_failed_batch_runs_again(api, owner, broker, worker, monkeypa
     batch = new_batch(owner, data)
 
     def broken(*args, **kwargs):
-        raise pipeline.BatchError("storage was down")
+        raise stages.BatchError("storage was down")
 
-    monkeypatch.setattr(pipeline, "extract", broken)
-    batch = pipeline.run_inline(batch.pk)
+    monkeypatch.setattr(stages, "extract", broken)
+    batch = stages.run_inline(batch.pk)
     assert batch.stage == Stage.FAILED and batch.error == "storage was down"
     monkeypatch.undo()
 
@@ -401,7 +429,7 @@ def test_pdf_and_multipage_tiff_pages_become_sheets(owner):
     pages[0].copy().save(pdf, "PDF", save_all=True, append_images=pages[1:], resolution=300)
 
     for name, data in (("scans.pdf", pdf.getvalue()), ("scans.tif", tiff.getvalue())):
-        batch = pipeline.run_inline(new_batch(owner, data, name=name).pk)
+        batch = stages.run_inline(new_batch(owner, data, name=name).pk)
         assert batch.stage == Stage.COMPLETED, batch.error
         sheets = list(Sheet.objects.filter(batch=batch).order_by("index"))
         assert [(s.source_name, s.source_page) for s in sheets] == [(name, 1), (name, 2)]
@@ -410,7 +438,7 @@ def test_pdf_and_multipage_tiff_pages_become_sheets(owner):
 
 
 def test_malformed_pdf_fails_with_a_clear_reason(owner):
-    batch = pipeline.run_inline(new_batch(owner, b"%PDF-1.4\nnot really a pdf", name="scan.pdf").pk)
+    batch = stages.run_inline(new_batch(owner, b"%PDF-1.4\nnot really a pdf", name="scan.pdf").pk)
     assert batch.stage == Stage.FAILED
     assert "scan.pdf" in batch.error and "damaged" in batch.error
 
@@ -419,17 +447,17 @@ def test_a_chunk_that_fails_every_retry_costs_its_sheets_not_the_batch(owner, br
     # Given a batch whose first chunk cannot be stored (a database error, every time)
     data, _sheets = sheets_zip(4)
     batch = new_batch(owner, data)
-    chunks = pipeline.start_batch(batch.pk)
+    chunks = stages.start_batch(batch.pk)
     bad = set(chunks[0])
-    real_store = pipeline.store_results
+    real_store = fanout.store_results
 
     def store(batch_id, token, results):
         if {r.sheet_id for r in results} & bad and any(r.status == SheetStatus.DONE for r in results):
             raise RuntimeError("database went away")
         return real_store(batch_id, token, results)
 
-    monkeypatch.setattr(pipeline, "store_results", store)
-    from batches import tasks
+    monkeypatch.setattr(fanout, "store_results", store)
+    from batches.pipeline import tasks
 
     monkeypatch.setattr(tasks.process_sheets, "options", {**tasks.process_sheets.options, "max_retries": 1,
                                                           "min_backoff": 10, "max_backoff": 20})
@@ -448,9 +476,9 @@ def test_a_chunk_that_fails_every_retry_costs_its_sheets_not_the_batch(owner, br
 @pytest.mark.parametrize("total", [1, 7, 20, 79, 500, 2003])
 def test_split_chunks_keeps_every_sheet_once_in_order_and_ends_in_small_pieces(total):
     ids = list(range(100, 100 + total))
-    chunks = pipeline.split_chunks(ids)
+    chunks = fanout.split_chunks(ids)
     assert [i for chunk in chunks for i in chunk] == ids
-    size = pipeline.chunk_size(total)
+    size = fanout.chunk_size(total)
     assert max(len(c) for c in chunks) <= size
     if size >= 4:
         # The last chunks are a quarter of the size, so the workers finish together.
@@ -464,7 +492,7 @@ def test_w3_a_passing_database_error_while_storing_is_retried_without_duplicate_
     # (after the answer rows went in, before the sheet rows did)
     from django.db import OperationalError
 
-    real_update = pipeline.update_sheets
+    real_update = fanout.update_sheets
     failures = []
 
     def flaky_update(values, now):
@@ -473,7 +501,7 @@ def test_w3_a_passing_database_error_while_storing_is_retried_without_duplicate_
             raise OperationalError("server closed the connection unexpectedly")
         return real_update(values, now)
 
-    monkeypatch.setattr(pipeline, "update_sheets", flaky_update)
+    monkeypatch.setattr(fanout, "update_sheets", flaky_update)
     data, sheets = sheets_zip(6)
 
     # When it is uploaded and the workers run (Dramatiq retries the chunk with backoff)
@@ -493,7 +521,7 @@ def test_w3_a_passing_database_error_while_storing_is_retried_without_duplicate_
 
 
 def test_w3_actors_retry_with_backoff():
-    from batches import tasks
+    from batches.pipeline import tasks
 
     for actor in (tasks.process_batch, tasks.process_sheets, tasks.finish_batch):
         assert actor.options["max_retries"] >= 3 and actor.options["min_backoff"] >= 1_000
@@ -513,7 +541,7 @@ def test_w3_redis_down_while_publishing_costs_only_the_wake_up(owner, monkeypatc
     batch = new_batch(owner, data)
 
     # When the whole pipeline runs
-    pipeline.run_inline(batch.pk)
+    stages.run_inline(batch.pk)
 
     # Then it completed and every event is in the database, where streams read them
     batch.refresh_from_db()
@@ -527,7 +555,7 @@ def test_the_pixel_cap_of_the_settings_applies_to_the_pages_and_is_named(owner, 
     data, _sheets = sheets_zip(2)
 
     # When the batch runs
-    batch = pipeline.run_inline(new_batch(owner, data).pk)
+    batch = stages.run_inline(new_batch(owner, data).pk)
 
     # Then each page failed before decoding, saying which limit and which setting; the batch completed
     assert batch.stage == Stage.COMPLETED and batch.sheets_failed == 2

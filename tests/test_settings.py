@@ -95,3 +95,32 @@ def test_readings_are_stored_with_lz4_on_postgresql_and_other_databases_are_left
         editor = Recorder()
         migration.use_lz4(None, editor)
         assert editor.sql == []
+
+
+def test_the_worker_role_is_what_rundramatiq_starts(monkeypatch):
+    # manage.py rundramatiq is this project's command: the dramatiq program it
+    # execs (and so every worker process) runs in the worker role.
+    from django.core.management import call_command, get_commands
+
+    assert get_commands()["rundramatiq"] == "batches"
+    started = []
+
+    def execvp(program, args):
+        started.append((program, args, os.environ.get("OMR_PROCESS_ROLE")))
+
+    monkeypatch.setenv("OMR_PROCESS_ROLE", "web")  # and put back as it was afterwards
+    monkeypatch.setattr(os, "execvp", execvp)
+    call_command("rundramatiq", "--processes", "2", "--threads", "1")
+    (program, args, role), = started
+    assert program.endswith("dramatiq") and role == "worker"
+    assert "batches.pipeline.tasks" in args
+
+
+def test_the_role_sets_how_a_process_keeps_its_database_connection(tmp_path):
+    code = "from django.conf import settings as s; print(s.OMR_PROCESS_ROLE, s.DATABASES['default']['CONN_MAX_AGE'])"
+    env = {"OMR_VAR_DIR": str(tmp_path)}
+    assert run_manage("shell", "-c", code, env=env).stdout.split()[-2:] == ["web", "0"]
+    assert run_manage("shell", "-c", code, env={**env, "OMR_PROCESS_ROLE": "worker"}).stdout.split()[-2:] == [
+        "worker", "600"]
+    wrong = run_manage("shell", "-c", code, env={**env, "OMR_PROCESS_ROLE": "tests"})
+    assert wrong.returncode != 0 and "OMR_PROCESS_ROLE must be web or worker" in wrong.stderr

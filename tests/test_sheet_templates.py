@@ -14,9 +14,11 @@ from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from batches import pipeline, services, sheet_templates
-from batches.forms import template_choices
+from batches import sheet_templates
 from batches.models import Answer, SheetTemplate, Stage
+from batches.pipeline import stages
+from batches.uploads import accept
+from batches.web.forms import template_choices
 
 from .conftest import make_zip
 
@@ -58,7 +60,7 @@ def test_staff_upload_an_omrchecker_template_in_the_admin(admin_client, admin_us
     assert (row.kind, row.fields_count, row.uploaded_by) == ("omrchecker", 11, admin_user)
     assert sheet_templates.resolve("school-10q").field_names() == ["Roll"] + [f"q{i}" for i in range(1, 11)]
     assert "school-10q" in dict(template_choices())
-    assert services.check_template("school-10q") == "school-10q"
+    assert accept.check_template("school-10q") == "school-10q"
     page = admin_client.get(reverse("admin:batches_sheettemplate_change", args=[row.pk])).content.decode()
     assert "Roll, q1, q2" in page
 
@@ -97,9 +99,9 @@ def test_a_batch_with_an_omrchecker_template_reads_in_omrcheckers_conventions(ad
         truth.append(expected_response(template, answers))
 
     # When a batch is made with it (has_qr as the form sends by default: OMRChecker sheets have none)
-    batch = services.create_batch(owner, ContentFile(make_zip(entries), name="omrc.zip"), filename="omrc.zip",
+    batch = accept.create_batch(owner, ContentFile(make_zip(entries), name="omrc.zip"), filename="omrc.zip",
                                   template="school-10q", has_qr=True, start=False)
-    batch = pipeline.run_inline(batch.pk)
+    batch = stages.run_inline(batch.pk)
 
     # Then every sheet is read with that template, the CSV has its output
     # columns, and the answers are what OMRChecker would write
@@ -138,9 +140,9 @@ def test_a_custom_template_in_this_projects_format_is_named_by_the_qr_codes(admi
 
     answers = simulate.random_answers(custom, 1, random.Random(5))
     sim = simulate.simulate_sheet(custom, answers, seed=5, preset="clean")
-    batch = services.create_batch(owner, ContentFile(make_zip([("quiz.jpg", sim.encode_jpeg())]), name="q.zip"),
+    batch = accept.create_batch(owner, ContentFile(make_zip([("quiz.jpg", sim.encode_jpeg())]), name="q.zip"),
                                   filename="q.zip", template="a4-100q-5", has_qr=True, start=False)
-    batch = pipeline.run_inline(batch.pk)
+    batch = stages.run_inline(batch.pk)
 
     # Then the QR code's template was used
     assert batch.stage == Stage.COMPLETED, batch.error

@@ -11,7 +11,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.test import AsyncClient
 from django.urls import reverse
 
-from batches import progress, streams
+from batches import lifecycle, progress, streams
 from batches.models import ApiToken, Batch, ProgressEvent, Stage
 from tests.conftest import parse_sse
 
@@ -51,13 +51,13 @@ def publish_run(batch: Batch, sheets: int = 30) -> None:
     """Every stage of a batch as the pipeline would publish it, ending completed."""
     Batch.objects.filter(pk=batch.pk).update(sheets_total=sheets)
     for stage in STAGES:
-        progress.publish(batch, stage, f"start {stage}")
+        lifecycle.advance(batch, stage, f"start {stage}")
         if stage == Stage.PROCESSING_SHEETS:
             for done in (10, 20):
                 Batch.objects.filter(pk=batch.pk).update(sheets_processed=done)
-                progress.publish(batch, stage, f"Processing: {done}/{sheets}", progress=100 * done / sheets)
-        progress.publish(batch, stage, f"end {stage}", progress=100)
-    progress.publish(batch, Stage.COMPLETED, "done", progress=100)
+                lifecycle.advance(batch, stage, f"Processing: {done}/{sheets}", progress=100 * done / sheets)
+        lifecycle.advance(batch, stage, f"end {stage}", progress=100)
+    lifecycle.complete(batch, "done")
 
 
 async def consume(path: str, headers: dict, *, timeout: float = 10.0, while_streaming=None,
@@ -96,7 +96,7 @@ def stream_url(batch) -> str:
 
 def test_late_client_gets_every_event_and_the_stream_ends(batch, auth_headers):
     # S1. Given a batch that ran with nobody listening
-    progress.publish(batch, Stage.UPLOADING, "upload")
+    lifecycle.advance(batch, Stage.UPLOADING, "upload")
     publish_run(batch)
     stored = list(ProgressEvent.objects.filter(batch=batch).values_list("id", flat=True))
 
@@ -145,7 +145,7 @@ def test_live_events_arrive_while_connected(batch, auth_headers, settings):
     # Given a client connected before anything happened (the poll is slow, so
     # only the wake-ups can deliver in time)
     settings.OMR_STREAM_POLL = 30.0
-    progress.publish(batch, Stage.UPLOADING, "upload")
+    lifecycle.advance(batch, Stage.UPLOADING, "upload")
 
     async def run_batch():
         await asyncio.sleep(0.1)
@@ -166,7 +166,7 @@ def test_client_converges_when_the_channel_layer_drops_messages(batch, auth_head
     # S3. Given a channel layer that loses every wake-up
     settings.OMR_STREAM_POLL = 0.2
     monkeypatch.setattr(progress, "wake", lambda *args, **kwargs: None)
-    progress.publish(batch, Stage.UPLOADING, "upload")
+    lifecycle.advance(batch, Stage.UPLOADING, "upload")
 
     async def run_batch():
         await asyncio.sleep(0.1)
@@ -185,11 +185,11 @@ def test_idle_stream_sends_keep_alive_comments(batch, auth_headers, settings):
     assert settings.OMR_STREAM_KEEPALIVE <= 15
     settings.OMR_STREAM_KEEPALIVE = 0.2
     settings.OMR_STREAM_POLL = 0.1
-    progress.publish(batch, Stage.UPLOADING, "upload")
+    lifecycle.advance(batch, Stage.UPLOADING, "upload")
 
     async def finish_later():
         await asyncio.sleep(0.7)
-        await sync_to_async(progress.publish)(batch, Stage.FAILED, "Batch failed: test", error="test")
+        await sync_to_async(lifecycle.fail)(batch, "test")
 
     # When a client listens
     _response, frames = async_to_sync(consume)(stream_url(batch), auth_headers, while_streaming=finish_later)

@@ -28,8 +28,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from batches import tus
 from batches.models import Batch, ProgressEvent, Stage, Upload
+from batches.uploads import tus
 from tests.conftest import TEMPLATE, sheets_zip
 
 pytestmark = pytest.mark.django_db

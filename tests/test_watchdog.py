@@ -14,12 +14,12 @@ import sys
 import textwrap
 import time
 
-from batches import watchdog
+from batches.pipeline import watchdog
 
 STUCK_CHILD = textwrap.dedent("""
     import logging, select, sys, threading
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    from batches import watchdog
+    from batches.pipeline import watchdog
     watchdog.enable(check_every=0.1)
 
     def read_page():

@@ -36,6 +36,11 @@ class ImageError(ValueError):
     """An uploaded file that cannot be decoded; ``str(exc)`` is the plain reason."""
 
 
+class PixelLimitError(ImageError):
+    """An image over the pixel cap (``max_pixels``): callers that set the cap
+    can say where it comes from."""
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """What the header says, read without decoding pixels."""
@@ -67,7 +72,7 @@ def probe(data: bytes, max_pixels: int = MAX_PIXELS) -> ImageInfo:
         # Pillow refuses huge headers itself (twice its own limit); say it our way.
         size = _header_size(data)
         what = f"{size[0]} x {size[1]} pixels" if size else _bomb_pixels(str(exc))
-        raise ImageError(f"image is {what}, over the limit of {max_pixels / 1e6:g} MP") from None
+        raise PixelLimitError(f"image is {what}, over the limit of {max_pixels / 1e6:g} MP") from None
     fmt = im.format or "?"
     sizes = [im.size]
     pages = 1
@@ -86,7 +91,7 @@ def probe(data: bytes, max_pixels: int = MAX_PIXELS) -> ImageInfo:
         if w <= 0 or h <= 0:
             raise ImageError("not an image (zero size)")
         if w * h > max_pixels:
-            raise ImageError(f"image is {w} x {h} pixels, over the limit of {max_pixels / 1e6:g} MP")
+            raise PixelLimitError(f"image is {w} x {h} pixels, over the limit of {max_pixels / 1e6:g} MP")
     dpi = 0.0
     raw_dpi = im.info.get("dpi")
     if raw_dpi:

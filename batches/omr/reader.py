@@ -43,14 +43,13 @@ from .align import (
     to_grey,
     verify_frame,
 )
+from .flags import NOT_REVIEW
 from .imageio import MAX_PIXELS, ImageError, load_grey_for_reading
 from .layout import PageLayout
 from .payload import QrPayload
 from .qr import read_qr, scan_region
 from .template import Template, builtin_names, load_template
 
-#: Field flags that do not by themselves call for review.
-NOT_REVIEW = {"blank"}
 #: Share of unfilled bubbles whose outline must be found for the page to count
 #: as this template at all, and for it to count as well aligned.
 RING_FIT_FAIL = 0.6
@@ -62,6 +61,12 @@ EXTRA_LIMIT = 0.4
 ASPECT_LIMIT = 0.03
 #: Printed black must be at least this much darker than paper (0..1).
 MIN_CONTRAST = 0.35
+
+
+def in_doubt(error, sheet_flags, flags: dict[str, list[str]]) -> bool:
+    """The review rule (see the module docstring), on a reading's parts: an
+    error, any sheet flag, or any field flag other than a plain blank."""
+    return bool(error or sheet_flags) or any(set(f) - NOT_REVIEW for f in flags.values())
 
 
 @dataclass
@@ -103,9 +108,7 @@ class SheetReading:
     @property
     def needs_review(self) -> bool:
         """True when any doubt remains (see the module docstring)."""
-        if self.error or self.sheet_flags:
-            return True
-        return any(set(f) - NOT_REVIEW for f in self.flags.values())
+        return in_doubt(self.error, self.sheet_flags, self.flags)
 
     def _scale_matrix(self) -> np.ndarray:
         # A pixel of an image decoded at 1/s covers s x s pixels of the file:

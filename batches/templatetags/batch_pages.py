@@ -5,7 +5,7 @@ from __future__ import annotations
 from django import template
 from django.template.defaultfilters import filesizeformat
 
-from ..timeline import format_duration
+from ..web.timeline import format_duration
 
 register = template.Library()
 

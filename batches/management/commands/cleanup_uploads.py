@@ -26,9 +26,9 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from batches import progress
-from batches.models import Batch, Stage, Upload
-from batches.tus import TusError, complete_stalled, locked, upload_dir
+from batches import lifecycle
+from batches.models import Batch, Upload
+from batches.uploads.tus import TusError, complete_stalled, locked, upload_dir
 
 
 class Command(BaseCommand):
@@ -86,15 +86,13 @@ class Command(BaseCommand):
                     if Upload.objects.filter(pk=upload.pk, finished_at__isnull=True,
                                              expires_at__lte=timezone.now()).delete()[0] == 0:
                         return False
-                    if upload.batch.stage == Stage.UPLOADING:
-                        progress.publish(upload.batch, Stage.FAILED, message, error=message)
+                    lifecycle.fail_upload(upload.batch, message)
         except TusError as exc:
             if exc.status == 423:
                 return False
             # 404: its folder is already gone; the row still has to go.
             with transaction.atomic():
                 Upload.objects.filter(pk=upload.pk).delete()
-                if upload.batch.stage == Stage.UPLOADING:
-                    progress.publish(upload.batch, Stage.FAILED, message, error=message)
+                lifecycle.fail_upload(upload.batch, message)
         shutil.rmtree(upload_dir(upload.pk), ignore_errors=True)
         return True

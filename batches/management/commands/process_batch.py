@@ -11,8 +11,9 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 from django.core.management.base import BaseCommand, CommandError
 
-from batches import pipeline, services
 from batches.models import Stage
+from batches.pipeline import stages
+from batches.uploads import accept
 
 
 class Command(BaseCommand):
@@ -36,9 +37,9 @@ class Command(BaseCommand):
                 raise CommandError(f"no user {user!r}")
         with file.open("rb") as f:
             try:
-                batch = services.create_batch(owner, File(f, name=file.name), filename=file.name, template=template,
+                batch = accept.create_batch(owner, File(f, name=file.name), filename=file.name, template=template,
                                               has_qr=not no_qr, start=False)
-            except services.ServiceError as exc:
+            except accept.ServiceError as exc:
                 raise CommandError(exc.message) from None
         self.stderr.write(f"Batch {batch.pk}: {file.name}")
         interactive = sys.stderr.isatty()
@@ -49,7 +50,7 @@ class Command(BaseCommand):
             line = f"[{'#' * filled}{'.' * (30 - filled)}] {done}/{b.sheets_total} sheets, {b.sheets_failed} failed"
             self.stderr.write(("\r" + line) if interactive else line, ending="" if interactive else "\n")
 
-        batch = pipeline.run_inline(batch.pk, on_chunk=bar)
+        batch = stages.run_inline(batch.pk, on_chunk=bar)
         if interactive:
             self.stderr.write("")
         for event in batch.events.order_by("id"):

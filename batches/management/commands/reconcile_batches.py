@@ -13,8 +13,8 @@ from datetime import timedelta
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
-from batches import pipeline, tasks
 from batches.models import Batch, ProgressEvent, Stage
+from batches.pipeline import fanout, tasks
 
 
 class Command(BaseCommand):
@@ -37,7 +37,7 @@ class Command(BaseCommand):
             if last and last > cutoff:
                 continue
             if batch.stage == Stage.PROCESSING_SHEETS:
-                chunks = pipeline.stale_chunks(batch.pk, older_than=idle)
+                chunks = fanout.stale_chunks(batch.pk, older_than=idle)
                 tasks.send_chunks(str(batch.pk), chunks)
                 self.stdout.write(f"{batch.pk}: {sum(map(len, chunks))} sheets sent again")
             elif batch.stage in {Stage.COLLECTING_RESULTS, Stage.GENERATING_CSV, Stage.LOADING_DATABASE,

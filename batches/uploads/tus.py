@@ -1,5 +1,6 @@
-"""Resumable uploads: the tus 1.0 protocol (core, creation, checksum,
-expiration, termination) under ``/api/uploads/`` (docs/uploads.md).
+"""Resumable uploads: the storage side of the tus 1.0 protocol (core,
+creation, checksum, expiration, termination); its HTTP endpoints under
+``/api/uploads/`` are in ``web/tus.py`` (docs/uploads.md).
 
 ``POST /api/uploads/`` creates an upload and, at once, its batch in stage
 ``uploading``; each ``PATCH`` appends one chunk to
@@ -10,7 +11,7 @@ same upload, from any process on any thread, gets 423 instead of waiting, and
 the kernel drops the lock of a process that dies. When the last byte is in,
 the whole file is checked against the checksum the client declared in
 ``Upload-Metadata`` (``sha256`` or ``sha1``) and handed to the batch
-(``services.store_upload``), which queues the pipeline.
+(``accept.store_upload``), which queues the pipeline.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import base64
 import binascii
 import contextlib
 import fcntl
-import functools
 import hashlib
 import logging
 import os
@@ -34,16 +34,13 @@ from django.conf import settings
 from django.core.files.base import File
 from django.db import transaction
 from django.db.models import F
-from django.http import Http404, HttpResponse, JsonResponse
 from django.utils import timezone
-from django.utils.http import http_date
-from django.views.decorators.csrf import csrf_exempt
 
-from . import progress, services
-from .api import batch_links
-from .auth import api_login_required, error_response
-from .extract import display_name
-from .models import Stage, Upload, batch_upload_path, upload_expiry
+from .. import lifecycle
+from ..display import display_name, size_text
+from ..models import Stage, Upload, batch_upload_path, upload_expiry
+from ..storage import fsync_path
+from . import accept
 
 logger = logging.getLogger(__name__)
 
@@ -199,23 +196,23 @@ def create_upload(owner, *, length: int, metadata: dict[str, str]) -> Upload:
     Metadata: ``filename``, ``template``, ``has_qr``, optional ``sha256``/``sha1``
     of the whole file. Raises ``TusError`` or ``ServiceError`` (400, 413)."""
     if length > settings.OMR_MAX_UPLOAD_BYTES:
-        raise TusError(413, f"Upload-Length {_mb(length)} is over the limit of {services.upload_limit_text()}")
+        raise TusError(413, f"Upload-Length {_mb(length)} is over the limit of {accept.upload_limit_text()}")
     filename = metadata.get("filename") or metadata.get("name") or "upload"
-    has_qr = services.parse_bool(metadata.get("has_qr"), default=True)
+    has_qr = accept.parse_bool(metadata.get("has_qr"), default=True)
     digests = {name: parse_digest(name, metadata[name]) for name in CHECKSUMS if metadata.get(name)}
     upload_id = uuid.uuid4()
     directory = upload_dir(upload_id)
     directory.mkdir(parents=True, mode=0o750)
     try:
         with transaction.atomic():
-            batch = services.begin_batch(owner, filename=filename, template=metadata.get("template", ""),
+            batch = accept.begin_batch(owner, filename=filename, template=metadata.get("template", ""),
                                          has_qr=has_qr, size=length)
             upload = Upload.objects.create(id=upload_id, owner=owner, batch=batch, length=length, metadata=metadata,
                                            sha256=digests.get("sha256", ""), sha1=digests.get("sha1", ""))
             with open(directory / "data", "xb") as handle:
                 os.fsync(handle.fileno())
-            services.fsync_path(directory)
-            services.fsync_path(directory.parent)
+            fsync_path(directory)
+            fsync_path(directory.parent)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
@@ -326,7 +323,7 @@ def _too_much(upload: Upload, room: int) -> str:
     if room <= settings.OMR_TUS_MAX_CHUNK_BYTES:
         return (f"the chunk goes past the declared Upload-Length of {upload.length} bytes "
                 f"({room} bytes are still expected)")
-    return (f"a chunk may be at most {services.size_text(settings.OMR_TUS_MAX_CHUNK_BYTES)} (OMR_TUS_MAX_CHUNK_MB); "
+    return (f"a chunk may be at most {size_text(settings.OMR_TUS_MAX_CHUNK_BYTES)} (OMR_TUS_MAX_CHUNK_MB); "
             "send smaller chunks")
 
 
@@ -389,9 +386,9 @@ def _publish_progress(upload: Upload, now) -> None:
     if not due:
         return
     Upload.objects.filter(pk=upload.pk).update(progress_published_at=now, progress_published_percent=percent)
-    progress.publish(upload.batch_id, Stage.UPLOADING,
-                     f"Received chunk {upload.chunks} ({_mb(upload.offset)} of {_mb(upload.length)})",
-                     progress=percent)
+    lifecycle.advance(upload.batch_id, Stage.UPLOADING,
+                      f"Received chunk {upload.chunks} ({_mb(upload.offset)} of {_mb(upload.length)})",
+                      progress=percent)
 
 
 def finish_upload(upload: Upload) -> None:
@@ -417,13 +414,13 @@ def finish_upload(upload: Upload) -> None:
             upload.error, upload.finished_at = message, timezone.now()
             with transaction.atomic():
                 Upload.objects.filter(pk=upload.pk).update(error=message, finished_at=upload.finished_at)
-                progress.publish(batch, Stage.FAILED, message, error=message)
+                lifecycle.fail_upload(batch, message)
             path.unlink(missing_ok=True)
             raise TusError(460, message, **{"Upload-Offset": str(upload.offset)})
     staged = StagedFile(path, batch.original_filename)
     try:
         with transaction.atomic():
-            services.store_upload(batch, staged, sha256=actual["sha256"])
+            accept.store_upload(batch, staged, sha256=actual["sha256"])
             now = timezone.now()
             Upload.objects.filter(pk=upload.pk).update(finished_at=now, updated_at=now)
     finally:
@@ -472,134 +469,7 @@ def terminate_upload(upload: Upload) -> None:
         upload.delete()
     else:
         with locked(upload_id):
-            services.delete_batch(upload.batch)  # the upload row goes with it
+            accept.delete_batch(upload.batch)  # the upload row goes with it
     running_digests.forget(upload_id)
     shutil.rmtree(upload_dir(upload_id), ignore_errors=True)
     logger.info("Upload %s terminated", upload_id)
-
-
-# ---------------------------------------------------------------- views
-
-
-def uploads_for(user):
-    """The uploads ``user`` may touch: their own only."""
-    return Upload.objects.filter(owner=user).select_related("batch")
-
-
-def get_upload_or_404(user, upload_id) -> Upload:
-    try:
-        return uploads_for(user).get(pk=upload_id)
-    except (Upload.DoesNotExist, ValueError):
-        raise Http404("no such upload") from None
-
-
-def _options() -> HttpResponse:
-    response = HttpResponse(status=204)
-    response["Tus-Version"] = TUS_VERSION
-    response["Tus-Extension"] = TUS_EXTENSIONS
-    response["Tus-Max-Size"] = str(settings.OMR_MAX_UPLOAD_BYTES)
-    response["Tus-Checksum-Algorithm"] = ",".join(CHECKSUMS)
-    return response
-
-
-def tus_endpoint(view):
-    """What every tus answer shares: ``Tus-Resumable`` (errors included), 412
-    for another protocol version, OPTIONS without a login, ``POST`` with
-    ``X-HTTP-Method-Override`` for clients that cannot send PATCH or DELETE,
-    the staff login of the rest of the API (token, or session + CSRF token),
-    and TusError/ServiceError/404 as ``{"error": ...}`` answers."""
-    @functools.wraps(view)
-    def guarded(request, *args, **kwargs):
-        try:
-            return view(request, *args, **kwargs)
-        except (TusError, services.ServiceError) as exc:
-            response = error_response(exc.status, exc.message)
-            for name, value in getattr(exc, "headers", {}).items():
-                response[name] = value
-            return response
-        except Http404:
-            return error_response(404, "no such upload")
-
-    authenticated = api_login_required(guarded)
-
-    @functools.wraps(view)
-    def endpoint(request, *args, **kwargs):
-        override = request.headers.get("X-HTTP-Method-Override", "").strip().upper()
-        if request.method == "POST" and override in {"PATCH", "DELETE", "HEAD"}:
-            request.method = override  # CSRF is still checked: PATCH and DELETE are unsafe methods
-        if request.method == "OPTIONS":
-            response = _options()
-        elif request.method != "GET" and request.headers.get("Tus-Resumable", "").strip() != TUS_VERSION:
-            response = error_response(412, f"this server speaks tus {TUS_VERSION}: send Tus-Resumable: {TUS_VERSION}")
-            response["Tus-Version"] = TUS_VERSION
-        else:
-            response = authenticated(request, *args, **kwargs)
-        response["Tus-Resumable"] = TUS_VERSION
-        response["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
-        return response
-
-    return csrf_exempt(endpoint)
-
-
-def _not_allowed(allowed: str) -> HttpResponse:
-    response = error_response(405, f"allowed methods: {allowed}")
-    response["Allow"] = allowed
-    return response
-
-
-def _upload_headers(response: HttpResponse, upload: Upload) -> HttpResponse:
-    response["Upload-Offset"] = str(upload.offset)
-    response["Upload-Batch-Id"] = str(upload.batch_id)
-    if not upload.is_finished:
-        response["Upload-Expires"] = http_date(upload.expires_at.timestamp())
-    return response
-
-
-@tus_endpoint
-def upload_collection(request):
-    """``POST /api/uploads/``: tus creation. ``Upload-Length`` and
-    ``Upload-Metadata`` (``filename``, ``template``, ``has_qr``, ``sha256``/``sha1``).
-    201 with ``Location``, ``Upload-Batch-Id`` and the batch's links as JSON."""
-    if request.method != "POST":
-        return _not_allowed("OPTIONS, POST")
-    if request.headers.get("Upload-Defer-Length"):
-        raise TusError(400, "Upload-Defer-Length is not supported: send Upload-Length")
-    length = parse_int_header(request, "Upload-Length")
-    upload = create_upload(request.user, length=length,
-                           metadata=parse_metadata(request.headers.get("Upload-Metadata", "")))
-    location = request.build_absolute_uri(upload.get_absolute_url())
-    response = JsonResponse({"upload_url": location, "batch_id": str(upload.batch_id),
-                             **batch_links(request, upload.batch)}, status=201)
-    response["Location"] = location
-    return _upload_headers(response, upload)
-
-
-@tus_endpoint
-def upload_resource(request, upload_id):
-    """``/api/uploads/{id}``: ``HEAD`` (offset, length), ``PATCH`` (a chunk),
-    ``DELETE`` (termination), ``GET`` (the upload and its batch's links as JSON)."""
-    if request.method not in ("HEAD", "GET", "PATCH", "DELETE"):
-        return _not_allowed("OPTIONS, HEAD, GET, PATCH, DELETE")
-    upload = get_upload_or_404(request.user, upload_id)
-    if request.method == "DELETE":
-        terminate_upload(upload)
-        return HttpResponse(status=204)
-    if request.method == "PATCH":
-        upload = write_chunk(request, upload)
-        return _upload_headers(HttpResponse(status=204), upload)
-    if upload.is_expired():
-        raise TusError(410, f"this upload expired at {upload.expires_at:%Y-%m-%d %H:%M} UTC; start a new one")
-    upload = complete_stalled(upload)
-    if request.method == "GET":
-        response = JsonResponse({"upload_url": request.build_absolute_uri(upload.get_absolute_url()),
-                                 "offset": upload.offset, "length": upload.length,
-                                 "finished": upload.is_finished, "error": upload.error,
-                                 "expires_at": None if upload.is_finished else upload.expires_at.isoformat(),
-                                 "batch_id": str(upload.batch_id), **batch_links(request, upload.batch)})
-    else:
-        response = HttpResponse(status=200)
-        response["Upload-Length"] = str(upload.length)
-        if upload.metadata:
-            response["Upload-Metadata"] = metadata_header(upload.metadata)
-    response["Cache-Control"] = "no-store"
-    return _upload_headers(response, upload)

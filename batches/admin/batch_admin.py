@@ -21,35 +21,18 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import ngettext
 
-from . import review, services
-from .auth import batches_for
-from .models import Answer, ApiToken, Batch, Correction, ProgressEvent, Sheet, Stage, WorkerHeartbeat
-from .timeline import format_duration, stage_steps
+from ..models import Answer, ApiToken, Batch, Correction, ProgressEvent, Sheet, Stage, WorkerHeartbeat
+from ..omr.flags import NOT_REVIEW, Flag
+from ..review import actions as review
+from ..uploads import accept
+from ..web.auth import batches_for
+from ..web.timeline import format_duration, stage_steps
 
 #: Sheets an admin action reads again in one request (reading takes ~0.2 s a sheet).
 READ_AGAIN_LIMIT = 25
 
-#: Flags offered by the sheet filter: sheet flags and field flags the reader sets.
-KNOWN_FLAGS = [
-    ("multiple", "Multiple marks"),
-    ("ambiguous", "Ambiguous mark"),
-    ("faint", "Faint mark"),
-    ("erasure", "Erasure"),
-    ("gap", "Gap in a number"),
-    ("misaligned", "Misaligned"),
-    ("low_contrast", "Low contrast"),
-    ("qr_missing", "QR code missing"),
-    ("qr_damaged", "QR code damaged"),
-    ("qr_foreign", "Foreign QR code"),
-    ("wrong_template", "Wrong template"),
-    ("page_unknown", "Page unknown"),
-    ("not_a_sheet", "Not a sheet"),
-    ("unreadable", "Unreadable"),
-    ("unknown_template", "Unknown template"),
-    ("duplicate_page", "Duplicate page"),
-    ("missing_page", "Missing page"),
-    ("extra_pages", "Extra pages"),
-]
+#: Flags offered by the sheet filter: every flag but a plain blank.
+KNOWN_FLAGS = [(flag.value, flag.label) for flag in Flag if flag not in NOT_REVIEW]
 
 
 def _regenerate(modeladmin, request, batch_ids) -> None:
@@ -82,12 +65,12 @@ class BatchAdmin(admin.ModelAdmin):
     actions = ["regenerate_csv"]
     readonly_fields = ["id", "owner", "original_filename", "template", "has_qr", "size", "sha256", "stage",
                        "overall_percentage", "sheets_total", "sheets_processed", "sheets_failed",
-                       "sheets_needs_review", "error", "notes", "created_at", "started_at", "finished_at",
+                       "sheets_needs_review", "error", "created_at", "started_at", "finished_at",
                        "duration", "stage_timings", "links"]
     fieldsets = [
         (None, {"fields": ["original_filename", "owner", "template", "has_qr", "links"]}),
         ("Progress", {"fields": ["stage", "overall_percentage", "sheets_total", "sheets_processed", "sheets_failed",
-                                 "sheets_needs_review", "error", "notes"]}),
+                                 "sheets_needs_review", "error"]}),
         ("Timings", {"fields": ["created_at", "started_at", "finished_at", "duration", "stage_timings"]}),
         ("File", {"fields": ["id", "size", "sha256"], "classes": ["collapse"]}),
     ]
@@ -137,11 +120,11 @@ class BatchAdmin(admin.ModelAdmin):
         _regenerate(self, request, list(queryset.values_list("pk", flat=True)))
 
     def delete_model(self, request, obj):
-        services.delete_batch(obj)  # the batch's files go with it
+        accept.delete_batch(obj)  # the batch's files go with it
 
     def delete_queryset(self, request, queryset):
         for batch in queryset:
-            services.delete_batch(batch)
+            accept.delete_batch(batch)
 
 
 # ---------------------------------------------------------------- sheets
@@ -208,13 +191,13 @@ class AnswerInline(admin.TabularInline):
         # Fields the reader flagged (anything but a plain blank) come first, so
         # the reviewer starts where the doubt is. Flags are JSON lists; their
         # text is the same on SQLite and PostgreSQL.
-        plain = Case(When(flags_text__in=["[]", '["blank"]'], then=Value(1)), default=Value(0))
+        plain = Case(When(flags_text__in=["[]", f'["{Flag.BLANK}"]'], then=Value(1)), default=Value(0))
         return (super().get_queryset(request).annotate(flags_text=Cast("flags", TextField()))
                 .annotate(plain=plain).order_by("plain", "id"))
 
     @admin.display(description="Reader's flags")
     def reader(self, obj):
-        flags = [f for f in (obj.flags or []) if f != "blank"]
+        flags = [f for f in (obj.flags or []) if f not in NOT_REVIEW]
         if not flags:
             return "blank" if obj.value == "" and not obj.corrected else ""
         return format_html_join(" ", '<span class="flag">{}</span>', ((f,) for f in flags))
@@ -296,8 +279,8 @@ class SheetAdmin(admin.ModelAdmin):
         """Sheet flags, then the fields the reader was not sure of."""
         parts = list(obj.flags or [])
         fields = (obj.reading or {}).get("flags") or {}
-        doubtful = [f"{name}: {', '.join(x for x in f if x != 'blank')}" for name, f in fields.items()
-                    if set(f or []) - {"blank"}]
+        doubtful = [f"{name}: {', '.join(x for x in f if x not in NOT_REVIEW)}" for name, f in fields.items()
+                    if set(f or []) - NOT_REVIEW]
         parts += doubtful[:6]
         if len(doubtful) > 6:
             parts.append(f"+{len(doubtful) - 6} more fields")
@@ -459,4 +442,3 @@ class WorkerHeartbeatAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
-from . import template_admin  # noqa: E402,F401  (registers SheetTemplate)

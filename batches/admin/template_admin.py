@@ -12,8 +12,8 @@ from django import forms
 from django.contrib import admin
 from django.utils.html import format_html, format_html_join
 
-from . import sheet_templates
-from .models import SheetTemplate
+from .. import sheet_templates
+from ..models import SheetTemplate
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
 
@@ -41,7 +41,7 @@ def import_template(name: str, kind: str, template: dict, *, marker: bytes | Non
     ``ValueError`` naming each problem. Images are handed over as bytes and
     the JSON as a dict, so nothing in an upload can name a file to read."""
     if kind == sheet_templates.OMRCHECKER:
-        from .omr.omrchecker import load_omrchecker_template
+        from ..omr.omrchecker import load_omrchecker_template
 
         images = {}
         for step in template.get("preProcessors") or []:

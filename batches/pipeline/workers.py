@@ -45,7 +45,7 @@ class WorkerSetup(Middleware):
         # small script call per 100 ms per process.
         if settings.OMR_WORKER_POLL_MS > 0:
             worker.worker_timeout = settings.OMR_WORKER_POLL_MS
-        if settings.IS_WORKER:
+        if settings.OMR_PROCESS_ROLE == "worker":
             warm_up_engine()
 
     def after_worker_boot(self, broker, worker) -> None:
@@ -57,7 +57,7 @@ class WorkerSetup(Middleware):
             cv2.setNumThreads(1)
         except ImportError:  # pragma: no cover
             pass
-        if settings.IS_WORKER and settings.OMR_SHEET_TIME_LIMIT > 0:
+        if settings.OMR_PROCESS_ROLE == "worker" and settings.OMR_SHEET_TIME_LIMIT > 0:
             from . import watchdog
 
             watchdog.enable()
@@ -78,7 +78,7 @@ class WorkerSetup(Middleware):
         try:
             from django.db import connection
 
-            from .models import WorkerHeartbeat
+            from ..models import WorkerHeartbeat
 
             WorkerHeartbeat.objects.filter(name=self._name).delete()
             connection.close()
@@ -89,7 +89,7 @@ class WorkerSetup(Middleware):
         from django.db import connection
         from django.utils import timezone
 
-        from .models import WorkerHeartbeat
+        from ..models import WorkerHeartbeat
 
         host, _, pid = self._name.rpartition(":")
         started = timezone.now()
@@ -120,7 +120,7 @@ def warm_up_engine() -> None:
     try:
         import cv2
 
-        from .omr import load_template, reader, render
+        from ..omr import load_template, reader, render
 
         image = render.render_page_image(load_template("a4-20q-4"), 1, dpi=150)
         reader.read_image_bytes(cv2.imencode(".jpg", image)[1].tobytes(), None)

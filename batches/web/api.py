@@ -17,9 +17,10 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import services, streams
+from .. import streams
+from ..models import Batch, Stage, WorkerHeartbeat
+from ..uploads import accept
 from .auth import api_login_required, batches_for, error_response, get_batch_or_404
-from .models import Batch, Stage, WorkerHeartbeat
 
 
 def batch_links(request, batch: Batch) -> dict:
@@ -70,15 +71,15 @@ def upload(request):
     """``POST /api/batches/upload``: multipart ``file``, ``has_qr``, ``template``."""
     length = request.META.get("CONTENT_LENGTH")
     if length and length.isdigit() and int(length) > settings.OMR_MAX_UPLOAD_BYTES + 1024 * 1024:
-        return error_response(413, f"the upload is over the limit of {services.upload_limit_text()}")
+        return error_response(413, f"the upload is over the limit of {accept.upload_limit_text()}")
     upload_file = request.FILES.get("file")
     if upload_file is None:
         return error_response(400, "no file: send the scans as the multipart field 'file'")
     try:
-        has_qr = services.parse_bool(request.POST.get("has_qr"), default=True)
-        batch = services.create_batch(request.user, upload_file, filename=upload_file.name,
+        has_qr = accept.parse_bool(request.POST.get("has_qr"), default=True)
+        batch = accept.create_batch(request.user, upload_file, filename=upload_file.name,
                                       template=request.POST.get("template", ""), has_qr=has_qr)
-    except services.ServiceError as exc:
+    except accept.ServiceError as exc:
         return error_response(exc.status, exc.message)
     return JsonResponse({"batch_id": str(batch.pk), **batch_links(request, batch)}, status=202)
 
@@ -106,7 +107,7 @@ def batch_detail(request, batch_id):
     """``GET /api/batches/{id}``: the batch; ``DELETE``: delete it and its files."""
     batch = get_batch_or_404(request.user, batch_id)
     if request.method == "DELETE":
-        services.delete_batch(batch)
+        accept.delete_batch(batch)
         return HttpResponse(status=204)
     return JsonResponse(batch_json(request, batch))
 
@@ -117,8 +118,8 @@ def batch_retry(request, batch_id):
     """``POST /api/batches/{id}/retry``: run a failed batch again."""
     batch = get_batch_or_404(request.user, batch_id)
     try:
-        batch = services.retry_batch(batch)
-    except services.ServiceError as exc:
+        batch = accept.retry_batch(batch)
+    except accept.ServiceError as exc:
         return error_response(exc.status, exc.message)
     return JsonResponse({"batch_id": str(batch.pk), **batch_links(request, batch)}, status=202)
 
@@ -128,7 +129,7 @@ def batch_retry(request, batch_id):
 def batch_delete(request, batch_id):
     """``POST /api/batches/{id}/delete``: the same as ``DELETE /api/batches/{id}``."""
     batch = get_batch_or_404(request.user, batch_id)
-    services.delete_batch(batch)
+    accept.delete_batch(batch)
     return HttpResponse(status=204)
 
 

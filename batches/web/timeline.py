@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .models import STAGE_ORDER, TERMINAL_STAGES, Batch, ProgressEvent, Stage
+from ..models import STAGE_ORDER, TERMINAL_STAGES, Batch, ProgressEvent, Stage
 
 #: Stages listed on the page, in order. ``queued`` is waiting, not work.
 SHOWN_STAGES = [s for s in STAGE_ORDER if s not in (Stage.QUEUED, Stage.COMPLETED)]

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .omr.align import jacobians, layout_mm, to_grey
-from .omr.imageio import ImageError, load_images
+from ..omr.align import jacobians, to_grey
+from ..omr.flags import NOT_REVIEW
+from ..omr.imageio import ImageError, load_images
 
 #: Widest overlay sent to the browser, px: enough to read a bubble, small enough to load fast.
 MAX_WIDTH = 1400
@@ -36,10 +37,6 @@ ORANGE = (0, 140, 240)
 RED = (30, 30, 210)
 BLUE = (216, 100, 28)
 MAGENTA = (160, 40, 170)
-
-#: Field flags that do not make a field doubtful.
-PLAIN_FLAGS = {"blank"}
-
 
 @dataclass
 class Mark:
@@ -59,7 +56,7 @@ def field_of(group_key: str) -> str:
 def doubtful_fields(reading: dict) -> set[str]:
     """Fields the reader was not sure of (any flag other than a plain blank)."""
     flags = reading.get("flags") or {}
-    return {name for name, f in flags.items() if set(f or []) - PLAIN_FLAGS}
+    return {name for name, f in flags.items() if set(f or []) - NOT_REVIEW}
 
 
 def bubble_marks(reading: dict, scale: float = 1.0) -> list[Mark]:
@@ -85,13 +82,10 @@ def bubble_marks(reading: dict, scale: float = 1.0) -> list[Mark]:
 
 
 def _layout(reading: dict):
-    from .sheet_templates import resolve
+    from ..sheet_templates import resolve
 
     try:
-        chosen = resolve(reading["template"])
-        if chosen.is_omrchecker:
-            return None  # its groups are its fields: group keys name them already
-        return layout_mm(chosen.template, int(reading.get("page") or 1))
+        return resolve(reading["template"]).layout(reading.get("page"))
     except (KeyError, TypeError, ValueError, FileNotFoundError, OSError):
         return None
 
@@ -196,16 +190,9 @@ def render_overlay_png(data: bytes, reading: dict | None, max_width: int = MAX_W
     """
     image = decode_page(data)
     if needs_fresh_reading(reading):
-        from .omr.reader import read_sheet
-        from .sheet_templates import resolve
+        from ..sheet_templates import resolve
 
-        chosen = resolve(reading["template"])
-        if chosen.is_omrchecker:
-            from .omr.omrchecker import read_omrchecker_sheet
-
-            fresh = read_omrchecker_sheet(image, chosen.template).to_dict()
-        else:
-            fresh = read_sheet(image, chosen.template, page=reading.get("page") or None).to_dict()
+        fresh = resolve(reading["template"]).read_image(image, reading.get("page") or None).to_dict()
         # Draw the fresh geometry with the stored decisions' flags.
         reading = {**fresh, "flags": reading.get("flags") or fresh.get("flags")}
     return encode_png(draw_overlay(image, reading, max_width))

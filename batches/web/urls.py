@@ -1,9 +1,6 @@
-"""URLs of the browser pages, in the ``batches`` namespace beside the API's.
-
-Django resolves a namespace to one URLconf only, so this module carries the
-API's patterns too (from ``batches.urls``, unchanged) and the site includes
-this module in place of ``batches.urls``. Login and logout are Django's own
-views with the project's templates.
+"""URLs of the app, one ``batches`` namespace: the JSON API (its paths are a
+contract: docs/server.md), the resumable uploads, and the browser pages.
+Login and logout are Django's own views with the project's templates.
 
 ``/static/`` is served here too (the pages' CSS and vendored htmx, and the
 admin's files), so Daphne alone serves a working site on a laptop or a small
@@ -16,12 +13,24 @@ from django.contrib.staticfiles.views import serve as serve_static
 from django.urls import path, reverse_lazy
 from django.views.generic import RedirectView
 
-from . import urls as api_urls
-from . import views
+from . import api, tus, views
 
 app_name = "batches"
 
-urlpatterns = api_urls.urlpatterns + [
+urlpatterns = [
+    path("api/batches/upload", api.upload, name="api-upload"),
+    path("api/batches", api.batch_list, name="api-list"),
+    path("api/batches/<uuid:batch_id>", api.batch_detail, name="api-detail"),
+    path("api/batches/<uuid:batch_id>/stream", api.batch_stream, name="api-stream"),
+    path("api/batches/<uuid:batch_id>/results.csv", api.batch_results, name="api-results"),
+    path("api/batches/<uuid:batch_id>/retry", api.batch_retry, name="api-retry"),
+    path("api/batches/<uuid:batch_id>/delete", api.batch_delete, name="api-delete"),
+    path("api/health", api.health, name="api-health"),
+    # Resumable uploads (tus 1.0, web/tus.py); with and without the slash.
+    path("api/uploads/", tus.upload_collection, name="tus-uploads"),
+    path("api/uploads", tus.upload_collection),
+    path("api/uploads/<uuid:upload_id>", tus.upload_resource, name="tus-upload"),
+    # Browser pages.
     path("", RedirectView.as_view(pattern_name="batches:list", permanent=False), name="home"),
     path("accounts/login/", auth_views.LoginView.as_view(template_name="registration/login.html",
                                                          next_page=reverse_lazy("batches:list")), name="login"),

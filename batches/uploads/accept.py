@@ -1,4 +1,6 @@
-"""Write actions on batches, shared by the API, the browser pages and commands.
+"""Accepting a batch, running a failed one again, deleting one: the write
+actions on a whole batch, shared by the API, the browser pages, resumable
+uploads and commands.
 
 Views parse the request and call these; these check the rules and raise
 ``ServiceError`` with an HTTP status and a plain message.
@@ -8,17 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 
 from django.conf import settings
 from django.core.files.base import File
-from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from . import pipeline, progress, tasks
-from .extract import ExtractError, display_name, upload_extension
-from .models import Batch, Stage
+from .. import lifecycle, sheet_templates
+from ..display import display_name, size_text
+from ..models import Batch, Stage
+from ..pipeline import tasks
+from ..pipeline.extract import ExtractError, upload_extension
+from ..storage import delete_prefix, make_durable
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +50,6 @@ def parse_bool(value, default: bool = True) -> bool:
 def check_template(name: str) -> str:
     """The template name (a built-in one or one uploaded in the admin), checked
     to exist and parse; raises ServiceError 400."""
-    from . import sheet_templates
-
     name = (name or settings.OMR_DEFAULT_TEMPLATE).strip()
     known = sheet_templates.names()
     if name not in known:
@@ -58,13 +59,6 @@ def check_template(name: str) -> str:
     except (FileNotFoundError, ValueError) as exc:
         raise ServiceError(400, f"template {name!r} cannot be used: {exc}") from None
     return name
-
-
-def size_text(size: int) -> str:
-    """Bytes as the limits are set: ``OMR_MAX_UPLOAD_MB`` counts MB of 2**20 bytes."""
-    if size < 2**20:
-        return f"{size:,} bytes"
-    return f"{size / 2**20:,.1f} MB".replace(".0 MB", " MB")
 
 
 def upload_limit_text() -> str:
@@ -98,7 +92,7 @@ def begin_batch(owner, *, filename: str, template: str = "", has_qr: bool = True
     with transaction.atomic():
         batch = Batch.objects.create(owner=owner, template=template, has_qr=has_qr, extension=extension,
                                      original_filename=filename[:255], size=size, stage=Stage.UPLOADING)
-        progress.publish(batch, Stage.UPLOADING, f"Receiving {display_name(filename)}")
+        lifecycle.advance(batch, Stage.UPLOADING, f"Receiving {display_name(filename)}")
     return batch
 
 
@@ -114,34 +108,12 @@ def store_upload(batch: Batch, upload, *, sha256: str, start: bool = True) -> Ba
         make_durable(batch.upload.name)
         batch.sha256 = sha256
         Batch.objects.filter(pk=batch.pk).update(upload=batch.upload.name, sha256=sha256)
-        progress.publish(batch, Stage.UPLOADING,
-                         f"Upload complete: {display_name(batch.original_filename)}, {batch.size / 1e6:.1f} MB",
-                         progress=100)
+        lifecycle.advance(batch, Stage.UPLOADING,
+                          f"Upload complete: {display_name(batch.original_filename)}, {batch.size / 1e6:.1f} MB",
+                          progress=100)
         if start:
             tasks.enqueue_batch(batch.pk)
     return batch
-
-
-def make_durable(name: str) -> None:
-    """Flush a stored file and its folder to disk before the upload is
-    answered as accepted: a crash just after the answer must not lose it. (It
-    also keeps the kernel from writing the upload back later, in the middle of
-    reading its sheets.) Storages without local paths are left to themselves."""
-    try:
-        path = default_storage.path(name)
-    except NotImplementedError:
-        return
-    fsync_path(path)
-    fsync_path(os.path.dirname(path))
-
-
-def fsync_path(path) -> None:
-    """Flush a file, or a folder's entries, to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def create_batch(owner, upload, *, filename: str | None = None, template: str = "", has_qr: bool = True,
@@ -171,11 +143,8 @@ def retry_batch(batch: Batch) -> Batch:
     """Run a failed batch again from the start; raises ServiceError 409 otherwise.
     The stages overwrite their own rows, so nothing is doubled."""
     with transaction.atomic():
-        moved = Batch.objects.filter(pk=batch.pk, stage=Stage.FAILED).update(
-            stage=Stage.QUEUED, error="", finished_at=None, started_at=None)
-        if moved != 1:
+        if lifecycle.retry(batch, "Retry requested: the batch runs again from the start") is None:
             raise ServiceError(409, f"only a failed batch can be retried; this one is {batch.stage}")
-        progress.publish(batch, Stage.QUEUED, "Retry requested: the batch runs again from the start")
         tasks.enqueue_batch(batch.pk)
     batch.refresh_from_db()
     return batch
@@ -186,5 +155,5 @@ def delete_batch(batch: Batch) -> None:
     A worker still busy with it finds it gone and stops."""
     prefix = batch.storage_prefix
     batch.delete()
-    pipeline.delete_prefix(prefix)
+    delete_prefix(prefix)
     logger.info("Batch %s deleted at %s", batch.pk, timezone.now().isoformat())

@@ -13,24 +13,19 @@ value.
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 
-from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import Count, Q
 from django.utils import timezone
 
-from . import csvexport, pipeline
-from .models import Answer, Batch, Correction, Sheet, SheetStatus, Stage
+from .. import csvexport, sheet_templates
+from ..models import Answer, Batch, Correction, Sheet, Stage, sheet_needs_review
+from ..omr.flags import CROSS_SHEET
+from ..pipeline import reading
 
 logger = logging.getLogger(__name__)
 
-#: Flags that come from comparing sheets with each other (collecting_results);
-#: a re-read of one sheet cannot see them, so they are kept.
-CROSS_SHEET_FLAGS = pipeline.COLLECT_FLAGS
 NEEDS_REVIEW_FIELD = "needs_review"
 
 
@@ -52,13 +47,13 @@ class FieldRule:
 
 
 def field_rules(template_name: str, page: int | None) -> dict[str, FieldRule]:
-    """The rules for every field on ``page`` of a built-in template ({} when unknown)."""
-    from .omr.align import layout_mm
-
+    """The rules for every field on ``page`` of a template ({} when unknown, and
+    for OMRChecker templates, whose fields are free text)."""
     try:
-        template = pipeline._resolve_template(template_name)  # OMRChecker ones: free text
-        lay = layout_mm(template, int(page or 1))
+        lay = sheet_templates.resolve(template_name).layout(page)
     except (FileNotFoundError, ValueError, TypeError):
+        return {}
+    if lay is None:
         return {}
     rules: dict[str, FieldRule] = {}
     for g in lay.groups:
@@ -183,18 +178,16 @@ def read_again(sheet: Sheet, user=None) -> Sheet:
     sheet = Sheet.objects.select_related("batch").get(pk=sheet.pk)
     _check_finished(sheet.batch)
     # The read itself runs outside the transaction: it takes a while and needs no lock.
-    result = pipeline.read_sheet(sheet, sheet.batch)
+    result = reading.read_sheet(sheet, sheet.batch)
     with transaction.atomic():
         locked = Sheet.objects.select_for_update().get(pk=sheet.pk)
-        kept = [f for f in (locked.flags or []) if f in CROSS_SHEET_FLAGS]
-        # The same defaults the pipeline stores a result over (a failed read
-        # carries only its error).
-        fields = {"template": "", "template_page": None, "qr_payload": "", "qr_error": "", "student": "", "exam": "",
-                  "needs_review": True, "engine_review": True, "flags": [], "error": result.error, "reading": None,
-                  **result.fields}
-        fields["flags"] = [*(fields.get("flags") or []), *(f for f in kept if f not in (fields.get("flags") or []))]
-        if kept:
-            fields["needs_review"] = True
+        # Flags from comparing sheets with each other (collecting_results): a
+        # read of one sheet cannot see them, so they are kept.
+        kept = [f for f in (locked.flags or []) if f in CROSS_SHEET]
+        fields = result.sheet_values()
+        fields["flags"] = [*fields["flags"], *(f for f in kept if f not in fields["flags"])]
+        fields["needs_review"] = sheet_needs_review(status=fields["status"], error=fields["error"],
+                                                    flags=fields["flags"], engine_review=fields["engine_review"])
         Answer.objects.filter(sheet=locked).delete()
         answers = {a.field: a for a in result.answers}
         for name, value in _latest_corrections(locked).items():
@@ -205,7 +198,6 @@ def read_again(sheet: Sheet, user=None) -> Sheet:
         Answer.objects.bulk_create(list(answers.values()))
         for key, value in fields.items():
             setattr(locked, key, value)
-        locked.status = result.status
         locked.read_at = timezone.now()
         locked.save()
         if "student_number" in answers and answers["student_number"].corrected and not _qr_student(locked):
@@ -227,20 +219,8 @@ def _latest_corrections(sheet: Sheet) -> dict[str, str]:
 # ---------------------------------------------------------------- counts and CSV
 
 
-def refresh_counts(batch_id) -> None:
-    """The batch's sheet counts, from the sheet rows (the source of truth)."""
-    stats = Sheet.objects.filter(batch_id=batch_id).aggregate(
-        total=Count("pk"),
-        processed=Count("pk", filter=Q(status__in=[SheetStatus.DONE, SheetStatus.FAILED])),
-        failed=Count("pk", filter=Q(status=SheetStatus.FAILED)),
-        review=Count("pk", filter=Q(needs_review=True)),
-    )
-    Batch.objects.filter(pk=batch_id).update(sheets_total=stats["total"], sheets_processed=stats["processed"],
-                                             sheets_failed=stats["failed"], sheets_needs_review=stats["review"])
-
-
 def _after_change(batch_id) -> None:
-    refresh_counts(batch_id)
+    Batch.objects.recount_sheets(batch_id)
     transaction.on_commit(lambda: regenerate_csv(batch_id))
 
 
@@ -255,13 +235,6 @@ def regenerate_csv(batch: Batch | str) -> str | None:
         row = Batch.objects.select_for_update().filter(pk=batch_id).first()
         if row is None or row.stage != Stage.COMPLETED:
             return None
-        buffer = io.StringIO(newline="")
-        count = csvexport.write_results_csv(row, buffer)
-        name = pipeline.csv_name(row)
-        if default_storage.exists(name):
-            default_storage.delete(name)
-        # The same encoding as the pipeline's file (a BOM, so spreadsheets see UTF-8).
-        name = default_storage.save(name, ContentFile(buffer.getvalue().encode("utf-8-sig")))
-        Batch.objects.filter(pk=batch_id).update(results_csv=name)
+        count = csvexport.save_results_csv(row)
     logger.info("Results CSV of batch %s regenerated: %d sheets", batch_id, count)
-    return name
+    return row.results_csv.name

@@ -9,7 +9,6 @@ would (the API views are exempt from the middleware so tokens work).
 from __future__ import annotations
 
 import functools
-import json
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.contrib.auth.models import AnonymousUser
@@ -18,7 +17,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from .models import ApiToken, Batch, hash_token
+from ..models import ApiToken, Batch, hash_token
 
 
 def error_response(status: int, message: str, **extra) -> JsonResponse:
@@ -115,10 +114,3 @@ def get_batch_or_404(user, batch_id) -> Batch:
         return batches_for(user).get(pk=batch_id)
     except (Batch.DoesNotExist, ValueError):
         raise Http404("no such batch") from None
-
-
-def json_body(request) -> dict:
-    try:
-        return json.loads(request.body or b"{}")
-    except ValueError:
-        return {}

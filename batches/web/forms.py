@@ -10,9 +10,10 @@ from pathlib import PurePath
 from django import forms
 from django.conf import settings
 
-from .extract import UPLOAD_EXTENSIONS
-from .omr import builtin_names
-from .services import size_text, upload_limit_text
+from ..display import size_text
+from ..omr import builtin_names
+from ..pipeline.extract import UPLOAD_EXTENSIONS
+from ..uploads.accept import upload_limit_text
 
 ACCEPT = ",".join(sorted(UPLOAD_EXTENSIONS))
 
@@ -29,7 +30,7 @@ def template_choices() -> list[tuple[str, str]]:
             paper = parts[0].upper() if parts[0].startswith("a") else parts[0].capitalize()
             label = f"{paper}, {parts[1][:-1]} questions, {parts[2]} options ({name})"
         choices.append((name, label))
-    from .models import SheetTemplate
+    from ..models import SheetTemplate
 
     for name, kind, description in SheetTemplate.objects.order_by("name").values_list("name", "kind", "description"):
         what = "OMRChecker template" if kind == "omrchecker" else "uploaded template"

@@ -14,7 +14,8 @@ import dramatiq
 from django.db import transaction
 from dramatiq.middleware import CurrentMessage
 
-from . import pipeline
+from .. import lifecycle
+from . import fanout, stages
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ MINUTE = 60_000  # Dramatiq time limits are in milliseconds
 @dramatiq.actor(max_retries=3, min_backoff=2_000, time_limit=120 * MINUTE, on_retry_exhausted="batch_failed")
 def process_batch(batch_id: str) -> None:
     """Validate, extract and create the sheets of a batch, then fan out the reading."""
-    chunks = pipeline.start_batch(batch_id)
+    chunks = stages.start_batch(batch_id)
     send_chunks(batch_id, chunks)
 
 
@@ -33,14 +34,14 @@ def process_sheets(batch_id: str, sheet_ids: list[int]) -> None:
     """Read a few sheets; the message that stores the last one starts the finish."""
     message = CurrentMessage.get_current_message()
     token = message.message_id if message is not None else None
-    if pipeline.process_chunk(batch_id, sheet_ids, token):
+    if fanout.process_chunk(batch_id, sheet_ids, token):
         transaction.on_commit(lambda: finish_batch.send(batch_id))
 
 
 @dramatiq.actor(max_retries=3, min_backoff=2_000, time_limit=60 * MINUTE, on_retry_exhausted="batch_failed")
 def finish_batch(batch_id: str) -> None:
     """Collect the results, write the CSV, load the database and clean up."""
-    pipeline.finish_batch(batch_id)
+    stages.finish_batch(batch_id)
 
 
 @dramatiq.actor(max_retries=3, time_limit=1 * MINUTE)
@@ -52,12 +53,12 @@ def batch_failed(message: dict, retry_info: dict) -> None:
         return
     if message.get("actor_name") == "process_sheets" and len(args) > 1:
         # A chunk that cannot be stored costs its sheets, not the batch.
-        if pipeline.give_up_chunk(batch_id, args[1], message.get("message_id", "")):
+        if fanout.give_up_chunk(batch_id, args[1], message.get("message_id", "")):
             transaction.on_commit(lambda: finish_batch.send(batch_id))
         return
     reason = f"the server could not finish this batch after {retry_info.get('retries', 0) + 1} tries"
     logger.error("Batch %s: %s (%s)", batch_id, reason, message.get("actor_name"))
-    pipeline.fail(batch_id, reason)
+    lifecycle.fail(batch_id, reason)
 
 
 def send_chunks(batch_id: str, chunks: list[list[int]]) -> None:

@@ -1,6 +1,6 @@
 """A PDF's pages as image files: run as a child process by ``extract``.
 
-``python -m batches.pdfpages IN.pdf OUTDIR --dpi 200 --max-pages N --max-pixels P --max-bytes B``
+``python -m batches.pipeline.pdfpages IN.pdf OUTDIR --dpi 200 --max-pages N --max-pixels P --max-bytes B``
 writes ``OUTDIR/00001.jpg`` or ``OUTDIR/00001.png``... and prints ``{"pages": n}``,
 or prints ``{"error": "..."}`` and exits 2. PDFium is not thread-safe and a
 hostile file can make it spin or crash, so it never runs inside a worker or web
@@ -182,7 +182,7 @@ def _size(n: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m batches.pdfpages")
+    parser = argparse.ArgumentParser(prog="python -m batches.pipeline.pdfpages")
     parser.add_argument("source", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--dpi", type=float, default=200.0)

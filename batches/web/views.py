@@ -24,12 +24,13 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
-from . import overlay, services
+from ..models import ProgressEvent, Sheet
+from ..omr.imageio import ImageError
+from ..review import overlay
+from ..streams import KEEPALIVE_FRAME, follow_events
+from ..uploads import accept
 from .auth import batches_for, get_batch_or_404
 from .forms import ACCEPT, UploadForm
-from .models import ProgressEvent, Sheet
-from .omr.imageio import ImageError
-from .streams import KEEPALIVE_FRAME, follow_events
 from .timeline import progress_state
 
 logger = logging.getLogger(__name__)
@@ -94,9 +95,9 @@ def upload(request):
         if form.is_valid():
             data = form.cleaned_data
             try:
-                batch = services.create_batch(request.user, data["file"], filename=data["file"].name,
+                batch = accept.create_batch(request.user, data["file"], filename=data["file"].name,
                                               template=data["template"], has_qr=data["has_qr"])
-            except services.ServiceError as exc:
+            except accept.ServiceError as exc:
                 form.add_error("file", exc.message[:1].upper() + exc.message[1:] + ".")
             else:
                 target = reverse("batches:detail", args=[batch.pk])

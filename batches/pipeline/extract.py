@@ -7,7 +7,7 @@ names. A ZIP's raw directory is walked before ``zipfile`` parses it
 (``inspect_zip``), and the bytes actually read, and the bytes of the pages to
 be written, are counted against the caps. PDF pages are rendered (or their
 scanned JPEG taken) by PDFium in a child process with a time limit
-(``batches.pdfpages``), because PDFium is not thread-safe and a hostile PDF can
+(``batches.pipeline.pdfpages``), because PDFium is not thread-safe and a hostile PDF can
 make it spin. See docs/input.md.
 
 Errors are ``ExtractError`` with a plain sentence that names the file or the
@@ -35,6 +35,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ..display import CONTROL_CHARACTERS, display_name
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 PDF_EXTENSIONS = {".pdf"}
 ARCHIVE_EXTENSIONS = {".zip", ".rar", ".7z", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".zst", ".cab", ".jar", ".lz",
@@ -43,7 +45,6 @@ UPLOAD_EXTENSIONS = IMAGE_EXTENSIONS | PDF_EXTENSIONS | {".zip"}
 # Files scanners and desktops add to archives; skipped without complaint.
 _JUNK_NAMES = {"thumbs.db", "desktop.ini", ".ds_store"}
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _ZIP_HEADER = 30  # fixed part of a local file header, in bytes
 _SMALL_ENTRY = 1024 * 1024  # the ratio cap applies above this size
 
@@ -142,12 +143,6 @@ def upload_extension(filename: str) -> str:
         raise ExtractError(f"{display_name(filename)}: unsupported file type {ext or '(none)'}; "
                            "upload a ZIP, PDF, TIFF, JPEG or PNG file")
     return ext
-
-
-def display_name(name: str, limit: int = 120) -> str:
-    """A file name safe to show in a message: control characters replaced, shortened."""
-    cleaned = _CONTROL_RE.sub("?", name)
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------- ZIP archives
@@ -305,7 +300,7 @@ def inspect_zip(zf: zipfile.ZipFile, limits: Limits) -> ZipPlan:
         if len(raw) > limits.max_name_length:
             raise ExtractError(f"entry {shown!r}: the name is {len(raw):,} characters long; the limit is "
                                f"{limits.max_name_length} characters")
-        if _CONTROL_RE.search(raw):
+        if CONTROL_CHARACTERS.search(raw):
             raise ExtractError(f"entry {shown!r}: name contains control characters (unsafe path)")
         if "\\" in raw:
             raise ExtractError(f"entry {shown!r}: name contains a backslash (unsafe path)")
@@ -651,7 +646,7 @@ def tiff_pages(data: bytes, name: str, limits: Limits) -> Iterator[Page]:
 
 
 def pdf_pages(source, name: str, limits: Limits, workdir=None) -> Iterator[Page]:
-    """A PDF's pages, by PDFium in a child process (``batches.pdfpages``): a
+    """A PDF's pages, by PDFium in a child process (``batches.pipeline.pdfpages``): a
     page that is one JPEG as that JPEG, any other page rendered to a grey PNG.
 
     ``source`` is the PDF's bytes or a binary file positioned at its start. The
@@ -676,13 +671,13 @@ def pdf_pages(source, name: str, limits: Limits, workdir=None) -> Iterator[Page]
                                f"({exc.strerror or exc})") from None
         out = Path(tmp) / "pages"
         out.mkdir()
-        cmd = [sys.executable, "-m", "batches.pdfpages", str(path), str(out), "--dpi", str(limits.pdf_dpi),
+        cmd = [sys.executable, "-m", "batches.pipeline.pdfpages", str(path), str(out), "--dpi", str(limits.pdf_dpi),
                "--max-pages", str(limits.max_pages), "--max-pixels", str(limits.max_pixels),
                "--max-bytes", str(limits.max_uncompressed)]
         timeout = limits.pdf_timeout
         try:
             proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False,
-                                  cwd=Path(__file__).resolve().parent.parent)
+                                  cwd=Path(__file__).resolve().parents[2])
         except subprocess.TimeoutExpired:  # run() has killed the child
             raise ExtractError(f"{display_name(name)}: the PDF took longer than {timeout:g} s to render; "
                                f"the limit is {timeout:g} s (OMR_PDF_TIMEOUT)") from None
