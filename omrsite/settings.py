@@ -7,6 +7,8 @@ Environment variables (all optional):
 - ``ALLOWED_HOSTS``: comma-separated. Default: ``127.0.0.1,localhost`` (+ ``*`` in DEBUG).
 - ``CSRF_TRUSTED_ORIGINS``: comma-separated origins behind a proxy.
 - ``SECURE_SSL``: ``1`` behind HTTPS (secure cookies, HSTS, redirect). Default: off.
+- ``SECURE_HSTS_INCLUDE_SUBDOMAINS``, ``SECURE_HSTS_PRELOAD``: ``1`` to add these to the HSTS header
+  (with ``SECURE_SSL``). Default: off; each binds more than this server.
 - ``BEHIND_PROXY``: ``1`` to trust ``X-Forwarded-Proto`` from the proxy.
 - ``DATABASE_URL``: e.g. ``postgres://user@host:5432/omr``. Default: SQLite in ``var/``.
 - ``REDIS_URL``: the Dramatiq broker and the channel layer. Default ``redis://127.0.0.1:6379/0``.
@@ -267,8 +269,13 @@ SESSION_COOKIE_SECURE = SECURE_SSL
 CSRF_COOKIE_SECURE = SECURE_SSL
 SECURE_SSL_REDIRECT = SECURE_SSL and env_bool("SECURE_SSL_REDIRECT", True)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if SECURE_SSL else 0)
-SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_SSL
-SECURE_HSTS_PRELOAD = SECURE_SSL
+# Both reach beyond this server (every subdomain; browsers' built-in lists,
+# hard to leave again), so each is its own decision, off unless set.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_SSL and env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = SECURE_SSL and env_bool("SECURE_HSTS_PRELOAD", False)
+# check --deploy warns about each while it is off: off is the documented default.
+SILENCED_SYSTEM_CHECKS = [*(["security.W005"] if not SECURE_HSTS_INCLUDE_SUBDOMAINS else []),
+                          *(["security.W021"] if not SECURE_HSTS_PRELOAD else [])]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_PROXY") else None
 SECURE_REDIRECT_EXEMPT = [r"^api/health$"]  # load balancers probe over plain HTTP

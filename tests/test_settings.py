@@ -95,3 +95,22 @@ def test_readings_are_stored_with_lz4_on_postgresql_and_other_databases_are_left
         editor = Recorder()
         migration.use_lz4(None, editor)
         assert editor.sql == []
+
+
+def test_hsts_preload_and_subdomains_are_separate_choices_off_by_default(tmp_path):
+    code = ("from django.conf import settings as s; import json; print(json.dumps([s.SECURE_HSTS_SECONDS,"
+            " s.SECURE_HSTS_INCLUDE_SUBDOMAINS, s.SECURE_HSTS_PRELOAD]))")
+    base = {"SECURE_SSL": "1", "OMR_VAR_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    import json
+
+    # SECURE_SSL alone: HSTS for this host, nothing that binds other hosts or browsers' lists
+    result = run_manage("shell", "-c", code, env=base)
+    assert result.returncode == 0, result.stderr
+    seconds, subdomains, preload = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seconds > 0 and subdomains is False and preload is False
+
+    # Each is turned on by its own setting
+    result = run_manage("shell", "-c", code, env={**base, "SECURE_HSTS_INCLUDE_SUBDOMAINS": "1"})
+    assert json.loads(result.stdout.strip().splitlines()[-1])[1:] == [True, False]
+    result = run_manage("shell", "-c", code, env={**base, "SECURE_HSTS_PRELOAD": "1"})
+    assert json.loads(result.stdout.strip().splitlines()[-1])[1:] == [False, True]
