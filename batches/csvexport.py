@@ -8,7 +8,8 @@ read (ids first, then questions in order). Answers come from the ``Answer``
 rows, so reviewers' corrections show when the file is generated again.
 
 Spreadsheets run cells that start with ``=``, ``+``, ``-``, ``@``, tab or CR
-as formulas; such cells are prefixed with ``'`` unless they are plain numbers.
+as formulas; such cells, and such column names in the header row (an imported
+template names the columns), are prefixed with ``'`` unless they are plain numbers.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def write_results_csv(batch: Batch, out) -> int:
     the number of sheet rows. Reads the sheets in chunks, so memory stays flat."""
     fields = field_columns(batch)
     writer = csv.writer(out)
-    writer.writerow(FIXED_COLUMNS + fields)
+    # Field names come from templates, which staff may import: the header is neutralised like the cells.
+    writer.writerow(FIXED_COLUMNS + [_safe_text(name) for name in fields])
     count = 0
     sheets = Sheet.objects.filter(batch=batch).order_by("index").values_list(
         "pk", "index", "source_name", "source_page", "template", "template_page", "student", "exam", "status",
