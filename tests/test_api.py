@@ -204,12 +204,36 @@ def test_health_without_login(client):
     assert response.status_code == 503
     body = response.json()
     assert body["database"]["ok"] and body["redis"]["ok"] and not body["workers"]["ok"]
-    assert body["version"] and body["uptime_seconds"] >= 0 and "length" in body["queue"]
     # With a live worker: 200
     WorkerHeartbeat.objects.create(name="host:1", hostname="host", pid=1)
     response = client.get(reverse("batches:api-health"))
     assert response.status_code == 200 and response.json()["status"] == "ok"
-    assert response.json()["workers"]["alive"] == 1
+
+
+def test_health_tells_only_ok_per_part_without_staff_login(client, outsider, owner, settings):
+    WorkerHeartbeat.objects.create(name="db-host-7:4242", hostname="db-host-7", pid=4242)
+    settings.DRAMATIQ_BACKEND = "redis"
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # down: its error text names the address
+
+    # Anyone, and a logged-in user who is not staff: ok or not per part, nothing more
+    eve = Client()
+    eve.force_login(outsider)
+    for who in (client, eve, Client(headers={"Authorization": "Bearer omr_not-a-token"})):
+        response = who.get(reverse("batches:api-health"))
+        assert response.status_code == 503
+        assert response.json() == {"status": "error", "database": {"ok": True}, "redis": {"ok": False},
+                                   "workers": {"ok": True}}
+        assert b"db-host-7" not in response.content and b"4242" not in response.content
+        assert b"127.0.0.1" not in response.content and settings.VERSION.encode() not in response.content
+
+    # Staff (session or token): the details
+    staff = Client()
+    staff.force_login(owner)
+    for who in (staff, token_client(owner)):
+        body = who.get(reverse("batches:api-health")).json()
+        assert body["workers"]["names"] == ["db-host-7:4242"] and body["workers"]["alive"] == 1
+        assert "error" in body["redis"] and "length" in body["queue"]
+        assert body["version"] == settings.VERSION and body["uptime_seconds"] >= 0
 
 
 def test_health_reports_redis_down(client, settings):
