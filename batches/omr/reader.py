@@ -47,7 +47,7 @@ from .imageio import MAX_PIXELS, ImageError, load_grey_for_reading
 from .layout import PageLayout
 from .payload import QrPayload
 from .qr import read_qr, scan_region
-from .template import Template, builtin_names, load_template
+from .template import Template, builtin_names, load_builtin_template, load_template
 
 #: Field flags that do not by themselves call for review.
 NOT_REVIEW = {"blank"}
@@ -242,13 +242,14 @@ def _corner_score(grey: np.ndarray, fit: PageFit, template: Template) -> float:
 
 
 def read_sheet(image: np.ndarray, template: Template | None = None, *, source: str = "",
-               resolve: Callable[[str], Template] = load_template, page: int | None = None) -> SheetReading:
+               resolve: Callable[[str], Template] = load_builtin_template, page: int | None = None) -> SheetReading:
     """Read one sheet image.
 
     ``image``: the decoded page, grey (HxW) or BGR (HxWx3) uint8, any
     resolution (about 100-600 dpi) and any orientation. ``template``: the
     layout to read, or None to take it from the sheet's QR code (resolved with
-    ``resolve(name)``). ``source``: the file name reported back. ``page``:
+    ``resolve(name)``; by default built-in names only, since a QR code is
+    untrusted and must never open a file path it names). ``source``: the file name reported back. ``page``:
     force the template page (otherwise the QR code's, else found from the
     layout, else 1).
 
@@ -490,7 +491,7 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
 
 
 def read_image_bytes(data: bytes, template: Template | None = None, *, source: str = "",
-                     resolve: Callable[[str], Template] = load_template,
+                     resolve: Callable[[str], Template] = load_builtin_template,
                      max_pixels: int = MAX_PIXELS) -> list[SheetReading]:
     """Read every page of an uploaded image file.
 
