@@ -256,11 +256,17 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def token_expiry(now=None):
+    """When an API token issued at ``now`` stops working (``OMR_API_TOKEN_DAYS``)."""
+    return (now or timezone.now()) + datetime.timedelta(days=settings.OMR_API_TOKEN_DAYS)
+
+
 class ApiTokenManager(models.Manager):
     def issue(self, user, name: str = "") -> tuple[ApiToken, str]:
         """Create a token for ``user``; returns the row and the token text (shown once)."""
         secret = "omr_" + secrets.token_urlsafe(32)
-        row = self.create(user=user, name=name, prefix=secret[:12], digest=hash_token(secret))
+        row = self.create(user=user, name=name, prefix=secret[:12], digest=hash_token(secret),
+                          expires_at=token_expiry())
         return row, secret
 
 
@@ -273,6 +279,9 @@ class ApiToken(models.Model):
     digest = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # A leaked token stops working by itself; tokens made before expiry existed
+    # get the default lifetime from the migration on.
+    expires_at = models.DateTimeField(default=token_expiry, help_text="The token is refused from then on.")
 
     objects = ApiTokenManager()
 
@@ -281,6 +290,9 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
+
+    def is_expired(self, now=None) -> bool:
+        return self.expires_at <= (now or timezone.now())
 
 
 class WorkerHeartbeat(models.Model):

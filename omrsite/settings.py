@@ -17,6 +17,7 @@ Environment variables (all optional):
   ``OMR_MAX_UNCOMPRESSED_MB``, ``OMR_MAX_IMAGE_ENTRY_MB``, ``OMR_MAX_COMPRESSION_RATIO``: the limits on
   what an upload may contain.
 - ``OMR_UPLOAD_EXPIRY_HOURS``, ``OMR_TUS_MAX_CHUNK_MB``: resumable uploads (expiry, largest PATCH body).
+- ``OMR_API_TOKEN_DAYS``: how long an API token works after it is made. Default 90.
 """
 
 from __future__ import annotations
@@ -281,6 +282,9 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIN
 SECURE_REDIRECT_EXEMPT = [r"^api/health$"]  # load balancers probe over plain HTTP
 X_FRAME_OPTIONS = "DENY"
 LOGIN_URL = env("LOGIN_URL", "batches:login")
+# API tokens stop working this many days after they are made (make a new one
+# with ``manage.py create_api_token``).
+OMR_API_TOKEN_DAYS = env_int("OMR_API_TOKEN_DAYS", 90)
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},

@@ -368,3 +368,37 @@ def test_ensure_staff_user_reviewer_makes_a_staff_member_who_is_not_a_superuser(
     assert list(jo.groups.values_list("name", flat=True)) == [REVIEWERS]
     assert jo.has_perm("batches.change_answer") and not jo.has_perm("batches.delete_batch")
     assert out.getvalue().startswith("Reviewer login: user jo, password ")
+
+
+# ---------------------------------------------------------------- API tokens
+
+
+def test_a_reviewer_sees_and_deletes_only_their_own_api_tokens(owner, colleague, admin_user):
+    from batches.models import ApiToken
+
+    reviewer(owner)
+    reviewer(colleague)
+    mine, _ = ApiToken.objects.issue(owner, name="alice-script")
+    theirs, _ = ApiToken.objects.issue(colleague, name="bob-script")
+    client = logged_in(owner)
+    tokens = reverse("admin:batches_apitoken_changelist")
+
+    # The list shows Alice's token, not Bob's
+    page = client.get(tokens).content.decode()
+    assert "alice-script" in page and "bob-script" not in page
+    # Bob's token has no page for her, and cannot be deleted from its URL or by the list action
+    assert client.get(reverse("admin:batches_apitoken_change", args=[theirs.pk])).status_code == 302
+    client.post(reverse("admin:batches_apitoken_delete", args=[theirs.pk]), {"post": "yes"})
+    client.post(tokens, {"action": "delete_selected", "_selected_action": [theirs.pk, mine.pk], "post": "yes"})
+    assert ApiToken.objects.filter(pk=theirs.pk).exists()
+    assert not ApiToken.objects.filter(pk=mine.pk).exists()  # her own went
+
+    # A token cannot be handed to someone else
+    again, _ = ApiToken.objects.issue(owner, name="again")
+    client.post(reverse("admin:batches_apitoken_change", args=[again.pk]), {"name": "renamed", "user": colleague.pk})
+    again.refresh_from_db()
+    assert again.user == owner
+
+    # A superuser sees everyone's
+    page = logged_in(admin_user).get(tokens).content.decode()
+    assert "bob-script" in page and "again" in page

@@ -250,10 +250,12 @@ def test_create_api_token_command(owner):
 
     from django.core.management import call_command
 
-    out = io.StringIO()
-    call_command("create_api_token", "alice", stdout=out)
-    token = out.getvalue().strip()
+    out, err = io.StringIO(), io.StringIO()
+    call_command("create_api_token", "alice", stdout=out, stderr=err)
+    token = out.getvalue().strip()  # alone on stdout, for TOKEN=$(...)
     assert token.startswith("omr_")
+    expiry = ApiToken.objects.get(user__username="alice").expires_at
+    assert f"expires {expiry:%Y-%m-%d %H:%M} UTC" in err.getvalue()
     assert Client(headers={"Authorization": f"Bearer {token}"}).get(reverse("batches:api-list")).status_code == 200
 
 
@@ -269,3 +271,22 @@ def test_ensure_staff_user_command(django_user_model):
     assert user.is_staff
     call_command("ensure_staff_user", stdout=io.StringIO())
     assert django_user_model.objects.filter(username="staff").count() == 1
+
+
+def test_api_tokens_expire_with_a_clear_401(owner, settings):
+    import datetime
+
+    from django.utils import timezone
+
+    settings.OMR_API_TOKEN_DAYS = 30
+    row, token = ApiToken.objects.issue(owner)
+    assert abs((row.expires_at - timezone.now()) - datetime.timedelta(days=30)) < datetime.timedelta(minutes=1)
+    script = Client(headers={"Authorization": f"Bearer {token}"})
+    assert script.get(reverse("batches:api-list")).status_code == 200
+
+    # Past its expiry the same token is refused, saying why
+    ApiToken.objects.filter(pk=row.pk).update(expires_at=timezone.now() - datetime.timedelta(seconds=1))
+    response = script.get(reverse("batches:api-list"))
+    assert response.status_code == 401
+    assert "expired" in response.json()["error"] and "create_api_token" in response.json()["error"]
+    assert response["WWW-Authenticate"].startswith("Bearer")

@@ -442,9 +442,16 @@ class CorrectionAdmin(admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ["prefix", "name", "user", "created_at", "last_used_at"]
-    readonly_fields = ["prefix", "digest", "created_at", "last_used_at"]
-    fields = ["user", "name", "prefix", "created_at", "last_used_at"]
+    """A reviewer sees, renames and deletes their own tokens only; superusers
+    see everyone's (to revoke a leaked one). A token never changes hands."""
+
+    list_display = ["prefix", "name", "user", "created_at", "last_used_at", "expires_at"]
+    readonly_fields = ["user", "prefix", "digest", "created_at", "last_used_at", "expires_at"]
+    fields = ["user", "name", "prefix", "created_at", "last_used_at", "expires_at"]
+
+    def get_queryset(self, request):
+        tokens = super().get_queryset(request).select_related("user")
+        return tokens if request.user.is_superuser else tokens.filter(user=request.user)
 
     def has_add_permission(self, request):
         return False  # tokens are issued by a command, which shows the secret once
