@@ -18,6 +18,8 @@ Environment variables (all optional):
   what an upload may contain.
 - ``OMR_UPLOAD_EXPIRY_HOURS``, ``OMR_TUS_MAX_CHUNK_MB``: resumable uploads (expiry, largest PATCH body).
 - ``OMR_API_TOKEN_DAYS``: how long an API token works after it is made. Default 90.
+- ``OMR_LOGIN_FAILURES_PER_ADDRESS`` (30), ``OMR_LOGIN_FAILURES_PER_USER`` (10), ``OMR_LOGIN_WINDOW_MINUTES`` (15):
+  failed logins allowed before the login pages answer 429.
 """
 
 from __future__ import annotations
@@ -218,6 +220,14 @@ else:
         }
     }
 
+# The cache counts failed logins: Redis, so every web process shares the counts
+# (a per-process cache in tests).
+if env("OMR_CACHE", "memory" if RUNNING_TESTS else "redis") == "memory":
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+                          "KEY_PREFIX": f"{REDIS_NAMESPACE}-cache"}}
+
 # ---------------------------------------------------------------- files and limits
 
 MEDIA_ROOT = Path(env("MEDIA_ROOT", str(VAR_DIR / "media")))
@@ -286,9 +296,16 @@ LOGIN_URL = env("LOGIN_URL", "batches:login")
 # with ``manage.py create_api_token``).
 OMR_API_TOKEN_DAYS = env_int("OMR_API_TOKEN_DAYS", 90)
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Failed logins (both login pages) allowed per client address and per username
+# within the window; past either, the login pages answer 429 (batches/web/login_throttle.py).
+OMR_LOGIN_FAILURES_PER_ADDRESS = env_int("OMR_LOGIN_FAILURES_PER_ADDRESS", 30)
+OMR_LOGIN_FAILURES_PER_USER = env_int("OMR_LOGIN_FAILURES_PER_USER", 10)
+OMR_LOGIN_WINDOW_MINUTES = env_float("OMR_LOGIN_WINDOW_MINUTES", 15.0)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

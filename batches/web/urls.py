@@ -2,7 +2,7 @@
 
 Django resolves a namespace to one URLconf only, so this module carries the
 API's patterns too (from ``api_urls``) and the site includes this module. Login and logout are Django's own
-views with the project's templates.
+views with the project's templates; login is rate-limited (``login_throttle``).
 
 ``/static/`` is served here too (the pages' CSS and vendored htmx, and the
 admin's files), so Daphne alone serves a working site on a laptop or a small
@@ -16,13 +16,15 @@ from django.urls import path, reverse_lazy
 from django.views.generic import RedirectView
 
 from . import api_urls, views
+from .login_throttle import throttled
 
 app_name = "batches"
 
 urlpatterns = api_urls.urlpatterns + [
     path("", RedirectView.as_view(pattern_name="batches:list", permanent=False), name="home"),
-    path("accounts/login/", auth_views.LoginView.as_view(template_name="registration/login.html",
-                                                         next_page=reverse_lazy("batches:list")), name="login"),
+    path("accounts/login/", throttled(auth_views.LoginView.as_view(template_name="registration/login.html",
+                                                                   next_page=reverse_lazy("batches:list"))),
+         name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(next_page=reverse_lazy("batches:login")), name="logout"),
     path("batches/", views.batch_list, name="list"),
     path("batches/upload", views.upload, name="upload"),
