@@ -10,6 +10,7 @@ rows, so reviewers' corrections show when the file is generated again.
 Spreadsheets run cells that start with ``=``, ``+``, ``-``, ``@``, tab or CR
 as formulas; such cells, and such column names in the header row (an imported
 template names the columns), are prefixed with ``'`` unless they are plain numbers.
+Control characters other than tab and line breaks are removed from every cell.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import orjson
 from django.db import connection
 
 from .models import Answer, Batch, Sheet
+from .text import strip as strip_controls
 
 FIXED_COLUMNS = ["sheet", "source_file", "source_page", "template", "template_page", "student", "exam", "status",
                  "needs_review", "flags", "error"]
@@ -33,6 +35,7 @@ _CHUNK = 500
 @lru_cache(maxsize=4096)
 def _safe_text(text: str) -> str:
     """``safe_cell`` of a string; answers repeat (A, B, ..., blank), so it is cached."""
+    text = strip_controls(text, multiline=True)  # a NUL or bell in a cell breaks spreadsheets
     if text.startswith(_FORMULA_START) and not _NUMBER_RE.match(text):
         return "'" + text
     return text

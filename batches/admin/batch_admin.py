@@ -42,6 +42,7 @@ KNOWN_FLAGS = [
     ("qr_missing", "QR code missing"),
     ("qr_damaged", "QR code damaged"),
     ("qr_foreign", "Foreign QR code"),
+    ("qr_invalid", "QR code with a control character"),
     ("wrong_template", "Wrong template"),
     ("page_unknown", "Page unknown"),
     ("not_a_sheet", "Not a sheet"),

@@ -358,9 +358,8 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
             pw, ph = fit.geometry.page
             qr = scan_region(grey, fit.H, (0.0, 0.0, pw, ph * 0.3))
     timings["qr"] = timings.get("qr", 0.0) + (time.perf_counter() - t0) * 1000
-    if qr.status == "ok":
-        out.qr = qr.payload
-    else:
+    out.qr = qr.payload  # also a qr_invalid code's, its bad value left out
+    if qr.status != "ok":
         out.qr_error = qr.message
         out.flag(qr.status)
 
@@ -372,7 +371,7 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
         return quality
 
     chosen = template
-    if qr.status == "ok" and (template is None or qr.payload.template != template.name):
+    if qr.payload is not None and (template is None or qr.payload.template != template.name):
         try:
             named = resolve(qr.payload.template)
         except (FileNotFoundError, ValueError, OSError) as exc:
@@ -439,11 +438,10 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
             qr = qr2
             out.sheet_flags = [f for f in out.sheet_flags if f != "qr_missing"]
             out.qr_error = None
-            if qr.status == "ok":
-                out.qr = qr.payload
-                if qr.payload.template != chosen.name:
-                    out.flag("wrong_template")
-            else:
+            out.qr = qr.payload
+            if qr.payload is not None and qr.payload.template != chosen.name:
+                out.flag("wrong_template")
+            if qr.status != "ok":
                 out.qr_error = qr.message
                 out.flag(qr.status)
 
@@ -456,7 +454,7 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
     if ev.ring_fit < RING_FIT_FAIL or ev.verified < FAIL_FIT:
         out.error = (f"page does not match template {chosen.name} (bubbles are not where the template "
                      f"puts them: {ev.verified * 100:.0f} % of outlines centred)")
-        out.flag("wrong_template" if qr.status != "ok" or out.qr.template != chosen.name
+        out.flag("wrong_template" if out.qr is None or out.qr.template != chosen.name
                  or "wrong_template" in out.sheet_flags else "misaligned")
         return finish(ev.quality)
     if ev.ring_fit < RING_FIT_OK or ev.verified < SURE_FIT:
