@@ -573,6 +573,26 @@ def test_i2_truncated_and_empty_files_fail_alone_and_tiff_pages_become_sheets(ow
         simulated_sheet(i).student for i in (1, 2, 3)]
 
 
+def test_i2_a_damaged_page_of_a_multi_page_tiff_fails_only_that_sheet(owner, sandbox):
+    import numpy as np
+    from PIL import Image
+
+    frames = [Image.fromarray(np.asarray(Image.open(io.BytesIO(sheet(i))).convert("L"))) for i in (1, 2, 3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "TIFF", save_all=True, append_images=frames[1:], compression="tiff_adobe_deflate")
+    tiff = bytearray(buf.getvalue())
+    with Image.open(io.BytesIO(bytes(tiff))) as im:  # zero the compressed pixels of page 2
+        im.seek(1)
+        for offset, count in zip(im.tag_v2[273], im.tag_v2[279], strict=True):
+            tiff[offset:offset + count] = bytes(count)
+
+    sheets = assert_completed(run(owner, bytes(tiff), name="three.tif"), sandbox, failed={
+        "three.tif#2": "page 2 of the TIFF file is damaged: its pixels cannot be decoded"})
+    assert list(sheets) == ["three.tif", "three.tif#2", "three.tif#3"]
+    assert (sheets["three.tif"].student, sheets["three.tif#3"].student) == (simulated_sheet(1).student,
+                                                                             simulated_sheet(3).student)
+
+
 def test_i2_an_empty_upload_is_refused_before_a_batch_exists(owner, sandbox):
     with pytest.raises(accept.ServiceError, match="empty"):
         accept.create_batch(owner, ContentFile(b"", name="scan.jpg"), filename="scan.jpg", template=TEMPLATE,

@@ -634,15 +634,35 @@ def tiff_pages(data: bytes, name: str, limits: Limits) -> Iterator[Page]:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # probe() enforced our own cap
         with Image.open(io.BytesIO(data)) as im:
             for index in range(info.pages):
+                # One damaged page costs its sheet, not the upload: the others are read.
                 try:
                     im.seek(index)
                     frame = np.asarray(im.convert("L"))
                 except (OSError, ValueError, EOFError, SyntaxError, struct.error, Image.DecompressionBombError):
-                    raise ExtractError(f"{display_name(name)}: page {index + 1} of the TIFF file is damaged") from None
+                    yield damaged_page(name, index + 1, f"page {index + 1} of the TIFF file is damaged: "
+                                                        "its pixels cannot be decoded")
+                    continue
                 ok, png = cv2.imencode(".png", frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
                 if not ok:
-                    raise ExtractError(f"{display_name(name)}: page {index + 1} cannot be converted")
+                    yield damaged_page(name, index + 1, f"page {index + 1} of the TIFF file cannot be converted")
+                    continue
                 yield Page(name, index + 1, ".png", png.tobytes())
+
+
+#: A page that extraction could not take out of its file is stored as a short
+#: text file with this extension saying why; reading it fails its sheet with that reason.
+DAMAGED_PAGE_EXTENSION = ".damaged"
+
+
+def damaged_page(name: str, page: int, reason: str) -> Page:
+    return Page(name, page, DAMAGED_PAGE_EXTENSION, reason.encode())
+
+
+def damaged_page_reason(image_name: str, data: bytes) -> str | None:
+    """The reason stored for a damaged page, or None for a real page image."""
+    if not image_name.endswith(DAMAGED_PAGE_EXTENSION):
+        return None
+    return data.decode("utf-8", "replace")
 
 
 def pdf_pages(source, name: str, limits: Limits, workdir=None) -> Iterator[Page]:

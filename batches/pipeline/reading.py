@@ -12,6 +12,7 @@ from django.conf import settings
 from .. import sheet_templates
 from ..models import Answer, Batch, Sheet, SheetStatus
 from . import watchdog
+from .extract import damaged_page_reason
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ def read_sheet(sheet: Sheet, batch: Batch) -> SheetResult:
         data = sheet.read_image()
     except OSError as exc:
         return SheetResult(sheet.pk, SheetStatus.FAILED, error=f"page image missing ({exc.strerror or exc})")
+    if (damaged := damaged_page_reason(sheet.image, data)) is not None:
+        return failed_result(sheet.pk, damaged)
     chosen = sheet_templates.resolve(batch.template)
     try:
         with watchdog.page_time_limit(settings.OMR_SHEET_TIME_LIMIT, f"Reading page {sheet.index} of batch {batch.pk}"):
