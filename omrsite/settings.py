@@ -253,6 +253,7 @@ OMR_MAX_COMPRESSION_RATIO = env_int("OMR_MAX_COMPRESSION_RATIO", 200)
 OMR_MAX_NAME_LENGTH = 255
 OMR_PDF_DPI = env_int("OMR_PDF_DPI", 200)
 OMR_PDF_TIMEOUT = env_int("OMR_PDF_TIMEOUT", 600)  # seconds to render one PDF
+OMR_PDF_MAX_MEMORY_MB = env_int("OMR_PDF_MAX_MEMORY_MB", 2048)  # address space of the PDF renderer's process
 # Resumable (tus) uploads: an unfinished upload expires this long after its
 # last chunk; one PATCH body may be at most this large (the view counts it).
 OMR_UPLOAD_EXPIRY_HOURS = env_float("OMR_UPLOAD_EXPIRY_HOURS", 24.0)

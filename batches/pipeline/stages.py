@@ -38,7 +38,7 @@ from django.db.models import Count, Exists, OuterRef, Q
 from .. import csvexport, progress, sheet_templates
 from ..display import display_name
 from ..models import Answer, Batch, Sheet, SheetStatus, Stage, stage_index
-from ..storage import csv_name, delete_prefix, manifest_name, pages_prefix, save
+from ..storage import csv_name, delete_prefix, manifest_name, pages_prefix, save, work_folder
 from . import fanout
 from .bulk import insert_answers
 from .extract import ExtractError, Limits, check_archive, iter_pages, sniff
@@ -148,7 +148,7 @@ def extract(batch: Batch) -> None:
     last_event = time.monotonic()
     try:
         with default_storage.open(batch.upload.name, "rb") as f, _PageWriter() as writer:
-            for page in iter_pages(f, batch.original_filename, Limits.from_settings()):
+            for page in iter_pages(f, batch.original_filename, Limits.from_settings(), work_folder(batch)):
                 index = len(manifest) + 1
                 entry = {"index": index, "source": page.source_name, "page": page.source_page, "image": ""}
                 if page.span is not None:
