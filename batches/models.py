@@ -146,6 +146,10 @@ class Sheet(models.Model):
     error = models.TextField(blank=True)
     reading = models.JSONField(null=True, blank=True, help_text="The engine's reading, as SheetReading.to_dict().")
     read_at = models.DateTimeField(null=True, blank=True)
+    # "Read again" runs in a worker: when it was asked for (until it is done),
+    # and what came of the last one, for the review page.
+    read_again_queued_at = models.DateTimeField(null=True, blank=True)
+    read_again_note = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["batch", "index"]

@@ -199,8 +199,8 @@ else:
         "MIDDLEWARE": _dramatiq_middleware,
     }
 DRAMATIQ_TASKS_DATABASE = "default"
-# The actors live in batches/pipeline/tasks.py.
-DRAMATIQ_AUTODISCOVER_MODULES = ["pipeline.tasks"]
+# The actors live in batches/pipeline/tasks.py and batches/review/tasks.py.
+DRAMATIQ_AUTODISCOVER_MODULES = ["pipeline.tasks", "review.tasks"]
 
 # Streams send a keep-alive every OMR_STREAM_KEEPALIVE seconds (at most 15), so
 # the Redis socket timeout must be longer than that or idle streams break.
