@@ -7,9 +7,9 @@ then reads it all into its own spooled temporary file, and only after that
 does a view look at the login. Nothing in the application can stop Daphne's
 copy: the proxy in front must cap bodies (README, ``deploy/``). What this
 guard does: a request whose ``Content-Length`` is over its URL's limit is
-answered 413 at once, before Django reads it, and a body sent without a
-length is cut off where it passes the limit, so Django never writes more
-than the limit to disk and the queue is let go right away.
+answered 413 at once, before Django reads it; a body sent without a length
+is cut off where it passes the limit (Django stops reading) and answered 413,
+so Django never writes more than the limit to disk.
 """
 
 from __future__ import annotations
@@ -51,18 +51,26 @@ class RequestBodyLimit:
         if length is not None:
             return await self.app(scope, receive, send)
         received = 0
+        cut_off = started = False
 
         async def counting_receive():
-            nonlocal received
+            nonlocal received, cut_off
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    # Django stops reading and sends nothing: the client is cut off.
-                    return {"type": "http.disconnect"}
+                    cut_off = True
+                    return {"type": "http.disconnect"}  # Django stops reading and answers nothing
             return message
 
-        return await self.app(scope, counting_receive, send)
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, counting_receive, tracking_send)
+        if cut_off and not started:
+            await _refuse(send, received, limit, over=True)
 
 
 def _content_length(scope) -> int | None:
@@ -75,9 +83,10 @@ def _content_length(scope) -> int | None:
     return None
 
 
-async def _refuse(send, length: int, limit: int) -> None:
+async def _refuse(send, length: int, limit: int, over: bool = False) -> None:
     mb = 1024 * 1024
-    body = json.dumps({"error": f"the request body is {length / mb:,.1f} MB; this URL accepts at most "
+    size = f"over {limit / mb:,.0f} MB" if over else f"{length / mb:,.1f} MB"
+    body = json.dumps({"error": f"the request body is {size}; this URL accepts at most "
                                 f"{limit / mb:,.0f} MB"}).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
