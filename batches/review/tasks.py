@@ -8,6 +8,7 @@ import logging
 
 import dramatiq
 from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.utils import timezone
 
 from ..models import Sheet, SheetStatus
@@ -45,21 +46,24 @@ def read_again_gave_up(message: dict, retry_info: dict) -> None:
 
 
 def _finish(sheet_id: int, note: str) -> None:
-    Sheet.objects.filter(pk=sheet_id).update(read_again_queued_at=None, read_again_note=f"{note}"[:300])
+    Sheet.objects.filter(pk=sheet_id).update(read_again_queued_at=None, read_again_note=note[:300])
     logger.info("Sheet %s: %s", sheet_id, note)
 
 
 def queue_read_again(sheets: list[Sheet], user) -> int:
     """Queue ``sheets`` to be read again by a worker; returns how many were
     queued. Raises ``actions.ReviewError`` when a batch is still running."""
-    from django.db import transaction
-
     for sheet in sheets:
         actions.check_finished(sheet.batch)
     now = timezone.now()
     ids = [s.pk for s in sheets]
+    user_id = getattr(user, "pk", None)
+
+    def send() -> None:
+        for pk in ids:
+            read_sheet_again.send(pk, user_id)
+
     with transaction.atomic():
         Sheet.objects.filter(pk__in=ids).update(read_again_queued_at=now, read_again_note="")
-        user_id = getattr(user, "pk", None)
-        transaction.on_commit(lambda: [read_sheet_again.send(pk, user_id) for pk in ids])
+        transaction.on_commit(send)
     return len(ids)
