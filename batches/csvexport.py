@@ -8,7 +8,9 @@ read (ids first, then questions in order). Answers come from the ``Answer``
 rows, so reviewers' corrections show when the file is generated again.
 
 Spreadsheets run cells that start with ``=``, ``+``, ``-``, ``@``, tab or CR
-as formulas; such cells are prefixed with ``'`` unless they are plain numbers.
+as formulas; such cells, and such column names in the header row (an imported
+template names the columns), are prefixed with ``'`` unless they are plain numbers.
+Control characters other than tab and line breaks are removed from every cell.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from django.db import connection
 from .models import Answer, Batch, Sheet
 from .omr.flags import NOT_REVIEW
 from .storage import csv_name, replace
+from .text import strip as strip_controls
 
 FIXED_COLUMNS = ["sheet", "source_file", "source_page", "template", "template_page", "student", "exam", "status",
                  "needs_review", "flags", "error"]
@@ -35,6 +38,7 @@ _CHUNK = 500
 @lru_cache(maxsize=4096)
 def _safe_text(text: str) -> str:
     """``safe_cell`` of a string; answers repeat (A, B, ..., blank), so it is cached."""
+    text = strip_controls(text, multiline=True)  # a NUL or bell in a cell breaks spreadsheets
     if text.startswith(_FORMULA_START) and not _NUMBER_RE.match(text):
         return "'" + text
     return text
@@ -75,7 +79,8 @@ def write_results_csv(batch: Batch, out) -> int:
     the number of sheet rows. Reads the sheets in chunks, so memory stays flat."""
     fields = field_columns(batch)
     writer = csv.writer(out)
-    writer.writerow(FIXED_COLUMNS + fields)
+    # Field names come from templates, which staff may import: the header is neutralised like the cells.
+    writer.writerow(FIXED_COLUMNS + [_safe_text(name) for name in fields])
     count = 0
     sheets = Sheet.objects.filter(batch=batch).order_by("index").values_list(
         "pk", "index", "source_name", "source_page", "template", "template_page", "student", "exam", "status",

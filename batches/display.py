@@ -3,10 +3,7 @@ archives: they are shown cleaned and cut, never used as paths."""
 
 from __future__ import annotations
 
-import re
-
-#: ASCII control characters, which a name shown in a message must not carry.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+from .text import CONTROL_CHARACTERS  # a name shown in a message must not carry them
 
 
 def display_name(name: str, limit: int = 120) -> str:

@@ -171,6 +171,10 @@ class Sheet(models.Model):
     error = models.TextField(blank=True)
     reading = models.JSONField(null=True, blank=True, help_text="The engine's reading, as SheetReading.to_dict().")
     read_at = models.DateTimeField(null=True, blank=True)
+    # "Read again" runs in a worker: when it was asked for (until it is done),
+    # and what came of the last one, for the review page.
+    read_again_queued_at = models.DateTimeField(null=True, blank=True)
+    read_again_note = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["batch", "index"]
@@ -281,11 +285,17 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def token_expiry(now=None):
+    """When an API token issued at ``now`` stops working (``OMR_API_TOKEN_DAYS``)."""
+    return (now or timezone.now()) + datetime.timedelta(days=settings.OMR_API_TOKEN_DAYS)
+
+
 class ApiTokenManager(models.Manager):
     def issue(self, user, name: str = "") -> tuple[ApiToken, str]:
         """Create a token for ``user``; returns the row and the token text (shown once)."""
         secret = "omr_" + secrets.token_urlsafe(32)
-        row = self.create(user=user, name=name, prefix=secret[:12], digest=hash_token(secret))
+        row = self.create(user=user, name=name, prefix=secret[:12], digest=hash_token(secret),
+                          expires_at=token_expiry())
         return row, secret
 
 
@@ -298,6 +308,9 @@ class ApiToken(models.Model):
     digest = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # A leaked token stops working by itself; tokens made before expiry existed
+    # get the default lifetime from the migration on.
+    expires_at = models.DateTimeField(default=token_expiry, help_text="The token is refused from then on.")
 
     objects = ApiTokenManager()
 
@@ -306,6 +319,9 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
+
+    def is_expired(self, now=None) -> bool:
+        return self.expires_at <= (now or timezone.now())
 
 
 class WorkerHeartbeat(models.Model):

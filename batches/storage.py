@@ -52,6 +52,17 @@ def save(name: str, data: bytes) -> str:
     return default_storage.save(name, ContentFile(data))
 
 
+def work_folder(batch: Batch) -> str | None:
+    """The batch's own work folder on local disk (``batches/<id>/work/``),
+    created; None for a storage without local paths."""
+    try:
+        path = default_storage.path(f"{batch.storage_prefix}work")
+    except NotImplementedError:
+        return None
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def csv_name(batch: Batch) -> str:
     return f"{batch.storage_prefix}results.csv"
 

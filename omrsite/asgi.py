@@ -16,7 +16,10 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from batches.web.body_limit import RequestBodyLimit  # noqa: E402
+
+# Bodies over their URL's limit are refused before Django reads them (batches/web/body_limit.py).
+application = ProtocolTypeRouter({"http": RequestBodyLimit(django_asgi_app)})
 
 
 def _skip_twisted_form_parsing() -> None:

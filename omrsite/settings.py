@@ -7,6 +7,8 @@ Environment variables (all optional):
 - ``ALLOWED_HOSTS``: comma-separated. Default: ``127.0.0.1,localhost`` (+ ``*`` in DEBUG).
 - ``CSRF_TRUSTED_ORIGINS``: comma-separated origins behind a proxy.
 - ``SECURE_SSL``: ``1`` behind HTTPS (secure cookies, HSTS, redirect). Default: off.
+- ``SECURE_HSTS_INCLUDE_SUBDOMAINS``, ``SECURE_HSTS_PRELOAD``: ``1`` to add these to the HSTS header
+  (with ``SECURE_SSL``). Default: off; each binds more than this server.
 - ``BEHIND_PROXY``: ``1`` to trust ``X-Forwarded-Proto`` from the proxy.
 - ``DATABASE_URL``: e.g. ``postgres://user@host:5432/omr``. Default: SQLite in ``var/``.
 - ``REDIS_URL``: the Dramatiq broker and the channel layer. Default ``redis://127.0.0.1:6379/0``.
@@ -15,6 +17,9 @@ Environment variables (all optional):
   ``OMR_MAX_UNCOMPRESSED_MB``, ``OMR_MAX_IMAGE_ENTRY_MB``, ``OMR_MAX_COMPRESSION_RATIO``: the limits on
   what an upload may contain.
 - ``OMR_UPLOAD_EXPIRY_HOURS``, ``OMR_TUS_MAX_CHUNK_MB``: resumable uploads (expiry, largest PATCH body).
+- ``OMR_API_TOKEN_DAYS``: how long an API token works after it is made. Default 90.
+- ``OMR_LOGIN_FAILURES_PER_ADDRESS`` (30), ``OMR_LOGIN_FAILURES_PER_USER`` (10), ``OMR_LOGIN_WINDOW_MINUTES`` (15):
+  failed logins allowed before the login pages answer 429.
 - ``OMR_PROCESS_ROLE``: ``worker`` in the processes ``manage.py rundramatiq`` starts (it sets it), else ``web``.
 
 The test suite runs with ``settings_test.py``, these settings and what a test run sets for itself.
@@ -197,8 +202,8 @@ def dramatiq_broker(backend: str) -> dict:
 DRAMATIQ_BACKEND = env("OMR_BROKER", "redis")
 DRAMATIQ_BROKER = dramatiq_broker(DRAMATIQ_BACKEND)
 DRAMATIQ_TASKS_DATABASE = "default"
-# The actors live in batches/pipeline/tasks.py.
-DRAMATIQ_AUTODISCOVER_MODULES = ["pipeline.tasks"]
+# The actors live in batches/pipeline/tasks.py and batches/review/tasks.py.
+DRAMATIQ_AUTODISCOVER_MODULES = ["pipeline.tasks", "review.tasks"]
 
 def channel_layers(backend: str) -> dict:
     """The channel layer: "redis", or the in-process "memory" one (the test suite's)."""
@@ -221,6 +226,18 @@ def channel_layers(backend: str) -> dict:
 
 CHANNEL_LAYER_BACKEND = env("OMR_CHANNEL_LAYER", "redis")
 CHANNEL_LAYERS = channel_layers(CHANNEL_LAYER_BACKEND)
+
+
+def caches(backend: str) -> dict:
+    """The cache, which counts failed logins: "redis", so every web process
+    shares the counts, or the in-process "memory" one (the test suite's)."""
+    if backend == "memory":
+        return {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    return {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+                        "KEY_PREFIX": f"{REDIS_NAMESPACE}-cache"}}
+
+
+CACHES = caches(env("OMR_CACHE", "redis"))
 
 # ---------------------------------------------------------------- files and limits
 
@@ -247,6 +264,7 @@ OMR_MAX_COMPRESSION_RATIO = env_int("OMR_MAX_COMPRESSION_RATIO", 200)
 OMR_MAX_NAME_LENGTH = 255
 OMR_PDF_DPI = env_int("OMR_PDF_DPI", 200)
 OMR_PDF_TIMEOUT = env_int("OMR_PDF_TIMEOUT", 600)  # seconds to render one PDF
+OMR_PDF_MAX_MEMORY_MB = env_int("OMR_PDF_MAX_MEMORY_MB", 2048)  # address space of the PDF renderer's process
 # Resumable (tus) uploads: an unfinished upload expires this long after its
 # last chunk; one PATCH body may be at most this large (the view counts it).
 OMR_UPLOAD_EXPIRY_HOURS = env_float("OMR_UPLOAD_EXPIRY_HOURS", 24.0)
@@ -274,17 +292,32 @@ SESSION_COOKIE_SECURE = SECURE_SSL
 CSRF_COOKIE_SECURE = SECURE_SSL
 SECURE_SSL_REDIRECT = SECURE_SSL and env_bool("SECURE_SSL_REDIRECT", True)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if SECURE_SSL else 0)
-SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_SSL
-SECURE_HSTS_PRELOAD = SECURE_SSL
+# Both reach beyond this server (every subdomain; browsers' built-in lists,
+# hard to leave again), so each is its own decision, off unless set.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_SSL and env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = SECURE_SSL and env_bool("SECURE_HSTS_PRELOAD", False)
+# check --deploy warns about each while it is off: off is the documented default.
+SILENCED_SYSTEM_CHECKS = [*(["security.W005"] if not SECURE_HSTS_INCLUDE_SUBDOMAINS else []),
+                          *(["security.W021"] if not SECURE_HSTS_PRELOAD else [])]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_PROXY") else None
 SECURE_REDIRECT_EXEMPT = [r"^api/health$"]  # load balancers probe over plain HTTP
 X_FRAME_OPTIONS = "DENY"
 LOGIN_URL = env("LOGIN_URL", "batches:login")
+# API tokens stop working this many days after they are made (make a new one
+# with ``manage.py create_api_token``).
+OMR_API_TOKEN_DAYS = env_int("OMR_API_TOKEN_DAYS", 90)
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Failed logins (both login pages) allowed per client address and per username
+# within the window; past either, the login pages answer 429 (batches/web/login_throttle.py).
+OMR_LOGIN_FAILURES_PER_ADDRESS = env_int("OMR_LOGIN_FAILURES_PER_ADDRESS", 30)
+OMR_LOGIN_FAILURES_PER_USER = env_int("OMR_LOGIN_FAILURES_PER_USER", 10)
+OMR_LOGIN_WINDOW_MINUTES = env_float("OMR_LOGIN_WINDOW_MINUTES", 15.0)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

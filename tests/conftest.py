@@ -74,6 +74,16 @@ def media_root(settings, tmp_path):
     return settings.MEDIA_ROOT
 
 
+@pytest.fixture(autouse=True)
+def empty_cache():
+    """The cache (failed-login counts) starts empty in every test."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
 @pytest.fixture
 def broker():
     """The StubBroker the test settings install (omrsite/settings_test.py), emptied around each test."""

@@ -27,7 +27,7 @@ from batches.review import overlay
 from batches.roles import REVIEWER_PERMISSIONS, REVIEWERS
 from batches.uploads import accept
 
-from .conftest import TEMPLATE, make_zip, simulated_sheet
+from .conftest import TEMPLATE, make_zip, run_queue, simulated_sheet
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -287,16 +287,29 @@ def test_saving_without_the_csrf_token_is_refused(owner, batch):
 # ---------------------------------------------------------------- actions
 
 
-def test_read_again_keeps_what_a_person_corrected(owner, batch):
+def test_read_again_keeps_what_a_person_corrected(owner, batch, broker, worker):
     client = logged_in(owner)
     sheet = Sheet.objects.get(batch=batch, source_name="scan_double.jpg")
     review.apply_corrections(sheet, owner, {"q3": "C"})
+    read_before = Sheet.objects.get(pk=sheet.pk).read_at
+    page_url = reverse("admin:batches_sheet_change", args=[sheet.pk])
 
-    # When the sheet is read again from its page
-    response = client.post(reverse("admin:batches_sheet_read_again", args=[sheet.pk]))
-    assert response.status_code == 302
+    # When the sheet is read again from its page, the request only queues it for a worker
+    worker.pause()
+    response = client.post(reverse("admin:batches_sheet_read_again", args=[sheet.pk]), follow=True)
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "queued to be read again" in page and '<meta http-equiv="refresh"' in page
+    assert Sheet.objects.get(pk=sheet.pk).read_at == read_before  # nothing was read in the request
+    assert broker.queues["default"].qsize() == 1
 
-    # Then the reading is fresh, the person's value still wins, and nothing is doubled
+    # Then the worker reads it, and the page shows the result
+    worker.resume()
+    run_queue(broker, worker)
+    page = client.get(page_url).content.decode()
+    assert "Read again: needs review" in page and '<meta http-equiv="refresh"' not in page
+
+    # The reading is fresh, the person's value still wins, and nothing is doubled
     sheet.refresh_from_db()
     assert sheet.read_at is not None and sheet.reading["answers"]["q3"] == "AC"
     answers = Answer.objects.filter(sheet=sheet)
@@ -329,12 +342,14 @@ def test_actions_mark_reviewed_and_regenerate_csv(owner, batch):
     assert len(rows) == 3 and all(r["needs_review"] == "false" for r in rows)
 
 
-def test_read_again_from_the_list_action(owner, batch):
+def test_read_again_from_the_list_action(owner, batch, broker, worker):
     client = logged_in(owner)
     ids = list(Sheet.objects.filter(batch=batch).values_list("pk", flat=True))
     before = dict(Sheet.objects.filter(batch=batch).values_list("pk", "read_at"))
     response = client.post(CHANGELIST, {"action": "read_again", "_selected_action": ids})
     assert response.status_code == 302
+    run_queue(broker, worker)
+    assert not Sheet.objects.filter(batch=batch, read_again_queued_at__isnull=False).exists()
     after = dict(Sheet.objects.filter(batch=batch).values_list("pk", "read_at"))
     assert all(after[i] > before[i] for i in ids)
     assert Answer.objects.filter(sheet__batch=batch).count() == 3 * len(batch.truth)
@@ -368,3 +383,37 @@ def test_ensure_staff_user_reviewer_makes_a_staff_member_who_is_not_a_superuser(
     assert list(jo.groups.values_list("name", flat=True)) == [REVIEWERS]
     assert jo.has_perm("batches.change_answer") and not jo.has_perm("batches.delete_batch")
     assert out.getvalue().startswith("Reviewer login: user jo, password ")
+
+
+# ---------------------------------------------------------------- API tokens
+
+
+def test_a_reviewer_sees_and_deletes_only_their_own_api_tokens(owner, colleague, admin_user):
+    from batches.models import ApiToken
+
+    reviewer(owner)
+    reviewer(colleague)
+    mine, _ = ApiToken.objects.issue(owner, name="alice-script")
+    theirs, _ = ApiToken.objects.issue(colleague, name="bob-script")
+    client = logged_in(owner)
+    tokens = reverse("admin:batches_apitoken_changelist")
+
+    # The list shows Alice's token, not Bob's
+    page = client.get(tokens).content.decode()
+    assert "alice-script" in page and "bob-script" not in page
+    # Bob's token has no page for her, and cannot be deleted from its URL or by the list action
+    assert client.get(reverse("admin:batches_apitoken_change", args=[theirs.pk])).status_code == 302
+    client.post(reverse("admin:batches_apitoken_delete", args=[theirs.pk]), {"post": "yes"})
+    client.post(tokens, {"action": "delete_selected", "_selected_action": [theirs.pk, mine.pk], "post": "yes"})
+    assert ApiToken.objects.filter(pk=theirs.pk).exists()
+    assert not ApiToken.objects.filter(pk=mine.pk).exists()  # her own went
+
+    # A token cannot be handed to someone else
+    again, _ = ApiToken.objects.issue(owner, name="again")
+    client.post(reverse("admin:batches_apitoken_change", args=[again.pk]), {"name": "renamed", "user": colleague.pk})
+    again.refresh_from_db()
+    assert again.user == owner
+
+    # A superuser sees everyone's
+    page = logged_in(admin_user).get(tokens).content.decode()
+    assert "bob-script" in page and "again" in page

@@ -204,12 +204,36 @@ def test_health_without_login(client):
     assert response.status_code == 503
     body = response.json()
     assert body["database"]["ok"] and body["redis"]["ok"] and not body["workers"]["ok"]
-    assert body["version"] and body["uptime_seconds"] >= 0 and "length" in body["queue"]
     # With a live worker: 200
     WorkerHeartbeat.objects.create(name="host:1", hostname="host", pid=1)
     response = client.get(reverse("batches:api-health"))
     assert response.status_code == 200 and response.json()["status"] == "ok"
-    assert response.json()["workers"]["alive"] == 1
+
+
+def test_health_tells_only_ok_per_part_without_staff_login(client, outsider, owner, settings):
+    WorkerHeartbeat.objects.create(name="db-host-7:4242", hostname="db-host-7", pid=4242)
+    settings.DRAMATIQ_BACKEND = "redis"
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # down: its error text names the address
+
+    # Anyone, and a logged-in user who is not staff: ok or not per part, nothing more
+    eve = Client()
+    eve.force_login(outsider)
+    for who in (client, eve, Client(headers={"Authorization": "Bearer omr_not-a-token"})):
+        response = who.get(reverse("batches:api-health"))
+        assert response.status_code == 503
+        assert response.json() == {"status": "error", "database": {"ok": True}, "redis": {"ok": False},
+                                   "workers": {"ok": True}}
+        assert b"db-host-7" not in response.content and b"4242" not in response.content
+        assert b"127.0.0.1" not in response.content and settings.VERSION.encode() not in response.content
+
+    # Staff (session or token): the details
+    staff = Client()
+    staff.force_login(owner)
+    for who in (staff, token_client(owner)):
+        body = who.get(reverse("batches:api-health")).json()
+        assert body["workers"]["names"] == ["db-host-7:4242"] and body["workers"]["alive"] == 1
+        assert "error" in body["redis"] and "length" in body["queue"]
+        assert body["version"] == settings.VERSION and body["uptime_seconds"] >= 0
 
 
 def test_health_reports_redis_down(client, settings):
@@ -226,10 +250,12 @@ def test_create_api_token_command(owner):
 
     from django.core.management import call_command
 
-    out = io.StringIO()
-    call_command("create_api_token", "alice", stdout=out)
-    token = out.getvalue().strip()
+    out, err = io.StringIO(), io.StringIO()
+    call_command("create_api_token", "alice", stdout=out, stderr=err)
+    token = out.getvalue().strip()  # alone on stdout, for TOKEN=$(...)
     assert token.startswith("omr_")
+    expiry = ApiToken.objects.get(user__username="alice").expires_at
+    assert f"expires {expiry:%Y-%m-%d %H:%M} UTC" in err.getvalue()
     assert Client(headers={"Authorization": f"Bearer {token}"}).get(reverse("batches:api-list")).status_code == 200
 
 
@@ -245,3 +271,22 @@ def test_ensure_staff_user_command(django_user_model):
     assert user.is_staff
     call_command("ensure_staff_user", stdout=io.StringIO())
     assert django_user_model.objects.filter(username="staff").count() == 1
+
+
+def test_api_tokens_expire_with_a_clear_401(owner, settings):
+    import datetime
+
+    from django.utils import timezone
+
+    settings.OMR_API_TOKEN_DAYS = 30
+    row, token = ApiToken.objects.issue(owner)
+    assert abs((row.expires_at - timezone.now()) - datetime.timedelta(days=30)) < datetime.timedelta(minutes=1)
+    script = Client(headers={"Authorization": f"Bearer {token}"})
+    assert script.get(reverse("batches:api-list")).status_code == 200
+
+    # Past its expiry the same token is refused, saying why
+    ApiToken.objects.filter(pk=row.pk).update(expires_at=timezone.now() - datetime.timedelta(seconds=1))
+    response = script.get(reverse("batches:api-list"))
+    assert response.status_code == 401
+    assert "expired" in response.json()["error"] and "create_api_token" in response.json()["error"]
+    assert response["WWW-Authenticate"].startswith("Bearer")

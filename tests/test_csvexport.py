@@ -98,3 +98,19 @@ def test_the_csv_is_replaced_in_one_step(owner, monkeypatch):
     rows = list(csv.DictReader(io.StringIO(open(path, encoding="utf-8-sig").read())))
     assert [r["q1"] for r in rows] == ["B"]
     assert os.listdir(os.path.dirname(path)) == ["results.csv"]
+
+
+def test_column_names_from_a_template_are_neutralised_in_the_header_row(owner):
+    # An imported template names the columns; a name that is a formula must not run
+    batch = Batch.objects.create(owner=owner, template="a4-20q-4", stage=Stage.COMPLETED)
+    sheet = Sheet.objects.create(batch=batch, index=1, source_name="a.jpg", image="x", status=SheetStatus.DONE)
+    Answer.objects.create(sheet=sheet, field='=HYPERLINK("http://x","y")', value="A")
+    Answer.objects.create(sheet=sheet, field="@SUM(A1)", value="B")
+
+    out = io.StringIO()
+    write_results_csv(batch, out)
+    header, row = list(csv.reader(io.StringIO(out.getvalue())))
+    assert "'=HYPERLINK(\"http://x\",\"y\")" in header and "'@SUM(A1)" in header
+    assert not any(name.startswith(("=", "+", "@")) for name in header)
+    cells = dict(zip(header, row, strict=True))
+    assert cells["'@SUM(A1)"] == "B"

@@ -13,6 +13,7 @@ import os
 import struct
 import subprocess
 import tempfile
+import textwrap
 import unicodedata
 import uuid
 import zipfile
@@ -475,17 +476,98 @@ def test_z10_disk_full_during_extraction(owner, sandbox, small_disk, monkeypatch
         assert (disk.f_blocks - disk.f_bfree) * disk.f_bsize < len(upload) + 100_000  # their space is free again
 
 
-def test_z10_temporary_folder_full_while_rendering_a_pdf(owner, sandbox, small_disk):
-    """The PDF renderer's temporary folder holds 1 MB (100 KB when injected,
-    see ``small_disk``): its pages (or its input) do not fit."""
+def test_z10_work_folder_full_while_rendering_a_pdf(owner, sandbox, small_disk):
+    """The PDF renderer works in the batch's own folder, on MEDIA_ROOT: a disk
+    (see ``small_disk``) that holds the upload but not also the renderer's copy
+    of it and the pages."""
     import numpy as np
     from PIL import Image
 
-    small_disk(sandbox.tmp, 1024**2, injected_size=100 * 1024)
     noise = Image.fromarray(np.random.default_rng(2).integers(0, 255, (600, 600), dtype=np.uint8))
     buf = io.BytesIO()
     noise.save(buf, "PDF", save_all=True, append_images=[noise.copy()], resolution=60)  # 2 x ~650 KB of PNG
+    keep = sandbox.bystander.read_bytes()
+    small_disk(sandbox.media, len(buf.getvalue()) + 256 * 1024)
+    sandbox.bystander.parent.mkdir(parents=True, exist_ok=True)
+    sandbox.bystander.write_bytes(keep)
     assert_failed(run(owner, buf.getvalue(), name="scans.pdf"), sandbox, "scans.pdf:", "No space left on device")
+
+
+def test_the_pdf_renderer_gets_no_secrets_and_works_in_the_batch_folder(owner, sandbox, monkeypatch):
+    from batches.pipeline import extract
+
+    monkeypatch.setenv("SECRET_KEY", "s3cret-key-of-the-worker")
+    monkeypatch.setenv("DATABASE_URL", "postgres://omr:db-password@db/omr")
+    calls = []
+    real_run = subprocess.run
+
+    def spy(cmd, **kwargs):
+        calls.append((cmd, kwargs))
+        return real_run(cmd, **kwargs)
+
+    monkeypatch.setattr(extract.subprocess, "run", spy)
+    batch = run(owner, pdf_of((50, 70)), name="scan.pdf")
+    assert batch.stage == Stage.COMPLETED, batch.error
+    [(cmd, kwargs)] = calls
+    env = kwargs["env"]
+    assert "SECRET_KEY" not in env and "DATABASE_URL" not in env
+    assert not any("s3cret" in v or "db-password" in v for v in env.values())
+    # Its files, and its TMPDIR, are in the batch's own work folder, not the system's temporary folder
+    work = sandbox.media / "batches" / str(batch.pk) / "work"
+    assert Path(cmd[cmd.index("-m") + 2]).is_relative_to(work) and Path(env["TMPDIR"]).is_relative_to(work)
+    # It is told its limits and its parent
+    assert cmd[cmd.index("--max-memory-mb") + 1] == "2048"
+    assert cmd[cmd.index("--parent-pid") + 1] == str(os.getpid())
+    assert int(cmd[cmd.index("--max-cpu-seconds") + 1]) >= 1
+
+
+def test_the_pdf_renderer_confines_itself():
+    """``confine`` as the child runs it: memory and CPU limits, SIGKILL when its parent dies."""
+    import sys
+
+    code = textwrap.dedent("""
+        import ctypes, os, resource, sys
+        from batches.pipeline.pdfpages import confine
+        confine(256, 7, os.getppid())
+        libc = ctypes.CDLL(None)
+        sig = ctypes.c_int()
+        libc.prctl(2, ctypes.byref(sig), 0, 0, 0)  # PR_GET_PDEATHSIG
+        print(resource.getrlimit(resource.RLIMIT_AS)[0] // 2**20, resource.getrlimit(resource.RLIMIT_CPU)[0],
+              sig.value, flush=True)
+        try:
+            block = bytearray(512 * 2**20)
+            print("allocated")
+        except MemoryError:
+            print("refused")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out == ["256", "7", "9", "refused"]
+
+    # A renderer whose parent is killed dies with it
+    parent = textwrap.dedent("""
+        import subprocess, sys, os
+        child = subprocess.Popen([sys.executable, "-c",
+            "import os, time; from batches.pipeline.pdfpages import confine; confine(None, None, os.getppid()); "
+            "print(os.getpid(), flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+        print(child.stdout.readline().strip(), flush=True)
+        import time; time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    child_pid = int(proc.stdout.readline())
+    proc.kill()
+    proc.wait()
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{child_pid}").exists():
+        status = Path(f"/proc/{child_pid}/status").read_text() if Path(f"/proc/{child_pid}/status").exists() else ""
+        if "State:\tZ" in status:
+            break
+        time.sleep(0.05)
+    status = Path(f"/proc/{child_pid}/status")
+    assert not status.exists() or "State:\tZ" in status.read_text()
 
 
 # ---------------------------------------------------------------- I1 huge dimensions in a small file
@@ -571,6 +653,26 @@ def test_i2_truncated_and_empty_files_fail_alone_and_tiff_pages_become_sheets(ow
                             "d_three.tif#3"]
     assert [sheets[k].student for k in ("d_three.tif", "d_three.tif#2", "d_three.tif#3")] == [
         simulated_sheet(i).student for i in (1, 2, 3)]
+
+
+def test_i2_a_damaged_page_of_a_multi_page_tiff_fails_only_that_sheet(owner, sandbox):
+    import numpy as np
+    from PIL import Image
+
+    frames = [Image.fromarray(np.asarray(Image.open(io.BytesIO(sheet(i))).convert("L"))) for i in (1, 2, 3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "TIFF", save_all=True, append_images=frames[1:], compression="tiff_adobe_deflate")
+    tiff = bytearray(buf.getvalue())
+    with Image.open(io.BytesIO(bytes(tiff))) as im:  # zero the compressed pixels of page 2
+        im.seek(1)
+        for offset, count in zip(im.tag_v2[273], im.tag_v2[279], strict=True):
+            tiff[offset:offset + count] = bytes(count)
+
+    sheets = assert_completed(run(owner, bytes(tiff), name="three.tif"), sandbox, failed={
+        "three.tif#2": "page 2 of the TIFF file is damaged: its pixels cannot be decoded"})
+    assert list(sheets) == ["three.tif", "three.tif#2", "three.tif#3"]
+    assert (sheets["three.tif"].student, sheets["three.tif#3"].student) == (simulated_sheet(1).student,
+                                                                             simulated_sheet(3).student)
 
 
 def test_i2_an_empty_upload_is_refused_before_a_batch_exists(owner, sandbox):

@@ -124,3 +124,22 @@ def test_the_role_sets_how_a_process_keeps_its_database_connection(tmp_path):
         "worker", "600"]
     wrong = run_manage("shell", "-c", code, env={**env, "OMR_PROCESS_ROLE": "tests"})
     assert wrong.returncode != 0 and "OMR_PROCESS_ROLE must be web or worker" in wrong.stderr
+
+
+def test_hsts_preload_and_subdomains_are_separate_choices_off_by_default(tmp_path):
+    code = ("from django.conf import settings as s; import json; print(json.dumps([s.SECURE_HSTS_SECONDS,"
+            " s.SECURE_HSTS_INCLUDE_SUBDOMAINS, s.SECURE_HSTS_PRELOAD]))")
+    base = {"SECURE_SSL": "1", "OMR_VAR_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    import json
+
+    # SECURE_SSL alone: HSTS for this host, nothing that binds other hosts or browsers' lists
+    result = run_manage("shell", "-c", code, env=base)
+    assert result.returncode == 0, result.stderr
+    seconds, subdomains, preload = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seconds > 0 and subdomains is False and preload is False
+
+    # Each is turned on by its own setting
+    result = run_manage("shell", "-c", code, env={**base, "SECURE_HSTS_INCLUDE_SUBDOMAINS": "1"})
+    assert json.loads(result.stdout.strip().splitlines()[-1])[1:] == [True, False]
+    result = run_manage("shell", "-c", code, env={**base, "SECURE_HSTS_PRELOAD": "1"})
+    assert json.loads(result.stdout.strip().splitlines()[-1])[1:] == [False, True]

@@ -24,12 +24,13 @@ from django.utils.translation import ngettext
 from ..models import Answer, ApiToken, Batch, Correction, ProgressEvent, Sheet, Stage, WorkerHeartbeat
 from ..omr.flags import NOT_REVIEW, Flag
 from ..review import actions as review
+from ..review import tasks as review_tasks
 from ..uploads import accept
 from ..web.auth import batches_for
 from ..web.timeline import format_duration, stage_steps
 
-#: Sheets an admin action reads again in one request (reading takes ~0.2 s a sheet).
-READ_AGAIN_LIMIT = 25
+#: Sheets one admin action queues to be read again (a worker reads them, ~0.2 s a sheet).
+READ_AGAIN_LIMIT = 500
 
 #: Flags offered by the sheet filter: every flag but a plain blank.
 KNOWN_FLAGS = [(flag.value, flag.label) for flag in Flag if flag not in NOT_REVIEW]
@@ -307,6 +308,7 @@ class SheetAdmin(admin.ModelAdmin):
             if nxt:
                 extra["next_review_url"] = reverse("admin:batches_sheet_change", args=[nxt])
             extra["batch_running"] = not sheet.batch.is_finished
+            extra["read_again_queued"] = sheet.read_again_queued_at is not None
             extra["title"] = "Review sheet"
             extra["subtitle"] = f"Sheet {sheet.index} of {sheet.batch.original_filename}"
             extra["is_nav_sidebar_enabled"] = False  # the page image needs the width
@@ -325,13 +327,12 @@ class SheetAdmin(admin.ModelAdmin):
         if sheet is None or not self.has_change_permission(request, sheet):
             raise Http404("no such sheet")
         try:
-            sheet = review.read_again(sheet, request.user)
+            review_tasks.queue_read_again([sheet], request.user)
         except review.ReviewError as exc:
             self.message_user(request, str(exc), messages.ERROR)
         else:
-            state = "needs review" if sheet.needs_review else "no doubt left"
-            self.message_user(request, f"Sheet {sheet.index} read again: {sheet.get_status_display().lower()}, {state}.",
-                              messages.SUCCESS)
+            self.message_user(request, f"Sheet {sheet.index} is queued to be read again; this page shows the "
+                                       "result when it is done.", messages.SUCCESS)
         return redirect("admin:batches_sheet_change", sheet.pk)
 
     def save_model(self, request, obj, form, change):
@@ -369,18 +370,15 @@ class SheetAdmin(admin.ModelAdmin):
             self.message_user(request, f"Select at most {READ_AGAIN_LIMIT} sheets to read again at once.",
                               messages.ERROR)
             return
-        done, errors = 0, []
-        for sheet in sheets:
-            try:
-                review.read_again(sheet, request.user)
-                done += 1
-            except review.ReviewError as exc:
-                errors.append(f"sheet {sheet.index}: {exc}")
-        if done:
-            self.message_user(request, ngettext("%d sheet read again.", "%d sheets read again.", done) % done,
-                              messages.SUCCESS)
-        for error in errors[:5]:
-            self.message_user(request, error, messages.ERROR)
+        try:
+            queued = review_tasks.queue_read_again(sheets, request.user)
+        except review.ReviewError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
+        self.message_user(request, ngettext("%d sheet is queued to be read again; each sheet's page shows the "
+                                            "result when it is done.",
+                                            "%d sheets are queued to be read again; each sheet's page shows the "
+                                            "result when it is done.", queued) % queued, messages.SUCCESS)
 
     @admin.action(description="Mark as reviewed")
     def mark_reviewed(self, request, queryset):
@@ -424,9 +422,16 @@ class CorrectionAdmin(admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ["prefix", "name", "user", "created_at", "last_used_at"]
-    readonly_fields = ["prefix", "digest", "created_at", "last_used_at"]
-    fields = ["user", "name", "prefix", "created_at", "last_used_at"]
+    """A reviewer sees, renames and deletes their own tokens only; superusers
+    see everyone's (to revoke a leaked one). A token never changes hands."""
+
+    list_display = ["prefix", "name", "user", "created_at", "last_used_at", "expires_at"]
+    readonly_fields = ["user", "prefix", "digest", "created_at", "last_used_at", "expires_at"]
+    fields = ["user", "name", "prefix", "created_at", "last_used_at", "expires_at"]
+
+    def get_queryset(self, request):
+        tokens = super().get_queryset(request).select_related("user")
+        return tokens if request.user.is_superuser else tokens.filter(user=request.user)
 
     def has_add_permission(self, request):
         return False  # tokens are issued by a command, which shows the secret once

@@ -12,7 +12,7 @@ from django import forms
 from django.contrib import admin
 from django.utils.html import format_html, format_html_join
 
-from .. import sheet_templates
+from .. import sheet_templates, text
 from ..models import SheetTemplate
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
@@ -32,6 +32,11 @@ def _json(upload, what: str) -> dict:
         raise forms.ValidationError(f"{what} is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise forms.ValidationError(f"{what} must hold a JSON object")
+    try:
+        # Labels and names reach the pages, the CSV header and the database.
+        text.check_json(data, what)
+    except text.TextError as exc:
+        raise forms.ValidationError(str(exc)) from None
     return data
 
 

@@ -32,6 +32,7 @@ class Flag(StrEnum):
     QR_MISSING = "qr_missing"
     QR_FOREIGN = "qr_foreign"
     QR_DAMAGED = "qr_damaged"
+    QR_INVALID = "qr_invalid"
     PAGE_UNKNOWN = "page_unknown"
     LOW_CONTRAST = "low_contrast"
     CUT_OFF = "cut_off"
@@ -62,6 +63,7 @@ _LABELS = {
     Flag.QR_MISSING: "QR code missing",
     Flag.QR_FOREIGN: "Foreign QR code",
     Flag.QR_DAMAGED: "QR code damaged",
+    Flag.QR_INVALID: "QR code with a control character",
     Flag.PAGE_UNKNOWN: "Page unknown",
     Flag.LOW_CONTRAST: "Low contrast",
     Flag.CUT_OFF: "Cut off",

@@ -14,8 +14,9 @@ import cv2
 import numpy as np
 from pyzbar import pyzbar
 
+from ..text import strip as strip_controls
 from .align import apply_h
-from .payload import PayloadError, QrPayload, decode_payload
+from .payload import PayloadError, PayloadInvalid, QrPayload, decode_payload
 
 #: Sampling of the cut-out, px per mm (6 ~ 150 dpi: 5-6 px per module).
 QR_PX_PER_MM = 6.0
@@ -28,9 +29,12 @@ class QrResult:
     """Outcome of reading the QR code.
 
     ``status``: "ok" (``payload`` set), "qr_missing" (no code found),
-    "qr_foreign" (a code that is not an answer-sheet code) or "qr_damaged" (ours,
-    but its text does not parse). ``text``: the raw text when a code was
-    decoded. ``message``: a plain sentence for anything but "ok".
+    "qr_foreign" (a code that is not an answer-sheet code), "qr_invalid" (ours,
+    read whole, but a value holds a control character: ``payload`` is the rest,
+    that value left empty, or None when it is the template name) or
+    "qr_damaged" (ours, but its text does not parse). ``text``: the raw text
+    when a code was decoded, without control characters. ``message``: a plain
+    sentence for anything but "ok".
     """
 
     status: str
@@ -84,11 +88,14 @@ def classify(texts: list[str]) -> QrResult:
     for text in texts:
         try:
             return QrResult("ok", decode_payload(text), text)
+        except PayloadInvalid as exc:
+            damaged = damaged or QrResult("qr_invalid", exc.payload, strip_controls(text), str(exc))
         except PayloadError as exc:
+            # The raw text is kept for display only, without control characters.
             if text.startswith("OMR1"):
-                damaged = damaged or QrResult("qr_damaged", None, text, str(exc))
+                damaged = damaged or QrResult("qr_damaged", None, strip_controls(text), str(exc))
             else:
-                foreign = foreign or QrResult("qr_foreign", None, text, str(exc))
+                foreign = foreign or QrResult("qr_foreign", None, strip_controls(text), str(exc))
     return damaged or foreign  # type: ignore[return-value]
 
 

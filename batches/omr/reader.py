@@ -48,7 +48,7 @@ from .imageio import MAX_PIXELS, ImageError, load_grey_for_reading
 from .layout import PageLayout
 from .payload import QrPayload
 from .qr import read_qr, scan_region
-from .template import Template, builtin_names, load_template
+from .template import Template, builtin_names, load_builtin_template, load_template
 
 #: Share of unfilled bubbles whose outline must be found for the page to count
 #: as this template at all, and for it to count as well aligned.
@@ -245,13 +245,14 @@ def _corner_score(grey: np.ndarray, fit: PageFit, template: Template) -> float:
 
 
 def read_sheet(image: np.ndarray, template: Template | None = None, *, source: str = "",
-               resolve: Callable[[str], Template] = load_template, page: int | None = None) -> SheetReading:
+               resolve: Callable[[str], Template] = load_builtin_template, page: int | None = None) -> SheetReading:
     """Read one sheet image.
 
     ``image``: the decoded page, grey (HxW) or BGR (HxWx3) uint8, any
     resolution (about 100-600 dpi) and any orientation. ``template``: the
     layout to read, or None to take it from the sheet's QR code (resolved with
-    ``resolve(name)``). ``source``: the file name reported back. ``page``:
+    ``resolve(name)``; by default built-in names only, since a QR code is
+    untrusted and must never open a file path it names). ``source``: the file name reported back. ``page``:
     force the template page (otherwise the QR code's, else found from the
     layout, else 1).
 
@@ -360,9 +361,8 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
             pw, ph = fit.geometry.page
             qr = scan_region(grey, fit.H, (0.0, 0.0, pw, ph * 0.3))
     timings["qr"] = timings.get("qr", 0.0) + (time.perf_counter() - t0) * 1000
-    if qr.status == "ok":
-        out.qr = qr.payload
-    else:
+    out.qr = qr.payload  # also a qr_invalid code's, its bad value left out
+    if qr.status != "ok":
         out.qr_error = qr.message
         out.flag(qr.status)
 
@@ -374,7 +374,7 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
         return quality
 
     chosen = template
-    if qr.status == "ok" and (template is None or qr.payload.template != template.name):
+    if qr.payload is not None and (template is None or qr.payload.template != template.name):
         try:
             named = resolve(qr.payload.template)
         except (FileNotFoundError, ValueError, OSError) as exc:
@@ -441,11 +441,10 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
             qr = qr2
             out.sheet_flags = [f for f in out.sheet_flags if f != "qr_missing"]
             out.qr_error = None
-            if qr.status == "ok":
-                out.qr = qr.payload
-                if qr.payload.template != chosen.name:
-                    out.flag("wrong_template")
-            else:
+            out.qr = qr.payload
+            if qr.payload is not None and qr.payload.template != chosen.name:
+                out.flag("wrong_template")
+            if qr.status != "ok":
                 out.qr_error = qr.message
                 out.flag(qr.status)
 
@@ -458,7 +457,7 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
     if ev.ring_fit < RING_FIT_FAIL or ev.verified < FAIL_FIT:
         out.error = (f"page does not match template {chosen.name} (bubbles are not where the template "
                      f"puts them: {ev.verified * 100:.0f} % of outlines centred)")
-        out.flag("wrong_template" if qr.status != "ok" or out.qr.template != chosen.name
+        out.flag("wrong_template" if out.qr is None or out.qr.template != chosen.name
                  or "wrong_template" in out.sheet_flags else "misaligned")
         return finish(ev.quality)
     if ev.ring_fit < RING_FIT_OK or ev.verified < SURE_FIT:
@@ -493,7 +492,7 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
 
 
 def read_image_bytes(data: bytes, template: Template | None = None, *, source: str = "",
-                     resolve: Callable[[str], Template] = load_template,
+                     resolve: Callable[[str], Template] = load_builtin_template,
                      max_pixels: int = MAX_PIXELS) -> list[SheetReading]:
     """Read every page of an uploaded image file.
 

@@ -237,6 +237,15 @@ class _Checker:
         return tuple(raw)
 
 
+def load_builtin_template(name: str) -> Template:
+    """A built-in template by name, and nothing else: the lookup for names read
+    off a sheet (a QR code), which must never open a file path it names.
+    Raises ``FileNotFoundError`` for any other name."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or name not in builtin_names():
+        raise FileNotFoundError(f"no built-in template {name!r} (built-ins: {', '.join(builtin_names())})")
+    return load_template(name)
+
+
 def load_template(source: str | Path | dict) -> Template:
     """Load and validate a template.
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import lzma
+import math
 import os
 import re
 import shutil
@@ -66,6 +67,7 @@ class Limits:
     max_name_length: int = 255
     pdf_dpi: int = 200
     pdf_timeout: float = 600.0
+    pdf_max_memory_mb: int = 2048  # the renderer child's address space
 
     @classmethod
     def from_settings(cls) -> Limits:
@@ -81,6 +83,7 @@ class Limits:
             max_name_length=settings.OMR_MAX_NAME_LENGTH,
             pdf_dpi=settings.OMR_PDF_DPI,
             pdf_timeout=settings.OMR_PDF_TIMEOUT,
+            pdf_max_memory_mb=settings.OMR_PDF_MAX_MEMORY_MB,
         )
 
 
@@ -634,15 +637,45 @@ def tiff_pages(data: bytes, name: str, limits: Limits) -> Iterator[Page]:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # probe() enforced our own cap
         with Image.open(io.BytesIO(data)) as im:
             for index in range(info.pages):
+                # One damaged page costs its sheet, not the upload: the others are read.
                 try:
                     im.seek(index)
                     frame = np.asarray(im.convert("L"))
                 except (OSError, ValueError, EOFError, SyntaxError, struct.error, Image.DecompressionBombError):
-                    raise ExtractError(f"{display_name(name)}: page {index + 1} of the TIFF file is damaged") from None
+                    yield damaged_page(name, index + 1, f"page {index + 1} of the TIFF file is damaged: "
+                                                        "its pixels cannot be decoded")
+                    continue
                 ok, png = cv2.imencode(".png", frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
                 if not ok:
-                    raise ExtractError(f"{display_name(name)}: page {index + 1} cannot be converted")
+                    yield damaged_page(name, index + 1, f"page {index + 1} of the TIFF file cannot be converted")
+                    continue
                 yield Page(name, index + 1, ".png", png.tobytes())
+
+
+#: A page that extraction could not take out of its file is stored as a short
+#: text file with this extension saying why; reading it fails its sheet with that reason.
+DAMAGED_PAGE_EXTENSION = ".damaged"
+
+
+def damaged_page(name: str, page: int, reason: str) -> Page:
+    return Page(name, page, DAMAGED_PAGE_EXTENSION, reason.encode())
+
+
+def damaged_page_reason(image_name: str, data: bytes) -> str | None:
+    """The reason stored for a damaged page, or None for a real page image."""
+    if not image_name.endswith(DAMAGED_PAGE_EXTENSION):
+        return None
+    return data.decode("utf-8", "replace")
+
+
+def renderer_environment(tmp) -> dict[str, str]:
+    """The PDF child's whole environment: nothing of the worker's (no
+    SECRET_KEY, no DATABASE_URL), one thread per library, temporary files in
+    its own folder."""
+    keep = {name: os.environ[name] for name in ("PATH", "LANG", "LC_ALL", "OPENCV_IO_MAX_IMAGE_PIXELS")
+            if name in os.environ}
+    return {**keep, "TMPDIR": str(tmp), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENCV_FOR_THREADS_NUM": "1"}
 
 
 def pdf_pages(source, name: str, limits: Limits, workdir=None) -> Iterator[Page]:
@@ -655,8 +688,10 @@ def pdf_pages(source, name: str, limits: Limits, workdir=None) -> Iterator[Page]
     ``limits.max_uncompressed`` bytes of pages, and clamps the scale of a huge
     page box to ``limits.max_pixels``. An encrypted or malformed PDF gives a
     clear ``ExtractError``. Its files live in a temporary folder (under
-    ``workdir``, default the system's), removed when the pages have been taken
-    or the generator is closed.
+    ``workdir``: the pipeline gives the batch's own work folder), removed when
+    the pages have been taken or the generator is closed. The child gets a
+    minimal environment (``renderer_environment``), limits on its memory and
+    CPU time, and dies with this process (``pdfpages.confine``).
     """
     with tempfile.TemporaryDirectory(prefix="omr-pdf-", dir=workdir) as tmp:
         path = Path(tmp) / "in.pdf"
@@ -671,13 +706,14 @@ def pdf_pages(source, name: str, limits: Limits, workdir=None) -> Iterator[Page]
                                f"({exc.strerror or exc})") from None
         out = Path(tmp) / "pages"
         out.mkdir()
+        timeout = limits.pdf_timeout
         cmd = [sys.executable, "-m", "batches.pipeline.pdfpages", str(path), str(out), "--dpi", str(limits.pdf_dpi),
                "--max-pages", str(limits.max_pages), "--max-pixels", str(limits.max_pixels),
-               "--max-bytes", str(limits.max_uncompressed)]
-        timeout = limits.pdf_timeout
+               "--max-bytes", str(limits.max_uncompressed), "--max-memory-mb", str(limits.pdf_max_memory_mb),
+               "--max-cpu-seconds", str(max(1, math.ceil(timeout))), "--parent-pid", str(os.getpid())]
         try:
             proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False,
-                                  cwd=Path(__file__).resolve().parents[2])
+                                  cwd=Path(__file__).resolve().parents[2], env=renderer_environment(tmp))
         except subprocess.TimeoutExpired:  # run() has killed the child
             raise ExtractError(f"{display_name(name)}: the PDF took longer than {timeout:g} s to render; "
                                f"the limit is {timeout:g} s (OMR_PDF_TIMEOUT)") from None

@@ -4,7 +4,8 @@
 writes ``OUTDIR/00001.jpg`` or ``OUTDIR/00001.png``... and prints ``{"pages": n}``,
 or prints ``{"error": "..."}`` and exits 2. PDFium is not thread-safe and a
 hostile file can make it spin or crash, so it never runs inside a worker or web
-process.
+process; ``--max-memory-mb``, ``--max-cpu-seconds`` and ``--parent-pid`` confine
+the child (``confine``).
 
 A scanner's PDF usually holds one JPEG per page, covering the page: that JPEG
 is written as it is (decoding it later takes ~15 ms; rendering the page and
@@ -181,6 +182,37 @@ def _size(n: int) -> str:
     return f"{n / 1024**2:,.0f} MB" if n >= 1024**2 else f"{n:,} bytes"
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def confine(max_memory_mb: int | None, max_cpu_seconds: int | None, parent_pid: int | None) -> None:
+    """Limits set by the child on itself before it opens the PDF: the address
+    space and the CPU time it may use (past either the kernel stops it), and
+    SIGKILL when its parent dies, so a killed worker leaves no renderer behind.
+    (Set here, not in the parent between fork and exec, which is unsafe in a
+    threaded worker; nothing hostile has been read yet.)"""
+    import resource
+    import signal
+
+    if max_memory_mb:
+        limit = max_memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if max_cpu_seconds:
+        # SIGXCPU at the soft limit, SIGKILL a little later.
+        resource.setrlimit(resource.RLIMIT_CPU, (max_cpu_seconds, max_cpu_seconds + 5))
+    if parent_pid:
+        import ctypes
+        import os
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # not Linux: the parent's timeout still stops the child
+            pass
+        if os.getppid() != parent_pid:  # the parent died before the line above
+            sys.exit(3)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m batches.pipeline.pdfpages")
     parser.add_argument("source", type=Path)
@@ -190,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-pixels", type=int, default=60_000_000)
     parser.add_argument("--max-bytes", type=int, default=None)
     parser.add_argument("--render-all", action="store_true", help="render every page, even a single JPEG")
+    parser.add_argument("--max-memory-mb", type=int, default=None, help="address space limit of this process")
+    parser.add_argument("--max-cpu-seconds", type=int, default=None, help="CPU time limit of this process")
+    parser.add_argument("--parent-pid", type=int, default=None, help="die when this process (the worker) dies")
     args = parser.parse_args(argv)
+    confine(args.max_memory_mb, args.max_cpu_seconds, args.parent_pid)
     try:
         count = render(args.source, args.out, args.dpi, args.max_pages, args.max_pixels, args.max_bytes,
                        embedded=not args.render_all)

@@ -16,6 +16,7 @@ from ..omr.flags import Flag
 from ..omr.imageio import ImageError, PixelLimitError, probe
 from ..omr.reader import in_doubt
 from . import watchdog
+from .extract import damaged_page_reason
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ def read_sheet(sheet: Sheet, batch: Batch) -> SheetResult:
         data = sheet.read_image()
     except OSError as exc:
         return SheetResult(sheet.pk, SheetStatus.FAILED, error=f"page image missing ({exc.strerror or exc})")
+    if (damaged := damaged_page_reason(sheet.image, data)) is not None:
+        return failed_result(sheet.pk, damaged)
     try:
         probe(data, settings.OMR_MAX_PIXELS)
     except PixelLimitError as exc:

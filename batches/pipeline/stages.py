@@ -39,7 +39,7 @@ from .. import csvexport, lifecycle, sheet_templates
 from ..display import display_name
 from ..models import Answer, Batch, Sheet, SheetStatus, Stage, sheet_needs_review, stage_index
 from ..omr.flags import CROSS_SHEET, Flag
-from ..storage import delete_prefix, manifest_name, pages_prefix, save
+from ..storage import delete_prefix, manifest_name, pages_prefix, save, work_folder
 from . import fanout
 from .bulk import insert_answers
 from .extract import ExtractError, Limits, check_archive, iter_pages, sniff
@@ -143,7 +143,7 @@ def extract(batch: Batch) -> None:
     last_event = time.monotonic()
     try:
         with default_storage.open(batch.upload.name, "rb") as f, _PageWriter() as writer:
-            for page in iter_pages(f, batch.original_filename, Limits.from_settings()):
+            for page in iter_pages(f, batch.original_filename, Limits.from_settings(), work_folder(batch)):
                 index = len(manifest) + 1
                 entry = {"index": index, "source": page.source_name, "page": page.source_page, "image": ""}
                 if page.span is not None:

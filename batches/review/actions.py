@@ -95,7 +95,7 @@ def clean_value(raw: str, rule: FieldRule | None) -> str:
 # ---------------------------------------------------------------- corrections
 
 
-def _check_finished(batch: Batch) -> None:
+def check_finished(batch: Batch) -> None:
     if not batch.is_finished:
         raise ReviewError("this batch is still running; review it once it has finished")
 
@@ -107,7 +107,7 @@ def apply_corrections(sheet: Sheet, user, changes: dict[str, str]) -> list[Corre
     Raises ``ReviewError`` (nothing written) when a value is not valid.
     Returns the corrections made. The batch's CSV is rewritten after commit."""
     sheet = Sheet.objects.select_for_update().select_related("batch").get(pk=sheet.pk)
-    _check_finished(sheet.batch)
+    check_finished(sheet.batch)
     rules = field_rules(sheet.template or sheet.batch.template, sheet.template_page)
     answers = {a.field: a for a in Answer.objects.filter(sheet=sheet)}
     cleaned = {}
@@ -155,7 +155,7 @@ def set_needs_review(sheet: Sheet, user, needs_review: bool) -> Correction | Non
     """Mark ``sheet`` reviewed (False) or back in review (True), recorded as a
     correction of the field ``needs_review``."""
     sheet = Sheet.objects.select_for_update().select_related("batch").get(pk=sheet.pk)
-    _check_finished(sheet.batch)
+    check_finished(sheet.batch)
     if sheet.needs_review == needs_review:
         return None
     Sheet.objects.filter(pk=sheet.pk).update(needs_review=needs_review)
@@ -176,7 +176,7 @@ def read_again(sheet: Sheet, user=None) -> Sheet:
     """Read ``sheet``'s page again with the engine and store the new reading;
     fields a person corrected keep the person's value. Returns the sheet."""
     sheet = Sheet.objects.select_related("batch").get(pk=sheet.pk)
-    _check_finished(sheet.batch)
+    check_finished(sheet.batch)
     # The read itself runs outside the transaction: it takes a while and needs no lock.
     result = reading.read_sheet(sheet, sheet.batch)
     with transaction.atomic():

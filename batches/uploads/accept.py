@@ -16,7 +16,7 @@ from django.core.files.base import File
 from django.db import transaction
 from django.utils import timezone
 
-from .. import lifecycle, sheet_templates
+from .. import lifecycle, sheet_templates, text
 from ..display import display_name, size_text
 from ..models import Batch, Stage
 from ..pipeline import tasks
@@ -39,10 +39,10 @@ def parse_bool(value, default: bool = True) -> bool:
     """Form booleans: true/false, 1/0, yes/no, on/off; raises ServiceError."""
     if value is None or value == "":
         return default
-    text = str(value).strip().lower()
-    if text in {"1", "true", "yes", "on"}:
+    word = str(value).strip().lower()
+    if word in {"1", "true", "yes", "on"}:
         return True
-    if text in {"0", "false", "no", "off"}:
+    if word in {"0", "false", "no", "off"}:
         return False
     raise ServiceError(400, f"has_qr must be true or false, not {display_name(str(value), 20)!r}")
 
@@ -71,6 +71,10 @@ def check_new_batch(filename: str, template: str, size: int) -> tuple[str, str]:
     ``size`` bytes; raises ``ServiceError`` (400 bad template, file type or an
     empty file, 413 too large)."""
     template = check_template(template)
+    try:
+        text.check(filename, f"the file name {display_name(filename)!r}")
+    except text.TextError as exc:
+        raise ServiceError(400, str(exc)) from None
     try:
         extension = upload_extension(filename)
     except ExtractError as exc:

@@ -36,7 +36,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from .. import lifecycle
+from .. import lifecycle, text
 from ..display import display_name, size_text
 from ..models import Stage, Upload, batch_upload_path, upload_expiry
 from ..storage import fsync_path
@@ -123,6 +123,9 @@ def parse_metadata(header: str) -> dict[str, str]:
         key = parts[0]
         if len(parts) > 2 or not key:
             raise TusError(400, f"Upload-Metadata pair {display_name(pair, 40)!r} is not 'key base64-value'")
+        if text.first_control(key):
+            raise TusError(400, f"the Upload-Metadata key {display_name(key, 40)!r} holds a control character "
+                                f"({text.first_control(key)}), which is not allowed")
         if key in result:
             raise TusError(400, f"Upload-Metadata names {display_name(key, 40)!r} twice")
         value = ""
@@ -132,6 +135,11 @@ def parse_metadata(header: str) -> dict[str, str]:
             except (binascii.Error, UnicodeDecodeError):
                 raise TusError(400, f"Upload-Metadata value of {display_name(key, 40)!r} is not base64 "
                                     f"of UTF-8 text") from None
+        # Every key and value is stored (JSON), so each is checked here, known or not.
+        try:
+            text.check(value, f"the Upload-Metadata value of {display_name(key, 40)!r}")
+        except text.TextError as exc:
+            raise TusError(400, str(exc)) from None
         result[key] = value
     return result
 

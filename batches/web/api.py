@@ -20,7 +20,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from .. import streams
 from ..models import Batch, Stage, WorkerHeartbeat
 from ..uploads import accept
-from .auth import api_login_required, batches_for, error_response, get_batch_or_404
+from .auth import api_login_required, batches_for, error_response, get_batch_or_404, token_user
 
 
 def batch_links(request, batch: Batch) -> dict:
@@ -181,7 +181,27 @@ async def batch_stream(request, batch_id):
 def health(request):
     """``GET /api/health``: database, Redis, workers, queue length, version,
     uptime. 200 when the database and Redis answer and a worker is alive, else 503.
-    No login: it tells nothing about anyone's batches."""
+    No login needed for the answer a load balancer wants: ok or not per part.
+    The details (error text, worker hosts and pids, queue length, version)
+    help an attacker too, so only a logged-in staff user (session or token) sees them."""
+    body = _health_details()
+    if not _is_staff(request):
+        body = {"status": body["status"], **{part: {"ok": body[part]["ok"]} for part in HEALTH_PARTS}}
+    return JsonResponse(body, status=200 if body["status"] == "ok" else 503)
+
+
+#: The parts whose ok/not ok anyone may see.
+HEALTH_PARTS = ("database", "redis", "workers")
+
+
+def _is_staff(request) -> bool:
+    user = token_user(request)
+    if user is None:
+        user = request.user
+    return bool(user.is_authenticated and user.is_staff)
+
+
+def _health_details() -> dict:
     body: dict = {"version": settings.VERSION, "uptime_seconds": int(time.time() - settings.PROCESS_STARTED)}
     healthy = True
     try:
@@ -201,7 +221,7 @@ def health(request):
         body["workers"] = {"ok": False, "alive": 0, "error": str(exc)[:200]}
     healthy &= body["workers"]["ok"]
     body["status"] = "ok" if healthy else "error"
-    return JsonResponse(body, status=200 if healthy else 503)
+    return body
 
 
 def _redis_health() -> tuple[dict, dict]:

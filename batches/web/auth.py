@@ -25,9 +25,18 @@ def error_response(status: int, message: str, **extra) -> JsonResponse:
     return JsonResponse({"error": message, **extra}, status=status)
 
 
+class ExpiredToken(AnonymousUser):
+    """Who sent a real token past its expiry: nobody, but told why."""
+
+    def __init__(self, expired_at):
+        super().__init__()
+        self.expired_at = expired_at
+
+
 def token_user(request):
-    """The user of a valid bearer token, None when no token was sent, or
-    AnonymousUser when one was sent but is not valid."""
+    """The user of a valid bearer token, None when no token was sent,
+    ``ExpiredToken`` for a token past its expiry, or AnonymousUser when one
+    was sent but is not valid."""
     header = request.headers.get("Authorization", "")
     if not header:
         return None
@@ -38,6 +47,8 @@ def token_user(request):
     if row is None or not row.user.is_active:
         return AnonymousUser()
     now = timezone.now()
+    if row.is_expired(now):
+        return ExpiredToken(row.expires_at)
     if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
         ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
     return row.user
@@ -70,7 +81,12 @@ def authenticate(request) -> HttpResponse | None:
             from django.contrib.auth.views import redirect_to_login
 
             return redirect_to_login(request.get_full_path())
-        response = error_response(401, "authentication required: log in, or send Authorization: Bearer <token>")
+        if isinstance(user, ExpiredToken):
+            message = (f"this API token expired on {user.expired_at:%Y-%m-%d %H:%M} UTC: "
+                       "make a new one with manage.py create_api_token")
+        else:
+            message = "authentication required: log in, or send Authorization: Bearer <token>"
+        response = error_response(401, message)
         response["WWW-Authenticate"] = 'Bearer realm="omr"'
         return response
     if not user.is_staff:

@@ -1,6 +1,7 @@
 """URLs of the app, one ``batches`` namespace: the JSON API (its paths are a
 contract: docs/server.md), the resumable uploads, and the browser pages.
-Login and logout are Django's own views with the project's templates.
+Login and logout are Django's own views with the project's templates;
+login is rate-limited (``login_throttle``).
 
 ``/static/`` is served here too (the pages' CSS and vendored htmx, and the
 admin's files), so Daphne alone serves a working site on a laptop or a small
@@ -14,6 +15,7 @@ from django.urls import path, reverse_lazy
 from django.views.generic import RedirectView
 
 from . import api, tus, views
+from .login_throttle import throttled
 
 app_name = "batches"
 
@@ -32,8 +34,9 @@ urlpatterns = [
     path("api/uploads/<uuid:upload_id>", tus.upload_resource, name="tus-upload"),
     # Browser pages.
     path("", RedirectView.as_view(pattern_name="batches:list", permanent=False), name="home"),
-    path("accounts/login/", auth_views.LoginView.as_view(template_name="registration/login.html",
-                                                         next_page=reverse_lazy("batches:list")), name="login"),
+    path("accounts/login/", throttled(auth_views.LoginView.as_view(template_name="registration/login.html",
+                                                                   next_page=reverse_lazy("batches:list"))),
+         name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(next_page=reverse_lazy("batches:login")), name="logout"),
     path("batches/", views.batch_list, name="list"),
     path("batches/upload", views.upload, name="upload"),

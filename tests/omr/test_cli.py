@@ -86,3 +86,30 @@ def test_read_reports_a_file_that_is_not_an_image(tmp_path):
     assert result.returncode == 2
     assert reading["error"] and "not an image" in reading["error"]
     assert reading["needs_review"] is True
+
+
+def test_read_without_template_never_opens_a_file_a_qr_code_names(tmp_path):
+    import dataclasses
+
+    import cv2
+
+    from batches.omr.render import render_page_image
+    from batches.omr.template import BUILTIN_DIR, load_template
+
+    # A valid template file on disk, and a sheet whose QR code names its path
+    planted = tmp_path / "planted.json"
+    planted.write_text((BUILTIN_DIR / "a4-20q-4.json").read_text().replace('"a4-20q-4"', '"planted"'))
+    assert load_template(planted).name == "planted"
+    named = dataclasses.replace(load_template("a4-20q-4"), name=str(planted))
+    scan = tmp_path / "scan.png"
+    cv2.imwrite(str(scan), render_page_image(named, 1, dpi=150))
+
+    # Read without --template: the QR code is read, but its path is not a template
+    reading = json.loads(omr("read", scan, "--json", check=False).stdout.splitlines()[0])
+    assert reading["qr"]["template"] == str(planted)
+    assert reading["template"] != "planted"
+    assert "unknown_template" in reading["sheet_flags"] and "not known" in reading["error"]
+
+    # An explicit --template path given by the user still works
+    reading = json.loads(omr("read", scan, "--template", planted, "--json", check=False).stdout.splitlines()[0])
+    assert reading["template"] == "planted"

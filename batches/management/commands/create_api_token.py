@@ -1,5 +1,7 @@
-"""``manage.py create_api_token USER [--name NAME]``: print a new API token once."""
+"""``manage.py create_api_token USER [--name NAME]``: print a new API token once
+(on stdout) and when it expires (on stderr)."""
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
@@ -21,5 +23,8 @@ class Command(BaseCommand):
             raise CommandError(f"no user {username!r}") from None
         if not user.is_staff:
             self.stderr.write(f"warning: {username} is not staff; the API refuses non-staff users")
-        _row, token = ApiToken.objects.issue(user, name=name)
+        row, token = ApiToken.objects.issue(user, name=name)
         self.stdout.write(token)
+        # On stderr, so TOKEN=$(manage.py create_api_token USER) keeps the token alone.
+        self.stderr.write(f"expires {row.expires_at:%Y-%m-%d %H:%M} UTC "
+                          f"(OMR_API_TOKEN_DAYS={settings.OMR_API_TOKEN_DAYS})")
