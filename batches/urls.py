@@ -1,5 +1,5 @@
 """URLs of the batches app (namespace ``batches``). The browser pages join
-these under their own names; the API's paths are fixed by DESIGN.md."""
+these under their own names; the API's paths are fixed by docs/contracts.md."""
 
 from django.urls import path
 
