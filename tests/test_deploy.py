@@ -554,6 +554,29 @@ def _published_at(event: dict) -> float:
 # ---------------------------------------------------------------- the browser page
 
 
+# ---------------------------------------------------------------- the timers' jobs
+
+
+def unit_setting(unit: Path, name: str) -> str:
+    values = [line.split("=", 1)[1] for line in unit.read_text().splitlines() if line.startswith(f"{name}=")]
+    assert len(values) == 1, (unit, name, values)
+    return values[0]
+
+
+@pytest.mark.parametrize("job, says", [("reconcile", "batches reconciled"), ("cleanup", "orphaned folders")])
+def test_the_timers_start_jobs_that_run(proxied, job, says):
+    systemd = proxied.rendered / "systemd"
+    assert unit_setting(systemd / f"omr-{job}.service", "Type") == "oneshot"
+    assert unit_setting(systemd / f"omr-{job}.timer", "Persistent" if job == "cleanup" else "OnUnitActiveSec")
+    # The job's command, in its folder, with the install's environment
+    unit = systemd / f"omr-{job}.service"
+    assert unit_setting(unit, "EnvironmentFile") == str(proxied.tmp / "omr.env")
+    result = subprocess.run(exec_start(unit), cwd=unit_setting(unit, "WorkingDirectory"), env=proxied.env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert says in result.stdout, result.stdout
+
+
 # ---------------------------------------------------------------- check --deploy
 
 
