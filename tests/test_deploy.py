@@ -215,8 +215,13 @@ class ProxiedServers(Servers):
         return "".join(f"--- {n}\n" + (self.tmp / n).read_text(errors="replace")[-3000:] for n in names
                        if (self.tmp / n).exists())
 
-    def daphne_requests(self) -> str:
-        return "".join(self.access_log(p).read_text() for p in self.web_ports if self.access_log(p).exists())
+    def daphne_requests(self, since: dict[int, int] | None = None) -> str:
+        """The web processes' access logs (after the sizes in ``since``)."""
+        return "".join(self.access_log(p).read_text()[(since or {}).get(p, 0):] for p in self.web_ports
+                       if self.access_log(p).exists())
+
+    def access_log_sizes(self) -> dict[int, int]:
+        return {p: len(self.access_log(p).read_text()) if self.access_log(p).exists() else 0 for p in self.web_ports}
 
 
 @pytest.fixture(scope="module")
@@ -290,7 +295,7 @@ def send_huge_body(servers: ProxiedServers, path: str, size: int, *, chunked: bo
 
 def test_a_5_gb_upload_is_refused_by_nginx_and_never_reaches_a_web_process(proxied):
     before = {port: rss_kb(p.pid) for port, p in proxied.webs.items()}
-    requests_before = proxied.daphne_requests()
+    logged_before = proxied.access_log_sizes()
 
     # When a script posts 5 GB to the plain upload URL (over the upload limit)
     status, sent, head = send_huge_body(proxied, "/api/batches/upload", 5 * GB,
@@ -312,10 +317,16 @@ def test_a_5_gb_upload_is_refused_by_nginx_and_never_reaches_a_web_process(proxi
           f"body bytes sent before the 413: {sent:,} (with a length), {sent_chunked:,} (chunked)")
     for port in proxied.web_ports:
         assert after[port] - before[port] < 16 * 1024, (port, before, after)
-    seen = proxied.daphne_requests()[len(requests_before):]
+    seen = proxied.daphne_requests(since=logged_before)
     assert "/api/batches/upload" not in seen and "/accounts/login/" not in seen, seen
     assert '"POST /api/batches/upload HTTP/1.1" 413 ' in nginx_log(proxied)
     assert '"POST /accounts/login/ HTTP/1.1" 413 ' in nginx_log(proxied)
+
+    # (while a small upload does reach a web process, and its log says so)
+    status, _sent, head = send_huge_body(proxied, "/api/batches/upload", 1000,
+                                         content_type="multipart/form-data; boundary=x")
+    assert status == 400, head
+    assert '"POST /api/batches/upload" 400' in proxied.daphne_requests(since=logged_before)
 
 
 def test_a_tus_chunk_over_the_allowed_size_is_refused_by_nginx(proxied):
