@@ -139,7 +139,8 @@ class ProxiedServers(Servers):
                         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                         "-keyout", str(tmp / "tls.key"), "-out", str(self.certificate)],
                        check=True, capture_output=True, timeout=60)
-        render.render(render.build_parser().parse_args(["--env", str(env_file), "--out", str(self.rendered), "--root", str(ROOT),
+        render.render(render.build_parser().parse_args([
+                     "--env", str(env_file), "--out", str(self.rendered), "--root", str(ROOT),
                      "--listen-https", f"127.0.0.1:{self.port}", "--listen-http", f"127.0.0.1:{self.http_port}",
                      "--web-ports", *map(str, self.web_ports), "--nginx-dir", str(self.rendered / "nginx"),
                      "--tls-cert", str(tmp / "tls.crt"), "--tls-key", str(tmp / "tls.key"),
@@ -165,8 +166,8 @@ class ProxiedServers(Servers):
         conf = self.tmp / "nginx.conf"
         conf.write_text(NGINX_MAIN.format(user=user, tmp=self.tmp, site=self.rendered / "nginx" / "omr.conf"))
         log = (self.tmp / "nginx.log").open("ab")
-        self.nginx = subprocess.Popen([NGINX, "-p", str(self.tmp), "-c", str(conf), "-e", str(self.tmp / "nginx-error.log")],
-                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        command = [NGINX, "-p", str(self.tmp), "-c", str(conf), "-e", str(self.tmp / "nginx-error.log")]
+        self.nginx = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_listening(self.port)
 
     def start_daphne(self, port: int) -> None:
@@ -446,8 +447,8 @@ class StreamFollower(threading.Thread):
             conn.close()
 
     def follow_curl(self, last: int | None) -> bool:
-        command = ["curl", "-N", "-sS", "--cacert", str(self.servers.certificate), "--http1.1", "-H", f"Authorization: Bearer {self.servers.token}",
-                   "-H", "Accept: text/event-stream"]
+        command = ["curl", "-N", "-sS", "--http1.1", "--cacert", str(self.servers.certificate),
+                   "-H", f"Authorization: Bearer {self.servers.token}", "-H", "Accept: text/event-stream"]
         if last is not None:
             command += ["-H", f"Last-Event-ID: {last}"]
         process = subprocess.Popen([*command, self.servers.base_url + self.path], stdout=subprocess.PIPE,
@@ -516,15 +517,7 @@ def test_tus_upload_becomes_a_batch_whose_streams_survive_a_killed_web_process(p
         follower.join(180)
         assert follower.error is None, follower.error
         assert not follower.is_alive()
-    # (nginx's log: two streams were on the killed process, and both came
-    # back with their Last-Event-ID to the one that lives)
-    killed, living = (f"127.0.0.1:{port}" for port in proxied.web_ports)
-    lines = [line for line in (proxied.tmp / "nginx-access.log").read_text().splitlines()
-             if f"GET /api/batches/{batch_id}/stream " in line]
-    first = [line for line in lines if 'last_event_id="-"' in line]
-    again = [line for line in lines if 'last_event_id="-"' not in line]
-    assert len(first) == 4 and sum(answered_by(line) == killed for line in first) == 2, lines
-    assert len(again) == 2 and all(answered_by(line) == living for line in again), lines
+    logged = nginx_log(proxied)
 
     # Then the batch completed with every sheet read
     _headers, published, _comments = proxied.stream(batch_id)  # every event, replayed
@@ -547,6 +540,14 @@ def test_tus_upload_becomes_a_batch_whose_streams_survive_a_killed_web_process(p
         live_after = [e for e, t in zip(follower.events, follower.received_at, strict=True)
                       if t > follower.connects[1] and _published_at(e) > follower.connects[1] - 0.5]
         assert live_after, "no live event after the reconnect"
+    # (nginx's log: two streams were on the killed process, and both came
+    # back with their Last-Event-ID to the one that lives)
+    killed, living = (f"127.0.0.1:{port}" for port in proxied.web_ports)
+    lines = [line for line in logged.splitlines() if f"GET /api/batches/{batch_id}/stream " in line]
+    first = [line for line in lines if 'last_event_id="-"' in line]
+    again = [line for line in lines if 'last_event_id="-"' not in line]
+    assert len(first) == 4 and sum(answered_by(line) == killed for line in first) == 2, lines
+    assert len(again) == 2 and all(answered_by(line) == living for line in again), lines
     reconnect = [round(f.connects[1] - f.cuts[0], 3) for f in cut]
     before_kill = [sum(1 for t in f.received_at if t <= killed_at) for f in followers]
     print(f"published {len(published)} events; per client received {[len(f.events) for f in followers]} "
@@ -665,7 +666,8 @@ def test_the_batch_page_reconnects_through_nginx_when_its_web_process_is_killed(
     assert len(seen) > states_before
     # (nginx's log: the first stream was on the killed process; the page's
     # next ones went to the other, none to the dead one)
-    lines = [line for line in nginx_log(proxied).splitlines() if f"/batches/{links['batch_id']}/progress-stream" in line]
+    path = f"/batches/{links['batch_id']}/progress-stream"
+    lines = [line for line in nginx_log(proxied).splitlines() if path in line]
     assert " 200 " in lines[0] and answered_by(lines[0]) == f"127.0.0.1:{second}", lines
     assert " 200 " in lines[-1] and answered_by(lines[-1]) == f"127.0.0.1:{first}", lines
     assert all(answered_by(line) in (f"127.0.0.1:{first}", "omr_web") for line in lines[1:]), lines
