@@ -239,20 +239,30 @@ def nginx_log(servers: ProxiedServers) -> str:
     return (servers.tmp / "nginx-access.log").read_text()
 
 
+def once_logged(read, holds, timeout: float = 10) -> str:
+    """The log ``read()`` returns, once ``holds(text)``: a server writes its
+    log line after the answer is on its way, so the client may be first."""
+    deadline = time.monotonic() + timeout
+    while not holds(text := read()):
+        assert time.monotonic() < deadline, text[-3000:]
+        time.sleep(0.05)
+    return text
+
+
 def answered_by(line: str) -> str:
     """The upstream that gave the answer logged in ``line`` (the last one
     tried; ``omr_web`` when none was up)."""
     return line.split(" upstream=", 1)[1].split(" last_event_id=")[0].split(", ")[-1]
 
 
-def send_huge_body(servers: ProxiedServers, path: str, size: int, *, chunked: bool = False,
+def send_huge_body(servers: ProxiedServers, path: str, size: int, *, chunked: bool = False, method: str = "POST",
                    content_type: str = "application/octet-stream") -> tuple[int, int, bytes]:
     """Send a request with a ``size``-byte body made on the fly (never held
     whole anywhere), stopping as soon as an answer comes. Returns the status,
     the bytes of body sent and the answer's head."""
     raw = socket.create_connection(("127.0.0.1", servers.port), timeout=30)
     sock = servers.tls.wrap_socket(raw, server_hostname="127.0.0.1")
-    head = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{servers.port}", f"Authorization: Bearer {servers.token}",
+    head = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{servers.port}", f"Authorization: Bearer {servers.token}",
             f"Content-Type: {content_type}"]
     head.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {size}")
     sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
@@ -318,22 +328,23 @@ def test_a_5_gb_upload_is_refused_by_nginx_and_never_reaches_a_web_process(proxi
           f"body bytes sent before the 413: {sent:,} (with a length), {sent_chunked:,} (chunked)")
     for port in proxied.web_ports:
         assert after[port] - before[port] < 16 * 1024, (port, before, after)
-    seen = proxied.daphne_requests(since=logged_before)
-    assert "/api/batches/upload" not in seen and "/accounts/login/" not in seen, seen
-    assert '"POST /api/batches/upload HTTP/1.1" 413 ' in nginx_log(proxied)
-    assert '"POST /accounts/login/ HTTP/1.1" 413 ' in nginx_log(proxied)
-
-    # (while a small upload does reach a web process, and its log says so)
+    once_logged(lambda: nginx_log(proxied), lambda text: '"POST /api/batches/upload HTTP/1.1" 413 ' in text
+                and '"POST /accounts/login/ HTTP/1.1" 413 ' in text)
+    # (while a small upload, sent after them, does reach a web process, and
+    # its log says so)
     status, _sent, head = send_huge_body(proxied, "/api/batches/upload", 1000,
                                          content_type="multipart/form-data; boundary=x")
     assert status == 400, head
-    assert '"POST /api/batches/upload" 400' in proxied.daphne_requests(since=logged_before)
+    seen = once_logged(lambda: proxied.daphne_requests(since=logged_before), lambda text: "/api/batches/upload" in text)
+    assert seen.count("/api/batches/upload") == 1 and '"POST /api/batches/upload" 400' in seen, seen
+    assert "/accounts/login/" not in seen, seen
 
 
 def test_a_tus_chunk_over_the_allowed_size_is_refused_by_nginx(proxied):
     status, _sent, head = send_huge_body(proxied, "/api/uploads/00000000-0000-0000-0000-000000000000",
-                                         66 * MB, content_type="application/offset+octet-stream")
+                                         66 * MB, method="PATCH", content_type="application/offset+octet-stream")
     assert status == 413, head
+    once_logged(lambda: nginx_log(proxied), lambda text: "PATCH /api/uploads/00000000" in text)
     assert "/api/uploads/00000000" not in proxied.daphne_requests()
 
 
@@ -355,9 +366,10 @@ def test_static_files_are_served_by_nginx(proxied):
     # Django would have added its own headers; nginx passed nothing on, and
     # no web process logged it
     assert response.getheader("X-Frame-Options") is None
-    assert '"GET /static/vendor/htmx/htmx-2.0.10.min.js HTTP/1.1" 200 ' in nginx_log(proxied)
+    logged = once_logged(lambda: nginx_log(proxied),
+                         lambda text: '"GET /static/vendor/htmx/htmx-2.0.10.min.js HTTP/1.1" 200 ' in text)
     assert "/static/" not in proxied.daphne_requests()
-    assert all(line.endswith('upstream=- last_event_id="-"') for line in nginx_log(proxied).splitlines()
+    assert all(line.endswith('upstream=- last_event_id="-"') for line in logged.splitlines()
                if "/static/" in line)
     # A name that collectstatic did not write is nginx's 404, not passed on
     conn = proxied.connection(10)
@@ -365,6 +377,7 @@ def test_static_files_are_served_by_nginx(proxied):
     response = conn.getresponse()
     response.read()
     assert response.status == 404
+    once_logged(lambda: nginx_log(proxied), lambda text: "missing.js" in text)
     assert "missing.js" not in proxied.daphne_requests()
 
 
@@ -499,7 +512,9 @@ def test_tus_upload_becomes_a_batch_whose_streams_survive_a_killed_web_process(p
     # And the chunks go up through nginx, the first one of the full 64 MB
     uploader.upload()
     assert uploader.offset == len(data)
-    patches = [line for line in nginx_log(proxied).splitlines() if f"PATCH {urlparse(uploader.url).path} " in line]
+    patch = f"PATCH {urlparse(uploader.url).path} "
+    logged = once_logged(lambda: nginx_log(proxied), lambda text: text.count(patch) >= 2)
+    patches = [line for line in logged.splitlines() if patch in line]
     assert len(patches) == 2 and all('" 204 ' in line for line in patches), patches
     assert int(patches[0].split("request_length=")[1].split()[0]) > chunk, patches
 
@@ -517,7 +532,8 @@ def test_tus_upload_becomes_a_batch_whose_streams_survive_a_killed_web_process(p
         follower.join(180)
         assert follower.error is None, follower.error
         assert not follower.is_alive()
-    logged = nginx_log(proxied)
+    stream = f"GET /api/batches/{batch_id}/stream "
+    logged = once_logged(lambda: nginx_log(proxied), lambda text: text.count(stream) >= 6)
 
     # Then the batch completed with every sheet read
     _headers, published, _comments = proxied.stream(batch_id)  # every event, replayed
@@ -543,7 +559,7 @@ def test_tus_upload_becomes_a_batch_whose_streams_survive_a_killed_web_process(p
     # (nginx's log: two streams were on the killed process, and both came
     # back with their Last-Event-ID to the one that lives)
     killed, living = (f"127.0.0.1:{port}" for port in proxied.web_ports)
-    lines = [line for line in logged.splitlines() if f"GET /api/batches/{batch_id}/stream " in line]
+    lines = [line for line in logged.splitlines() if stream in line]
     first = [line for line in lines if 'last_event_id="-"' in line]
     again = [line for line in lines if 'last_event_id="-"' not in line]
     assert len(first) == 4 and sum(answered_by(line) == killed for line in first) == 2, lines
@@ -667,7 +683,9 @@ def test_the_batch_page_reconnects_through_nginx_when_its_web_process_is_killed(
     # (nginx's log: the first stream was on the killed process; the page's
     # next ones went to the other, none to the dead one)
     path = f"/batches/{links['batch_id']}/progress-stream"
-    lines = [line for line in nginx_log(proxied).splitlines() if path in line]
+    logged = once_logged(lambda: nginx_log(proxied), lambda text: sum(
+        path in line and " 200 " in line for line in text.splitlines()) >= 2)
+    lines = [line for line in logged.splitlines() if path in line]
     assert " 200 " in lines[0] and answered_by(lines[0]) == f"127.0.0.1:{second}", lines
     assert " 200 " in lines[-1] and answered_by(lines[-1]) == f"127.0.0.1:{first}", lines
     assert all(answered_by(line) in (f"127.0.0.1:{first}", "omr_web") for line in lines[1:]), lines
