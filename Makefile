@@ -19,7 +19,7 @@ test:
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint:
-	.venv/bin/ruff check batches omrsite tests bench
+	.venv/bin/ruff check batches omrsite tests bench deploy
 
 bench: setup
 	$(PY) bench/omr_speed.py

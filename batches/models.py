@@ -20,7 +20,7 @@ from django.utils import timezone
 
 
 class Stage(models.TextChoices):
-    """A batch's stages, in the order they run (DESIGN.md)."""
+    """A batch's stages, in the order they run (docs/contracts.md)."""
 
     QUEUED = "queued", "Queued"
     UPLOADING = "uploading", "Uploading"
@@ -262,7 +262,7 @@ class ProgressEvent(models.Model):
         return self.stage in TERMINAL_STAGES
 
     def to_dict(self) -> dict:
-        """The event as DESIGN.md spells it (the SSE ``data:`` JSON)."""
+        """The event as docs/contracts.md spells it (the SSE ``data:`` JSON)."""
         return {
             "id": self.id,
             "batch_id": str(self.batch_id),

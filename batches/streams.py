@@ -148,7 +148,7 @@ async def _receive(layer, channel: str, woken: asyncio.Event) -> None:
 
 
 def sse_frame(event: ProgressEvent) -> bytes:
-    """One Server-Sent Event as DESIGN.md spells it."""
+    """One Server-Sent Event as docs/contracts.md spells it."""
     data = json.dumps(event.to_dict(), separators=(",", ":"))
     return f"id: {event.id}\nevent: progress\ndata: {data}\n\n".encode()
 

@@ -1,4 +1,4 @@
-"""Many SSE clients on one batch (RELIABILITY.md, Load): every client gets
+"""Many SSE clients on one batch (docs/reliability.md, Load): every client gets
 every event, in order, once; and how late the live ones arrive.
 
 Starts the real parts (Daphne, a ``rundramatiq`` worker with 2 processes,

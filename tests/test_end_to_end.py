@@ -175,9 +175,13 @@ class Servers:
 
     # ------------------------------------------------------------ HTTP
 
+    def connection(self, timeout: float) -> http.client.HTTPConnection:
+        """A connection to where clients talk to the servers (a proxy may stand in front)."""
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
                 timeout: float = 30) -> tuple[int, dict, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn = self.connection(timeout)
         try:
             conn.request(method, path, body=body, headers={"Authorization": f"Bearer {self.token}", **(headers or {})})
             response = conn.getresponse()
@@ -214,7 +218,7 @@ class Servers:
 
     def stream(self, batch_id: str, last_event_id: int | None = None, on_event=None, timeout: float = 120):
         """Read the SSE stream to its end; returns (headers, events, comments)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn = self.connection(30)
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "text/event-stream"}
         if last_event_id is not None:
             headers["Last-Event-ID"] = str(last_event_id)
@@ -250,8 +254,8 @@ class Servers:
 
 
 @contextlib.contextmanager
-def running_servers(tmp: Path, username: str | None = None, **env: str):
-    """``Servers`` started (with ``env`` added to theirs) for the length of the
+def running_servers(tmp: Path, username: str | None = None, servers_class: type[Servers] = Servers, **env: str):
+    """``servers_class`` started (with ``env`` added to theirs) for the length of the
     block, then stopped, their database dropped and their Redis keys removed.
     Fails at once when Redis does not answer. The logs are printed at the end
     (pytest shows them only for a failed test)."""
@@ -262,7 +266,7 @@ def running_servers(tmp: Path, username: str | None = None, **env: str):
         client.ping()
     except redis.ConnectionError:
         pytest.fail(f"no Redis at {redis_url()} (bin/ensure-redis starts one)", pytrace=False)
-    s = Servers(tmp)
+    s = servers_class(tmp)
     s.env.update(env)
     try:
         s.start(username)

@@ -1,4 +1,4 @@
-"""Hostile uploads (RELIABILITY Z1-Z10, I1-I4), each run through the real
+"""Hostile uploads (docs/reliability.md Z1-Z10, I1-I4), each run through the real
 pipeline: the batch fails with a reason that names the entry and the limit, or
 the one sheet fails while the batch goes on. Every test also checks, through
 the ``sandbox`` fixture, that nothing was written outside the batch's folder

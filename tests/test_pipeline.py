@@ -1,5 +1,5 @@
 """The pipeline run by real Dramatiq Workers on the StubBroker, with the real
-engine reading simulated sheets; and the worker faults of RELIABILITY (W1,
+engine reading simulated sheets; and the worker faults of docs/reliability.md (W1,
 W2, W4, W6; W7 with real processes is in test_end_to_end) at the level where they happen."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The progress stream (RELIABILITY S1-S4): the real SSE response of the async
+"""The progress stream (docs/reliability.md S1-S4): the real SSE response of the async
 view, consumed through Django's AsyncClient and parsed frame by frame."""
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def test_late_client_gets_every_event_and_the_stream_ends(batch, auth_headers):
     # When a client connects afterwards
     response, frames = async_to_sync(consume)(stream_url(batch), auth_headers)
 
-    # Then it gets every event, in order, in DESIGN's format, and the response ends
+    # Then it gets every event, in order, in the format of docs/contracts.md, and the response ends
     assert response["Content-Type"].startswith("text/event-stream")
     assert response["Cache-Control"] == "no-cache"
     assert response["X-Accel-Buffering"] == "no"

@@ -1,6 +1,6 @@
 """The batch pipeline: the only place that runs the stages, in order.
 
-Stages (DESIGN.md): validating, extracting, organizing_qr, creating_sheets,
+Stages (docs/contracts.md): validating, extracting, organizing_qr, creating_sheets,
 processing_sheets, collecting_results, generating_csv, loading_database,
 cleanup, then completed or failed. Three entry points, each called by a thin
 actor in ``tasks.py`` (or inline by ``manage.py process_batch``):

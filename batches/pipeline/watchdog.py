@@ -1,5 +1,5 @@
 """A time limit on reading one page that holds even when the engine is stuck in
-C code (RELIABILITY.md W5).
+C code (W5 in docs/reliability.md).
 
 Dramatiq's own time limit raises an exception in the worker thread, which
 Python only delivers between bytecodes: a thread inside an OpenCV or zbar call

@@ -1,4 +1,4 @@
-"""The JSON API and the progress stream (DESIGN.md "HTTP contracts").
+"""The JSON API and the progress stream (docs/contracts.md, "URLs").
 
 Thin function views: authenticate (``auth.api_login_required``), scope to the
 user (``auth.get_batch_or_404``), call a service, answer JSON.
