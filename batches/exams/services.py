@@ -177,7 +177,8 @@ def evaluation_rules(template: ExamTemplate, evaluation: Any, *, answer_key_csv:
         return import_evaluation(evaluation, questions=template.questions, versions=template.versions,
                                  version=version, read_answer_key=read_answer_key)
     except ExamRulesError as exc:
-        raise ExamError(400, "evaluation: " + "; ".join(exc.errors), [f"evaluation.{e}" for e in exc.errors]) from None
+        errors = [f"evaluation.{e}" for e in exc.errors]
+        raise ExamError(400, "; ".join(errors), errors) from None
 
 
 # ---------------------------------------------------------------- create, change
@@ -271,3 +272,27 @@ def exam_json(exam: Exam, urls: dict[str, str] | None = None) -> dict[str, Any]:
         **(urls or {}),
     })
     return body
+
+
+# ---------------------------------------------------------------- uploads
+
+
+def upload_exam(user, exam_id: Any, template: str = "") -> tuple[Exam | None, str]:
+    """The exam a new batch is uploaded for (``exam=`` of ``POST
+    /api/batches/upload`` and of the tus metadata) and the batch's template:
+    the exam's when none is given. Raises ``accept.ServiceError`` 400 for an
+    exam that is not the user's (as if it did not exist) or a template that
+    is not the exam's."""
+    from ..uploads.accept import ServiceError
+
+    text = str(exam_id).strip() if exam_id is not None else ""
+    if not text:
+        return None, template
+    try:
+        exam = exams_for(user).get(pk=int(text))
+    except (Exam.DoesNotExist, ValueError):
+        raise ServiceError(400, f"exam: no exam {text[:20]!r}") from None
+    template = (template or "").strip()
+    if template and template != exam.template:
+        raise ServiceError(400, f"template: the exam {exam.name!r} is on template {exam.template}, not {template}")
+    return exam, exam.template
