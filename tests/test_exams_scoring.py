@@ -160,6 +160,7 @@ def test_a_correction_is_logged_rescored_and_the_statistics_follow(owner, django
     assert score_of("1").score == 18
     before = services.exam_json(exam)["sheets_scored"]
     sheet = Sheet.objects.get(batch=batch, index=1)
+    row_id = score_of("1").pk
 
     # When a reviewer corrects q1 to the right answer and q2 to a double mark typed in any order
     with django_capture_on_commit_callbacks(execute=True):
@@ -170,6 +171,7 @@ def test_a_correction_is_logged_rescored_and_the_statistics_follow(owner, django
         ("q1", "B", "A", owner), ("q2", "C", "BC", owner)]
     assert Correction.objects.filter(sheet=sheet).count() == 2
     assert score_of("1").score == 19 and score_of("1").answers["q2"] == "BC"
+    assert score_of("1").pk == row_id  # updated in place
     assert_saved_statistics_equal_a_recount(exam)
     items = exports.items_json(exam)
     assert items["items"]["q1"]["difficulty"] == 1.0  # both sheets right on q1 now

@@ -39,6 +39,8 @@ from .services import CompiledExam, compiled
 
 logger = logging.getLogger(__name__)
 
+UPDATED_FIELDS = ["student", "roster_entry", "version", "problem", "counted", "score", "max_score", "answers", "earned",
+                  "right", "scored_at"]
 SHEET_COLUMNS = ("pk", "index", "status", "template", "template_page", "student", "exam")
 
 
@@ -308,13 +310,28 @@ def rescore_after_change(sheet_id: int) -> list[SheetScore]:
             for row in rows:
                 if row.counted:
                     stats.add(_row_share(shape, row))
-        SheetScore.objects.filter(pk__in=[r.pk for r in old]).delete()
-        SheetScore.objects.bulk_create(rows)
+        _replace_rows(old, rows)
         if stats is None:
             recount_statistics(exam, shape)
         else:
             Exam.objects.filter(pk=exam.pk).update(statistics=stats.to_dict())
     return [r for r in rows if sheet_id in r.pages]
+
+
+def _replace_rows(old: list[SheetScore], rows: list[SheetScore]) -> None:
+    """Save a correction's rows: a sheet that kept its pages is updated in
+    place (the usual case: no row deleted or inserted, so no foreign-key check
+    on the page rows a reviewer may hold locked); any other is replaced."""
+    kept = {(r.sheet_id, tuple(r.pages)): r for r in old}
+    update = []
+    for row in rows:
+        before = kept.pop((row.sheet_id, tuple(row.pages)), None)
+        if before is not None:
+            row.pk = before.pk
+            update.append(row)
+    SheetScore.objects.filter(pk__in=[r.pk for r in kept.values()]).delete()
+    SheetScore.objects.bulk_update(update, UPDATED_FIELDS)
+    SheetScore.objects.bulk_create([r for r in rows if r.pk is None])
 
 
 def _saved_statistics(exam: Exam, shape: CompiledExam) -> ItemStatistics | None:
