@@ -360,3 +360,14 @@ def test_a_new_key_rescores_and_the_statistics_equal_a_recount(owner):
     assert score_of("3").problem == "other_exam" and not score_of("3").counted
     assert_saved_statistics_equal_a_recount(exam)
     assert scores.exam_statistics(exam).sheets == 2
+
+
+def test_a_correction_is_saved_even_when_the_exam_can_no_longer_score(owner):
+    exam = make_exam(owner)
+    batch = add_batch(owner, exam, [reading(answers(KEY_A, "A", "1", wrong=("q1",)))])
+    # Rules that no longer check against the template (as after a custom template was edited)
+    Exam.objects.filter(pk=exam.pk).update(rules={"keys": {"Z": {"q1": "A"}}})
+    services._compiled.cache_clear()
+    made = review.apply_corrections(Sheet.objects.get(batch=batch), owner, {"q1": "A"})
+    assert [c.new_value for c in made] == ["A"]
+    assert score_of("1").score == 19  # left as it was until the exam is fixed

@@ -297,7 +297,14 @@ def rescore_after_change(sheet_id: int) -> list[SheetScore]:
     batch_id = page["batch_id"]
     with transaction.atomic():
         exam = Exam.objects.select_for_update().get(pk=page["batch__exam_id"])
-        shape = compiled(exam)
+        try:
+            shape = compiled(exam)
+        except (FileNotFoundError, ValueError) as exc:
+            # A template edited since the exam was made: the correction itself
+            # must still be saved; the scores wait for the exam to be fixed
+            # (saving it scores every sheet again).
+            logger.warning("Exam %s cannot score sheet %s: %s", exam.pk, sheet_id, exc)
+            return []
         stats = _saved_statistics(exam, shape)
         old = _rows_with_page(exam, batch_id, sheet_id)
         affected = {pk for row in old for pk in row.pages} | {sheet_id}
