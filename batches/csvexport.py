@@ -26,7 +26,7 @@ from django.db import connection
 from .models import Answer, Batch, Sheet
 from .omr.flags import NOT_REVIEW
 from .storage import csv_name, replace
-from .text import strip as strip_controls
+from .omr.text import strip as strip_controls
 
 FIXED_COLUMNS = ["sheet", "source_file", "source_page", "template", "template_page", "student", "exam", "status",
                  "needs_review", "flags", "error"]

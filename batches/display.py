@@ -3,7 +3,7 @@ archives: they are shown cleaned and cut, never used as paths."""
 
 from __future__ import annotations
 
-from .text import CONTROL_CHARACTERS  # a name shown in a message must not carry them
+from .omr.text import CONTROL_CHARACTERS  # a name shown in a message must not carry them
 
 
 def display_name(name: str, limit: int = 120) -> str:

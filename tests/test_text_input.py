@@ -1,4 +1,4 @@
-"""Text from outside checked where it enters (``batches/text.py``): control
+"""Text from outside checked where it enters (``batches/omr/text.py``): control
 characters (a NUL above all, which PostgreSQL refuses in text and JSON) in tus
 metadata, multipart file names, QR codes, CSV cells and template labels are
 refused with a clear 400 or removed, never a 500 or a lost reading.
@@ -20,7 +20,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
 
-from batches import text
+from batches.omr import text
 from batches.csvexport import write_results_csv
 from batches.models import Answer, Batch, Sheet, SheetStatus, SheetTemplate, Stage, Upload
 from batches.omr.payload import PayloadInvalid, decode_payload

@@ -12,7 +12,8 @@ from django import forms
 from django.contrib import admin
 from django.utils.html import format_html, format_html_join
 
-from .. import sheet_templates, text
+from .. import sheet_templates
+from ..omr import text
 from ..models import SheetTemplate
 
 MAX_FILE_BYTES = 20 * 1024 * 1024

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from urllib.parse import quote, unquote
 
-from ..text import first_control
+from .text import first_control
 
 PREFIX = "OMR1"
 

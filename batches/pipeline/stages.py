@@ -37,6 +37,7 @@ from django.db.models import Exists, OuterRef
 
 from .. import csvexport, lifecycle, sheet_templates
 from ..display import display_name
+from ..exams import scores as exam_scores
 from ..models import Answer, Batch, Sheet, SheetStatus, Stage, sheet_needs_review, stage_index
 from ..omr.flags import CROSS_SHEET, Flag
 from ..storage import delete_prefix, manifest_name, pages_prefix, save, work_folder
@@ -281,6 +282,7 @@ def finish_batch(batch_id) -> None:
         collect_results(batch)
         generate_csv(batch)
         load_database(batch)
+        exam_scores.score_finished_batch(batch)
         cleanup(batch)
         complete(batch)
     except BatchError as exc:

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import Any
 
 from django.conf import settings
 from django.core.files.base import File
 from django.db import transaction
 from django.utils import timezone
 
-from .. import lifecycle, sheet_templates, text
+from .. import lifecycle, sheet_templates
+from ..omr import text
 from ..display import display_name, size_text
+from ..exams.models import Exam
+from ..exams.services import exams_for
 from ..models import Batch, Stage
 from ..pipeline import tasks
 from ..pipeline.extract import ExtractError, upload_extension
@@ -87,7 +91,7 @@ def check_new_batch(filename: str, template: str, size: int) -> tuple[str, str]:
     return template, extension
 
 
-def begin_batch(owner, *, filename: str, template: str = "", has_qr: bool = True, size: int) -> Batch:
+def begin_batch(owner, *, filename: str, template: str = "", has_qr: bool = True, size: int, exam=None) -> Batch:
     """A new batch in stage ``uploading`` whose file is still to come (see
     ``store_upload``): checked as ``check_new_batch`` does, with its first event.
     Call it inside a transaction with ``store_upload``, or alone for a
@@ -95,7 +99,7 @@ def begin_batch(owner, *, filename: str, template: str = "", has_qr: bool = True
     template, extension = check_new_batch(filename, template, size)
     with transaction.atomic():
         batch = Batch.objects.create(owner=owner, template=template, has_qr=has_qr, extension=extension,
-                                     original_filename=filename[:255], size=size, stage=Stage.UPLOADING)
+                                     original_filename=filename[:255], size=size, stage=Stage.UPLOADING, exam=exam)
         lifecycle.advance(batch, Stage.UPLOADING, f"Receiving {display_name(filename)}")
     return batch
 
@@ -121,7 +125,7 @@ def store_upload(batch: Batch, upload, *, sha256: str, start: bool = True) -> Ba
 
 
 def create_batch(owner, upload, *, filename: str | None = None, template: str = "", has_qr: bool = True,
-                 start: bool = True) -> Batch:
+                 start: bool = True, exam=None) -> Batch:
     """Store an uploaded file as a new batch and queue its pipeline.
 
     ``upload`` is a Django ``File`` (an ``UploadedFile`` from a form, or a file
@@ -137,7 +141,7 @@ def create_batch(owner, upload, *, filename: str | None = None, template: str = 
         digest.update(chunk)
     upload.seek(0)
     with transaction.atomic():
-        batch = begin_batch(owner, filename=filename, template=template, has_qr=has_qr, size=size)
+        batch = begin_batch(owner, filename=filename, template=template, has_qr=has_qr, size=size, exam=exam)
         store_upload(batch, upload, sha256=digest.hexdigest(), start=start)
     logger.info("Batch %s created from %s (%d bytes)", batch.pk, display_name(filename), size)
     return batch
@@ -161,3 +165,22 @@ def delete_batch(batch: Batch) -> None:
     batch.delete()
     delete_prefix(prefix)
     logger.info("Batch %s deleted at %s", batch.pk, timezone.now().isoformat())
+
+
+def exam_for_upload(user, exam_id: Any, template: str = "") -> tuple[Exam | None, str]:
+    """The exam a new batch is uploaded for (``exam=`` of ``POST
+    /api/batches/upload`` and of the tus metadata) and the batch's template:
+    the exam's when none is given. Raises ``ServiceError`` 400 for an
+    exam that is not the user's (as if it did not exist) or a template that
+    is not the exam's."""
+    text = str(exam_id).strip() if exam_id is not None else ""
+    if not text:
+        return None, template
+    try:
+        exam = exams_for(user).get(pk=int(text))
+    except (Exam.DoesNotExist, ValueError):
+        raise ServiceError(400, f"exam: no exam {text[:20]!r}") from None
+    template = (template or "").strip()
+    if template and template != exam.template:
+        raise ServiceError(400, f"template: the exam {exam.name!r} is on template {exam.template}, not {template}")
+    return exam, exam.template

@@ -47,6 +47,7 @@ def batch_json(request, batch: Batch) -> dict:
         "finished": batch.is_finished,
         "template": batch.template,
         "has_qr": batch.has_qr,
+        "exam_id": batch.exam_id,
         "original_filename": batch.original_filename,
         "size": batch.size,
         "sha256": batch.sha256,
@@ -68,7 +69,7 @@ def batch_json(request, batch: Batch) -> dict:
 @require_POST
 @api_login_required
 def upload(request):
-    """``POST /api/batches/upload``: multipart ``file``, ``has_qr``, ``template``."""
+    """``POST /api/batches/upload``: multipart ``file``, ``has_qr``, ``template``, ``exam``."""
     length = request.META.get("CONTENT_LENGTH")
     if length and length.isdigit() and int(length) > settings.OMR_MAX_UPLOAD_BYTES + 1024 * 1024:
         return error_response(413, f"the upload is over the limit of {accept.upload_limit_text()}")
@@ -77,8 +78,9 @@ def upload(request):
         return error_response(400, "no file: send the scans as the multipart field 'file'")
     try:
         has_qr = accept.parse_bool(request.POST.get("has_qr"), default=True)
+        exam, template = accept.exam_for_upload(request.user, request.POST.get("exam"), request.POST.get("template", ""))
         batch = accept.create_batch(request.user, upload_file, filename=upload_file.name,
-                                      template=request.POST.get("template", ""), has_qr=has_qr)
+                                      template=template, has_qr=has_qr, exam=exam)
     except accept.ServiceError as exc:
         return error_response(exc.status, exc.message)
     return JsonResponse({"batch_id": str(batch.pk), **batch_links(request, batch)}, status=202)

@@ -14,6 +14,7 @@ from django.contrib.staticfiles.views import serve as serve_static
 from django.urls import path, reverse_lazy
 from django.views.generic import RedirectView
 
+from ..exams import urls as exam_urls
 from . import api, tus, views
 from .login_throttle import throttled
 
@@ -32,6 +33,8 @@ urlpatterns = [
     path("api/uploads/", tus.upload_collection, name="tus-uploads"),
     path("api/uploads", tus.upload_collection),
     path("api/uploads/<uuid:upload_id>", tus.upload_resource, name="tus-upload"),
+    # Exams (batches/exams/urls.py).
+    *exam_urls.urlpatterns,
     # Browser pages.
     path("", RedirectView.as_view(pattern_name="batches:list", permanent=False), name="home"),
     path("accounts/login/", throttled(auth_views.LoginView.as_view(template_name="registration/login.html",

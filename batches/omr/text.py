@@ -8,7 +8,8 @@ such text with a clear message (``check``), or removes the characters where
 refusing would lose real work (``strip``). Tab, line feed and carriage return
 are allowed only where a value may span lines (``multiline=True``).
 
-Pure Python (no Django): the engine uses it for QR codes too.
+Part of the engine (pure Python), which checks QR codes with it;
+the server checks everything else it takes in with it too.
 """
 
 from __future__ import annotations
