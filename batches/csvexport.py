@@ -25,8 +25,8 @@ from django.db import connection
 
 from .models import Answer, Batch, Sheet
 from .omr.flags import NOT_REVIEW
-from .storage import csv_name, replace
 from .omr.text import strip as strip_controls
+from .storage import csv_name, replace
 
 FIXED_COLUMNS = ["sheet", "source_file", "source_page", "template", "template_page", "student", "exam", "status",
                  "needs_review", "flags", "error"]

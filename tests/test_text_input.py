@@ -20,9 +20,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
 
-from batches.omr import text
 from batches.csvexport import write_results_csv
 from batches.models import Answer, Batch, Sheet, SheetStatus, SheetTemplate, Stage, Upload
+from batches.omr import text
 from batches.omr.payload import PayloadInvalid, decode_payload
 from batches.omr.qr import classify
 from batches.pipeline import stages

@@ -13,8 +13,8 @@ from django.contrib import admin
 from django.utils.html import format_html, format_html_join
 
 from .. import sheet_templates
-from ..omr import text
 from ..models import SheetTemplate
+from ..omr import text
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
 

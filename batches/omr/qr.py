@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 from pyzbar import pyzbar
 
-from .text import strip as strip_controls
 from .align import apply_h
 from .payload import PayloadError, PayloadInvalid, QrPayload, decode_payload
+from .text import strip as strip_controls
 
 #: Sampling of the cut-out, px per mm (6 ~ 150 dpi: 5-6 px per module).
 QR_PX_PER_MM = 6.0

@@ -18,11 +18,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from .. import lifecycle, sheet_templates
-from ..omr import text
 from ..display import display_name, size_text
 from ..exams.models import Exam
 from ..exams.services import exams_for
 from ..models import Batch, Stage
+from ..omr import text
 from ..pipeline import tasks
 from ..pipeline.extract import ExtractError, upload_extension
 from ..storage import delete_prefix, make_durable

@@ -37,9 +37,9 @@ from django.db.models import F
 from django.utils import timezone
 
 from .. import lifecycle
-from ..omr import text
 from ..display import display_name, size_text
 from ..models import Stage, Upload, batch_upload_path, upload_expiry
+from ..omr import text
 from ..storage import fsync_path
 from . import accept
 
