@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import time
 from collections import defaultdict, deque
 
@@ -182,7 +183,9 @@ class _PageWriter:
     stage the whole batch waits for on one core, takes about half as long. At
     most ``ahead`` pages wait in memory. ``save`` fills ``entry["image"]`` once
     the page is stored; leaving the block waits for every page, and raises the
-    first storage error (after the rest have stopped)."""
+    first storage error (after the rest have stopped). Once one page could not
+    be stored (a full disk), the pages queued behind it are not attempted: the
+    writer would only fill the disk again while the reader catches up."""
 
     def __init__(self, ahead: int = 8):
         from concurrent.futures import ThreadPoolExecutor
@@ -190,11 +193,21 @@ class _PageWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omr-extract-write")
         self._pending: deque = deque()
         self._ahead = ahead
+        self._failed = threading.Event()
 
     def save(self, entry: dict, name: str, data: bytes) -> None:
-        self._pending.append((entry, self._pool.submit(save, name, data)))
+        self._pending.append((entry, self._pool.submit(self._store, name, data)))
         while len(self._pending) > self._ahead:
             self._finish_one()
+
+    def _store(self, name: str, data: bytes) -> str:
+        if self._failed.is_set():
+            raise OSError("not stored: an earlier page could not be")
+        try:
+            return save(name, data)
+        except BaseException:
+            self._failed.set()
+            raise
 
     def _finish_one(self) -> None:
         entry, future = self._pending.popleft()
