@@ -15,6 +15,8 @@ Environment variables (all optional):
   ``OMR_MAX_UNCOMPRESSED_MB``, ``OMR_MAX_IMAGE_ENTRY_MB``, ``OMR_MAX_COMPRESSION_RATIO``: the limits on
   what an upload may contain.
 - ``OMR_UPLOAD_EXPIRY_HOURS``, ``OMR_TUS_MAX_CHUNK_MB``: resumable uploads (expiry, largest PATCH body).
+- ``OMR_PRINT_IN_REQUEST_PAGES``, ``OMR_PRINT_EXPIRY_HOURS``: printed sheets (largest print built in the
+  request, how long a worker-built PDF is kept).
 """
 
 from __future__ import annotations
@@ -194,8 +196,8 @@ else:
         "MIDDLEWARE": _dramatiq_middleware,
     }
 DRAMATIQ_TASKS_DATABASE = "default"
-# The actors live in batches/pipeline/tasks.py.
-DRAMATIQ_AUTODISCOVER_MODULES = ["pipeline.tasks"]
+# The actors live in batches/pipeline/tasks.py and batches/printing/tasks.py.
+DRAMATIQ_AUTODISCOVER_MODULES = ["pipeline.tasks", "printing.tasks"]
 
 # Streams send a keep-alive every OMR_STREAM_KEEPALIVE seconds (at most 15), so
 # the Redis socket timeout must be longer than that or idle streams break.
@@ -246,6 +248,10 @@ OMR_UPLOAD_EXPIRY_HOURS = env_float("OMR_UPLOAD_EXPIRY_HOURS", 24.0)
 OMR_TUS_MAX_CHUNK_BYTES = env_int("OMR_TUS_MAX_CHUNK_MB", 64) * 1024 * 1024
 OMR_TUS_BROWSER_CHUNK_BYTES = int(env_float("OMR_TUS_BROWSER_CHUNK_MB", 8.0) * 1024 * 1024)  # the upload page's PATCH size
 OMR_DEFAULT_TEMPLATE = env("OMR_DEFAULT_TEMPLATE", "a4-100q-5")
+# Printed sheets: prints of up to this many pages are built in the request,
+# larger ones by a worker, kept for OMR_PRINT_EXPIRY_HOURS (cleanup_uploads removes them).
+OMR_PRINT_IN_REQUEST_PAGES = env_int("OMR_PRINT_IN_REQUEST_PAGES", 50)
+OMR_PRINT_EXPIRY_HOURS = env_float("OMR_PRINT_EXPIRY_HOURS", 24.0)
 OMR_CHUNK_SIZE = env_int("OMR_CHUNK_SIZE", 10)  # sheets per worker message
 OMR_SHEET_MAX_ATTEMPTS = env_int("OMR_SHEET_MAX_ATTEMPTS", 3)
 # A page still being read after this many seconds is stuck (in C code, where
