@@ -9,6 +9,7 @@ the batch list do) until it is ready, then offers the download.
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpResponse
 from django.shortcuts import redirect, render
@@ -41,7 +42,7 @@ def print_context(user, exam, form=None, error: str = "") -> dict:
         "print_error": error,
         "roster_count": RosterEntry.objects.filter(exam=exam).count(),
         "print_jobs": list(services.jobs_for(user).filter(exam=exam)[:RECENT_JOBS]),
-        "in_request_pages": services.settings.OMR_PRINT_IN_REQUEST_PAGES,
+        "in_request_pages": settings.OMR_PRINT_IN_REQUEST_PAGES,
         "print_url": reverse("batches:exam-print", args=[exam.pk]),
     }
 
