@@ -250,3 +250,17 @@ def test_cleanup_removes_expired_prints_and_keeps_the_others(owner, exam):
     assert "1 expired prints" in out.getvalue()
     assert list(PrintJob.objects.values_list("pk", flat=True)) == [kept.pk]
     assert not default_storage.exists(expired.file) and default_storage.exists(kept.file)
+
+
+@pytest.mark.django_db
+def test_the_actor_is_time_limited_and_a_job_out_of_retries_fails_saying_so(owner, exam):
+    from batches.printing.tasks import build_print, print_failed
+
+    assert build_print.options["time_limit"] == 20 * 60_000 and build_print.options["max_retries"] == 2
+    job = PrintJob.objects.create(owner=owner, exam=exam, template=exam.template, filename="p.pdf",
+                                  state=PrintState.RUNNING, expires_at=timezone.now() + datetime.timedelta(hours=1))
+    print_failed.fn({"actor_name": "build_print", "args": [str(job.pk)]}, {"retries": 2})
+    job.refresh_from_db()
+    assert job.state == PrintState.FAILED and "could not build this PDF" in job.error
+    row = login(owner).get(reverse("batches:exam-print-job", args=[exam.pk, job.pk])).content.decode()
+    assert "could not build this PDF" in row and "hx-trigger" not in row
