@@ -415,3 +415,4 @@ class SheetTemplate(models.Model):
 
 
 from .exams.models import Exam, ExamChange, RosterEntry, ScoreProblem, SheetScore  # noqa: E402, F401
+from .printing.models import PrintJob, PrintState  # noqa: E402, F401

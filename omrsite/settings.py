@@ -20,6 +20,8 @@ Environment variables (all optional):
 - ``OMR_API_TOKEN_DAYS``: how long an API token works after it is made. Default 90.
 - ``OMR_LOGIN_FAILURES_PER_ADDRESS`` (30), ``OMR_LOGIN_FAILURES_PER_USER`` (10), ``OMR_LOGIN_WINDOW_MINUTES`` (15):
   failed logins allowed before the login pages answer 429.
+- ``OMR_PRINT_IN_REQUEST_PAGES``, ``OMR_PRINT_EXPIRY_HOURS``: printed sheets (largest print built in the
+  request, how long a worker-built PDF is kept).
 - ``OMR_PROCESS_ROLE``: ``worker`` in the processes ``manage.py rundramatiq`` starts (it sets it), else ``web``.
 
 The test suite runs with ``settings_test.py``, these settings and what a test run sets for itself.
@@ -202,8 +204,8 @@ def dramatiq_broker(backend: str) -> dict:
 DRAMATIQ_BACKEND = env("OMR_BROKER", "redis")
 DRAMATIQ_BROKER = dramatiq_broker(DRAMATIQ_BACKEND)
 DRAMATIQ_TASKS_DATABASE = "default"
-# The actors live in batches/pipeline/tasks.py and batches/review/tasks.py.
-DRAMATIQ_AUTODISCOVER_MODULES = ["pipeline.tasks", "review.tasks"]
+# The actors live in batches/pipeline/tasks.py, batches/review/tasks.py and batches/printing/tasks.py.
+DRAMATIQ_AUTODISCOVER_MODULES = ["pipeline.tasks", "review.tasks", "printing.tasks"]
 
 def channel_layers(backend: str) -> dict:
     """The channel layer: "redis", or the in-process "memory" one (the test suite's)."""
@@ -271,6 +273,10 @@ OMR_UPLOAD_EXPIRY_HOURS = env_float("OMR_UPLOAD_EXPIRY_HOURS", 24.0)
 OMR_TUS_MAX_CHUNK_BYTES = env_int("OMR_TUS_MAX_CHUNK_MB", 64) * 1024 * 1024
 OMR_TUS_BROWSER_CHUNK_BYTES = int(env_float("OMR_TUS_BROWSER_CHUNK_MB", 8.0) * 1024 * 1024)  # the upload page's PATCH size
 OMR_DEFAULT_TEMPLATE = env("OMR_DEFAULT_TEMPLATE", "a4-100q-5")
+# Printed sheets: prints of up to this many pages are built in the request,
+# larger ones by a worker, kept for OMR_PRINT_EXPIRY_HOURS (cleanup_uploads removes them).
+OMR_PRINT_IN_REQUEST_PAGES = env_int("OMR_PRINT_IN_REQUEST_PAGES", 50)
+OMR_PRINT_EXPIRY_HOURS = env_float("OMR_PRINT_EXPIRY_HOURS", 24.0)
 OMR_CHUNK_SIZE = env_int("OMR_CHUNK_SIZE", 10)  # sheets per worker message
 OMR_SHEET_MAX_ATTEMPTS = env_int("OMR_SHEET_MAX_ATTEMPTS", 3)
 # A page still being read after this many seconds is stuck (in C code, where

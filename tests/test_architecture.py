@@ -12,7 +12,7 @@ APP = ROOT / "batches"
 CORE = {"batches", "batches.models", "batches.lifecycle", "batches.progress", "batches.streams", "batches.storage",
         "batches.sheet_templates", "batches.csvexport", "batches.display", "batches.roles",
         # The exams' tables are part of the data model (``models.py`` imports them).
-        "batches.exams.models"}
+        "batches.exams.models", "batches.printing.models"}
 
 #: Each part and the parts it may import (itself included).
 MAY_IMPORT = {
@@ -20,14 +20,15 @@ MAY_IMPORT = {
     "scoring": {"scoring"},
     "core": {"engine", "core"},
     "exams": {"engine", "scoring", "core", "exams"},
+    "printing": {"engine", "scoring", "core", "exams", "printing"},
     "pipeline": {"engine", "scoring", "core", "exams", "pipeline"},
     "uploads": {"engine", "scoring", "core", "exams", "pipeline", "uploads"},
     "review": {"engine", "scoring", "core", "exams", "pipeline", "review"},
-    "web": {"engine", "scoring", "core", "exams", "pipeline", "uploads", "review", "web"},
-    "admin": {"engine", "scoring", "core", "exams", "pipeline", "uploads", "review", "web", "admin"},
-    "commands": {"engine", "scoring", "core", "exams", "pipeline", "uploads", "review", "web", "commands"},
+    "web": {"engine", "scoring", "core", "exams", "pipeline", "uploads", "review", "printing", "web"},
+    "admin": {"engine", "scoring", "core", "exams", "pipeline", "uploads", "review", "printing", "web", "admin"},
+    "commands": {"engine", "scoring", "core", "exams", "pipeline", "uploads", "review", "printing", "web", "commands"},
     # The app's configuration connects the signals of every part.
-    "app": {"engine", "scoring", "core", "exams", "pipeline", "uploads", "review", "web", "admin", "app"},
+    "app": {"engine", "scoring", "core", "exams", "pipeline", "uploads", "review", "printing", "web", "admin", "app"},
     "migrations": {"core", "migrations"},
 }
 
@@ -41,6 +42,8 @@ def part_of(module: str) -> str:
                          # The exams' HTTP and admin modules belong with the web's and the admin's.
                          ("batches.exams.api", "web"), ("batches.exams.urls", "web"),
                          ("batches.exams.admin", "admin"), ("batches.exams", "exams"),
+                         ("batches.printing.views", "web"), ("batches.printing.urls", "web"),
+                         ("batches.printing.forms", "web"), ("batches.printing", "printing"),
                          ("batches.pipeline", "pipeline"),
                          ("batches.uploads", "uploads"), ("batches.review", "review"), ("batches.web", "web"),
                          ("batches.templatetags", "web"), ("batches.admin", "admin"),
@@ -107,8 +110,8 @@ def test_each_part_imports_only_the_parts_below_it():
     assert wrong == []
 
 
-def test_models_import_nothing_of_the_app_but_the_exams_tables():
-    assert [m for m, _ in imports_of(APP / "models.py")] == ["batches.exams.models"]
+def test_models_import_nothing_of_the_app_but_the_exams_and_prints_tables():
+    assert [m for m, _ in imports_of(APP / "models.py")] == ["batches.exams.models", "batches.printing.models"]
 
 
 def test_no_module_takes_another_modules_private_helpers():

@@ -14,6 +14,8 @@ from __future__ import annotations
 import io
 import os
 import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
@@ -27,7 +29,7 @@ from reportlab.pdfgen.canvas import Canvas
 
 from .layout import MM_PER_INCH, page_layout
 from .payload import QrPayload
-from .template import Box, ChoiceBlock, DigitBlock, QuestionBlock, Template
+from .template import Box, ChoiceBlock, DigitBlock, QuestionBlock, Template, TextBlock
 
 PT_PER_MM = 72.0 / MM_PER_INCH
 
@@ -41,6 +43,8 @@ CAP_HEIGHT = 0.718  # Helvetica cap height, in em
 
 FONT = "Helvetica"
 FONT_BOLD = "Helvetica-Bold"
+LABEL_MIN_PT = 6.0  # a long printed name shrinks to this size, then is cut short
+NAME_LINE = "Name:"  # a template text with this and a run of underscores is where a printed name goes
 
 # pdfium keeps global state and is documented as not thread-safe; the server may
 # render from several worker threads.
@@ -59,25 +63,119 @@ def page_payload(template: Template, page: int = 1, exam: str = "", student: str
     return QrPayload(template.name, page, template.pages, exam, student)
 
 
-def render_pdf(template: Template, out: str | os.PathLike | BinaryIO, *, exam: str = "", student: str = "") -> None:
+@dataclass(frozen=True)
+class PrintedSheet:
+    """One copy of the sheet in a print run: the ``exam`` and ``student`` ids
+    its QR codes carry (free text, either may be empty) and the ``label``
+    printed on every page of it (a student's name and number; empty for a
+    blank sheet)."""
+
+    exam: str = ""
+    student: str = ""
+    label: str = ""
+
+
+def render_pdf(template: Template, out: str | os.PathLike | BinaryIO, *, exam: str = "", student: str = "",
+               label: str = "") -> None:
     """Write the printable sheet: a vector PDF with every page of ``template``.
 
     ``out`` is a file path or a binary file object (written from its current
     position, left open). Each page is exactly ``template.page_width`` x
     ``page_height`` mm. ``exam`` and ``student`` (free text) go into each page's
     QR code, and into the small footer line when the PDF's standard fonts can
-    print them (Windows-1252 characters). Returns nothing.
+    print them (Windows-1252 characters). ``label`` (free text, e.g. a
+    student's name and number) is printed on the page's name line, see
+    ``render_sheets_pdf``. Returns nothing.
     """
-    data = _pdf_bytes(template, exam, student)
+    data = _pdf_bytes(template, exam, student, label)
     if isinstance(out, (str, os.PathLike)):
         Path(out).write_bytes(data)
     else:
         out.write(data)
 
 
-def render_pdf_bytes(template: Template, *, exam: str = "", student: str = "") -> bytes:
+def render_pdf_bytes(template: Template, *, exam: str = "", student: str = "", label: str = "") -> bytes:
     """The PDF ``render_pdf`` writes, as bytes (same parameters, without ``out``)."""
-    return _pdf_bytes(template, exam, student)
+    return _pdf_bytes(template, exam, student, label)
+
+
+def render_sheets_pdf(template: Template, sheets: Iterable[PrintedSheet], out: BinaryIO, *,
+                      progress: Callable[[int], None] | None = None, title: str = "") -> int:
+    """Write one PDF holding every page of ``template`` once per sheet of
+    ``sheets``, in order (a class's roster, a pile of blank sheets).
+
+    Each page carries its sheet's QR code (exam, student, page n of N) and
+    footer as ``render_pdf`` prints them, and the sheet's ``label`` in bold on
+    the template's name line (a text block with ``Name:`` and underscores),
+    or, on a page without one, centred in the top margin between the corner
+    marks; a label too long for its room is printed smaller (down to
+    ``LABEL_MIN_PT``), then cut short with an ellipsis. Characters outside
+    Windows-1252 (the standard PDF fonts) print as ``?``.
+
+    What every copy of a page shares (marks, texts, grids, bubbles) is drawn
+    once as a form XObject that each page reuses, so a run of thousands of
+    pages costs one QR code and a few words per page, in time and in bytes.
+    ``out`` is a binary file object (written from its current position, left
+    open). ``progress`` is called with the number of sheets written after
+    each sheet. Returns the number of pages written; raises ``ValueError``
+    when ``sheets`` is empty.
+    """
+    canvas = Canvas(out, pagesize=(template.page_width * PT_PER_MM, template.page_height * PT_PER_MM),
+                    pageCompression=1, invariant=1)
+    canvas.setTitle(title or template.title)
+    canvas.setSubject(f"Answer sheet ({template.name})")
+    canvas.setCreator("omr-server")
+    forms: dict[int, str] = {}
+    pages = done = 0
+    for sheet in sheets:
+        for page in range(1, template.pages + 1):
+            drawer = _Page(canvas, template, page, page_payload(template, page, sheet.exam, sheet.student))
+            if page not in forms:
+                forms[page] = f"static_page_{page}"
+                canvas.beginForm(forms[page])
+                drawer.draw_static()
+                canvas.endForm()
+            canvas.doForm(forms[page])
+            drawer.draw_variable(sheet.label)
+            canvas.showPage()
+            pages += 1
+        done += 1
+        if progress is not None:
+            progress(done)
+    if not pages:
+        raise ValueError("no sheets to print")
+    canvas.save()
+    return pages
+
+
+def render_pdf_page_image(data: bytes, index: int, dpi: float, width: int, height: int) -> np.ndarray:
+    """Rasterise page ``index`` (0-based) of the PDF ``data`` at ``dpi`` into a
+    grey ``uint8`` array of ``height`` x ``width`` pixels, at the exact scale the
+    layout assumes (1 mm = dpi / 25.4 px from the top-left corner)."""
+    scale = dpi / 72.0
+    with _PDFIUM_LOCK:
+        doc = pdfium.PdfDocument(data)
+        try:
+            pdf_page = doc[index]
+            bitmap = pdfium.PdfBitmap.new_native(width, height, pdfium_c.FPDFBitmap_Gray)
+            bitmap.fill_rect(0, 0, width, height, (255, 255, 255, 255))
+            # Page.render sizes the bitmap with ceil() and stretches the page to
+            # fit it, which moves far corners by a pixel or more. A scale matrix
+            # keeps 1 mm = dpi/25.4 px exactly, as the layout assumes, but pdfium
+            # applies it on top of a display matrix that squeezes the page into
+            # its whole-point size (595.28 x 841.89 pt becomes 595 x 841), so
+            # that squeeze is undone here.
+            w_pt, h_pt = pdf_page.get_size()
+            sx = scale * w_pt / max(1, int(w_pt))
+            sy = scale * h_pt / max(1, int(h_pt))
+            matrix = pdfium_c.FS_MATRIX(sx, 0.0, 0.0, sy, 0.0, 0.0)
+            clip = pdfium_c.FS_RECTF(0.0, 0.0, float(width), float(height))
+            pdfium_c.FPDF_RenderPageBitmapWithMatrix(bitmap, pdf_page, matrix, clip, pdfium_c.FPDF_ANNOT)
+            image = np.array(bitmap.to_numpy(), dtype=np.uint8, copy=True).reshape(height, width)
+            pdf_page.close()
+        finally:
+            doc.close()
+    return image
 
 
 def render_page_image(template: Template, page: int = 1, dpi: float = 300, *, exam: str = "",
@@ -100,30 +198,7 @@ def render_page_image(template: Template, page: int = 1, dpi: float = 300, *, ex
 @lru_cache(maxsize=12)
 def _page_raster(template: Template, page: int, dpi: float, exam: str, student: str,
                  width: int, height: int) -> np.ndarray:
-    data = _pdf_bytes(template, exam, student)
-    scale = dpi / 72.0
-    with _PDFIUM_LOCK:
-        doc = pdfium.PdfDocument(data)
-        try:
-            pdf_page = doc[page - 1]
-            bitmap = pdfium.PdfBitmap.new_native(width, height, pdfium_c.FPDFBitmap_Gray)
-            bitmap.fill_rect(0, 0, width, height, (255, 255, 255, 255))
-            # Page.render sizes the bitmap with ceil() and stretches the page to
-            # fit it, which moves far corners by a pixel or more. A scale matrix
-            # keeps 1 mm = dpi/25.4 px exactly, as the layout assumes, but pdfium
-            # applies it on top of a display matrix that squeezes the page into
-            # its whole-point size (595.28 x 841.89 pt becomes 595 x 841), so
-            # that squeeze is undone here.
-            w_pt, h_pt = pdf_page.get_size()
-            sx = scale * w_pt / max(1, int(w_pt))
-            sy = scale * h_pt / max(1, int(h_pt))
-            matrix = pdfium_c.FS_MATRIX(sx, 0.0, 0.0, sy, 0.0, 0.0)
-            clip = pdfium_c.FS_RECTF(0.0, 0.0, float(width), float(height))
-            pdfium_c.FPDF_RenderPageBitmapWithMatrix(bitmap, pdf_page, matrix, clip, pdfium_c.FPDF_ANNOT)
-            image = np.array(bitmap.to_numpy(), dtype=np.uint8, copy=True).reshape(height, width)
-            pdf_page.close()
-        finally:
-            doc.close()
+    image = render_pdf_page_image(_pdf_bytes(template, exam, student, ""), page - 1, dpi, width, height)
     image.setflags(write=False)
     return image
 
@@ -132,17 +207,9 @@ def _page_raster(template: Template, page: int, dpi: float, exam: str, student: 
 
 
 @lru_cache(maxsize=32)
-def _pdf_bytes(template: Template, exam: str, student: str) -> bytes:
+def _pdf_bytes(template: Template, exam: str, student: str, label: str) -> bytes:
     buf = io.BytesIO()
-    canvas = Canvas(buf, pagesize=(template.page_width * PT_PER_MM, template.page_height * PT_PER_MM),
-                    pageCompression=1, invariant=1)
-    canvas.setTitle(template.title)
-    canvas.setSubject(f"Answer sheet ({template.name})")
-    canvas.setCreator("omr-server")
-    for page in range(1, template.pages + 1):
-        _Page(canvas, template, page, page_payload(template, page, exam, student)).draw()
-        canvas.showPage()
-    canvas.save()
+    render_sheets_pdf(template, [PrintedSheet(exam, student, label)], buf)
     return buf.getvalue()
 
 
@@ -218,7 +285,12 @@ class _Page:
 
     # -- page
 
-    def draw(self) -> None:
+    def draw(self, label: str = "") -> None:
+        self.draw_static()
+        self.draw_variable(label)
+
+    def draw_static(self) -> None:
+        """What every copy of this page shares."""
         self.draw_texts()
         for block in self.t.digit_grids:
             if block.page == self.page:
@@ -230,8 +302,13 @@ class _Page:
             if block.page == self.page:
                 self.draw_questions(block)
         self.draw_bubbles()
-        self.draw_footer()
         self.draw_marks()
+
+    def draw_variable(self, label: str) -> None:
+        """What belongs to one copy: its printed label, footer and QR code."""
+        if label:
+            self.draw_label(label)
+        self.draw_footer()
         self.draw_qr()
 
     def draw_marks(self) -> None:
@@ -247,8 +324,7 @@ class _Page:
         box = self.t.qr
         if not (box.w and box.h):
             return
-        code = segno.make(self.payload.encode(), error=QR_ERROR, micro=False)
-        matrix = code.matrix
+        matrix = _qr_matrix(self.payload.encode())
         n = len(matrix)
         module = min(box.w, box.h) / (n + 2 * QR_BORDER)
         x0 = box.x + (box.w - n * module) / 2
@@ -356,6 +432,35 @@ class _Page:
                     edge = max(edge, b.x + self.r + 2.5)
         return edge
 
+    def draw_label(self, label: str) -> None:
+        """A student's name (and number) in bold on the page's name line, else
+        centred in the top margin between the corner marks."""
+        text = _printable_text(label)
+        line = next((tb for tb in self.t.texts if tb.page == self.page and _name_line(tb)), None)
+        if line is not None:
+            prefix = line.text[:line.text.index("_")]
+            run = len(line.text) - len(prefix) - len(line.text[len(prefix):].lstrip("_"))
+            left = line.x + _width_mm(prefix, FONT_BOLD if line.bold else FONT, line.size) + 1.0
+            room = _width_mm("_" * run, FONT, line.size) - 2.0
+            size, text = _fit_text(text, FONT_BOLD, line.size, room)
+            # Just above the underscores, which stay visible under the name.
+            self.text(left, line.y - 0.7, text, size, bold=True, grey=0.0, guard=False)
+            return
+        top = [m for m in self.t.marks if m.y < self.t.page_height / 2]
+        y_mid = min(m.y for m in top) if top else 6.0
+        size = 10.0
+        centre = self.t.page_width / 2
+        band = (y_mid - _cap_mm(size), _cap_mm(size) * 2)
+        left, right = 0.0, self.t.page_width
+        for b in self.keep_out:
+            if b.y < band[0] + band[1] and band[0] < b.y + b.h:
+                if b.x + b.w <= centre:
+                    left = max(left, b.x + b.w)
+                elif b.x >= centre:
+                    right = min(right, b.x)
+        size, text = _fit_text(text, FONT_BOLD, size, 2 * min(centre - left, right - centre) - 1.0)
+        self.text_mid(centre, y_mid, text, size, bold=True, align="centre", grey=0.0)
+
     def draw_footer(self) -> None:
         """The template name and page in small print between the bottom marks, so a
         sheet stays identifiable by eye when its QR code is damaged."""
@@ -380,6 +485,42 @@ def _fit_label(label: str, font: str, size: float, room_mm: float) -> list[str]:
         else:
             lines.append(word)
     return lines
+
+
+@lru_cache(maxsize=64)
+def _qr_matrix(text: str) -> tuple:
+    """The QR code's modules (rows of 0/1); cached, since choosing the mask is
+    most of a page's time and a pile of blank sheets repeats one code."""
+    return segno.make(text, error=QR_ERROR, micro=False).matrix
+
+
+def _name_line(tb: TextBlock) -> bool:
+    """Whether a template text is a name line: ``Name:`` followed by underscores."""
+    at = tb.text.find(NAME_LINE)
+    return at >= 0 and "___" in tb.text[at:] and tb.text.index("_") > at
+
+
+def _fit_text(text: str, font: str, size: float, room_mm: float) -> tuple[float, str]:
+    """``text`` at ``size`` pt if it fits in ``room_mm``; else at a smaller
+    size (down to ``LABEL_MIN_PT``); else cut short with an ellipsis."""
+    if _width_mm(text, font, size) > room_mm:
+        size = max(LABEL_MIN_PT, size * room_mm / _width_mm(text, font, size))
+    while len(text) > 1 and _width_mm(text, font, size) > room_mm:
+        text = text[:-2].rstrip() + "\u2026"
+    return size, text
+
+
+def _printable_text(text: str) -> str:
+    """``text`` with what the standard PDF fonts cannot print (outside
+    Windows-1252, control characters) as ``?``."""
+    out = []
+    for ch in " ".join(text.split()):
+        try:
+            ch.encode("cp1252")
+            out.append(ch if ch.isprintable() else "?")
+        except UnicodeEncodeError:
+            out.append("?")
+    return "".join(out)
 
 
 def _printable(text: str) -> bool:

@@ -15,6 +15,7 @@ from django.urls import path, reverse_lazy
 from django.views.generic import RedirectView
 
 from ..exams import urls as exam_urls
+from ..printing import urls as print_urls
 from . import api, tus, views
 from .login_throttle import throttled
 
@@ -47,6 +48,7 @@ urlpatterns = [
     path("batches/<uuid:batch_id>/row", views.batch_row, name="row"),
     path("batches/<uuid:batch_id>/progress-stream", views.progress_stream, name="progress-stream"),
     path("batches/<uuid:batch_id>/sheets/<int:index>/overlay.png", views.sheet_overlay, name="sheet-overlay"),
+    *print_urls.urlpatterns,
     # From the app and project static folders through Django's finders, which
     # refuse paths outside them. "insecure" only means "also without DEBUG".
     path("static/<path:path>", serve_static, {"insecure": True}, name="static"),

@@ -5,6 +5,8 @@
   file, is marked failed with the reason, so its owner sees what happened.
 - Uploads whose last byte is stored but whose file never reached its batch
   (the server died in between): finished now.
+- Printed-sheet PDFs built by a worker, once they expire
+  (``OMR_PRINT_EXPIRY_HOURS`` after they were built): the file and the job.
 - Folders under ``MEDIA_ROOT/uploads/`` and ``MEDIA_ROOT/batches/`` whose
   upload or batch no longer exists (a batch deleted while a worker still wrote
   to it, a finished upload's empty folder, a crash between the two).
@@ -27,12 +29,14 @@ from django.db.models import F
 from django.utils import timezone
 
 from batches import lifecycle
-from batches.models import Batch, Upload
+from batches.models import Batch, PrintJob, Upload
+from batches.printing.services import delete_job
 from batches.uploads.tus import TusError, complete_stalled, locked, upload_dir
 
 
 class Command(BaseCommand):
-    help = "Remove expired unfinished uploads and the files of uploads and batches that no longer exist."
+    help = ("Remove expired unfinished uploads, expired printed-sheet PDFs, and the files of uploads and batches "
+            "that no longer exist.")
 
     def add_arguments(self, parser):
         parser.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
@@ -57,6 +61,12 @@ class Command(BaseCommand):
                               f"(batch {upload.batch_id})")
             if not dry_run:
                 complete_stalled(upload)
+        prints = 0
+        for job in PrintJob.objects.filter(expires_at__lte=now):
+            prints += 1
+            self.stdout.write(f"{verb} expired print {job.pk} ({job.filename}, {job.state})")
+            if not dry_run:
+                delete_job(job)
         orphans = 0
         media = Path(settings.MEDIA_ROOT)
         for kind, model in (("uploads", Upload), ("batches", Batch)):
@@ -73,7 +83,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"{verb} {kind}/{folder.name}/ (no such {model.__name__.lower()})")
                 if not dry_run:
                     shutil.rmtree(folder, ignore_errors=True)
-        self.stdout.write(f"{expired} expired uploads, {orphans} orphaned folders {verb}")
+        self.stdout.write(f"{expired} expired uploads, {prints} expired prints, {orphans} orphaned folders {verb}")
 
     def expire(self, upload: Upload) -> bool:
         """Remove one expired upload; False when a chunk is being written to it
