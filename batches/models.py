@@ -146,6 +146,12 @@ class Sheet(models.Model):
     error = models.TextField(blank=True)
     reading = models.JSONField(null=True, blank=True, help_text="The engine's reading, as SheetReading.to_dict().")
     read_at = models.DateTimeField(null=True, blank=True)
+    # The review queue's lease: the reviewer who has the sheet open, until when
+    # (taken and renewed by conditional UPDATEs, batches/review/queue.py).
+    review_holder = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                      related_name="+", help_text="Reviewer who has this sheet open in the queue.")
+    review_lease_until = models.DateTimeField(null=True, blank=True,
+                                              help_text="The reviewer's lease ends then unless renewed.")
 
     class Meta:
         ordering = ["batch", "index"]

@@ -15,7 +15,7 @@ from django.contrib.staticfiles.views import serve as serve_static
 from django.urls import path, reverse_lazy
 from django.views.generic import RedirectView
 
-from . import api_urls, views
+from . import api_urls, review_views, views
 
 app_name = "batches"
 
@@ -30,6 +30,17 @@ urlpatterns = api_urls.urlpatterns + [
     path("batches/<uuid:batch_id>/row", views.batch_row, name="row"),
     path("batches/<uuid:batch_id>/progress-stream", views.progress_stream, name="progress-stream"),
     path("batches/<uuid:batch_id>/sheets/<int:index>/overlay.png", views.sheet_overlay, name="sheet-overlay"),
+    # The review queue (web/review_views.py): every batch of the user, or one (?batch=<id>).
+    path("review/", review_views.queue_start, name="review-queue"),
+    path("batches/<uuid:batch_id>/review/", review_views.queue_start, name="batch-review"),
+    path("review/next", review_views.queue_move, {"direction": "next"}, name="review-next"),
+    path("review/previous", review_views.queue_move, {"direction": "previous"}, name="review-previous"),
+    path("review/undo", review_views.undo, name="review-undo"),
+    path("review/sheets/<int:sheet_id>/", review_views.review_sheet, name="review-sheet"),
+    path("review/sheets/<int:sheet_id>/save", review_views.save_sheet, name="review-save"),
+    path("review/sheets/<int:sheet_id>/renew", review_views.renew, name="review-renew"),
+    path("review/sheets/<int:sheet_id>/release", review_views.release, name="review-release"),
+    path("review/sheets/<int:sheet_id>/page.png", review_views.sheet_picture, name="review-picture"),
     # From the app and project static folders through Django's finders, which
     # refuse paths outside them. "insecure" only means "also without DEBUG".
     path("static/<path:path>", serve_static, {"insecure": True}, name="static"),

@@ -1,0 +1,374 @@
+"""The review queue pages: every sheet that needs a person, most doubtful
+first, one at a time, for one batch (``?batch=<id>``) or across the user's
+batches.
+
+Plain links and forms (it works without JavaScript); with JavaScript the
+queue's links and forms go through htmx (``hx-boost``) and
+``static/js/review-queue.js`` adds the keyboard. Corrections, acceptances and
+undoing go through ``batches.review.queue``, itself on ``batches.review.actions``
+(the admin's path), so every change is a recorded ``Correction``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils.http import urlencode
+from django.views.decorators.http import require_GET, require_POST
+
+from ..models import Answer, Correction, Sheet
+from ..omr.imageio import ImageError
+from ..review import actions, queue, zoom
+from ..review.overlay import PLAIN_FLAGS
+from .auth import batches_for, get_batch_or_404
+from .views import staff_required
+
+logger = logging.getLogger(__name__)
+
+#: Undo steps kept per session (each step: the corrections one action made).
+UNDO_DEPTH = 100
+UNDO_KEY = "review_undo"
+#: Widest zoomed-in field on the page, CSS px, and the most it is enlarged.
+ZOOM_WIDTH = 250
+ZOOM_MAX = 2.0
+
+
+# ---------------------------------------------------------------- scope
+
+
+class Scope:
+    """The queue being worked through: one batch of the user, or all of them."""
+
+    def __init__(self, user, batch_id=None):
+        self.user = user
+        self.batch = get_batch_or_404(user, batch_id) if batch_id else None
+
+    @classmethod
+    def of(cls, request) -> Scope:
+        return cls(request.user, request.GET.get("batch") or request.POST.get("batch") or None)
+
+    @property
+    def batches(self):
+        if self.batch is not None:
+            return batches_for(self.user).filter(pk=self.batch.pk)
+        return batches_for(self.user)
+
+    def query(self, **extra) -> str:
+        params = {"batch": str(self.batch.pk)} if self.batch else {}
+        params.update({k: v for k, v in extra.items() if v is not None})
+        return "?" + urlencode(params) if params else ""
+
+    def url(self, name: str, *args, **extra) -> str:
+        return reverse(f"batches:{name}", args=args) + self.query(**extra)
+
+    def queue(self) -> list[queue.SheetDoubt]:
+        return queue.ordered_queue(self.batches)
+
+
+def _sheet_or_404(user, sheet_id) -> Sheet:
+    return get_object_or_404(Sheet.objects.select_related("batch", "review_holder"),
+                             pk=sheet_id, batch__in=batches_for(user))
+
+
+# ---------------------------------------------------------------- moving through the queue
+
+
+@require_GET
+@staff_required
+def queue_start(request, batch_id=None):
+    """``/review/`` (every batch of the user) or ``/batches/<id>/review/``: the
+    first sheet nobody else has open, or the empty queue."""
+    scope = Scope(request.user, batch_id)
+    items = scope.queue()
+    sheet_id = queue.claim_next(items, request.user)
+    if sheet_id is not None:
+        return redirect(scope.url("review-sheet", sheet_id))
+    return render(request, "review/queue.html", _context(request, scope, items, None))
+
+
+@require_GET
+@staff_required
+def queue_move(request, direction: str):
+    """Next (``?after=<sheet>``) or previous (``?before=<sheet>``) sheet of the
+    queue that nobody else has open; takes it."""
+    scope = Scope.of(request)
+    items = scope.queue()
+    here = _int(request.GET.get("after") or request.GET.get("before"))
+    if direction == "next":
+        sheet_id = queue.claim_next(items, request.user, after=here)
+    else:
+        sheet_id = queue.claim_next(items, request.user, before=here)
+    if sheet_id is None:
+        if here is not None:
+            queue.release(here, request.user)
+        return redirect(scope.url("review-queue") if scope.batch is None else scope.url("batch-review", scope.batch.pk))
+    return redirect(scope.url("review-sheet", sheet_id))
+
+
+def _int(text) -> int | None:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
+
+
+@require_GET
+@staff_required
+def review_sheet(request, sheet_id: int):
+    """One sheet of the queue: its page, its doubtful fields zoomed in and
+    editable, its flags in words and its history. Opening it takes it, unless
+    another reviewer has it open."""
+    scope = Scope.of(request)
+    sheet = _sheet_or_404(request.user, sheet_id)
+    if scope.batch is not None and sheet.batch_id != scope.batch.pk:
+        raise Http404("no such sheet in this batch")
+    queue.claim(sheet.pk, request.user)
+    sheet.refresh_from_db(fields=["review_holder", "review_lease_until"])
+    return render(request, "review/queue.html", _context(request, scope, scope.queue(), sheet))
+
+
+# ---------------------------------------------------------------- changes
+
+
+def _posted_answers(request, sheet) -> dict[str, str]:
+    """{field: value} for every ``answer-<field>`` input posted, plus the
+    "another field" pair."""
+    changes = {key[len("answer-"):]: value for key, value in request.POST.items() if key.startswith("answer-")}
+    other = (request.POST.get("other_field") or "").strip()
+    if other:
+        changes[other] = request.POST.get("other_value", "")
+    return changes
+
+
+def _push_undo(request, made: list[Correction]) -> None:
+    if not made:
+        return
+    steps = request.session.get(UNDO_KEY, [])
+    steps.append([c.pk for c in made])
+    request.session[UNDO_KEY] = steps[-UNDO_DEPTH:]
+
+
+@require_POST
+@staff_required
+def save_sheet(request, sheet_id: int):
+    """The sheet's form: ``action=save`` stores the answers typed,
+    ``action=accept`` stores them and accepts the sheet as read, then goes on
+    to the next sheet; ``action=field`` (htmx, one field as it changes)
+    answers with the parts of the page that follow."""
+    scope = Scope.of(request)
+    sheet = _sheet_or_404(request.user, sheet_id)
+    action = request.POST.get("action", "save")
+    changes = _posted_answers(request, sheet)
+    try:
+        if action == "accept":
+            made = queue.accept(sheet, request.user, changes)
+        else:
+            made = queue.save_answers(sheet, request.user, changes)
+    except actions.ReviewError as exc:
+        if action == "field":
+            return _field_response(request, scope, sheet, error=str(exc), fields=list(changes))
+        context = _context(request, scope, scope.queue(), sheet, error=str(exc), posted=changes)
+        return render(request, "review/queue.html", context, status=409 if isinstance(exc, queue.SheetTaken) else 422)
+    _push_undo(request, made)
+    if action == "field":
+        return _field_response(request, scope, sheet, fields=list(changes))
+    if action == "accept":
+        return redirect(scope.url("review-next", after=sheet.pk))
+    return redirect(scope.url("review-sheet", sheet.pk))
+
+
+def _field_response(request, scope, sheet, fields, error: str = "") -> HttpResponse:
+    """What follows one field's change, as htmx out-of-band swaps: the field's
+    state, the history, the score and the message line."""
+    sheet.refresh_from_db()
+    context = _context(request, scope, None, sheet, error=error, only_fields=fields)
+    return HttpResponse(render_to_string("review/queue.html#field-update", context, request=request))
+
+
+@require_POST
+@staff_required
+def undo(request):
+    """Undo the user's last step in the queue (a correction or an acceptance,
+    with what was saved with it); back to that sheet."""
+    scope = Scope.of(request)
+    steps = request.session.get(UNDO_KEY, [])
+    while steps:
+        ids = steps.pop()
+        corrections = list(Correction.objects.filter(pk__in=ids, sheet__batch__in=batches_for(request.user))
+                           .select_related("sheet").order_by("created_at", "id"))
+        if not corrections:
+            continue
+        try:
+            sheet = queue.undo(corrections, request.user)
+        except actions.ReviewError as exc:
+            request.session[UNDO_KEY] = steps
+            from django.contrib import messages
+
+            messages.error(request, f"Nothing was undone: {exc}.")
+            return redirect(request.POST.get("back") or scope.url("review-queue"))
+        request.session[UNDO_KEY] = steps
+        queue.claim(sheet.pk, request.user)
+        if scope.batch is not None and sheet.batch_id != scope.batch.pk:
+            scope = Scope(request.user, None)
+        return redirect(scope.url("review-sheet", sheet.pk, undone=len(corrections)))
+    request.session[UNDO_KEY] = steps
+    from django.contrib import messages
+
+    messages.info(request, "Nothing to undo.")
+    return redirect(request.POST.get("back") or scope.url("review-queue"))
+
+
+# ---------------------------------------------------------------- lease
+
+
+@require_POST
+@staff_required
+def renew(request, sheet_id: int):
+    """The open page keeps its lease (htmx, every 30 s); when another reviewer
+    took the sheet over, the answer says so."""
+    sheet = _sheet_or_404(request.user, sheet_id)
+    if queue.claim(sheet.pk, request.user):
+        return HttpResponse(status=204)
+    sheet.refresh_from_db(fields=["review_holder", "review_lease_until"])
+    html = render_to_string("review/queue.html#taken-message", {"holder": queue.holder_of(sheet)}, request=request)
+    return HttpResponse(html)
+
+
+@require_POST
+@staff_required
+def release(request, sheet_id: int):
+    """The page is left: give the sheet back (``navigator.sendBeacon``)."""
+    sheet = _sheet_or_404(request.user, sheet_id)
+    queue.release(sheet.pk, request.user)
+    return HttpResponse(status=204)
+
+
+# ---------------------------------------------------------------- picture
+
+
+@require_GET
+@staff_required
+def sheet_picture(request, sheet_id: int):
+    """The sheet's page with the reading drawn over it, upright, as a fresh PNG
+    (never the uploaded file). The page's URL carries the reading's time, so
+    the browser may keep it while the reading stays the same."""
+    sheet = _sheet_or_404(request.user, sheet_id)
+    try:
+        png = zoom.upright_png(sheet.read_image(), sheet.reading)
+    except (OSError, ImageError) as exc:
+        logger.info("No picture for sheet %s: %s", sheet.pk, exc)
+        return HttpResponse("This page image cannot be shown.", status=404, content_type="text/plain; charset=utf-8")
+    response = HttpResponse(png, content_type="image/png")
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+# ---------------------------------------------------------------- page context
+
+
+def _context(request, scope: Scope, items, sheet: Sheet | None, error: str = "", posted: dict | None = None,
+             only_fields: list[str] | None = None) -> dict:
+    context = {"scope": scope, "nav": "review", "error": error}
+    if items is not None:
+        ids = [i.sheet_id for i in items]
+        busy = queue.held_by_others(ids, request.user)
+        context.update(left=len(ids), busy=len(busy),
+                       position=(ids.index(sheet.pk) + 1) if sheet is not None and sheet.pk in ids else None)
+    if request.GET.get("undone"):
+        context["undone"] = _int(request.GET.get("undone"))
+    if sheet is None:
+        return context
+    context.update(sheet_context(sheet, posted or {}, only_fields))
+    context["holder"] = queue.holder_of(sheet) if sheet.review_holder_id != request.user.pk else None
+    context["urls"] = {
+        "next": scope.url("review-next", after=sheet.pk),
+        "previous": scope.url("review-previous", before=sheet.pk),
+        "save": scope.url("review-save", sheet.pk),
+        "renew": reverse("batches:review-renew", args=[sheet.pk]),
+        "release": reverse("batches:review-release", args=[sheet.pk]),
+        "undo": scope.url("review-undo"),
+        "here": scope.url("review-sheet", sheet.pk),
+        "admin": reverse("admin:batches_sheet_change", args=[sheet.pk]),
+        "batch": reverse("batches:detail", args=[sheet.batch_id]),
+    }
+    return context
+
+
+def sheet_context(sheet: Sheet, posted: dict, only_fields: list[str] | None = None) -> dict:
+    """The sheet's flags in words, its doubtful fields (with their zoom box and
+    what each accepts) and its history."""
+    reading = sheet.reading or {}
+    answers = list(Answer.objects.filter(sheet=sheet).order_by("id"))
+    shown = [a for a in answers if (set(a.flags or []) - PLAIN_FLAGS) or a.corrected]
+    if only_fields is not None:
+        shown = [a for a in answers if a.field in only_fields]
+    rules = actions.field_rules(sheet.template or sheet.batch.template, sheet.template_page)
+    boxes = zoom.field_boxes(reading, [a.field for a in shown])
+    geometry = zoom.picture_size(reading)
+    read_values = reading.get("answers") or {}
+    fields = []
+    for a in shown:
+        rule = rules.get(a.field)
+        fields.append({
+            "name": a.field,
+            "value": posted.get(a.field, a.value),
+            "read": read_values.get(a.field, a.value),
+            "corrected": a.corrected,
+            "flags": [queue.FIELD_FLAG_WORDS.get(f, f) for f in (a.flags or []) if f not in PLAIN_FLAGS],
+            "confidence": None if a.confidence is None else round(a.confidence * 100),
+            "kind": rule.kind if rule else "text",
+            "allowed": _allowed(rule),
+            "maxlength": _maxlength(rule),
+            "zoom": _zoom_style(boxes.get(a.field), geometry),
+        })
+    flags = [queue.SHEET_FLAG_WORDS.get(f, f.replace("_", " ")) for f in (sheet.flags or [])]
+    picture = None
+    if geometry is not None or sheet.image:
+        version = int(sheet.read_at.timestamp()) if sheet.read_at else 0
+        picture = reverse("batches:review-picture", args=[sheet.pk]) + f"?v={version}"
+    return {
+        "sheet": sheet,
+        "fields": fields,
+        "other_fields": [a.field for a in answers if a.field not in {f["name"] for f in fields}],
+        "sheet_flags": flags,
+        "history": [(c, queue.describe(c)) for c in queue.history(sheet)],
+        "picture": picture,
+        "picture_size": geometry,
+        "student": sheet.student,
+    }
+
+
+def _allowed(rule) -> str:
+    """The characters a field takes, for the page's key filter."""
+    if rule is None or rule.kind == "text":
+        return ""
+    if rule.kind == "digit":
+        return "0123456789?"
+    return "".join(v.upper() for v in rule.values)
+
+
+def _maxlength(rule) -> int:
+    if rule is None or rule.kind == "text":
+        return 64
+    if rule.kind == "digit":
+        return rule.columns
+    if rule.kind == "choice":
+        return max((len(v) for v in rule.values), default=1)
+    return len(rule.values)
+
+
+def _zoom_style(box, geometry) -> str:
+    """CSS that shows ``box`` of the page picture, enlarged, as the field's
+    zoomed-in view (the picture the page shows already, so no new request)."""
+    if box is None or geometry is None or box.w <= 0 or box.h <= 0:
+        return ""
+    k = min(ZOOM_MAX, ZOOM_WIDTH / box.w)
+    width, height = geometry[0], geometry[1]
+    return (f"width:{box.w * k:.0f}px;height:{box.h * k:.0f}px;"
+            f"background-size:{width * k:.0f}px {height * k:.0f}px;"
+            f"background-position:-{box.x * k:.0f}px -{box.y * k:.0f}px")
