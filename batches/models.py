@@ -150,6 +150,8 @@ class Sheet(models.Model):
     # (taken and renewed by conditional UPDATEs, batches/review/queue.py).
     review_holder = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                       related_name="+", help_text="Reviewer who has this sheet open in the queue.")
+    review_token = models.CharField(max_length=32, blank=True, help_text="The reviewer's browser session "
+                                    "holding the lease (one login may review in several browsers).")
     review_lease_until = models.DateTimeField(null=True, blank=True,
                                               help_text="The reviewer's lease ends then unless renewed.")
 

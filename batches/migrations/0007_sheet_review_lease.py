@@ -20,6 +20,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name='sheet',
+            name='review_token',
+            field=models.CharField(blank=True, help_text="The reviewer's browser session holding the lease (one login may review in several browsers).", max_length=32),
+        ),
+        migrations.AddField(
+            model_name='sheet',
             name='review_lease_until',
             field=models.DateTimeField(blank=True, help_text="The reviewer's lease ends then unless renewed.", null=True),
         ),

@@ -10,7 +10,7 @@ sum over its doubtful fields not yet corrected of the flag's weight times how
 unsure the reader was (1 - confidence); ties go to the lowest confidence,
 then to upload order.
 
-Leases: a reviewer who opens a sheet takes it for ``LEASE_SECONDS`` with one
+Leases: a reviewer (a login in one browser session) who opens a sheet takes it for ``LEASE_SECONDS`` with one
 conditional UPDATE (the sheet is free, theirs already, or its lease ran
 out), so two reviewers never hold the same sheet: the database lets one
 UPDATE through and the other finds the row taken and moves to the next
@@ -159,38 +159,48 @@ def ordered_queue(batches) -> list[SheetDoubt]:
 # ---------------------------------------------------------------- leases
 
 
-def _free_for(user, now) -> Q:
-    return Q(review_holder__isnull=True) | Q(review_holder=user) | Q(review_lease_until__lte=now)
+@dataclass(frozen=True)
+class Reviewer:
+    """Who holds a lease: a login and the browser session it reviews from
+    (one login shared by several people reviews from several browsers)."""
+
+    user: object
+    token: str
 
 
-def held_by_others(sheet_ids, user, now=None) -> set[int]:
+def _free_for(reviewer: Reviewer, now) -> Q:
+    return Q(review_token="") | Q(review_token=reviewer.token) | Q(review_lease_until__lte=now)
+
+
+def held_by_others(sheet_ids, reviewer: Reviewer, now=None) -> set[int]:
     """The sheets among ``sheet_ids`` another reviewer holds right now."""
     now = now or timezone.now()
-    return set(Sheet.objects.filter(pk__in=sheet_ids, review_lease_until__gt=now)
-               .exclude(review_holder=user).exclude(review_holder__isnull=True).values_list("pk", flat=True))
+    return set(Sheet.objects.filter(pk__in=sheet_ids, review_lease_until__gt=now).exclude(review_token="")
+               .exclude(review_token=reviewer.token).values_list("pk", flat=True))
 
 
-def claim(sheet_id: int, user, now=None) -> bool:
-    """Take ``sheet_id`` for ``user`` (or renew their lease) unless another
-    reviewer holds it; gives back any other sheet ``user`` held. True when
-    ``user`` now holds it."""
+def claim(sheet_id: int, reviewer: Reviewer, now=None) -> bool:
+    """Take ``sheet_id`` for ``reviewer`` (or renew their lease) unless
+    another reviewer holds it; gives back any other sheet ``reviewer`` held.
+    True when ``reviewer`` now holds it."""
     now = now or timezone.now()
     with transaction.atomic():
-        taken = (Sheet.objects.filter(pk=sheet_id).filter(_free_for(user, now))
-                 .update(review_holder=user, review_lease_until=now + datetime.timedelta(seconds=LEASE_SECONDS)))
+        taken = (Sheet.objects.filter(pk=sheet_id).filter(_free_for(reviewer, now))
+                 .update(review_holder=reviewer.user, review_token=reviewer.token,
+                         review_lease_until=now + datetime.timedelta(seconds=LEASE_SECONDS)))
         if taken:
-            Sheet.objects.filter(review_holder=user).exclude(pk=sheet_id).update(review_holder=None,
-                                                                                  review_lease_until=None)
+            (Sheet.objects.filter(review_token=reviewer.token).exclude(pk=sheet_id)
+             .update(review_holder=None, review_token="", review_lease_until=None))
     return bool(taken)
 
 
-def release(sheet_id: int, user) -> bool:
-    """Give ``sheet_id`` back, if ``user`` holds it."""
-    return bool(Sheet.objects.filter(pk=sheet_id, review_holder=user).update(review_holder=None,
-                                                                            review_lease_until=None))
+def release(sheet_id: int, reviewer: Reviewer) -> bool:
+    """Give ``sheet_id`` back, if ``reviewer`` holds it."""
+    return bool(Sheet.objects.filter(pk=sheet_id, review_token=reviewer.token)
+                .update(review_holder=None, review_token="", review_lease_until=None))
 
 
-def claim_next(queue: list[SheetDoubt], user, after: int | None = None, before: int | None = None,
+def claim_next(queue: list[SheetDoubt], reviewer: Reviewer, after: int | None = None, before: int | None = None,
                now=None) -> int | None:
     """Take the first sheet of ``queue`` that no other reviewer holds: after
     sheet ``after`` (wrapping round), or the last one before ``before``
@@ -203,24 +213,24 @@ def claim_next(queue: list[SheetDoubt], user, after: int | None = None, before: 
     elif after is not None and after in ids:
         at = ids.index(after)
         ids = ids[at + 1:] + ids[:at]
-    elif after is not None or before is not None:
-        pass  # the sheet left the queue (accepted): start from the top
-    busy = held_by_others(ids, user, now)
+    busy = held_by_others(ids, reviewer, now)
     for sheet_id in ids:
         if sheet_id in busy:
             continue
         # Another reviewer may take it between the look and the UPDATE: the
         # UPDATE decides, and a lost race moves on to the next sheet.
-        if claim(sheet_id, user, now):
+        if claim(sheet_id, reviewer, now):
             return sheet_id
     return None
 
 
-def holder_of(sheet: Sheet, now=None):
-    """The other reviewer holding ``sheet`` right now, or None."""
+def holder_of(sheet: Sheet, reviewer: Reviewer, now=None):
+    """The login name of another reviewer holding ``sheet`` right now (it may
+    be ``reviewer``'s own login, in another browser), or None."""
     now = now or timezone.now()
-    if sheet.review_holder_id and sheet.review_lease_until and sheet.review_lease_until > now:
-        return sheet.review_holder
+    if (sheet.review_token and sheet.review_token != reviewer.token and sheet.review_lease_until
+            and sheet.review_lease_until > now):
+        return sheet.review_holder.get_username() if sheet.review_holder else "another reviewer"
     return None
 
 
@@ -231,30 +241,30 @@ class SheetTaken(actions.ReviewError):
     """Another reviewer holds the sheet."""
 
 
-def _check_lease(sheet: Sheet, user) -> None:
-    if not claim(sheet.pk, user):
+def _check_lease(sheet: Sheet, reviewer: Reviewer) -> None:
+    if not claim(sheet.pk, reviewer):
         sheet.refresh_from_db(fields=["review_holder", "review_lease_until"])
         who = sheet.review_holder.get_username() if sheet.review_holder else "another reviewer"
-        raise SheetTaken(f"{who} has this sheet open; it was left as it is")
+        raise SheetTaken(f"{who} has this sheet open in another window; it was left as it is")
 
 
-def save_answers(sheet: Sheet, user, changes: dict[str, str]) -> list[Correction]:
+def save_answers(sheet: Sheet, reviewer: Reviewer, changes: dict[str, str]) -> list[Correction]:
     """Corrections from the queue: through ``actions.apply_corrections``, while
-    ``user`` holds the sheet (another reviewer's open sheet is refused)."""
-    _check_lease(sheet, user)
-    return actions.apply_corrections(sheet, user, changes)
+    ``reviewer`` holds the sheet (another reviewer's open sheet is refused)."""
+    _check_lease(sheet, reviewer)
+    return actions.apply_corrections(sheet, reviewer.user, changes)
 
 
 @transaction.atomic
-def accept(sheet: Sheet, user, changes: dict[str, str] | None = None) -> list[Correction]:
+def accept(sheet: Sheet, reviewer: Reviewer, changes: dict[str, str] | None = None) -> list[Correction]:
     """Save ``changes``, then accept the sheet as read: it leaves the review
     (a recorded change of ``needs_review``) and its lease is given back.
     Returns every correction made, the acceptance last."""
-    made = save_answers(sheet, user, changes or {})
-    accepted = actions.set_needs_review(sheet, user, False)
+    made = save_answers(sheet, reviewer, changes or {})
+    accepted = actions.set_needs_review(sheet, reviewer.user, False)
     if accepted is not None:
         made.append(accepted)
-    release(sheet.pk, user)
+    release(sheet.pk, reviewer)
     return made
 
 

@@ -12,6 +12,7 @@ undoing go through ``batches.review.queue``, itself on ``batches.review.actions`
 from __future__ import annotations
 
 import logging
+import secrets
 
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 #: Undo steps kept per session (each step: the corrections one action made).
 UNDO_DEPTH = 100
 UNDO_KEY = "review_undo"
+REVIEWER_KEY = "review_token"
 #: Widest zoomed-in field on the page, CSS px, and the most it is enlarged.
 ZOOM_WIDTH = 250
 ZOOM_MAX = 2.0
@@ -69,6 +71,15 @@ class Scope:
         return queue.ordered_queue(self.batches)
 
 
+def reviewer_of(request) -> queue.Reviewer:
+    """The user in this browser session: leases are per session, so one login
+    used in two browsers is two reviewers."""
+    token = request.session.get(REVIEWER_KEY)
+    if not token:
+        token = request.session[REVIEWER_KEY] = secrets.token_hex(16)
+    return queue.Reviewer(request.user, token)
+
+
 def _sheet_or_404(user, sheet_id) -> Sheet:
     return get_object_or_404(Sheet.objects.select_related("batch", "review_holder"),
                              pk=sheet_id, batch__in=batches_for(user))
@@ -84,7 +95,7 @@ def queue_start(request, batch_id=None):
     first sheet nobody else has open, or the empty queue."""
     scope = Scope(request.user, batch_id)
     items = scope.queue()
-    sheet_id = queue.claim_next(items, request.user)
+    sheet_id = queue.claim_next(items, reviewer_of(request))
     if sheet_id is not None:
         return redirect(scope.url("review-sheet", sheet_id))
     return render(request, "review/queue.html", _context(request, scope, items, None))
@@ -98,13 +109,14 @@ def queue_move(request, direction: str):
     scope = Scope.of(request)
     items = scope.queue()
     here = _int(request.GET.get("after") or request.GET.get("before"))
+    reviewer = reviewer_of(request)
     if direction == "next":
-        sheet_id = queue.claim_next(items, request.user, after=here)
+        sheet_id = queue.claim_next(items, reviewer, after=here)
     else:
-        sheet_id = queue.claim_next(items, request.user, before=here)
+        sheet_id = queue.claim_next(items, reviewer, before=here)
     if sheet_id is None:
         if here is not None:
-            queue.release(here, request.user)
+            queue.release(here, reviewer)
         return redirect(scope.url("review-queue") if scope.batch is None else scope.url("batch-review", scope.batch.pk))
     return redirect(scope.url("review-sheet", sheet_id))
 
@@ -126,8 +138,8 @@ def review_sheet(request, sheet_id: int):
     sheet = _sheet_or_404(request.user, sheet_id)
     if scope.batch is not None and sheet.batch_id != scope.batch.pk:
         raise Http404("no such sheet in this batch")
-    queue.claim(sheet.pk, request.user)
-    sheet.refresh_from_db(fields=["review_holder", "review_lease_until"])
+    queue.claim(sheet.pk, reviewer_of(request))
+    sheet.refresh_from_db(fields=["review_holder", "review_token", "review_lease_until"])
     return render(request, "review/queue.html", _context(request, scope, scope.queue(), sheet))
 
 
@@ -165,9 +177,9 @@ def save_sheet(request, sheet_id: int):
     changes = _posted_answers(request, sheet)
     try:
         if action == "accept":
-            made = queue.accept(sheet, request.user, changes)
+            made = queue.accept(sheet, reviewer_of(request), changes)
         else:
-            made = queue.save_answers(sheet, request.user, changes)
+            made = queue.save_answers(sheet, reviewer_of(request), changes)
     except actions.ReviewError as exc:
         if action == "field":
             return _field_response(request, scope, sheet, error=str(exc), fields=list(changes))
@@ -211,7 +223,7 @@ def undo(request):
             messages.error(request, f"Nothing was undone: {exc}.")
             return redirect(request.POST.get("back") or scope.url("review-queue"))
         request.session[UNDO_KEY] = steps
-        queue.claim(sheet.pk, request.user)
+        queue.claim(sheet.pk, reviewer_of(request))
         if scope.batch is not None and sheet.batch_id != scope.batch.pk:
             scope = Scope(request.user, None)
         return redirect(scope.url("review-sheet", sheet.pk, undone=len(corrections)))
@@ -231,10 +243,12 @@ def renew(request, sheet_id: int):
     """The open page keeps its lease (htmx, every 30 s); when another reviewer
     took the sheet over, the answer says so."""
     sheet = _sheet_or_404(request.user, sheet_id)
-    if queue.claim(sheet.pk, request.user):
+    reviewer = reviewer_of(request)
+    if queue.claim(sheet.pk, reviewer):
         return HttpResponse(status=204)
-    sheet.refresh_from_db(fields=["review_holder", "review_lease_until"])
-    html = render_to_string("review/queue.html#taken-message", {"holder": queue.holder_of(sheet)}, request=request)
+    sheet.refresh_from_db(fields=["review_holder", "review_token", "review_lease_until"])
+    html = render_to_string("review/queue.html#taken-message", {"holder": queue.holder_of(sheet, reviewer)},
+                            request=request)
     return HttpResponse(html)
 
 
@@ -243,7 +257,7 @@ def renew(request, sheet_id: int):
 def release(request, sheet_id: int):
     """The page is left: give the sheet back (``navigator.sendBeacon``)."""
     sheet = _sheet_or_404(request.user, sheet_id)
-    queue.release(sheet.pk, request.user)
+    queue.release(sheet.pk, reviewer_of(request))
     return HttpResponse(status=204)
 
 
@@ -276,7 +290,7 @@ def _context(request, scope: Scope, items, sheet: Sheet | None, error: str = "",
     context = {"scope": scope, "nav": "review", "error": error}
     if items is not None:
         ids = [i.sheet_id for i in items]
-        busy = queue.held_by_others(ids, request.user)
+        busy = queue.held_by_others(ids, reviewer_of(request))
         context.update(left=len(ids), busy=len(busy),
                        position=(ids.index(sheet.pk) + 1) if sheet is not None and sheet.pk in ids else None)
     if request.GET.get("undone"):
@@ -284,7 +298,7 @@ def _context(request, scope: Scope, items, sheet: Sheet | None, error: str = "",
     if sheet is None:
         return context
     context.update(sheet_context(sheet, posted or {}, only_fields))
-    context["holder"] = queue.holder_of(sheet) if sheet.review_holder_id != request.user.pk else None
+    context["holder"] = queue.holder_of(sheet, reviewer_of(request))
     context["urls"] = {
         "next": scope.url("review-next", after=sheet.pk),
         "previous": scope.url("review-previous", before=sheet.pk),

@@ -18,6 +18,11 @@
 
   // The first field in doubt has the focus on every sheet, so typing starts at once.
   function settle() {
+    // Once per #queue: a field's own request also ends with a settle on #queue
+    // (its inherited target), and must not take the focus back.
+    const queue = $("#queue");
+    if (!queue || queue.dataset.settled) return;
+    queue.dataset.settled = "yes";
     const help = $("#shortcuts-button");
     if (help) help.hidden = false;
     for (const input of fields()) input.dataset.saved = input.value;
@@ -154,7 +159,5 @@
   });
 
   document.addEventListener("DOMContentLoaded", settle);
-  document.addEventListener("htmx:afterSettle", (event) => {
-    if (event.detail.elt && event.detail.elt.id === "queue") settle();
-  });
+  document.addEventListener("htmx:afterSettle", settle);
 })();
