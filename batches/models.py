@@ -62,6 +62,7 @@ class Batch(models.Model):
                               related_name="batches", help_text="Empty for batches run from the command line.")
     template = models.CharField(max_length=64, help_text="Sheet template name (the default for pages without QR).")
     has_qr = models.BooleanField(default=True)
+    exam = models.ForeignKey("batches.Exam", null=True, blank=True, on_delete=models.SET_NULL, related_name="batches")
     original_filename = models.CharField(max_length=255, help_text="As uploaded; for display only, never a path.")
     extension = models.CharField(max_length=8, blank=True)
     upload = models.FileField(upload_to=batch_upload_path, max_length=255, blank=True)
@@ -378,3 +379,6 @@ class SheetTemplate(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+from .exams.models import Exam, ExamChange, RosterEntry, ScoreProblem, SheetScore  # noqa: E402, F401

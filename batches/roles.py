@@ -17,6 +17,7 @@ REVIEWER_PERMISSIONS = [
     "view_correction",
     "view_sheettemplate",
     "view_apitoken", "add_apitoken", "delete_apitoken",
+    *(f"{a}_{m}" for m in ("exam", "rosterentry") for a in ("view", "add", "change")), "view_sheetscore", "view_examchange",
 ]
 
 

@@ -3,7 +3,7 @@ sheet's correction.
 
     python bench/scoring.py [--students 10000] [--questions 100] [--runs 5] [--corrections 50]
 
-The answers are simulated (``batches.exams.simulate``: each student an
+The answers are simulated (``batches.scoring.simulate``: each student an
 ability, each question a difficulty, four versions with their own keys) and
 given as the server holds them, one {field: answer as read} per sheet. Printed,
 each the median of ``--runs`` runs:
@@ -24,10 +24,10 @@ import time
 import numpy as np
 from _common import median
 
-from batches.exams.items import ItemStatistics, rescore_sheet
-from batches.exams.rules import parse_exam_rules
-from batches.exams.scoring import compile_rules, encode_answers, score_masks, version_indexes
-from batches.exams.simulate import simulate_answers
+from batches.scoring.items import ItemStatistics, rescore_sheet
+from batches.scoring.rules import parse_exam_rules
+from batches.scoring.scoring import compile_rules, encode_answers, score_masks, version_indexes
+from batches.scoring.simulate import simulate_answers
 
 VERSIONS = ("A", "B", "C", "D")
 OPTIONS = tuple("ABCDE")

@@ -1,7 +1,3 @@
-"""Exam scoring: answer keys and rules (``rules``), scoring many sheets at once
-(``scoring``), item analysis (``items``) and OMRChecker ``evaluation.json``
-import (``evaluation``).
-
-Plain Python and numpy only, like the engine: the server stores what these
-modules return and calls them; nothing here knows about the database.
-"""
+"""Exams on the server: answer keys and rules, rosters, scores, the batch
+report and the results downloads. The scoring itself is the pure package
+``batches.scoring``; this package stores what it returns and calls it."""

@@ -37,6 +37,7 @@ from django.db.models import Count, Exists, OuterRef, Q
 
 from .. import csvexport, lifecycle, sheet_templates
 from ..display import display_name
+from ..exams import scores as exam_scores
 from ..models import Answer, Batch, Sheet, SheetStatus, Stage, stage_index
 from ..storage import csv_name, delete_prefix, manifest_name, pages_prefix, save
 from . import fanout
@@ -279,6 +280,7 @@ def finish_batch(batch_id) -> None:
         collect_results(batch)
         generate_csv(batch)
         load_database(batch)
+        exam_scores.score_finished_batch(batch)
         cleanup(batch)
         complete(batch)
     except BatchError as exc:

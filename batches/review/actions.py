@@ -24,6 +24,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from .. import csvexport, sheet_templates
+from ..exams import scores as exam_scores
 from ..models import Answer, Batch, Correction, Sheet, SheetStatus, Stage
 from ..pipeline import reading, stages
 from ..storage import csv_name
@@ -149,6 +150,7 @@ def apply_corrections(sheet: Sheet, user, changes: dict[str, str]) -> list[Corre
     if made:
         logger.info("Sheet %s of batch %s: %d corrections by %s", sheet.index, sheet.batch_id, len(made), user)
         _after_change(sheet.batch_id)
+        exam_scores.rescore_after_change(sheet.pk)
     return made
 
 
@@ -214,6 +216,7 @@ def read_again(sheet: Sheet, user=None) -> Sheet:
             Sheet.objects.filter(pk=locked.pk).update(student=answers["student_number"].value[:64])
         logger.info("Sheet %s of batch %s read again by %s: %s", locked.index, locked.batch_id, user, result.status)
         _after_change(locked.batch_id)
+        exam_scores.rescore_after_change(locked.pk)
     locked.refresh_from_db()
     return locked
 

@@ -83,7 +83,7 @@ def check_new_batch(filename: str, template: str, size: int) -> tuple[str, str]:
     return template, extension
 
 
-def begin_batch(owner, *, filename: str, template: str = "", has_qr: bool = True, size: int) -> Batch:
+def begin_batch(owner, *, filename: str, template: str = "", has_qr: bool = True, size: int, exam=None) -> Batch:
     """A new batch in stage ``uploading`` whose file is still to come (see
     ``store_upload``): checked as ``check_new_batch`` does, with its first event.
     Call it inside a transaction with ``store_upload``, or alone for a
@@ -91,7 +91,7 @@ def begin_batch(owner, *, filename: str, template: str = "", has_qr: bool = True
     template, extension = check_new_batch(filename, template, size)
     with transaction.atomic():
         batch = Batch.objects.create(owner=owner, template=template, has_qr=has_qr, extension=extension,
-                                     original_filename=filename[:255], size=size, stage=Stage.UPLOADING)
+                                     original_filename=filename[:255], size=size, stage=Stage.UPLOADING, exam=exam)
         lifecycle.advance(batch, Stage.UPLOADING, f"Receiving {display_name(filename)}")
     return batch
 
@@ -117,7 +117,7 @@ def store_upload(batch: Batch, upload, *, sha256: str, start: bool = True) -> Ba
 
 
 def create_batch(owner, upload, *, filename: str | None = None, template: str = "", has_qr: bool = True,
-                 start: bool = True) -> Batch:
+                 start: bool = True, exam=None) -> Batch:
     """Store an uploaded file as a new batch and queue its pipeline.
 
     ``upload`` is a Django ``File`` (an ``UploadedFile`` from a form, or a file
@@ -133,7 +133,7 @@ def create_batch(owner, upload, *, filename: str | None = None, template: str = 
         digest.update(chunk)
     upload.seek(0)
     with transaction.atomic():
-        batch = begin_batch(owner, filename=filename, template=template, has_qr=has_qr, size=size)
+        batch = begin_batch(owner, filename=filename, template=template, has_qr=has_qr, size=size, exam=exam)
         store_upload(batch, upload, sha256=digest.hexdigest(), start=start)
     logger.info("Batch %s created from %s (%d bytes)", batch.pk, display_name(filename), size)
     return batch

@@ -38,6 +38,7 @@ from django.utils import timezone
 
 from .. import lifecycle
 from ..display import display_name, size_text
+from ..exams.services import upload_exam
 from ..models import Stage, Upload, batch_upload_path, upload_expiry
 from ..storage import fsync_path
 from . import accept
@@ -193,7 +194,7 @@ def _mb(size: int) -> str:
 
 def create_upload(owner, *, length: int, metadata: dict[str, str]) -> Upload:
     """A new upload of ``length`` bytes and its batch (stage ``uploading``).
-    Metadata: ``filename``, ``template``, ``has_qr``, optional ``sha256``/``sha1``
+    Metadata: ``filename``, ``template``, ``has_qr``, ``exam``, optional ``sha256``/``sha1``
     of the whole file. Raises ``TusError`` or ``ServiceError`` (400, 413)."""
     if length > settings.OMR_MAX_UPLOAD_BYTES:
         raise TusError(413, f"Upload-Length {_mb(length)} is over the limit of {accept.upload_limit_text()}")
@@ -205,8 +206,9 @@ def create_upload(owner, *, length: int, metadata: dict[str, str]) -> Upload:
     directory.mkdir(parents=True, mode=0o750)
     try:
         with transaction.atomic():
-            batch = accept.begin_batch(owner, filename=filename, template=metadata.get("template", ""),
-                                         has_qr=has_qr, size=length)
+            exam, template = upload_exam(owner, metadata.get("exam"), metadata.get("template", ""))
+            batch = accept.begin_batch(owner, filename=filename, template=template, has_qr=has_qr, size=length,
+                                       exam=exam)
             upload = Upload.objects.create(id=upload_id, owner=owner, batch=batch, length=length, metadata=metadata,
                                            sha256=digests.get("sha256", ""), sha1=digests.get("sha1", ""))
             with open(directory / "data", "xb") as handle:

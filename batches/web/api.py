@@ -18,6 +18,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from .. import streams
+from ..exams.services import upload_exam
 from ..models import Batch, Stage, WorkerHeartbeat
 from ..uploads import accept
 from .auth import api_login_required, batches_for, error_response, get_batch_or_404
@@ -68,7 +69,7 @@ def batch_json(request, batch: Batch) -> dict:
 @require_POST
 @api_login_required
 def upload(request):
-    """``POST /api/batches/upload``: multipart ``file``, ``has_qr``, ``template``."""
+    """``POST /api/batches/upload``: multipart ``file``, ``has_qr``, ``template``, ``exam``."""
     length = request.META.get("CONTENT_LENGTH")
     if length and length.isdigit() and int(length) > settings.OMR_MAX_UPLOAD_BYTES + 1024 * 1024:
         return error_response(413, f"the upload is over the limit of {accept.upload_limit_text()}")
@@ -77,8 +78,9 @@ def upload(request):
         return error_response(400, "no file: send the scans as the multipart field 'file'")
     try:
         has_qr = accept.parse_bool(request.POST.get("has_qr"), default=True)
+        exam, template = upload_exam(request.user, request.POST.get("exam"), request.POST.get("template", ""))
         batch = accept.create_batch(request.user, upload_file, filename=upload_file.name,
-                                      template=request.POST.get("template", ""), has_qr=has_qr)
+                                      template=template, has_qr=has_qr, exam=exam)
     except accept.ServiceError as exc:
         return error_response(exc.status, exc.message)
     return JsonResponse({"batch_id": str(batch.pk), **batch_links(request, batch)}, status=202)

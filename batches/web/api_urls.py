@@ -3,6 +3,7 @@ these under their own names; the API's paths are fixed by DESIGN.md."""
 
 from django.urls import path
 
+from ..exams import urls as exam_urls
 from . import api, tus
 
 app_name = "batches"
@@ -20,4 +21,5 @@ urlpatterns = [
     path("api/uploads/", tus.upload_collection, name="tus-uploads"),
     path("api/uploads", tus.upload_collection),
     path("api/uploads/<uuid:upload_id>", tus.upload_resource, name="tus-upload"),
+    *exam_urls.urlpatterns,
 ]

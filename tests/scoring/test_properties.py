@@ -12,9 +12,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batches.exams.items import ItemStatistics
-from batches.exams.rules import parse_exam_rules
-from batches.exams.scoring import compile_rules, score_sheet, score_sheets
+from batches.scoring.items import ItemStatistics
+from batches.scoring.rules import parse_exam_rules
+from batches.scoring.scoring import compile_rules, score_sheet, score_sheets
 
 OPTIONS = ("A", "B", "C", "D")
 QUESTIONS = {f"q{i}": OPTIONS for i in range(1, 7)}

@@ -5,14 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import batches.exams
+import batches.scoring
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_exam_modules_import_without_django():
-    names = [m.name for m in pkgutil.iter_modules(batches.exams.__path__, "batches.exams.")]
-    assert {"batches.exams.rules", "batches.exams.scoring", "batches.exams.items", "batches.exams.evaluation"} <= set(names)
+    names = [m.name for m in pkgutil.iter_modules(batches.scoring.__path__, "batches.scoring.")]
+    assert {"batches.scoring.rules", "batches.scoring.scoring", "batches.scoring.items", "batches.scoring.evaluation"} <= set(names)
     code = (
         "import importlib, sys\n"
         f"for n in {names!r}:\n"
@@ -25,5 +25,5 @@ def test_exam_modules_import_without_django():
 
 
 def test_exam_source_never_mentions_django():
-    for path in Path(batches.exams.__file__).parent.rglob("*.py"):
+    for path in Path(batches.scoring.__file__).parent.rglob("*.py"):
         assert "django" not in path.read_text().lower(), path

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from batches.exams.items import ItemStatistics, rescore_sheet
-from batches.exams.rules import parse_exam_rules
-from batches.exams.scoring import compile_rules, score_sheet, score_sheets
-from batches.exams.simulate import simulate_answers
+from batches.scoring.items import ItemStatistics, rescore_sheet
+from batches.scoring.rules import parse_exam_rules
+from batches.scoring.scoring import compile_rules, score_sheet, score_sheets
+from batches.scoring.simulate import simulate_answers
 
 ABCD = tuple("ABCD")
 

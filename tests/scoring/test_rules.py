@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from batches.exams.rules import ExamRulesError, Marking, canonical_answer, parse_exam_rules
+from batches.scoring.rules import ExamRulesError, Marking, canonical_answer, parse_exam_rules
 
 QUESTIONS = {f"q{i}": tuple("ABCDE") for i in range(1, 11)}
 VERSIONS = ["A", "B", "C", "D"]

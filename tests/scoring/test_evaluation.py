@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from batches.exams.evaluation import import_evaluation, load_evaluation
-from batches.exams.rules import ExamRulesError, Marking
-from batches.exams.scoring import compile_rules, score_sheets
+from batches.scoring.evaluation import import_evaluation, load_evaluation
+from batches.scoring.rules import ExamRulesError, Marking
+from batches.scoring.scoring import compile_rules, score_sheets
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "omrchecker-evaluation"
 MCQ4 = tuple("ABCD")
@@ -106,7 +106,7 @@ def test_sections_fractions_bonus_and_weighted_answers_score_as_omrchecker_does(
 
 
 def test_an_imported_exam_reads_back_through_the_api_json():
-    from batches.exams.rules import parse_exam_rules
+    from batches.scoring.rules import parse_exam_rules
 
     rules = import_evaluation(SECTIONS, questions=mcq4(10)).rules
     assert parse_exam_rules(json.loads(json.dumps(rules.to_json())), questions=mcq4(10), versions=None) == rules

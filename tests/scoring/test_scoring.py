@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from batches.exams.rules import parse_exam_rules
-from batches.exams.scoring import AnswerError, compile_rules, encode_answers, score_sheet, score_sheets
+from batches.scoring.rules import parse_exam_rules
+from batches.scoring.scoring import AnswerError, compile_rules, encode_answers, score_sheet, score_sheets
 
 QUESTIONS = {f"q{i}": tuple("ABCDE") for i in range(1, 11)}
 
