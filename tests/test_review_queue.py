@@ -23,7 +23,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from batches.models import Answer, Batch, Correction, Sheet, SheetStatus, Stage
+from batches.models import Answer, Batch, Correction, Sheet, SheetScore, SheetStatus, Stage
 from batches.pipeline import stages
 from batches.review import queue
 from batches.roles import REVIEWERS
@@ -421,3 +421,32 @@ def test_the_queue_across_batches_takes_every_batch_of_the_user(owner, batch):
         page = client.get(nxt["Location"])
         ids.add(page.context["sheet"].pk)
     assert ids == {sheet_named(batch, "scan_one.jpg").pk, sheet_named(batch, "scan_two.jpg").pk, rows[0].pk}
+
+
+# ---------------------------------------------------------------- exam scores
+
+
+def test_the_sheets_score_follows_a_correction_made_in_the_queue(owner):
+    from .exam_helpers import KEY_A, add_batch, answers, make_exam, reading
+
+    exam = make_exam(owner)
+    # q3 read as a double mark (A and C; the key says C): the reader is unsure
+    doubtful = reading(answers(KEY_A, student="1001", multiple={"q3": "AC"}))
+    doubtful.update(flags={"q3": ["multiple"]}, confidence={"q3": 0.5}, needs_review=True)
+    batch = add_batch(owner, exam, [doubtful])
+    sheet = Sheet.objects.get(batch=batch)
+    assert sheet.needs_review
+
+    client = logged_in(owner)
+    page = client.get(reverse("batches:batch-review", args=[batch.pk]), follow=True)
+    assert page.context["score"].score == 19 and page.context["score"].max_score == 20
+    assert re.search(r'id="score-value">19</strong><span class="muted num"> / 20', page.content.decode())
+
+    response = client.post(reverse("batches:review-save", args=[sheet.pk]), {"action": "field", "answer-q3": "c"},
+                           headers={"HX-Request": "true"})
+    html = response.content.decode()
+    assert re.search(r'id="sheet-score" hx-swap-oob="true">.*id="score-value">20</strong>', html, re.S)
+    assert SheetScore.objects.get(sheet=sheet).score == 20
+    # Undone: the score goes back
+    client.post(reverse("batches:review-undo"))
+    assert SheetScore.objects.get(sheet=sheet).score == 19

@@ -21,7 +21,7 @@ from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_POST
 
-from ..models import Answer, Correction, Sheet
+from ..models import Answer, Correction, Sheet, SheetScore
 from ..omr.imageio import ImageError
 from ..review import actions, queue, zoom
 from ..review.overlay import PLAIN_FLAGS
@@ -347,6 +347,7 @@ def sheet_context(sheet: Sheet, posted: dict, only_fields: list[str] | None = No
         picture = reverse("batches:review-picture", args=[sheet.pk]) + f"?v={version}"
     return {
         "sheet": sheet,
+        "score": score_of(sheet),
         "fields": fields,
         "other_fields": [a.field for a in answers if a.field not in {f["name"] for f in fields}],
         "sheet_flags": flags,
@@ -355,6 +356,18 @@ def sheet_context(sheet: Sheet, posted: dict, only_fields: list[str] | None = No
         "picture_size": geometry,
         "student": sheet.student,
     }
+
+
+def score_of(sheet: Sheet) -> SheetScore | None:
+    """The exam score of the student's sheet this page is part of, if its
+    batch was uploaded for an exam (re-scored by every correction)."""
+    row = SheetScore.objects.select_related("exam", "roster_entry").filter(sheet_id=sheet.pk).first()
+    if row is None and sheet.batch.exam_id:
+        # A later page of a multi-page sheet: its score row names it among its pages.
+        candidates = SheetScore.objects.select_related("exam", "roster_entry").filter(batch_id=sheet.batch_id,
+                                                                                      student=sheet.student)
+        row = next((c for c in candidates if sheet.pk in (c.pages or [])), None)
+    return row
 
 
 def _allowed(rule) -> str:

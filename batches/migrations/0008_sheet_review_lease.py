@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('batches', '0006_sheet_reading_lz4'),
+        ('batches', '0007_exams'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
