@@ -266,10 +266,13 @@ def test_the_batch_queue_opens_the_most_doubtful_sheet_with_its_fields(owner, ba
     assert 'data-allowed="ABCD"' in html
     # Each field zoomed in: a crop of the page picture, which the page shows too
     q5 = next(f for f in page.context["fields"] if f["name"] == "q5")
-    assert "background-position:-" in q5["zoom"] and page.context["picture"] in html
+    assert "transform:rotate(" in q5["zoom"]["picture"] and page.context["picture"] in html
     picture = client.get(page.context["picture"])
-    assert picture.status_code == 200 and picture["Content-Type"] == "image/png"
-    assert picture.content.startswith(b"\x89PNG")
+    assert picture.status_code == 200 and picture["Content-Type"] == "image/jpeg"
+    assert picture.content.startswith(b"\xff\xd8") and picture["Cache-Control"] == "private, max-age=3600"
+    # The next sheet's picture is fetched ahead
+    assert page.context["prefetch"] == reverse("batches:review-picture", args=[sheet_named(batch, "scan_one.jpg").pk]) \
+        + f"?v={int(sheet_named(batch, 'scan_one.jpg').read_at.timestamp())}"
     # The lease is this browser's
     assert Sheet.objects.get(pk=two.pk).review_holder == owner
     # And the count left, with the keys listed

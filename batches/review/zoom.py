@@ -1,5 +1,5 @@
-"""The review queue's pictures: the page drawn by ``overlay`` and turned
-upright, and where each field lies on that picture, so the page can show a
+"""The review queue's pictures: the page drawn by ``overlay``, turned
+upright (a JPEG: see ``JPEG_QUALITY``), and where each field lies on that picture, so the page can show a
 doubtful field zoomed in (a crop of the same picture, marks included).
 
 A page scanned the wrong way round is turned by the reading's
@@ -26,12 +26,15 @@ _TURN_UPRIGHT = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: c
 
 @dataclass(frozen=True)
 class Box:
-    """A rectangle on the upright picture, in its pixels."""
+    """A field's place on the upright picture, in its pixels: its centre, its
+    size along the page's own axes, and the page's skew there (degrees,
+    clockwise), so the zoomed-in view can be turned straight."""
 
-    x: float
-    y: float
+    cx: float
+    cy: float
     w: float
     h: float
+    angle: float = 0.0
 
 
 def orientation(reading: dict | None) -> int:
@@ -83,35 +86,59 @@ def field_boxes(reading: dict | None, fields, max_width: int = overlay.MAX_WIDTH
         name = groups.get(row[0], overlay.field_of(row[0]))
         if name in wanted:
             by_field.setdefault(name, []).append((mark.x, mark.y, mark.r))
+    skew = page_skew(reading, turn)
+    c, si = np.cos(np.radians(skew)), np.sin(np.radians(skew))
     boxes = {}
     for name, points in by_field.items():
         xy = _upright_points(np.array([(x, y) for x, y, _r in points], np.float64), turn, pw, ph)
         r = float(np.median([p[2] for p in points]))
-        x0, y0 = xy.min(axis=0) - r * MARGIN_RADII
-        x1, y1 = xy.max(axis=0) + r * MARGIN_RADII
+        # Along the page's axes: the points turned straight about their centre.
+        centre = xy.mean(axis=0)
+        d = xy - centre
+        straight = np.stack([d[:, 0] * c + d[:, 1] * si, -d[:, 0] * si + d[:, 1] * c], axis=1)
+        x0, y0 = straight.min(axis=0) - r * MARGIN_RADII
+        x1, y1 = straight.max(axis=0) + r * MARGIN_RADII
         x0 -= r * (LABEL_RADII - MARGIN_RADII)
-        x0, y0 = max(0.0, x0), max(0.0, y0)
-        x1, y1 = min(float(geometry[0]), x1), min(float(geometry[1]), y1)
-        boxes[name] = Box(round(float(x0), 1), round(float(y0), 1), round(float(x1 - x0), 1), round(float(y1 - y0), 1))
+        mx, my = (x0 + x1) / 2, (y0 + y1) / 2  # the box's centre, straight, back on the picture
+        cx, cy = centre[0] + mx * c - my * si, centre[1] + mx * si + my * c
+        boxes[name] = Box(round(float(cx), 1), round(float(cy), 1), round(float(x1 - x0), 1),
+                          round(float(y1 - y0), 1), round(skew, 2))
     return boxes
 
 
-def upright_png(data: bytes, reading: dict | None, max_width: int = overlay.MAX_WIDTH) -> bytes:
-    """The overlay PNG of a stored page image, turned upright."""
-    image = overlay.decode_page(data)
+def page_skew(reading: dict, turn: int) -> float:
+    """How far the page's rows are turned clockwise on the upright picture,
+    degrees (0 without a homography): the page's x axis through the reading's
+    page-to-image mapping, less the quarter turns already undone."""
+    H = reading.get("homography")
+    if H is None:
+        return 0.0
+    H = np.asarray(H, np.float64)
+    ends = H @ np.array([[0.0, 100.0], [0.0, 0.0], [1.0, 1.0]])
+    ends = ends[:2] / ends[2]
+    dx, dy = ends[:, 1] - ends[:, 0]
+    angle = float(np.degrees(np.arctan2(dy, dx))) - turn
+    return (angle + 45.0) % 90.0 - 45.0
+
+
+#: JPEG quality of the picture: marks and pencil stay clear, and it encodes
+#: in ~15 ms against ~0.5 s for a PNG of a noisy scan (and is half the size).
+JPEG_QUALITY = 85
+
+
+def upright_jpeg(data: bytes, reading: dict | None, max_width: int = overlay.MAX_WIDTH) -> bytes:
+    """The overlay of a stored page image, turned upright, as a fresh JPEG
+    (decoded pixels only, never the stored file)."""
     if overlay.needs_fresh_reading(reading):
         # No bubbles stored: the overlay module reads the page again in memory.
-        return _turn_png(overlay.render_overlay_png(data, reading, max_width), reading)
-    canvas = overlay.draw_overlay(image, reading, max_width)
+        png = overlay.render_overlay_png(data, reading, max_width)
+        canvas = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    else:
+        canvas = overlay.draw_overlay(overlay.decode_page(data), reading, max_width)
     turn = orientation(reading)
     if turn:
         canvas = cv2.rotate(canvas, _TURN_UPRIGHT[turn])
-    return overlay.encode_png(canvas)
-
-
-def _turn_png(png: bytes, reading: dict | None) -> bytes:
-    turn = orientation(reading)
-    if not turn:
-        return png
-    canvas = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
-    return overlay.encode_png(cv2.rotate(canvas, _TURN_UPRIGHT[turn]))
+    ok, buf = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError("could not encode the picture")
+    return buf.tobytes()

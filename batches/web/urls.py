@@ -40,7 +40,7 @@ urlpatterns = api_urls.urlpatterns + [
     path("review/sheets/<int:sheet_id>/save", review_views.save_sheet, name="review-save"),
     path("review/sheets/<int:sheet_id>/renew", review_views.renew, name="review-renew"),
     path("review/sheets/<int:sheet_id>/release", review_views.release, name="review-release"),
-    path("review/sheets/<int:sheet_id>/page.png", review_views.sheet_picture, name="review-picture"),
+    path("review/sheets/<int:sheet_id>/picture", review_views.sheet_picture, name="review-picture"),
     # From the app and project static folders through Django's finders, which
     # refuse paths outside them. "insecure" only means "also without DEBUG".
     path("static/<path:path>", serve_static, {"insecure": True}, name="static"),

@@ -23,6 +23,9 @@
     const queue = $("#queue");
     if (!queue || queue.dataset.settled) return;
     queue.dataset.settled = "yes";
+    // The next sheet's picture, fetched while this one is reviewed (the
+    // server lets the browser keep it).
+    if (queue.dataset.prefetch) new Image().src = queue.dataset.prefetch;
     const help = $("#shortcuts-button");
     if (help) help.hidden = false;
     for (const input of fields()) input.dataset.saved = input.value;
