@@ -19,7 +19,7 @@ from . import overlay
 #: Room around a field's bubbles, in bubble radii; more on the left, where the
 #: question number is printed.
 MARGIN_RADII = 1.8
-LABEL_RADII = 4.5
+LABEL_RADII = 6.0
 
 _TURN_UPRIGHT = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}
 

@@ -35,8 +35,8 @@ UNDO_DEPTH = 100
 UNDO_KEY = "review_undo"
 REVIEWER_KEY = "review_token"
 #: Widest zoomed-in field on the page, CSS px, and the most it is enlarged.
-ZOOM_WIDTH = 250
-ZOOM_MAX = 2.0
+ZOOM_WIDTH = 270
+ZOOM_MAX = 2.5
 
 
 # ---------------------------------------------------------------- scope
