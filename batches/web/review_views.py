@@ -288,7 +288,7 @@ def sheet_picture(request, sheet_id: int):
 
 def _context(request, scope: Scope, items, sheet: Sheet | None, error: str = "", posted: dict | None = None,
              only_fields: list[str] | None = None) -> dict:
-    context = {"scope": scope, "nav": "review", "error": error}
+    context = {"scope": scope, "nav": "review", "error": error, "lease_minutes": queue.LEASE_SECONDS // 60}
     if items is not None:
         ids = [i.sheet_id for i in items]
         busy = queue.held_by_others(ids, reviewer_of(request))
@@ -385,7 +385,7 @@ def _allowed(rule) -> str:
     if rule is None or rule.kind == "text":
         return ""
     if rule.kind == "digit":
-        return "0123456789?"
+        return "0123456789"
     return "".join(v.upper() for v in rule.values)
 
 
