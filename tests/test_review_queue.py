@@ -357,8 +357,13 @@ def test_undo_puts_back_the_last_step_and_records_it(owner, batch):
     assert log == [("q3", "AC", "A"), ("needs_review", "true", "false"), ("needs_review", "false", "true"),
                    ("q3", "A", "AC")]
     # Nothing more to undo
-    again = client.post(reverse("batches:review-undo"), follow=True)
-    assert "Nothing to undo" in again.content.decode()
+    again = client.post(reverse("batches:review-undo"), {"back": reverse("batches:review-sheet", args=[one.pk])},
+                        follow=True)
+    assert again.redirect_chain[-1][0] == reverse("batches:review-sheet", args=[one.pk]) + "?undone=0"
+    assert "Nothing to undo." in again.content.decode()
+    # A "back" address elsewhere is not followed
+    away = client.post(reverse("batches:review-undo"), {"back": "https://example.com/x"})
+    assert away["Location"].startswith(reverse("batches:review-queue"))
 
 
 def test_an_impossible_answer_is_refused_and_nothing_recorded(owner, batch):

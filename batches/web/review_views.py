@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import secrets
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
-from django.utils.http import urlencode
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_GET, require_POST
 
 from ..models import Answer, Correction, Sheet, SheetScore
@@ -205,8 +206,12 @@ def _field_response(request, scope, sheet, fields, error: str = "") -> HttpRespo
 @staff_required
 def undo(request):
     """Undo the user's last step in the queue (a correction or an acceptance,
-    with what was saved with it); back to that sheet."""
+    with what was saved with it); back to that sheet. The page says what was
+    undone, or that there was nothing to undo (``?undone=<n>``)."""
     scope = Scope.of(request)
+    back = request.POST.get("back") or scope.url("review-queue")
+    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
+        back = scope.url("review-queue")
     steps = request.session.get(UNDO_KEY, [])
     while steps:
         ids = steps.pop()
@@ -218,20 +223,23 @@ def undo(request):
             sheet = queue.undo(corrections, request.user)
         except actions.ReviewError as exc:
             request.session[UNDO_KEY] = steps
-            from django.contrib import messages
-
-            messages.error(request, f"Nothing was undone: {exc}.")
-            return redirect(request.POST.get("back") or scope.url("review-queue"))
+            logger.info("Undo refused: %s", exc)
+            return redirect(_with(back, undone="-1"))
         request.session[UNDO_KEY] = steps
         queue.claim(sheet.pk, reviewer_of(request))
         if scope.batch is not None and sheet.batch_id != scope.batch.pk:
             scope = Scope(request.user, None)
         return redirect(scope.url("review-sheet", sheet.pk, undone=len(corrections)))
     request.session[UNDO_KEY] = steps
-    from django.contrib import messages
+    return redirect(_with(back, undone="0"))
 
-    messages.info(request, "Nothing to undo.")
-    return redirect(request.POST.get("back") or scope.url("review-queue"))
+
+def _with(url: str, **params) -> str:
+    """``url`` with ``params`` added to (or replacing) its query."""
+    parts = urlsplit(url)
+    query = {k: v for k, v in parse_qsl(parts.query) if k not in params}
+    query.update(params)
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 # ---------------------------------------------------------------- lease
@@ -302,6 +310,7 @@ def _context(request, scope: Scope, items, sheet: Sheet | None, error: str = "",
                 context["prefetch"] = picture_url(Sheet.objects.only("pk", "read_at").get(pk=upcoming))
     if request.GET.get("undone"):
         context["undone"] = _int(request.GET.get("undone"))
+        context["nothing_undone"] = context["undone"] is not None and context["undone"] <= 0
     if sheet is None:
         return context
     context.update(sheet_context(sheet, posted or {}, only_fields))
