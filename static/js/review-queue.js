@@ -8,12 +8,12 @@
   const $ = (selector, root) => (root || document).querySelector(selector);
   const fields = () => Array.from(document.querySelectorAll("#queue .answer-input"));
 
-  function focusField(input) {
+  function focusField(input, keepScroll) {
     if (!input) return;
-    input.focus();
+    input.focus({preventScroll: true});
     input.select();
     const item = input.closest(".doubt-field");
-    if (item) item.scrollIntoView({block: "nearest"});
+    if (item && !keepScroll) item.scrollIntoView({block: "nearest"});
   }
 
   // The first field in doubt has the focus on every sheet, so typing starts at once.
@@ -29,9 +29,11 @@
     const help = $("#shortcuts-button");
     if (help) help.hidden = false;
     for (const input of fields()) input.dataset.saved = input.value;
+    // A new sheet starts at the top of the page, with the first field ready.
+    window.scrollTo(0, 0);
     const first = fields()[0];
-    if (first) focusField(first);
-    else if ($("#accept-button")) $("#accept-button").focus();
+    if (first) focusField(first, true);
+    else if ($("#accept-button")) $("#accept-button").focus({preventScroll: true});
   }
 
   function move(step) {
