@@ -72,8 +72,24 @@ def test_queue_order_failed_and_misaligned_first_then_by_doubt(owner):
     ])
     order = [item.sheet_id for item in queue.ordered_queue(Batch.objects.all())]
     assert order == [s[1].pk, s[8].pk, s[2].pk, s[3].pk, s[4].pk, s[0].pk, s[5].pk, s[9].pk, s[7].pk]
-    first = queue.ordered_queue(Batch.objects.all())[4]
-    assert first.fields == ["q1", "q2"] and first.doubt == pytest.approx(2.4)
+    two_doubles = queue.ordered_queue(Batch.objects.all())[4]
+    assert two_doubles.fields == 2 and two_doubles.doubt == pytest.approx(2.4)
+
+
+def test_the_doubt_counted_in_sql_is_the_rule_written_in_python(owner):
+    rng = random.Random(5)
+    flags = [["multiple"], ["ambiguous"], ["erasure"], ["misaligned"], ["faint"], ["gap"], ["circled"],
+             ["blank", "faint"], ["faint", "multiple"], ["smudge"], ["blank"], []]
+    specs = [{"fields": {f"q{q}": (rng.choice(flags), rng.choice([None, 0.0, 0.3, 0.55, 1.0]), rng.random() < 0.2)
+                         for q in range(1, 15)}} for _ in range(12)]
+    _batch, sheets = hand_batch(owner, specs)
+    counted = queue.doubt_by_sheet(Sheet.objects.all())
+    for sheet, spec in zip(sheets, specs, strict=True):
+        open_fields = [(f, c) for f, c, corrected in spec["fields"].values() if not corrected and set(f) - {"blank"}]
+        expected = sum(queue.field_doubt(f, c) for f, c in open_fields)
+        doubt, low, fields = counted.get(sheet.pk, (0.0, 1.0, 0))
+        assert doubt == pytest.approx(expected) and fields == len(open_fields)
+        assert low == pytest.approx(min([0.5 if c is None else c for _f, c in open_fields], default=1.0))
 
 
 def test_the_queue_leaves_out_running_batches_and_other_users(owner, colleague):
