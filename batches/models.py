@@ -176,6 +176,14 @@ class Sheet(models.Model):
     # and what came of the last one, for the review page.
     read_again_queued_at = models.DateTimeField(null=True, blank=True)
     read_again_note = models.CharField(max_length=300, blank=True)
+    # The review queue's lease: the reviewer who has the sheet open, until when
+    # (taken and renewed by conditional UPDATEs, batches/review/queue.py).
+    review_holder = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                      related_name="+", help_text="Reviewer who has this sheet open in the queue.")
+    review_token = models.CharField(max_length=32, blank=True, help_text="The reviewer's browser session "
+                                    "holding the lease (one login may review in several browsers).")
+    review_lease_until = models.DateTimeField(null=True, blank=True,
+                                              help_text="The reviewer's lease ends then unless renewed.")
 
     class Meta:
         ordering = ["batch", "index"]

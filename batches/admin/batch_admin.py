@@ -219,8 +219,9 @@ class CorrectionInline(admin.TabularInline):
     extra = 0
     max_num = 0
     can_delete = False
-    verbose_name_plural = "corrections (newest first)"
-    classes = ["collapse"]
+    # The sheet's history: every correction, and every acceptance (field
+    # needs_review), from this screen or the review queue.
+    verbose_name_plural = "history: corrections and acceptances (newest first)"
 
     def has_add_permission(self, request, obj=None):
         return False

@@ -66,7 +66,7 @@ def bubble_marks(reading: dict, scale: float = 1.0) -> list[Mark]:
         return []
     radii = _radii(reading, rows)
     doubt = doubtful_fields(reading)
-    group_field = _group_fields(reading)
+    group_field = group_fields(reading)
     marks = []
     for i, (group, _value, score, marked, x, y) in enumerate(rows):
         name = group_field.get(group, field_of(group))
@@ -90,7 +90,7 @@ def _layout(reading: dict):
         return None
 
 
-def _group_fields(reading: dict) -> dict[str, str]:
+def group_fields(reading: dict) -> dict[str, str]:
     lay = _layout(reading)
     return {g.key: g.field for g in lay.groups} if lay else {}
 

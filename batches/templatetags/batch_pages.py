@@ -35,3 +35,13 @@ def percent_width(value) -> str:
 def bytes_size(value) -> str:
     """File size in people's units (``12.4 MB``)."""
     return filesizeformat(value or 0)
+
+
+@register.filter
+def points(value) -> str:
+    """A score as people write it: ``27``, ``27.25``, ``34.5`` (never ``34.50``)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return ""
+    return f"{number:.2f}".rstrip("0").rstrip(".")

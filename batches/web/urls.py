@@ -16,7 +16,7 @@ from django.views.generic import RedirectView
 
 from ..exams import urls as exam_urls
 from ..printing import urls as print_urls
-from . import api, tus, views
+from . import api, review_views, tus, views
 from .login_throttle import throttled
 
 app_name = "batches"
@@ -48,6 +48,17 @@ urlpatterns = [
     path("batches/<uuid:batch_id>/row", views.batch_row, name="row"),
     path("batches/<uuid:batch_id>/progress-stream", views.progress_stream, name="progress-stream"),
     path("batches/<uuid:batch_id>/sheets/<int:index>/overlay.png", views.sheet_overlay, name="sheet-overlay"),
+    # The review queue (web/review_views.py): every batch of the user, or one (?batch=<id>).
+    path("review/", review_views.queue_start, name="review-queue"),
+    path("batches/<uuid:batch_id>/review/", review_views.queue_start, name="batch-review"),
+    path("review/next", review_views.queue_move, {"direction": "next"}, name="review-next"),
+    path("review/previous", review_views.queue_move, {"direction": "previous"}, name="review-previous"),
+    path("review/undo", review_views.undo, name="review-undo"),
+    path("review/sheets/<int:sheet_id>/", review_views.review_sheet, name="review-sheet"),
+    path("review/sheets/<int:sheet_id>/save", review_views.save_sheet, name="review-save"),
+    path("review/sheets/<int:sheet_id>/renew", review_views.renew, name="review-renew"),
+    path("review/sheets/<int:sheet_id>/release", review_views.release, name="review-release"),
+    path("review/sheets/<int:sheet_id>/picture", review_views.sheet_picture, name="review-picture"),
     *print_urls.urlpatterns,
     # From the app and project static folders through Django's finders, which
     # refuse paths outside them. "insecure" only means "also without DEBUG".

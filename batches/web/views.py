@@ -50,12 +50,11 @@ staff_required = user_passes_test(_is_staff, login_url="batches:login")
 def page_links(batch) -> dict:
     """URLs the batch pages and their partials link to (no request needed, so
     the page stream can render partials too)."""
-    review = reverse("admin:batches_sheet_changelist")
     return {
         "detail": reverse("batches:detail", args=[batch.pk]),
         "stream": reverse("batches:progress-stream", args=[batch.pk]),
         "csv": reverse("batches:api-results", args=[batch.pk]),
-        "review": f"{review}?batch__id__exact={batch.pk}&needs_review__exact=1",
+        "review": reverse("batches:batch-review", args=[batch.pk]),
         "upload": reverse("batches:upload"),
     }
 
