@@ -1,0 +1,401 @@
+"""The template's bubbles placed on the printed bubbles, and measured.
+
+The page, once located (``locate.py``), is cut out through its homography at
+a *measurement scale* where a bubble box is about ``BOX_PX`` pixels across
+(never finer than the image itself holds). There:
+
+* ``darkness``: each pixel's darkness relative to the paper around it (a
+  max filter wider than a bubble), so shadows and tinted paper do not count.
+* ``evidence``: how much a printed bubble outline (or a filled bubble) shows
+  centred at each pixel: the mean darkness on a ring at the printed radius
+  minus that on a ring just outside it (one linear filter).
+* ``place``: the whole grid shifted to where the evidence is highest (minus
+  what shows one pitch outside each block, so a grid one row off loses), then
+  each block shifted by at most half its pitch on its own (a curled photo, a
+  page outline a little off). A block is never moved further: a grid that
+  needs more is flagged, not snapped onto the wrong row.
+* ``verify``: per bubble, whether its outline is better centred where it is
+  read than half a pitch away.
+* ``measure``: the mean darkness inside each bubble (inside the printed
+  outline, so the outline does not count), and how much of a ring outside it
+  is dark (a circle drawn around the bubble).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .importer import OmrCheckerTemplate
+
+#: A bubble box is cut out at about this many pixels across.
+BOX_PX = 14.0
+#: Printed outline radius, as a share of the box's half size, tried first.
+RADII = (0.75, 0.9, 1.05, 1.2, 1.35)
+#: The inside measured: this share of the printed radius.
+INNER = 0.6
+#: The ring where a circle drawn around a bubble is looked for (share of the printed radius).
+CIRCLE_BAND = (1.35, 1.75)
+
+
+@dataclass
+class Geometry:
+    """A template's bubbles, flattened: page px centres, box half sizes, and
+    which block, field and printed value (letter) each bubble belongs to."""
+
+    centres: np.ndarray  # (N, 2) page px
+    half: np.ndarray  # (N, 2) box half width, height
+    block: np.ndarray  # (N,) block index
+    field: np.ndarray  # (N,) field index
+    value_key: np.ndarray  # (N,) index of (value label, box size): bubbles printing the same letter
+    block_pitch: np.ndarray  # (B,) smallest distance between two bubbles of each block
+    border: np.ndarray  # (M, 2) page px one pitch outside the blocks' sides (nothing printed there)
+    border_block: np.ndarray  # (M,)
+    free: np.ndarray  # (N, A) angles around each bubble where no other bubble is near (circle search)
+
+    @property
+    def pitch(self) -> float:
+        return float(np.median(self.block_pitch))
+
+
+_GEOMETRY: dict[int, tuple[OmrCheckerTemplate, Geometry]] = {}
+ANGLES = 24
+
+
+def geometry(t: OmrCheckerTemplate) -> Geometry:
+    hit = _GEOMETRY.get(id(t))
+    if hit is not None and hit[0] is t:
+        return hit[1]
+    cen, half, blk, fld, keys = [], [], [], [], []
+    block_ids: dict[str, int] = {}
+    key_ids: dict[tuple, int] = {}
+    for fi, f in enumerate(t.fields):
+        b = block_ids.setdefault(f.block, len(block_ids))
+        for v, c in zip(f.values, f.centres(), strict=True):
+            cen.append(c)
+            half.append((f.bubble_w / 2, f.bubble_h / 2))
+            blk.append(b)
+            fld.append(fi)
+            keys.append(key_ids.setdefault((v, f.bubble_w, f.bubble_h), len(key_ids)))
+    cen_a = np.array(cen, np.float64).reshape(-1, 2)
+    half_a = np.array(half, np.float64).reshape(-1, 2)
+    blk_a = np.array(blk, np.int64)
+    nb = len(block_ids)
+    pitch = np.zeros(nb)
+    border, border_b = [], []
+    for b in range(nb):
+        idx = np.flatnonzero(blk_a == b)
+        c = cen_a[idx]
+        if len(c) > 1:
+            d = np.hypot(c[:, None, 0] - c[None, :, 0], c[:, None, 1] - c[None, :, 1])
+            d[d < 1e-6] = np.inf
+            pitch[b] = float(d.min())
+        else:
+            pitch[b] = 2.5 * float(half_a[idx[0]].max())
+    for fields in _blocks_as_grids(t):
+        grid = np.array([f.centres() for f in fields], np.float64)  # (fields, values, 2)
+        b = block_ids[fields[0].block]
+        sides = []
+        if grid.shape[1] > 1:
+            dv = grid[:, 1] - grid[:, 0]
+            sides += [grid[:, 0] - dv, grid[:, -1] + dv]
+        if grid.shape[0] > 1:
+            dl = grid[1] - grid[0]
+            sides += [grid[0] - dl, grid[-1] + dl]
+        for side in sides:
+            for p in side:
+                near = np.hypot(*(cen_a - p).T).min()
+                if 0 <= p[0] <= t.page_w and 0 <= p[1] <= t.page_h and near > 1.6 * half_a.max():
+                    border.append(p)
+                    border_b.append(b)
+    # Directions around each bubble free of other bubbles out to the circle band.
+    ang = np.linspace(0, 2 * np.pi, ANGLES, endpoint=False)
+    free = np.ones((len(cen_a), ANGLES), bool)
+    reach = CIRCLE_BAND[1] * half_a.max(1)
+    order = np.argsort(cen_a[:, 0])
+    xs = cen_a[order, 0]
+    for i in range(len(cen_a)):
+        lo, hi = np.searchsorted(xs, cen_a[i, 0] - 3 * reach[i]), np.searchsorted(xs, cen_a[i, 0] + 3 * reach[i])
+        nb_idx = order[lo:hi]
+        nb_idx = nb_idx[nb_idx != i]
+        if not len(nb_idx):
+            continue
+        v = cen_a[nb_idx] - cen_a[i]
+        dist = np.hypot(v[:, 0], v[:, 1])
+        close = dist < reach[i] + half_a[nb_idx].max(1) * 1.1
+        if not close.any():
+            continue
+        a_nb = np.arctan2(v[close, 1], v[close, 0])
+        width = np.arcsin(np.clip(half_a[nb_idx[close]].max(1) * 1.3 / np.maximum(dist[close], 1e-6), 0, 1))
+        diff = np.abs((ang[None, :] - a_nb[:, None] + np.pi) % (2 * np.pi) - np.pi)
+        free[i] &= ~(diff < width[:, None] + 0.15).any(0)
+    g = Geometry(cen_a, half_a, blk_a, np.array(fld, np.int64), np.array(keys, np.int64), pitch,
+                 np.array(border, np.float64).reshape(-1, 2), np.array(border_b, np.int64), free)
+    _GEOMETRY[id(t)] = (t, g)
+    return g
+
+
+def _blocks_as_grids(t: OmrCheckerTemplate) -> list[list]:
+    out: dict[str, list] = {}
+    for f in t.fields:
+        out.setdefault(f.block, []).append(f)
+    return [fl for fl in out.values() if len({len(f.values) for f in fl}) == 1]
+
+
+# ---------------------------------------------------------------- the cut-out
+
+
+@dataclass
+class Cutout:
+    """The page cut out at the measurement scale: ``dark`` (0..1, relative to
+    the local paper), ``scale`` (cut-out px per page px), ``H`` (page px ->
+    image px) it was cut through, ``ink`` (typical darkness of print)."""
+
+    dark: np.ndarray
+    scale: float
+    H: np.ndarray
+    ink: float
+
+
+def measurement_scale(t: OmrCheckerTemplate, H: np.ndarray, geo: Geometry) -> float:
+    """Cut-out px per page px: a box ``BOX_PX`` across, or what the image holds."""
+    c = np.array([[t.page_w / 2, t.page_h / 2]])
+    native = _local_scale(H, c)
+    box = float(np.median(geo.half.min(1))) * 2
+    return max(0.05, min(BOX_PX / max(box, 1.0), native))
+
+
+def _local_scale(H: np.ndarray, pts: np.ndarray) -> float:
+    p = np.hstack([pts, np.ones((len(pts), 1))]) @ H.T
+    w = p[:, 2:3]
+    # Jacobian determinant of the projective map at the point.
+    x, y = pts[0]
+    a = H
+    den = a[2, 0] * x + a[2, 1] * y + a[2, 2]
+    u = (a[0, 0] * x + a[0, 1] * y + a[0, 2]) / den
+    v = (a[1, 0] * x + a[1, 1] * y + a[1, 2]) / den
+    J = np.array([[(a[0, 0] - u * a[2, 0]) / den, (a[0, 1] - u * a[2, 1]) / den],
+                  [(a[1, 0] - v * a[2, 0]) / den, (a[1, 1] - v * a[2, 1]) / den]])
+    del w
+    return math.sqrt(abs(np.linalg.det(J)))
+
+
+def cut_out(grey: np.ndarray, H: np.ndarray, t: OmrCheckerTemplate, scale: float, geo: Geometry) -> Cutout:
+    """The page cut out through ``H`` at ``scale``, as darkness relative to
+    the local paper."""
+    w, h = max(8, int(round(t.page_w * scale))), max(8, int(round(t.page_h * scale)))
+    S_inv = np.array([[1 / scale, 0, 0.5 / scale], [0, 1 / scale, 0.5 / scale], [0, 0, 1.0]])
+    M = H @ S_inv  # cut-out px (centres at whole numbers) -> image px
+    px_per = _local_scale(M, np.array([[w / 2, h / 2]]))
+    src = grey
+    if px_per > 1.8:  # shrink first: warping straight from a much finer image aliases
+        f = 1.0 / px_per
+        src = cv2.resize(grey, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        M = np.array([[f, 0, 0.5 * f - 0.5], [0, f, 0.5 * f - 0.5], [0, 0, 1.0]]) @ M
+    page = cv2.warpPerspective(src, M, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_REPLICATE)
+    return Cutout(darkness(page, float(geo.half.max()) * 2 * scale), scale, H, 0.0)
+
+
+def darkness(page: np.ndarray, box_px: float) -> np.ndarray:
+    """0 (paper) .. 1 (black): each pixel against the paper around it (a max
+    filter a few bubbles wide, taken at quarter size and smoothed)."""
+    h, w = page.shape
+    q = 4 if min(h, w) >= 200 else 1
+    small = cv2.resize(page, (max(1, w // q), max(1, h // q)), interpolation=cv2.INTER_AREA) if q > 1 else page
+    k = max(3, int(round(2.5 * box_px / q))) | 1
+    paper = cv2.dilate(small, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+    paper = cv2.blur(paper, (k, k))
+    if q > 1:
+        paper = cv2.resize(paper, (w, h), interpolation=cv2.INTER_LINEAR)
+    paper = np.maximum(paper.astype(np.float32), 24.0)
+    return np.clip(1.0 - page.astype(np.float32) / paper, 0.0, 1.0)
+
+
+def _ring_kernel(rx: float, ry: float, inner: float, outer: float, R: int) -> np.ndarray:
+    """Mean over the elliptical band ``inner``..``outer`` (shares of rx, ry),
+    on a (2 R + 1)^2 kernel."""
+    yy, xx = np.mgrid[-R:R + 1, -R:R + 1].astype(np.float32)
+    # sub-sample 4x4 for a smooth band on small radii
+    acc = np.zeros_like(xx)
+    for oy in (-0.375, -0.125, 0.125, 0.375):
+        for ox in (-0.375, -0.125, 0.125, 0.375):
+            rr = np.sqrt(((xx + ox) / rx) ** 2 + ((yy + oy) / ry) ** 2)
+            acc += ((rr >= inner) & (rr < outer)).astype(np.float32)
+    return acc / max(float(acc.sum()), 1e-6)
+
+
+def evidence(cut: Cutout, rx: float, ry: float) -> np.ndarray:
+    """Printed outline (or fill) evidence at every pixel for an outline of
+    radii ``rx``, ``ry`` cut-out px: the ring minus just outside it."""
+    R = int(math.ceil(max(rx, ry) * 1.6)) + 1
+    k = _ring_kernel(rx, ry, 0.75, 1.15, R) - _ring_kernel(rx, ry, 1.3, 1.6, R)
+    return cv2.filter2D(cut.dark, cv2.CV_32F, k, borderType=cv2.BORDER_REPLICATE)
+
+
+# ---------------------------------------------------------------- placement
+
+
+def _window_sum(E: np.ndarray, pts: np.ndarray, reach: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Sum over ``pts`` (cut-out px) of E in a (2 reach + 1)^2 window around
+    each: the score of every integer shift of the point set."""
+    side = 2 * reach + 1
+    pad = reach + 2
+    Ep = cv2.copyMakeBorder(E, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0.0)
+    acc = np.zeros((side, side), np.float64)
+    hp, wp = Ep.shape
+    ip = np.rint(pts).astype(np.int64) + pad
+    for k, (x, y) in enumerate(ip):
+        x0, y0 = x - reach, y - reach
+        if x0 < 0 or y0 < 0 or x0 + side > wp or y0 + side > hp:
+            continue
+        win = Ep[y0:y0 + side, x0:x0 + side]
+        acc += win if weights is None else weights[k] * win
+    return acc
+
+
+def _peak(acc: np.ndarray) -> tuple[float, float, float]:
+    """(dx, dy, value) of the maximum, sub-pixel by parabolas."""
+    _, mv, _, ml = cv2.minMaxLoc(acc)
+    x, y = ml
+    dx = dy = 0.0
+    if 0 < x < acc.shape[1] - 1:
+        a, b, c = acc[y, x - 1], acc[y, x], acc[y, x + 1]
+        den = a - 2 * b + c
+        dx = 0.5 * (a - c) / den if den < 0 else 0.0
+    if 0 < y < acc.shape[0] - 1:
+        a, b, c = acc[y - 1, x], acc[y, x], acc[y + 1, x]
+        den = a - 2 * b + c
+        dy = 0.5 * (a - c) / den if den < 0 else 0.0
+    r = acc.shape[0] // 2
+    return x + dx - r, y + dy - r, float(mv)
+
+
+@dataclass
+class Placement:
+    """Where each bubble is in the cut-out (px), and how well it fits."""
+
+    pos: np.ndarray  # (N, 2)
+    radius: float  # printed radius as a share of the box half size
+    score: float  # global evidence score (mean at bubbles minus mean one pitch outside)
+    ok: np.ndarray  # (N,) outline best centred where read
+    block_ok: np.ndarray  # (B,) share of ok per block
+    border: np.ndarray  # (B,) mean evidence one pitch outside each block, over that at its bubbles
+    shift: tuple[float, float]  # global shift applied, cut-out px
+
+
+def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
+    """Fit the grid on the printed bubbles: a global shift within ``search``
+    (share of the page's larger side), then each block within half its pitch;
+    the printed radius tried at ``RADII``."""
+    s = cut.scale
+    base = geo.centres * s - 0.5 + 0.5  # page px -> cut-out px (pixel centres at whole numbers, see cut_out)
+    base = geo.centres * s - 0.5
+    bpts = geo.border * s - 0.5
+    hx, hy = float(np.median(geo.half[:, 0])) * s, float(np.median(geo.half[:, 1])) * s
+    # A grid repeats: shifted by a whole pitch it sits on printed bubbles too.
+    # The page's location must be right to within half a pitch; further is
+    # left to the caller (another placement), never snapped onto another row.
+    reach = max(2, int(round(min(search * max(cut.dark.shape), 0.45 * float(geo.block_pitch.min()) * s))))
+    best = None
+    for rr in RADII:
+        E = evidence(cut, rr * hx, rr * hy)
+        acc = _window_sum(E, base, reach) / len(base)
+        if len(bpts):
+            acc -= _window_sum(E, bpts, reach) / len(bpts)
+        dx, dy, v = _peak(acc)
+        if best is None or v > best[0]:
+            best = (v, rr, E, dx, dy)
+    v, rr, E, gdx, gdy = best
+    pos = base + [gdx, gdy]
+    nb = len(geo.block_pitch)
+    for b in range(nb):
+        idx = np.flatnonzero(geo.block == b)
+        r = max(1, int(math.floor(0.5 * geo.block_pitch[b] * s)))
+        acc = _window_sum(E, pos[idx], r) / len(idx)
+        bi = np.flatnonzero(geo.border_block == b)
+        if len(bi):
+            acc -= 0.5 * _window_sum(E, bpts[bi] + [gdx, gdy], r) / len(bi)
+        dx, dy, _ = _peak(acc)
+        pos[idx] += [dx, dy]
+    ok, block_ok, border = _verify(E, pos, geo, s, bpts + [gdx, gdy])
+    return Placement(pos, rr, v, ok, block_ok, border, (gdx, gdy))
+
+
+def _sample(img: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Bilinear samples of ``img`` at ``pts`` (..., 2)."""
+    shape = pts.shape[:-1]
+    p = pts.reshape(-1, 2).astype(np.float32)
+    n = len(p)
+    cols = 1024  # remap's maps must stay under 32767 px a side
+    rows = -(-n // cols)
+    mx = np.zeros(rows * cols, np.float32)
+    my = np.zeros(rows * cols, np.float32)
+    mx[:n], my[:n] = p[:, 0], p[:, 1]
+    out = cv2.remap(img, mx.reshape(rows, cols), my.reshape(rows, cols), cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE)
+    return out.ravel()[:n].reshape(shape)
+
+
+def _verify(E: np.ndarray, pos: np.ndarray, geo: Geometry, s: float, bpts: np.ndarray):
+    half = 0.5 * geo.block_pitch[geo.block] * s
+    offs = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], np.float64)
+    here = _sample(E, pos)
+    around = _sample(E, pos[:, None, :] + offs[None] * half[:, None, None]).mean(1)
+    typical = float(np.median(here))
+    ok = (here > around) & (here > 0.25 * typical)
+    nb = len(geo.block_pitch)
+    block_ok = np.array([ok[geo.block == b].mean() for b in range(nb)])
+    border = np.zeros(nb)
+    if len(bpts):
+        at_border = _sample(E, bpts)
+        for b in range(nb):
+            sel = geo.border_block == b
+            if sel.any():
+                border[b] = float(np.mean(at_border[sel] > 0.7 * typical))
+    return ok, block_ok, border
+
+
+# ---------------------------------------------------------------- measurement
+
+
+@dataclass
+class Measures:
+    fill: np.ndarray  # (N,) mean darkness inside the printed outline
+    dark_share: np.ndarray  # (N,) share of the inside darker than 0.5
+    circle: np.ndarray  # (N,) share of the free directions with a dark ring outside the outline
+    ink: float  # typical darkness of print on this sheet
+    low: np.ndarray  # (N,) the inside's 30th percentile darkness: a letter printed in a blank bubble leaves it light
+
+
+def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
+    s = cut.scale
+    n = len(pl.pos)
+    rx = geo.half[:, 0] * s * pl.radius
+    ry = geo.half[:, 1] * s * pl.radius
+    # Inside: a disc of sample points (polar grid, even in area).
+    rad = np.sqrt(np.linspace(0.0, 1.0, 5)[1:]) * INNER
+    ang = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    ux = np.concatenate([[0.0], (rad[:, None] * np.cos(ang)[None]).ravel()])
+    uy = np.concatenate([[0.0], (rad[:, None] * np.sin(ang)[None]).ravel()])
+    pts = np.stack([pl.pos[:, 0:1] + rx[:, None] * ux[None], pl.pos[:, 1:2] + ry[:, None] * uy[None]], -1)
+    inside = _sample(cut.dark, pts)
+    fill = inside.mean(1)
+    share = (inside > 0.5).mean(1)
+    low = np.percentile(inside, 30, axis=1)
+    # Outside: a ring where a drawn circle would be, in the free directions.
+    a = np.linspace(0, 2 * np.pi, ANGLES, endpoint=False)
+    radii = np.linspace(CIRCLE_BAND[0], CIRCLE_BAND[1], 3)
+    cx = pl.pos[:, 0, None, None] + rx[:, None, None] * radii[None, None, :] * np.cos(a)[None, :, None]
+    cy = pl.pos[:, 1, None, None] + ry[:, None, None] * radii[None, None, :] * np.sin(a)[None, :, None]
+    ring = _sample(cut.dark, np.stack([cx, cy], -1)).max(2)  # (N, A)
+    ink = float(np.percentile(cut.dark, 99.5))
+    dark_dirs = ring > max(0.25, 0.4 * ink)
+    nfree = geo.free.sum(1)
+    circle = np.where(nfree >= ANGLES // 2, (dark_dirs & geo.free).sum(1) / np.maximum(nfree, 1), 0.0)
+    del n
+    return Measures(fill.astype(np.float64), share.astype(np.float64), circle.astype(np.float64), ink,
+                    low.astype(np.float64))

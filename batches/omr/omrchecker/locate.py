@@ -1,0 +1,205 @@
+"""Where the template's page is in the image: its pre-processors, run at a
+modest processing size, as homographies (page px -> image px).
+
+``candidates`` yields placements likeliest first, lazily: the template's own
+steps (``CropPage`` on a quick page outline, ``CropOnMarkers`` inside it,
+``FeatureBasedAlignment``), then, when the reader finds the bubbles are not
+where a placement puts them, the other page outlines (other brightness
+levels, edges) with the steps run inside each, and the whole image. The
+reader checks each on the printed bubbles (``grid.py``) and stops at the
+first that fits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from .importer import OmrCheckerTemplate
+from .steps import (
+    StepError,
+    _quad_from_contour,
+    _refine_sides,
+    _valid_quad,
+    filter_image,
+    find_markers,
+    match_reference,
+    order_corners,
+    page_candidates,
+    rect_h,
+)
+
+#: The image the page is located on has this long side (px) at most.
+PROCESSING_LONG = 1000
+#: The quick page outline is looked for at this long side (px).
+OUTLINE_LONG = 500
+#: Share of a found page's size searched past each side for its markers.
+MARGIN = 0.1
+
+
+@dataclass
+class Candidate:
+    H: np.ndarray  # template page px -> processing image px
+    how: str
+    notes: list[str] = field(default_factory=list)
+
+
+def processing_image(grey: np.ndarray, t: OmrCheckerTemplate) -> tuple[np.ndarray, float]:
+    """(the image the page is located on, its px per image px): shrunk to
+    ``PROCESSING_LONG``, with the template's blurs and levels applied as
+    OMRChecker applies them at its processing size."""
+    h, w = grey.shape
+    f = min(1.0, PROCESSING_LONG / max(h, w))
+    work = grey if f >= 1.0 else cv2.resize(grey, (max(1, round(w * f)), max(1, round(h * f))),
+                                             interpolation=cv2.INTER_AREA)
+    f = work.shape[1] / w
+    scale = work.shape[1] / float(t.processing[0])
+    for step in t.steps:
+        if step.name in ("GaussianBlur", "MedianBlur", "Levels"):
+            work = filter_image(work, step.name, step.options, scale)
+    return work, f
+
+
+def quick_outlines(work: np.ndarray) -> Iterator[np.ndarray]:
+    """Page outlines (TL, TR, BR, BL, ``work`` px), cheapest first: the large
+    bright region at Otsu's level, then at lower and higher levels."""
+    h, w = work.shape
+    f = min(1.0, OUTLINE_LONG / max(h, w))
+    small = work if f >= 1.0 else cv2.resize(work, (max(1, round(w * f)), max(1, round(h * f))),
+                                             interpolation=cv2.INTER_AREA)
+    f = small.shape[1] / w
+    blur = cv2.GaussianBlur(small, (5, 5), 0)
+    sh, sw = small.shape
+    k = max(3, round(min(sh, sw) / 40)) | 1
+    otsu, _ = cv2.threshold(blur, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    hi = float(np.percentile(blur, 97))
+    seen: list[np.ndarray] = []
+
+    def new(contours) -> Iterator[np.ndarray]:
+        for cnt in contours:
+            q = _quad_from_contour(cnt)
+            if q is None or not _valid_quad(q, (sh, sw), 0.08):
+                continue
+            q = order_corners(q)
+            if any(np.abs(q - o).max() < 0.02 * max(sh, sw) for o in seen):
+                continue
+            seen.append(q)
+            yield _refine_sides(work, (q + 0.5) / f - 0.5)
+
+    for level in (otsu, 0.5 * (otsu + hi)):
+        _, bright = cv2.threshold(blur, level, 255, cv2.THRESH_BINARY)
+        bright = cv2.morphologyEx(bright, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+        bright = cv2.morphologyEx(bright, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        contours, _ = cv2.findContours(bright, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        yield from new(sorted(contours, key=cv2.contourArea, reverse=True)[:1])
+    # Edges, as OMRChecker's CropPage finds the page: a page barely brighter
+    # than what it lies on (a light cloth, a desk) still has a clear edge.
+    _, tr = cv2.threshold(blur, 210, 255, cv2.THRESH_TRUNC)
+    tr = cv2.normalize(tr, None, 0, 255, cv2.NORM_MINMAX)
+    closed = cv2.morphologyEx(tr, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+    edges = cv2.dilate(cv2.Canny(closed, 55, 185), np.ones((3, 3), np.uint8))
+    contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    yield from new(sorted(contours, key=lambda c: cv2.contourArea(cv2.convexHull(c)), reverse=True)[:4])
+
+
+def _page_h(quad: np.ndarray) -> tuple[np.ndarray, float, float]:
+    fw = float(max(np.linalg.norm(quad[1] - quad[0]), np.linalg.norm(quad[2] - quad[3])))
+    fh = float(max(np.linalg.norm(quad[3] - quad[0]), np.linalg.norm(quad[2] - quad[1])))
+    return rect_h(fw, fh, quad), fw, fh
+
+
+def run_steps(work: np.ndarray, t: OmrCheckerTemplate, quad: np.ndarray | None) -> Candidate:
+    """The template's alignment steps as one homography, template page px ->
+    ``work`` px. ``quad``: the page outline to use for ``CropPage`` (and, for
+    a template without one, to search markers in); None: the whole image."""
+    h, w = work.shape
+    H, fw, fh = np.eye(3), float(w), float(h)
+    how: list[str] = []
+    notes: list[str] = []
+    cropped = False
+    if quad is not None:
+        H, fw, fh = _page_h(quad)
+        cropped = True
+        how.append("CropPage" if "CropPage" in t.alignment() else "page outline")
+    for step in t.steps:
+        if step.name == "CropOnMarkers":
+            o = step.options
+            marker = t.images[o.get("relativePath", "omr_marker.jpg")]
+            if "sheetToMarkerWidthRatio" in o:
+                share = 1.0 / float(o["sheetToMarkerWidthRatio"])
+            else:
+                share = marker.shape[1] / t.processing[0]
+            kw = dict(min_match=float(o.get("min_matching_threshold", 0.3)),
+                      max_variation=float(o.get("max_matching_variation", 0.41)), wide=not cropped)
+            Hs, sw, sh = H, fw, fh
+            if cropped:
+                # A page outline found a little short must not cut a marker off.
+                Hs = H @ np.array([[1, 0, -MARGIN * fw], [0, 1, -MARGIN * fh], [0, 0, 1]])
+                sw, sh = fw * (1 + 2 * MARGIN), fh * (1 + 2 * MARGIN)
+                share = share / (1 + 2 * MARGIN)
+            try:
+                centres, _ = find_markers(work, Hs, sw, sh, marker, share, **kw)
+            except StepError as exc:
+                centres, _ = find_markers(work, Hs, sw, sh, marker, share, lenient=True, **kw)
+                notes.append(f"{exc.reason}: accepted, the bubble outlines confirm the placement")
+            corners = cv2.perspectiveTransform(centres.reshape(-1, 1, 2).astype(np.float64), Hs).reshape(4, 2)
+            H, fw, fh = rect_h(t.page_w, t.page_h, corners), t.page_w, t.page_h
+            cropped = True
+            how.append("CropOnMarkers")
+        elif step.name == "FeatureBasedAlignment":
+            if quad is not None and "CropPage" not in t.alignment():
+                how.append("instead of FeatureBasedAlignment")  # the reference is the sheet: so is its outline
+                continue
+            ref = t.images[step.options["reference"]]
+            H = match_reference(work, ref)
+            fw, fh = float(ref.shape[1]), float(ref.shape[0])
+            cropped = True
+            how.append("FeatureBasedAlignment")
+    if not how:
+        how.append("whole image")
+    return Candidate(H @ np.diag([fw / t.page_w, fh / t.page_h, 1.0]), " + ".join(how), notes)
+
+
+def candidates(work: np.ndarray, t: OmrCheckerTemplate) -> Iterator[Candidate | StepError]:
+    """Placements to try, likeliest first (a ``StepError`` for one that
+    failed, so the reader can tell why when none is left)."""
+    align = t.alignment()
+    outlines_first = "CropPage" in align
+    tried: list[np.ndarray] = []
+
+    def from_outline(q: np.ndarray) -> Candidate | StepError:
+        tried.append(q)
+        try:
+            c = run_steps(work, t, q)
+        except StepError as exc:
+            return exc
+        if not outlines_first:
+            c.how += " (page outline fallback)"
+        return c
+
+    if not outlines_first:
+        try:
+            yield run_steps(work, t, None)
+        except StepError as exc:
+            yield exc
+    for q in quick_outlines(work):
+        yield from_outline(q)
+    # The slower, wider search: outlines at more levels and from edges.
+    try:
+        more = page_candidates(work, 6)
+    except StepError as exc:
+        more = []
+        yield exc
+    for q, _notes in more:
+        if all(np.abs(q - o).max() > 0.01 * max(work.shape) for o in tried):
+            yield from_outline(q)
+    if outlines_first:
+        try:
+            c = run_steps(work, t, None)
+            if "CropPage" not in c.how:
+                yield c
+        except StepError as exc:
+            yield exc
