@@ -3,9 +3,10 @@
 * The printed letter inside a bubble darkens it (a blank "B" is darker than a
   blank "I"): every bubble is compared with the blank level of the bubbles
   printing the same value (same letter, same box size) on this sheet.
-* The threshold is the widest gap between the blank and the marked bubbles
-  (as OMRChecker looks for its "jump"), never under ``MIN_MARK``; a sheet
-  without such a gap has nothing marked (an unfilled sheet reads blank).
+* The threshold follows this sheet's typical clear mark (a light pencil
+  sheet gets a lower one), within fixed bounds and above the blanks' noise;
+  a sheet without any clear mark has nothing marked (an unfilled sheet reads
+  blank).
 * A bubble between the sure blank and the sure marked levels is doubt: its
   field is flagged (``faint`` when read marked, ``ambiguous`` when read
   blank), as are several marks in one field (``multiple``), a circle drawn
@@ -21,18 +22,19 @@ import numpy as np
 
 from .grid import Geometry, Measures, Placement
 
-#: The smallest gap (darkness, 0..1) between blank and marked bubbles that
-#: counts as marks being present.
-MIN_GAP = 0.12
-#: A mark is at least this much darker than the blank level of its letter.
+#: A bubble this much darker than the blank level of its letter is a clear mark.
+CLEAR_MARK = 0.3
+#: The threshold: this share of the sheet's typical clear mark, within these bounds.
+MARK_SHARE = 0.4
 MIN_MARK = 0.18
-#: Sure marks reach this share of the sheet's typical mark.
-SURE_MARK = 0.5
-#: Sure blanks stay under this share of the typical mark (and a few times the noise).
-SURE_BLANK = 0.3
+MAX_MARK = 0.3
+#: Doubt: a mark under this multiple of the threshold (faint), a blank over
+#: this share of it (ambiguous), or within this many noise widths.
+SURE_MARK_OVER = 1.4
+SURE_BLANK_UNDER = 0.7
 NOISE_SIGMAS = 5.0
 #: A circle drawn around a bubble shows in at least this share of the free directions.
-CIRCLED = 0.7
+CIRCLED = 0.85
 #: A block with fewer bubbles on their printed outlines than this share, or
 #: with outlines one pitch outside more often than ``BORDER_FLAG``, is misaligned.
 BLOCK_OK = 0.75
@@ -49,21 +51,27 @@ class Decision:
     typical: float  # typical mark excess (0 when none)
 
 
-def _largest_gap(v: np.ndarray) -> tuple[float, float]:
-    s = np.sort(v)
-    if len(s) < 2:
-        return float("inf"), 0.0
-    d = np.diff(s)
-    i = int(np.argmax(d))
-    return float((s[i] + s[i + 1]) / 2), float(d[i])
+def _threshold(e: np.ndarray) -> tuple[np.ndarray, float, float, float]:
+    """(marked, threshold, typical mark, blank noise) for a sheet's excesses:
+    the threshold is a share of this sheet's typical clear mark (a light
+    pencil sheet gets a lower one), between ``MIN_MARK`` and ``MAX_MARK``
+    and above the blanks' noise. Without any clear mark nothing is marked."""
+    noise = 1.4826 * float(np.median(np.abs(e - np.median(e))))
+    clear = e[e >= CLEAR_MARK]
+    typical = float(np.median(clear)) if len(clear) else 0.0
+    thr = float(np.clip(MARK_SHARE * typical, MIN_MARK, MAX_MARK)) if len(clear) else MAX_MARK
+    thr = max(thr, NOISE_SIGMAS * noise)
+    return e >= thr, thr, typical, noise
 
 
 def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision:
     # The mean and a low percentile of the inside: a letter printed in a blank
     # bubble darkens its mean, not its lightest part; a fill darkens both.
     score = 0.5 * (m.fill + m.low)
-    thr0, gap0 = _largest_gap(score)
-    blankish = score < thr0 if gap0 >= MIN_GAP else np.ones(len(score), bool)
+    # First the blank level of each printed letter, from the bubbles that are
+    # clearly not marked; then the threshold from this sheet's typical mark.
+    first = _threshold(score - float(np.median(score)))[0]
+    blankish = ~first
     glob = float(np.median(score[blankish])) if blankish.any() else 0.0
     base = np.full(len(score), glob)
     for k in np.unique(geo.value_key):
@@ -71,19 +79,9 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
         if sel.sum() >= 3:
             base[geo.value_key == k] = float(np.median(score[sel]))
     e = score - base
-    thr, gap = _largest_gap(e)
-    has_marks = gap >= MIN_GAP and thr >= MIN_MARK / 2
-    blank_e = e[e < thr] if has_marks else e
-    noise = 1.4826 * float(np.median(np.abs(blank_e - np.median(blank_e)))) if len(blank_e) else 0.0
-    if has_marks:
-        thr = max(thr, MIN_MARK)
-        marked = e >= thr
-        typical = float(np.median(e[marked])) if marked.any() else 0.0
-    else:
-        thr, marked, typical = float("inf"), np.zeros(len(e), bool), 0.0
-    ref = typical if typical > 0 else 2 * MIN_MARK
-    sure_mark = SURE_MARK * ref
-    sure_blank = max(SURE_BLANK * ref, NOISE_SIGMAS * noise, MIN_MARK / 2)
+    marked, thr, typical, noise = _threshold(e)
+    sure_mark = SURE_MARK_OVER * thr
+    sure_blank = max(SURE_BLANK_UNDER * thr, NOISE_SIGMAS * noise)
     flags: list[list[str]] = [[] for _ in range(n_fields)]
     conf = [1.0] * n_fields
     for i in range(len(e)):

@@ -33,7 +33,7 @@ from .importer import OmrCheckerTemplate
 
 #: A bubble box is cut out at about this many pixels across.
 BOX_PX = 14.0
-#: Printed outline radius, as a share of the box's half size, tried first.
+#: Printed outline radius, as a share of the box's half size: the sizes tried.
 RADII = (0.75, 0.9, 1.05, 1.2, 1.35)
 #: The inside measured: this share of the printed radius.
 INNER = 0.6
@@ -228,33 +228,37 @@ def _ring_kernel(rx: float, ry: float, inner: float, outer: float, R: int) -> np
     return acc / max(float(acc.sum()), 1e-6)
 
 
-def evidence(cut: Cutout, rx: float, ry: float) -> np.ndarray:
+def evidence_of(dark: np.ndarray, rx: float, ry: float) -> np.ndarray:
     """Printed outline (or fill) evidence at every pixel for an outline of
     radii ``rx``, ``ry`` cut-out px: the ring minus just outside it."""
     R = int(math.ceil(max(rx, ry) * 1.6)) + 1
     k = _ring_kernel(rx, ry, 0.75, 1.15, R) - _ring_kernel(rx, ry, 1.3, 1.6, R)
-    return cv2.filter2D(cut.dark, cv2.CV_32F, k, borderType=cv2.BORDER_REPLICATE)
+    return cv2.filter2D(dark, cv2.CV_32F, k, borderType=cv2.BORDER_REPLICATE)
 
 
 # ---------------------------------------------------------------- placement
 
 
-def _window_sum(E: np.ndarray, pts: np.ndarray, reach: int, weights: np.ndarray | None = None) -> np.ndarray:
-    """Sum over ``pts`` (cut-out px) of E in a (2 reach + 1)^2 window around
-    each: the score of every integer shift of the point set."""
-    side = 2 * reach + 1
-    pad = reach + 2
-    Ep = cv2.copyMakeBorder(E, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0.0)
-    acc = np.zeros((side, side), np.float64)
-    hp, wp = Ep.shape
-    ip = np.rint(pts).astype(np.int64) + pad
-    for k, (x, y) in enumerate(ip):
-        x0, y0 = x - reach, y - reach
-        if x0 < 0 or y0 < 0 or x0 + side > wp or y0 + side > hp:
-            continue
-        win = Ep[y0:y0 + side, x0:x0 + side]
-        acc += win if weights is None else weights[k] * win
-    return acc
+class _Padded:
+    """E padded once, so windows around points near its edges read zeros."""
+
+    def __init__(self, E: np.ndarray, pad: int):
+        self.pad = pad
+        self.E = cv2.copyMakeBorder(E, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0.0)
+
+    def window_sum(self, pts: np.ndarray, reach: int) -> np.ndarray:
+        """Sum over ``pts`` (px of E) of E in a (2 reach + 1)^2 window
+        around each: the score of every integer shift of the point set."""
+        side = 2 * reach + 1
+        acc = np.zeros((side, side), np.float32)
+        hp, wp = self.E.shape
+        ip = np.rint(pts).astype(np.int64) + self.pad
+        for x, y in ip.tolist():
+            x0, y0 = x - reach, y - reach
+            if x0 < 0 or y0 < 0 or x0 + side > wp or y0 + side > hp:
+                continue
+            acc += self.E[y0:y0 + side, x0:x0 + side]
+        return acc.astype(np.float64)
 
 
 def _peak(acc: np.ndarray) -> tuple[float, float, float]:
@@ -287,42 +291,76 @@ class Placement:
     shift: tuple[float, float]  # global shift applied, cut-out px
 
 
+def _outline_radius(dark: np.ndarray, pos: np.ndarray, hx: float, hy: float) -> float:
+    """The printed outline's radius, as a share of the box half sizes: where
+    the mean radial darkness profile of the unfilled bubbles peaks (letters
+    printed inside stay inside 0.6 of it)."""
+    a = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    rs = np.linspace(0.0, 1.6, 17)
+    px = pos[:, 0, None, None] + hx * rs[None, None, :] * np.cos(a)[None, :, None]
+    py = pos[:, 1, None, None] + hy * rs[None, None, :] * np.sin(a)[None, :, None]
+    prof = _sample(dark, np.stack([px, py], -1)).mean(1)  # (N, R)
+    unfilled = prof[:, :4].mean(1) < 0.3
+    if unfilled.sum() < 3:
+        return 1.0
+    mean = prof[unfilled].mean(0)
+    lo = int(np.searchsorted(rs, 0.6))
+    j = lo + int(np.argmax(mean[lo:]))
+    return float(np.clip(rs[j] / 0.95, min(RADII), max(RADII)))
+
+
 def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
     """Fit the grid on the printed bubbles: a global shift within ``search``
-    (share of the page's larger side), then each block within half its pitch;
-    the printed radius tried at ``RADII``."""
+    (share of the page's larger side, at most half a pitch), then each block
+    within half its pitch; the printed radius chosen among ``RADII``."""
     s = cut.scale
-    base = geo.centres * s - 0.5 + 0.5  # page px -> cut-out px (pixel centres at whole numbers, see cut_out)
-    base = geo.centres * s - 0.5
+    base = geo.centres * s - 0.5  # page px -> cut-out px (pixel centres at whole numbers, see cut_out)
     bpts = geo.border * s - 0.5
     hx, hy = float(np.median(geo.half[:, 0])) * s, float(np.median(geo.half[:, 1])) * s
     # A grid repeats: shifted by a whole pitch it sits on printed bubbles too.
     # The page's location must be right to within half a pitch; further is
     # left to the caller (another placement), never snapped onto another row.
     reach = max(2, int(round(min(search * max(cut.dark.shape), 0.45 * float(geo.block_pitch.min()) * s))))
-    best = None
-    for rr in RADII:
-        E = evidence(cut, rr * hx, rr * hy)
-        acc = _window_sum(E, base, reach) / len(base)
-        if len(bpts):
-            acc -= _window_sum(E, bpts, reach) / len(bpts)
+    # Only the region of the bubbles is filtered.
+    margin = reach + int(math.ceil(2 * max(hx, hy) * max(RADII))) + 2
+    allp = np.vstack([base, bpts]) if len(bpts) else base
+    h, w = cut.dark.shape
+    x0, y0 = max(0, int(allp[:, 0].min()) - margin), max(0, int(allp[:, 1].min()) - margin)
+    x1, y1 = min(w, int(allp[:, 0].max()) + margin + 1), min(h, int(allp[:, 1].max()) + margin + 1)
+    region = cut.dark[y0:y1, x0:x1]
+    off = np.array([x0, y0], np.float64)
+    base_r, bpts_r = base - off, bpts - off
+
+    def global_shift(rr: float) -> tuple[float, float, float, _Padded]:
+        E = evidence_of(region, rr * hx, rr * hy)
+        pe = _Padded(E, reach + 2)
+        acc = pe.window_sum(base_r, reach) / len(base_r)
+        if len(bpts_r):
+            acc -= pe.window_sum(bpts_r, reach) / len(bpts_r)
         dx, dy, v = _peak(acc)
-        if best is None or v > best[0]:
-            best = (v, rr, E, dx, dy)
-    v, rr, E, gdx, gdy = best
-    pos = base + [gdx, gdy]
+        return dx, dy, v, pe
+
+    best = None
+    for r in RADII:
+        res = global_shift(r)
+        if best is None or res[2] > best[0][2]:
+            best = (res, r)
+    (gdx, gdy, v, pe), rr = best
+    pos = base_r + [gdx, gdy]
     nb = len(geo.block_pitch)
     for b in range(nb):
         idx = np.flatnonzero(geo.block == b)
         r = max(1, int(math.floor(0.5 * geo.block_pitch[b] * s)))
-        acc = _window_sum(E, pos[idx], r) / len(idx)
+        r = min(r, pe.pad - 2 + reach)
+        acc = pe.window_sum(pos[idx], r) / len(idx)
         bi = np.flatnonzero(geo.border_block == b)
         if len(bi):
-            acc -= 0.5 * _window_sum(E, bpts[bi] + [gdx, gdy], r) / len(bi)
+            acc -= 0.5 * pe.window_sum(bpts_r[bi] + [gdx, gdy], r) / len(bi)
         dx, dy, _ = _peak(acc)
         pos[idx] += [dx, dy]
-    ok, block_ok, border = _verify(E, pos, geo, s, bpts + [gdx, gdy])
-    return Placement(pos, rr, v, ok, block_ok, border, (gdx, gdy))
+    E = pe.E[pe.pad:-pe.pad, pe.pad:-pe.pad]
+    ok, block_ok, border = _verify(E, pos, geo, s, bpts_r + [gdx, gdy])
+    return Placement(pos + off, rr, v, ok, block_ok, border, (gdx, gdy))
 
 
 def _sample(img: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -374,9 +412,10 @@ class Measures:
 def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
     s = cut.scale
     n = len(pl.pos)
-    rx = geo.half[:, 0] * s * pl.radius
-    ry = geo.half[:, 1] * s * pl.radius
-    # Inside: a disc of sample points (polar grid, even in area).
+    # Inside: a disc of sample points (polar grid, even in area), within the
+    # printed outline and the box both.
+    rx = geo.half[:, 0] * s * min(pl.radius, 1.0)
+    ry = geo.half[:, 1] * s * min(pl.radius, 1.0)
     rad = np.sqrt(np.linspace(0.0, 1.0, 5)[1:]) * INNER
     ang = np.linspace(0, 2 * np.pi, 12, endpoint=False)
     ux = np.concatenate([[0.0], (rad[:, None] * np.cos(ang)[None]).ravel()])
@@ -387,6 +426,8 @@ def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
     share = (inside > 0.5).mean(1)
     low = np.percentile(inside, 30, axis=1)
     # Outside: a ring where a drawn circle would be, in the free directions.
+    rx = geo.half[:, 0] * s * pl.radius
+    ry = geo.half[:, 1] * s * pl.radius
     a = np.linspace(0, 2 * np.pi, ANGLES, endpoint=False)
     radii = np.linspace(CIRCLE_BAND[0], CIRCLE_BAND[1], 3)
     cx = pl.pos[:, 0, None, None] + rx[:, None, None] * radii[None, None, :] * np.cos(a)[None, :, None]
@@ -395,7 +436,7 @@ def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
     ink = float(np.percentile(cut.dark, 99.5))
     dark_dirs = ring > max(0.25, 0.4 * ink)
     nfree = geo.free.sum(1)
-    circle = np.where(nfree >= ANGLES // 2, (dark_dirs & geo.free).sum(1) / np.maximum(nfree, 1), 0.0)
+    circle = np.where(nfree >= 3 * ANGLES // 4, (dark_dirs & geo.free).sum(1) / np.maximum(nfree, 1), 0.0)
     del n
     return Measures(fill.astype(np.float64), share.astype(np.float64), circle.astype(np.float64), ink,
                     low.astype(np.float64))
