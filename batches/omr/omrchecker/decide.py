@@ -56,7 +56,8 @@ def _threshold(e: np.ndarray) -> tuple[np.ndarray, float, float, float]:
     the threshold is a share of this sheet's typical clear mark (a light
     pencil sheet gets a lower one), between ``MIN_MARK`` and ``MAX_MARK``
     and above the blanks' noise. Without any clear mark nothing is marked."""
-    noise = 1.4826 * float(np.median(np.abs(e - np.median(e))))
+    # The blanks' spread from the lower half only (marks widen the upper one).
+    noise = float(np.median(e) - np.percentile(e, 25)) / 0.674
     clear = e[e >= CLEAR_MARK]
     typical = float(np.median(clear)) if len(clear) else 0.0
     thr = float(np.clip(MARK_SHARE * typical, MIN_MARK, MAX_MARK)) if len(clear) else MAX_MARK
