@@ -165,7 +165,6 @@ def test_unsupported_options_are_reported_by_name():
     tpl["preProcessors"] = [{"name": "CropPage", "options": {"morphKernel": [10, 10], "colour": "red"}},
                             {"name": "CropOnLogo", "options": {"relativePath": "logo.png"}}]
     tpl["fieldBlocks"]["Mcq"]["fieldType"] = "QTYPE_MCQ6"
-    tpl["fieldBlocks"]["Rtl"]["shift"] = 3
     tpl["sortFiles"] = True
     with pytest.raises(OmrCheckerTemplateError) as exc:
         load_omrchecker_template(tpl)
@@ -173,7 +172,6 @@ def test_unsupported_options_are_reported_by_name():
     assert "preProcessors[0].options.colour: not supported for CropPage" in errors
     assert "preProcessors[1].name: 'CropOnLogo' is not supported" in errors
     assert "fieldBlocks.Mcq.fieldType: 'QTYPE_MCQ6' is not supported" in errors
-    assert "fieldBlocks.Rtl.shift: not supported" in errors
     assert "sortFiles: not supported" in errors
     # Tuning options are accepted but named, never dropped silently.
     notes = "\n".join(page_template().notes)
