@@ -33,8 +33,8 @@ from .importer import OmrCheckerTemplate
 
 #: A bubble box is cut out at about this many pixels across.
 BOX_PX = 14.0
-#: Printed outline radius, as a share of the box's half size: the sizes tried.
-RADII = (0.75, 0.9, 1.05, 1.2, 1.35)
+#: Printed outline radius, as a share of the box's half size: the range accepted.
+RADII = (0.7, 1.4)
 #: The inside measured: this share of the printed radius.
 INNER = 0.6
 #: The ring where a circle drawn around a bubble is looked for (share of the printed radius).
@@ -309,6 +309,25 @@ def _outline_radius(dark: np.ndarray, pos: np.ndarray, hx: float, hy: float) -> 
     return float(np.clip(rs[j] / 0.95, min(RADII), max(RADII)))
 
 
+def _outline_radius(dark: np.ndarray, pos: np.ndarray, hx: float, hy: float) -> float:
+    """The printed outline's radius, as a share of the box half sizes: where
+    the mean radial darkness profile of the unfilled bubbles peaks (a letter
+    printed inside stays well inside it)."""
+    a = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    rs = np.linspace(0.0, 1.6, 33)
+    px = pos[:, 0, None, None] + hx * rs[None, None, :] * np.cos(a)[None, :, None]
+    py = pos[:, 1, None, None] + hy * rs[None, None, :] * np.sin(a)[None, :, None]
+    prof = _sample(dark, np.stack([px, py], -1)).mean(1)  # (N, R)
+    inner = prof[:, :8].mean(1)
+    unfilled = inner < np.percentile(inner, 60)
+    if unfilled.sum() < 3:
+        return 1.0
+    mean = prof[unfilled].mean(0)
+    lo = int(np.searchsorted(rs, 0.65))
+    j = lo + int(np.argmax(mean[lo:]))
+    return float(np.clip(rs[j] / 0.95, min(RADII), max(RADII)))
+
+
 def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
     """Fit the grid on the printed bubbles: a global shift within ``search``
     (share of the page's larger side, at most half a pitch), then each block
@@ -340,12 +359,12 @@ def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
         dx, dy, v = _peak(acc)
         return dx, dy, v, pe
 
-    best = None
-    for r in RADII:
-        res = global_shift(r)
-        if best is None or res[2] > best[0][2]:
-            best = (res, r)
-    (gdx, gdy, v, pe), rr = best
+    # The box-sized ring first (the template's author drew the boxes over the
+    # bubbles), then the printed outline's own radius where that puts them.
+    gdx, gdy, v, pe = global_shift(1.0)
+    rr = _outline_radius(region, base_r + [gdx, gdy], hx, hy)
+    if abs(rr - 1.0) > 0.08:
+        gdx, gdy, v, pe = global_shift(rr)
     pos = base_r + [gdx, gdy]
     nb = len(geo.block_pitch)
     for b in range(nb):
