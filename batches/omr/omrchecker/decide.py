@@ -37,7 +37,7 @@ NOISE_SIGMAS = 5.0
 CIRCLED = 0.85
 #: A block with fewer bubbles on their printed outlines than this share, or
 #: with outlines one pitch outside more often than ``BORDER_FLAG``, is misaligned.
-BLOCK_OK = 0.75
+BLOCK_OK = 0.8
 BORDER_FLAG = 0.75
 
 

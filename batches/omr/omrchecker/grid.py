@@ -228,11 +228,14 @@ def _ring_kernel(rx: float, ry: float, inner: float, outer: float, R: int) -> np
     return acc / max(float(acc.sum()), 1e-6)
 
 
-def evidence_of(dark: np.ndarray, rx: float, ry: float) -> np.ndarray:
+def evidence_of(dark: np.ndarray, rx: float, ry: float, pitch: float) -> np.ndarray:
     """Printed outline (or fill) evidence at every pixel for an outline of
-    radii ``rx``, ``ry`` cut-out px: the ring minus just outside it."""
-    R = int(math.ceil(max(rx, ry) * 1.6)) + 1
-    k = _ring_kernel(rx, ry, 0.75, 1.15, R) - _ring_kernel(rx, ry, 1.3, 1.6, R)
+    radii ``rx``, ``ry`` cut-out px: the ring minus just outside it (not as
+    far out as the next bubble's outline, ``pitch`` away)."""
+    r = max(rx, ry)
+    outer = float(np.clip(0.9 * (pitch - r) / max(r, 1e-6), 1.3, 1.6))
+    R = int(math.ceil(r * outer)) + 1
+    k = _ring_kernel(rx, ry, 0.75, 1.15, R) - _ring_kernel(rx, ry, 1.15, outer, R)
     return cv2.filter2D(dark, cv2.CV_32F, k, borderType=cv2.BORDER_REPLICATE)
 
 
@@ -289,6 +292,76 @@ class Placement:
     block_ok: np.ndarray  # (B,) share of ok per block
     border: np.ndarray  # (B,) mean evidence one pitch outside each block, over that at its bubbles
     shift: tuple[float, float]  # global shift applied, cut-out px
+
+    @property
+    def quality(self) -> float:
+        """Share of bubbles on their printed outlines, less a share for each
+        block showing outlines one pitch outside it (placed a row off)."""
+        return float(self.ok.mean()) - 0.5 * float(np.mean(self.border > 0.5))
+
+
+def _peaks(pe: _Padded, pos: np.ndarray, reach: float) -> tuple[np.ndarray, np.ndarray]:
+    """Where the evidence peaks within ``reach`` of each point, and how high."""
+    r = max(1, int(reach))
+    side = 2 * r + 1
+    found = np.array(pos, np.float64)
+    strength = np.zeros(len(pos))
+    for i, (x, y) in enumerate(np.rint(pos).astype(np.int64).tolist()):
+        x0, y0 = x - r + pe.pad, y - r + pe.pad
+        if x0 < 0 or y0 < 0 or x0 + side > pe.E.shape[1] or y0 + side > pe.E.shape[0]:
+            continue
+        dx, dy, v = _peak(pe.E[y0:y0 + side, x0:x0 + side])
+        found[i] = (x + dx, y + dy)
+        strength[i] = v
+    return found, strength
+
+
+def _fit_page(pe: _Padded, pos: np.ndarray, reach: float) -> np.ndarray | None:
+    """The homography (3 x 3) that best takes all bubbles onto the printed
+    outlines found within ``reach`` of each (RANSAC): a page located a
+    fraction of a pitch off, more at one end than the other (perspective, an
+    outline found a little short), is corrected as a whole, so a block far
+    from where it should be follows the blocks around it instead of
+    snapping onto the nearest row. None when too few agree."""
+    if len(pos) < 8 or reach < 1:
+        return None
+    found, strength = _peaks(pe, pos, reach)
+    strong = strength > 0.5 * float(np.median(strength))
+    if strong.sum() < max(8, len(pos) // 2):
+        return None
+    Hm, inl = cv2.findHomography(pos[strong], found[strong], cv2.RANSAC, max(1.0, 0.35 * reach))
+    if Hm is None or inl is None or int(inl.sum()) < max(8, len(pos) // 2):
+        return None
+    return Hm
+
+
+def _fit_block(pe: _Padded, pos: np.ndarray, reach: float) -> np.ndarray | None:
+    """The affine map (2 x 3) that best takes a block's bubbles onto the
+    printed outlines found within ``reach`` of each (RANSAC): the gaps an
+    author measured on one warped photo, or a curled page, stretch a block by
+    a fraction of a pitch along its length. None when too few agree."""
+    if len(pos) < 6 or reach < 1:
+        return None
+    found_a, strength = _peaks(pe, pos, reach)
+    strong = strength > 0.5 * float(np.median(strength))
+    if strong.sum() < max(4, len(pos) // 2):
+        return None
+    A, inl = cv2.estimateAffine2D(pos[strong], found_a[strong], method=cv2.RANSAC,
+                                  ransacReprojThreshold=max(1.0, 0.4 * reach), maxIters=200, confidence=0.99,
+                                  refineIters=10)
+    if A is None or inl is None or int(inl.sum()) < max(4, len(pos) // 2):
+        return None
+    moved = pos @ A[:, :2].T + A[:, 2]
+    if np.abs(moved - pos).max() > reach:
+        return None
+    return A
+
+
+def _block_score(E: np.ndarray, pos: np.ndarray, border: np.ndarray) -> float:
+    score = float(_sample(E, pos).mean())
+    if len(border):
+        score -= 0.5 * float(_sample(E, border).mean())
+    return score
 
 
 def _outline_radius(dark: np.ndarray, pos: np.ndarray, hx: float, hy: float) -> float:
@@ -350,36 +423,53 @@ def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
     off = np.array([x0, y0], np.float64)
     base_r, bpts_r = base - off, bpts - off
 
-    def global_shift(rr: float) -> tuple[float, float, float, _Padded]:
-        E = evidence_of(region, rr * hx, rr * hy)
-        pe = _Padded(E, reach + 2)
-        acc = pe.window_sum(base_r, reach) / len(base_r)
-        if len(bpts_r):
-            acc -= pe.window_sum(bpts_r, reach) / len(bpts_r)
-        dx, dy, v = _peak(acc)
-        return dx, dy, v, pe
-
     # The box-sized ring first (the template's author drew the boxes over the
-    # bubbles), then the printed outline's own radius where that puts them.
-    gdx, gdy, v, pe = global_shift(1.0)
-    rr = _outline_radius(region, base_r + [gdx, gdy], hx, hy)
+    # bubbles), then the printed outline's own radius.
+    pitch = float(np.median(geo.block_pitch)) * s
+    pad = int(math.ceil(0.5 * pitch)) + 3
+    pe = _Padded(evidence_of(region, hx, hy, pitch), pad)
+    Hm = _fit_page(pe, base_r, 0.45 * pitch)
+    start = base_r if Hm is None else _apply(Hm, base_r)
+    rr = _outline_radius(region, start, hx, hy)
     if abs(rr - 1.0) > 0.08:
-        gdx, gdy, v, pe = global_shift(rr)
-    pos = base_r + [gdx, gdy]
+        pe = _Padded(evidence_of(region, rr * hx, rr * hy, pitch), pad)
+    # The page as a whole, then each block on its own within half its
+    # pitch (never further: a block moved a whole row reads the wrong row).
+    Hm = _fit_page(pe, base_r, 0.45 * pitch)
+    if Hm is not None:
+        base_r, bpts_r = _apply(Hm, base_r), _apply(Hm, bpts_r) if len(bpts_r) else bpts_r
+    pos = base_r.copy()
+    bpos = bpts_r.copy()
+    E = pe.E[pe.pad:-pe.pad, pe.pad:-pe.pad]
     nb = len(geo.block_pitch)
     for b in range(nb):
         idx = np.flatnonzero(geo.block == b)
-        r = max(1, int(math.floor(0.5 * geo.block_pitch[b] * s)))
-        r = min(r, pe.pad - 2 + reach)
-        acc = pe.window_sum(pos[idx], r) / len(idx)
         bi = np.flatnonzero(geo.border_block == b)
-        if len(bi):
-            acc -= 0.5 * pe.window_sum(bpts_r[bi] + [gdx, gdy], r) / len(bi)
-        dx, dy, _ = _peak(acc)
+        limit = 0.45 * geo.block_pitch[b] * s
+        r = min(max(1, int(math.floor(limit))), pe.pad - 2)
+        dx, dy, _ = _peak(pe.window_sum(pos[idx], r) / len(idx))
         pos[idx] += [dx, dy]
-    E = pe.E[pe.pad:-pe.pad, pe.pad:-pe.pad]
-    ok, block_ok, border = _verify(E, pos, geo, s, bpts_r + [gdx, gdy])
+        bpos[bi] += [dx, dy]
+        A = _fit_block(pe, pos[idx], 0.25 * geo.block_pitch[b] * s)
+        if A is not None:
+            # Kept only when the block sits better on its outlines, counting
+            # what then shows one pitch outside it (a block stretched onto
+            # the next row shows a row of outlines past its end), and stays
+            # within half a pitch of where the page put it.
+            moved, bmoved = pos[idx] @ A[:, :2].T + A[:, 2], bpos[bi] @ A[:, :2].T + A[:, 2]
+            if (np.abs(moved - base_r[idx]).max() < 0.5 * geo.block_pitch[b] * s
+                    and _block_score(E, moved, bmoved) >= _block_score(E, pos[idx], bpos[bi])):
+                pos[idx], bpos[bi] = moved, bmoved
+    gdx, gdy, v = 0.0, 0.0, 0.0
+    if Hm is not None:
+        c = base_r.mean(0)
+        gdx, gdy = (_apply(Hm, c[None])[0] - c).tolist()
+    ok, block_ok, border = _verify(E, pos, geo, s, bpos)
     return Placement(pos + off, rr, v, ok, block_ok, border, (gdx, gdy))
+
+
+def _apply(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return cv2.perspectiveTransform(np.asarray(pts, np.float64).reshape(-1, 1, 2), H).reshape(-1, 2)
 
 
 def _sample(img: np.ndarray, pts: np.ndarray) -> np.ndarray:

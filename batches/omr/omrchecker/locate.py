@@ -63,6 +63,41 @@ def processing_image(grey: np.ndarray, t: OmrCheckerTemplate) -> tuple[np.ndarra
     return work, f
 
 
+def omrchecker_outline(grey: np.ndarray, t: OmrCheckerTemplate) -> np.ndarray | None:
+    """The page outline as OMRChecker's CropPage finds it (``grey`` px), or
+    None: templates are measured on OMRChecker's own crop, so the same crop
+    fits them best. On the image resized to the processing size: a light
+    blur, brightness truncated at 200 and stretched, a closing by the step's
+    ``morphKernel``, Canny edges, and the largest convex outline that
+    approximates a rectangle (corner cosines under 0.35)."""
+    h, w = grey.shape
+    pw, ph = t.processing
+    img = cv2.resize(grey, (pw, ph), interpolation=cv2.INTER_AREA if pw < w else cv2.INTER_LINEAR)
+    img = cv2.normalize(cv2.GaussianBlur(img, (3, 3), 0), None, 0, 255, cv2.NORM_MINMAX)
+    _, img = cv2.threshold(img, 200, 255, cv2.THRESH_TRUNC)
+    img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX)
+    kernel = next((s.options.get("morphKernel") for s in t.steps if s.name == "CropPage"), None) or [10, 10]
+    closed = cv2.morphologyEx(img, cv2.MORPH_CLOSE,
+                              cv2.getStructuringElement(cv2.MORPH_RECT, (int(kernel[0]), int(kernel[1]))))
+    edges = cv2.Canny(closed, 185, 55)
+    contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    hulls = sorted((cv2.convexHull(c) for c in contours), key=cv2.contourArea, reverse=True)[:5]
+    for c in hulls:
+        if cv2.contourArea(c) < 80000 * (pw * ph) / (666 * 820):
+            continue
+        approx = cv2.approxPolyDP(c, 0.025 * cv2.arcLength(c, True), True).reshape(-1, 2).astype(np.float64)
+        if len(approx) != 4:
+            continue
+        q = order_corners(approx)
+        cos = [abs(float(np.dot(q[i - 1] - q[i], q[(i + 1) % 4] - q[i]))
+                   / (np.linalg.norm(q[i - 1] - q[i]) * np.linalg.norm(q[(i + 1) % 4] - q[i]) + 1e-9))
+               for i in range(4)]
+        if max(cos) >= 0.35:
+            continue
+        return (q + 0.5) * [w / pw, h / ph] - 0.5
+    return None
+
+
 def quick_outlines(work: np.ndarray) -> Iterator[np.ndarray]:
     """Page outlines (TL, TR, BR, BL, ``work`` px), cheapest first: the large
     bright region at Otsu's level, then at lower and higher levels."""
@@ -87,7 +122,11 @@ def quick_outlines(work: np.ndarray) -> Iterator[np.ndarray]:
             if any(np.abs(q - o).max() < 0.02 * max(sh, sw) for o in seen):
                 continue
             seen.append(q)
-            yield _refine_sides(work, (q + 0.5) / f - 0.5)
+            # As OMRChecker finds it first (templates are measured on its
+            # crop), then moved onto the paper's edge at full resolution.
+            quad = (q + 0.5) / f - 0.5
+            yield quad
+            yield _refine_sides(work, quad)
 
     for level in (otsu, 0.5 * (otsu + hi)):
         _, bright = cv2.threshold(blur, level, 255, cv2.THRESH_BINARY)
@@ -185,6 +224,10 @@ def candidates(work: np.ndarray, t: OmrCheckerTemplate) -> Iterator[Candidate | 
             yield run_steps(work, t, None)
         except StepError as exc:
             yield exc
+    else:
+        q = omrchecker_outline(work, t)
+        if q is not None:
+            yield from_outline(q)
     for q in quick_outlines(work):
         yield from_outline(q)
     # The slower, wider search: outlines at more levels and from edges.

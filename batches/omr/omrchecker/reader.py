@@ -128,7 +128,7 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         scale = measurement_scale(t, H, geo)
         cut = cut_out(grey, H, t, scale, geo)
         pl = place(cut, geo, SEARCH)
-        fit = float(pl.ok.mean())
+        fit = pl.quality
         if best is None or fit > best[0]:
             best = (fit, cand, H, cut, pl)
         if fit >= GOOD_FIT or tries >= MAX_TRIES:
