@@ -316,25 +316,6 @@ def _peaks(pe: _Padded, pos: np.ndarray, reach: float) -> tuple[np.ndarray, np.n
     return found, strength
 
 
-def _fit_page(pe: _Padded, pos: np.ndarray, reach: float) -> np.ndarray | None:
-    """The homography (3 x 3) that best takes all bubbles onto the printed
-    outlines found within ``reach`` of each (RANSAC): a page located a
-    fraction of a pitch off, more at one end than the other (perspective, an
-    outline found a little short), is corrected as a whole, so a block far
-    from where it should be follows the blocks around it instead of
-    snapping onto the nearest row. None when too few agree."""
-    if len(pos) < 8 or reach < 1:
-        return None
-    found, strength = _peaks(pe, pos, reach)
-    strong = strength > 0.5 * float(np.median(strength))
-    if strong.sum() < max(8, len(pos) // 2):
-        return None
-    Hm, inl = cv2.findHomography(pos[strong], found[strong], cv2.RANSAC, max(1.0, 0.35 * reach))
-    if Hm is None or inl is None or int(inl.sum()) < max(8, len(pos) // 2):
-        return None
-    return Hm
-
-
 def _fit_block(pe: _Padded, pos: np.ndarray, reach: float) -> np.ndarray | None:
     """The affine map (2 x 3) that best takes a block's bubbles onto the
     printed outlines found within ``reach`` of each (RANSAC): the gaps an
@@ -427,17 +408,10 @@ def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
     # bubbles), then the printed outline's own radius.
     pitch = float(np.median(geo.block_pitch)) * s
     pad = int(math.ceil(0.5 * pitch)) + 3
-    pe = _Padded(evidence_of(region, hx, hy, pitch), pad)
-    Hm = _fit_page(pe, base_r, 0.45 * pitch)
-    start = base_r if Hm is None else _apply(Hm, base_r)
-    rr = _outline_radius(region, start, hx, hy)
-    if abs(rr - 1.0) > 0.08:
-        pe = _Padded(evidence_of(region, rr * hx, rr * hy, pitch), pad)
-    # The page as a whole, then each block on its own within half its
-    # pitch (never further: a block moved a whole row reads the wrong row).
-    Hm = _fit_page(pe, base_r, 0.45 * pitch)
-    if Hm is not None:
-        base_r, bpts_r = _apply(Hm, base_r), _apply(Hm, bpts_r) if len(bpts_r) else bpts_r
+    rr = _outline_radius(region, base_r, hx, hy)
+    pe = _Padded(evidence_of(region, rr * hx, rr * hy, pitch), pad)
+    # Each block on its own within half its pitch of where the page puts it
+    # (never further: a block moved a whole row reads the wrong row).
     pos = base_r.copy()
     bpos = bpts_r.copy()
     E = pe.E[pe.pad:-pe.pad, pe.pad:-pe.pad]
@@ -460,10 +434,8 @@ def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
             if (np.abs(moved - base_r[idx]).max() < 0.5 * geo.block_pitch[b] * s
                     and _block_score(E, moved, bmoved) >= _block_score(E, pos[idx], bpos[bi])):
                 pos[idx], bpos[bi] = moved, bmoved
-    gdx, gdy, v = 0.0, 0.0, 0.0
-    if Hm is not None:
-        c = base_r.mean(0)
-        gdx, gdy = (_apply(Hm, c[None])[0] - c).tolist()
+    gdx, gdy = (pos - base_r).mean(0).tolist()
+    v = 0.0
     ok, block_ok, border = _verify(E, pos, geo, s, bpos)
     return Placement(pos + off, rr, v, ok, block_ok, border, (gdx, gdy))
 
