@@ -51,7 +51,7 @@ class Decision:
     typical: float  # typical mark excess (0 when none)
 
 
-def _threshold(e: np.ndarray) -> tuple[np.ndarray, float, float, float]:
+def _threshold(e: np.ndarray, *, noise_guard: bool = True) -> tuple[np.ndarray, float, float, float]:
     """(marked, threshold, typical mark, blank noise) for a sheet's excesses:
     the threshold is a share of this sheet's typical clear mark (a light
     pencil sheet gets a lower one), between ``MIN_MARK`` and ``MAX_MARK``
@@ -61,7 +61,8 @@ def _threshold(e: np.ndarray) -> tuple[np.ndarray, float, float, float]:
     clear = e[e >= CLEAR_MARK]
     typical = float(np.median(clear)) if len(clear) else 0.0
     thr = float(np.clip(MARK_SHARE * typical, MIN_MARK, MAX_MARK)) if len(clear) else MAX_MARK
-    thr = max(thr, NOISE_SIGMAS * noise)
+    if noise_guard:
+        thr = max(thr, NOISE_SIGMAS * noise)
     return e >= thr, thr, typical, noise
 
 
@@ -71,7 +72,8 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
     score = 0.5 * (m.fill + m.low)
     # First the blank level of each printed letter, from the bubbles that are
     # clearly not marked; then the threshold from this sheet's typical mark.
-    first = _threshold(score - float(np.median(score)))[0]
+    # (Before the letters are accounted for, their spread is not noise.)
+    first = _threshold(score - float(np.median(score)), noise_guard=False)[0]
     blankish = ~first
     glob = float(np.median(score[blankish])) if blankish.any() else 0.0
     base = np.full(len(score), glob)
