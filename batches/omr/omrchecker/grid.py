@@ -404,36 +404,41 @@ def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
     off = np.array([x0, y0], np.float64)
     base_r, bpts_r = base - off, bpts - off
 
-    # The box-sized ring first (the template's author drew the boxes over the
-    # bubbles), then the printed outline's own radius.
     pitch = float(np.median(geo.block_pitch)) * s
     pad = int(math.ceil(0.5 * pitch)) + 3
-    rr = _outline_radius(region, base_r, hx, hy)
-    pe = _Padded(evidence_of(region, rr * hx, rr * hy, pitch), pad)
-    # Each block on its own within half its pitch of where the page puts it
-    # (never further: a block moved a whole row reads the wrong row).
-    pos = base_r.copy()
-    bpos = bpts_r.copy()
+
+    def fit_blocks(rr: float, affine: bool) -> tuple[np.ndarray, np.ndarray, _Padded]:
+        """Each block on its own within half its pitch of where the page puts
+        it (never further: a block moved a whole row reads the wrong row)."""
+        pe = _Padded(evidence_of(region, rr * hx, rr * hy, pitch), pad)
+        E = pe.E[pe.pad:-pe.pad, pe.pad:-pe.pad]
+        pos, bpos = base_r.copy(), bpts_r.copy()
+        for b in range(len(geo.block_pitch)):
+            idx = np.flatnonzero(geo.block == b)
+            bi = np.flatnonzero(geo.border_block == b)
+            r = min(max(1, int(math.floor(0.45 * geo.block_pitch[b] * s))), pe.pad - 2)
+            dx, dy, _ = _peak(pe.window_sum(pos[idx], r) / len(idx))
+            pos[idx] += [dx, dy]
+            bpos[bi] += [dx, dy]
+            A = _fit_block(pe, pos[idx], 0.25 * geo.block_pitch[b] * s) if affine else None
+            if A is not None:
+                # Kept only when the block sits better on its outlines,
+                # counting what then shows one pitch outside it (a block
+                # stretched onto the next row shows a row of outlines past its
+                # end), and stays within half a pitch of where the page put it.
+                moved, bmoved = pos[idx] @ A[:, :2].T + A[:, 2], bpos[bi] @ A[:, :2].T + A[:, 2]
+                if (np.abs(moved - base_r[idx]).max() < 0.5 * geo.block_pitch[b] * s
+                        and _block_score(E, moved, bmoved) >= _block_score(E, pos[idx], bpos[bi])):
+                    pos[idx], bpos[bi] = moved, bmoved
+        return pos, bpos, pe
+
+    # With a box-sized ring first (the template's author drew the boxes over
+    # the bubbles), then with the printed outline's own radius measured where
+    # that put the bubbles.
+    pos, bpos, pe = fit_blocks(1.0, False)
+    rr = _outline_radius(region, pos, hx, hy)
+    pos, bpos, pe = fit_blocks(rr, True)
     E = pe.E[pe.pad:-pe.pad, pe.pad:-pe.pad]
-    nb = len(geo.block_pitch)
-    for b in range(nb):
-        idx = np.flatnonzero(geo.block == b)
-        bi = np.flatnonzero(geo.border_block == b)
-        limit = 0.45 * geo.block_pitch[b] * s
-        r = min(max(1, int(math.floor(limit))), pe.pad - 2)
-        dx, dy, _ = _peak(pe.window_sum(pos[idx], r) / len(idx))
-        pos[idx] += [dx, dy]
-        bpos[bi] += [dx, dy]
-        A = _fit_block(pe, pos[idx], 0.25 * geo.block_pitch[b] * s)
-        if A is not None:
-            # Kept only when the block sits better on its outlines, counting
-            # what then shows one pitch outside it (a block stretched onto
-            # the next row shows a row of outlines past its end), and stays
-            # within half a pitch of where the page put it.
-            moved, bmoved = pos[idx] @ A[:, :2].T + A[:, 2], bpos[bi] @ A[:, :2].T + A[:, 2]
-            if (np.abs(moved - base_r[idx]).max() < 0.5 * geo.block_pitch[b] * s
-                    and _block_score(E, moved, bmoved) >= _block_score(E, pos[idx], bpos[bi])):
-                pos[idx], bpos[bi] = moved, bmoved
     gdx, gdy = (pos - base_r).mean(0).tolist()
     v = 0.0
     ok, block_ok, border = _verify(E, pos, geo, s, bpos)
