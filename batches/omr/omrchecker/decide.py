@@ -38,7 +38,7 @@ CIRCLED = 0.85
 #: A block with fewer bubbles on their printed outlines than this share, or
 #: with outlines one pitch outside more often than ``BORDER_FLAG``, is misaligned.
 BLOCK_OK = 0.8
-BORDER_FLAG = 0.75
+BORDER_FLAG = 0.95
 
 
 @dataclass

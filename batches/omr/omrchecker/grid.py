@@ -297,7 +297,7 @@ class Placement:
     def quality(self) -> float:
         """Share of bubbles on their printed outlines, less a share for each
         block showing outlines one pitch outside it (placed a row off)."""
-        return float(self.ok.mean()) - 0.5 * float(np.mean(self.border > 0.5))
+        return float(self.ok.mean()) - 0.5 * float(np.mean(self.border > 0.95))
 
 
 def _peaks(pe: _Padded, pos: np.ndarray, reach: float) -> tuple[np.ndarray, np.ndarray]:
@@ -475,11 +475,17 @@ def _verify(E: np.ndarray, pos: np.ndarray, geo: Geometry, s: float, bpts: np.nd
     block_ok = np.array([ok[geo.block == b].mean() for b in range(nb)])
     border = np.zeros(nb)
     if len(bpts):
+        # A bubble outline one pitch outside a block: as strong as the
+        # block's own, and centred there (printed numbers and letters beside
+        # a block show some evidence, not a centred ring).
+        bhalf = 0.5 * geo.block_pitch[geo.border_block] * s
         at_border = _sample(E, bpts)
+        b_around = _sample(E, bpts[:, None, :] + offs[None] * bhalf[:, None, None]).mean(1)
+        shows = (at_border > 0.7 * typical) & (at_border > b_around)
         for b in range(nb):
             sel = geo.border_block == b
             if sel.any():
-                border[b] = float(np.mean(at_border[sel] > 0.7 * typical))
+                border[b] = float(np.mean(shows[sel]))
     return ok, block_ok, border
 
 

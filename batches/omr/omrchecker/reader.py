@@ -195,15 +195,12 @@ def _answers(out: OmrCheckerReading, t: OmrCheckerTemplate, d: Decision) -> None
             for fl in flags[p]:
                 if fl not in col_flags:
                     col_flags.append(fl)
+        # A custom label joins any fields (a roll number and a check letter):
+        # one left blank among filled ones is what the sheet says, not doubt.
         if all(blank):
             col_flags.insert(0, "blank")
-        elif len(parts) > 1:
-            last = max(i for i, b in enumerate(blank) if not b)
-            if any(blank[:last]):
-                col_flags.append("gap")  # a column left blank before or between filled ones
         out.flags[col] = col_flags
-        c = min(conf[p] for p in parts)
-        out.confidence[col] = round(min(c, 0.5) if "gap" in col_flags else c, 3)
+        out.confidence[col] = min(conf[p] for p in parts)
 
 
 def read_omrchecker_image_bytes(data: bytes, template: OmrCheckerTemplate, *, source: str = "",
