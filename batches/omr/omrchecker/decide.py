@@ -33,6 +33,9 @@ MAX_MARK = 0.3
 SURE_MARK_OVER = 1.4
 SURE_BLANK_UNDER = 0.7
 NOISE_SIGMAS = 5.0
+#: In a field read blank, a bubble over this share of the threshold, and as
+#: far above the field's next one, is doubt.
+STANDS_OUT = 0.45
 #: A circle drawn around a bubble shows in at least this share of the free directions.
 CIRCLED = 0.85
 #: A block with fewer bubbles on their printed outlines than this share, or
@@ -100,6 +103,12 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
         c = (e[i] - sure_blank) / width if marked[i] else (sure_mark - e[i]) / width
         conf[f] = min(conf[f], float(np.clip(c, 0.0, 1.0)))
     per_field = np.bincount(geo.field, weights=marked.astype(np.float64), minlength=n_fields)
+    # A field read blank with one bubble standing out from the others (a
+    # partial fill, a small scribble): doubt, though under the blanks' limit.
+    for f in np.flatnonzero(per_field == 0):
+        ef = np.sort(e[geo.field == f])
+        if len(ef) > 1 and ef[-1] >= STANDS_OUT * thr and ef[-1] - ef[-2] >= STANDS_OUT * thr:
+            _add(flags[f], "ambiguous")
     for f in range(n_fields):
         if per_field[f] > 1:
             _add(flags[f], "multiple")
