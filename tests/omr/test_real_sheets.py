@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import cv2
@@ -52,12 +52,12 @@ def _long_truth() -> tuple[dict, set]:
     return alternatives, doubtful
 
 
-@lru_cache(maxsize=None)
+@cache
 def _template(set_path: str):
     return load_omrchecker_template(ROOT / set_path / "template.json")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _readings(set_path: str) -> list[tuple[dict, dict]]:
     """(truth row, reading) per real image of the set."""
     real = {}

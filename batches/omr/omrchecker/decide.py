@@ -25,7 +25,7 @@ from .grid import Geometry, Measures, Placement
 #: A bubble this much darker than the blank level of its letter is a clear mark.
 CLEAR_MARK = 0.3
 #: The threshold: this share of the sheet's typical clear mark, within these bounds.
-MARK_SHARE = 0.4
+MARK_SHARE = 0.33
 MIN_MARK = 0.18
 MAX_MARK = 0.3
 #: Doubt: a mark under this multiple of the threshold (faint), a blank over
