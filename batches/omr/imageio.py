@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -384,18 +385,21 @@ _REDUCED = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4
 
 
 def load_grey_for_reading(data: bytes, name: str = "", *, max_pixels: int = MAX_PIXELS,
-                          min_dpi: float = MIN_READ_DPI) -> list[ReadPage]:
+                          min_dpi: float = MIN_READ_DPI,
+                          reduction: Callable[[ImageInfo], int] | None = None) -> list[ReadPage]:
     """Decode a file for the reader: grey, and as small as reading allows.
 
     Large page-sized JPEG scans are decoded straight at 1/2, 1/4 or 1/8 size by
     libjpeg (much faster than decoding fully and shrinking), as long as the page
     keeps at least ``min_dpi`` dots per inch (see ``reduction_for``). Everything
     else is decoded at full size. Returns one ``ReadPage`` per page; raises
-    ``ImageError`` like ``load_images``.
+    ``ImageError`` like ``load_images``. ``reduction``: chooses the factor
+    (1, 2, 4 or 8) instead of ``reduction_for``, for a reader that knows what
+    resolution it needs.
     """
     try:
         info = probe(data, max_pixels)
-        factor = reduction_for(info, min_dpi)
+        factor = reduction(info) if reduction is not None else reduction_for(info, min_dpi)
         if factor > 1:
             if not _jpeg_complete(data):
                 raise ImageError("truncated JPEG (the file is incomplete; upload it again)")

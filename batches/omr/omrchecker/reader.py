@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from ..align import to_grey
-from ..imageio import MAX_PIXELS
+from ..imageio import MAX_PIXELS, ImageInfo
 from ..layout import BubbleGeom, Group, PageLayout, Rect, Square
 from ..reader import SheetReading, read_pages
 from .decide import Decision, decide
@@ -37,7 +37,7 @@ from .steps import StepError
 
 #: A placement with this share of its bubbles on their printed outlines is
 #: taken without trying the others.
-GOOD_FIT = 0.9
+GOOD_FIT = 0.8
 #: Under this share for the best placement, the sheet is refused as misaligned.
 FAIL_FIT = 0.55
 #: At most this many placements are tried.
@@ -107,12 +107,16 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         out.timings_ms["total"] = (time.perf_counter() - t_start) * 1000
         return out
 
-    if min(h, w) < 32 or float(grey.std()) < 2.0:
-        out.error = "the image is blank or too small to be a sheet"
+    if min(h, w) < 32:
+        out.error = "the image is too small to be a sheet"
         out.flag("unreadable")
         return done()
     geo = geometry(t)
     work, f = processing_image(grey, t)
+    if float(work.std()) < 2.0:
+        out.error = "the image is blank"
+        out.flag("unreadable")
+        return done()
     to_image = np.array([[1 / f, 0, 0.5 / f - 0.5], [0, 1 / f, 0.5 / f - 0.5], [0, 0, 1.0]])
     failures: list[StepError] = []
     best = None
@@ -213,4 +217,17 @@ def read_omrchecker_image_bytes(data: bytes, template: OmrCheckerTemplate, *, so
         return OmrCheckerReading(file=source, template=template.name, error=error, sheet_flags=["unreadable"])
 
     return read_pages(data, lambda image, name: read_omrchecker_sheet(image, template, source=name), unreadable,
-                      source=source, max_pixels=max_pixels)
+                      source=source, max_pixels=max_pixels, reduction=_reduction)
+
+
+#: A JPEG is decoded shrunk (by libjpeg, 1/2 or 1/4) while its long side
+#: keeps at least this many px: a phone photo's page then still holds its
+#: bubbles at well over the measurement scale.
+DECODE_LONG = 1400
+
+
+def _reduction(info: ImageInfo) -> int:
+    if info.format != "JPEG" or info.pages != 1:
+        return 1
+    long_side = max(info.width, info.height)
+    return next((f for f in (4, 2) if long_side / f >= DECODE_LONG), 1)
