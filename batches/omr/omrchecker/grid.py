@@ -407,10 +407,9 @@ def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
     pitch = float(np.median(geo.block_pitch)) * s
     pad = int(math.ceil(0.5 * pitch)) + 3
 
-    def fit_blocks(rr: float, affine: bool) -> tuple[np.ndarray, np.ndarray, _Padded]:
+    def fit_blocks(pe: _Padded, affine: bool) -> tuple[np.ndarray, np.ndarray]:
         """Each block on its own within half its pitch of where the page puts
         it (never further: a block moved a whole row reads the wrong row)."""
-        pe = _Padded(evidence_of(region, rr * hx, rr * hy, pitch), pad)
         E = pe.E[pe.pad:-pe.pad, pe.pad:-pe.pad]
         pos, bpos = base_r.copy(), bpts_r.copy()
         for b in range(len(geo.block_pitch)):
@@ -430,14 +429,17 @@ def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
                 if (np.abs(moved - base_r[idx]).max() < 0.5 * geo.block_pitch[b] * s
                         and _block_score(E, moved, bmoved) >= _block_score(E, pos[idx], bpos[bi])):
                     pos[idx], bpos[bi] = moved, bmoved
-        return pos, bpos, pe
+        return pos, bpos
 
     # With a box-sized ring first (the template's author drew the boxes over
     # the bubbles), then with the printed outline's own radius measured where
     # that put the bubbles.
-    pos, bpos, pe = fit_blocks(1.0, False)
+    pe = _Padded(evidence_of(region, hx, hy, pitch), pad)
+    pos, bpos = fit_blocks(pe, False)
     rr = _outline_radius(region, pos, hx, hy)
-    pos, bpos, pe = fit_blocks(rr, True)
+    if abs(rr - 1.0) > 0.1:
+        pe = _Padded(evidence_of(region, rr * hx, rr * hy, pitch), pad)
+    pos, bpos = fit_blocks(pe, True)
     E = pe.E[pe.pad:-pe.pad, pe.pad:-pe.pad]
     gdx, gdy = (pos - base_r).mean(0).tolist()
     v = 0.0

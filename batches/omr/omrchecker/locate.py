@@ -52,9 +52,13 @@ def processing_image(grey: np.ndarray, t: OmrCheckerTemplate) -> tuple[np.ndarra
     ``PROCESSING_LONG``, with the template's blurs and levels applied as
     OMRChecker applies them at its processing size."""
     h, w = grey.shape
-    f = min(1.0, PROCESSING_LONG / max(h, w))
-    work = grey if f >= 1.0 else cv2.resize(grey, (max(1, round(w * f)), max(1, round(h * f))),
-                                             interpolation=cv2.INTER_AREA)
+    # A whole factor first (area averaging is fast then), the rest by interpolation.
+    k = max(1, int(max(h, w) // PROCESSING_LONG))
+    work = grey if k == 1 else cv2.resize(grey, (max(1, w // k), max(1, h // k)), interpolation=cv2.INTER_AREA)
+    hh, ww = work.shape
+    f = min(1.0, PROCESSING_LONG / max(hh, ww))
+    if f < 1.0:
+        work = cv2.resize(work, (max(1, round(ww * f)), max(1, round(hh * f))), interpolation=cv2.INTER_LINEAR)
     f = work.shape[1] / w
     scale = work.shape[1] / float(t.processing[0])
     for step in t.steps:
@@ -72,7 +76,7 @@ def omrchecker_outline(grey: np.ndarray, t: OmrCheckerTemplate) -> np.ndarray | 
     approximates a rectangle (corner cosines under 0.35)."""
     h, w = grey.shape
     pw, ph = t.processing
-    img = cv2.resize(grey, (pw, ph), interpolation=cv2.INTER_AREA if pw < w else cv2.INTER_LINEAR)
+    img = cv2.resize(grey, (pw, ph), interpolation=cv2.INTER_LINEAR)
     img = cv2.normalize(cv2.GaussianBlur(img, (3, 3), 0), None, 0, 255, cv2.NORM_MINMAX)
     _, img = cv2.threshold(img, 200, 255, cv2.THRESH_TRUNC)
     img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX)

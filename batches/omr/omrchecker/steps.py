@@ -374,16 +374,22 @@ def find_markers(grey: np.ndarray, H_frame: np.ndarray, frame_w: float, frame_h:
     cf = 1.5 if wide else 2.0
     coarse = cv2.resize(frame, (int(ww / cf), int(wh / cf)), interpolation=cv2.INTER_AREA)
     best = None
-    for sc in scales:
-        mw = max(6, int(round(expect * sc / cf)))
-        mh = max(6, int(round(mw * aspect)))
-        if mw >= coarse.shape[1] // 2 or mh >= coarse.shape[0] // 2:
-            continue
-        tm = cv2.resize(mk, (mw, mh), interpolation=cv2.INTER_AREA)
-        qs = quarters(coarse, mw, mh, cv2.matchTemplate(coarse, tm, cv2.TM_CCOEFF_NORMED))
-        total = sum(q[0] for q in qs)
-        if best is None or total > best[0]:
-            best = (total, sc, qs)
+    # The expected size first (a scan whose page fills the image); the whole
+    # range only when a quarter has no good match there.
+    near = [sc for sc in scales if 0.75 <= sc <= 1.3]
+    for group in (near, [sc for sc in scales if sc not in near]):
+        if best is not None and min(q[0] for q in best[2]) >= max(min_match, 0.5):
+            break
+        for sc in group:
+            mw = max(6, int(round(expect * sc / cf)))
+            mh = max(6, int(round(mw * aspect)))
+            if mw >= coarse.shape[1] // 2 or mh >= coarse.shape[0] // 2:
+                continue
+            tm = cv2.resize(mk, (mw, mh), interpolation=cv2.INTER_AREA)
+            qs = quarters(coarse, mw, mh, cv2.matchTemplate(coarse, tm, cv2.TM_CCOEFF_NORMED))
+            total = sum(q[0] for q in qs)
+            if best is None or total > best[0]:
+                best = (total, sc, qs)
     if best is None:
         raise StepError("corner markers not found (marker larger than a quarter of the page)")
     _, sc0, coarse_q = best
