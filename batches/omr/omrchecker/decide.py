@@ -89,19 +89,19 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
     sure_mark = SURE_MARK_OVER * thr
     sure_blank = max(SURE_BLANK_UNDER * thr, NOISE_SIGMAS * noise)
     flags: list[list[str]] = [[] for _ in range(n_fields)]
-    conf = [1.0] * n_fields
-    for i in range(len(e)):
-        f = geo.field[i]
-        if marked[i] and e[i] < sure_mark:
-            _add(flags[f], "faint")
-        elif not marked[i] and e[i] > sure_blank:
-            _add(flags[f], "ambiguous")
-        if not marked[i] and m.circle[i] >= CIRCLED:
-            _add(flags[f], "circled")
-        # Confidence: how far from the doubtful band, in its widths.
-        width = max(sure_mark - sure_blank, 1e-3)
-        c = (e[i] - sure_blank) / width if marked[i] else (sure_mark - e[i]) / width
-        conf[f] = min(conf[f], float(np.clip(c, 0.0, 1.0)))
+    faint = marked & (e < sure_mark)
+    ambiguous = ~marked & (e > sure_blank)
+    circled = ~marked & (m.circle >= CIRCLED)
+    for name, which in (("faint", faint), ("ambiguous", ambiguous), ("circled", circled)):
+        for f in np.unique(geo.field[which]).tolist():
+            _add(flags[f], name)
+    # Confidence: how far from the doubtful band, in its widths (the field's
+    # least sure bubble).
+    width = max(sure_mark - sure_blank, 1e-3)
+    c = np.clip(np.where(marked, e - sure_blank, sure_mark - e) / width, 0.0, 1.0)
+    conf_a = np.ones(n_fields)
+    np.minimum.at(conf_a, geo.field, c)
+    conf = conf_a.tolist()
     per_field = np.bincount(geo.field, weights=marked.astype(np.float64), minlength=n_fields)
     # A field read blank with one bubble standing out from the others (a
     # partial fill, a small scribble): doubt, though under the blanks' limit.

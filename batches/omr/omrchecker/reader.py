@@ -223,7 +223,7 @@ def read_omrchecker_image_bytes(data: bytes, template: OmrCheckerTemplate, *, so
 #: A JPEG is decoded shrunk (by libjpeg, 1/2 or 1/4) while its long side
 #: keeps at least this many px: a phone photo's page then still holds its
 #: bubbles at well over the measurement scale.
-DECODE_LONG = 1400
+DECODE_LONG = 1300
 
 
 def _reduction(info: ImageInfo) -> int:

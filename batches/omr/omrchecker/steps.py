@@ -371,7 +371,7 @@ def find_markers(grey: np.ndarray, H_frame: np.ndarray, frame_w: float, frame_h:
     # Coarse: every scale on a half-size copy; fine: the best scale and its
     # neighbours at full size, only around the coarse hits.
     # (Over a whole photo the page, and so its markers, may be small: less shrinking.)
-    cf = 1.5 if wide else 2.0
+    cf = max(1.5 if wide else 2.0, expect / 16.0)  # a marker ~16 px across is enough to find it
     coarse = cv2.resize(frame, (int(ww / cf), int(wh / cf)), interpolation=cv2.INTER_AREA)
     best = None
     # The expected size first (a scan whose page fills the image); the whole
