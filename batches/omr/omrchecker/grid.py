@@ -32,7 +32,7 @@ import numpy as np
 from .importer import OmrCheckerTemplate
 
 #: A bubble box is cut out at about this many pixels across.
-BOX_PX = 14.0
+BOX_PX = 12.0
 #: Printed outline radius, as a share of the box's half size: the range accepted.
 RADII = (0.7, 1.4)
 #: The inside measured: this share of the printed radius.
@@ -367,7 +367,9 @@ def _outline_radius(dark: np.ndarray, pos: np.ndarray, hx: float, hy: float) -> 
     """The printed outline's radius, as a share of the box half sizes: where
     the mean radial darkness profile of the unfilled bubbles peaks (a letter
     printed inside stays well inside it)."""
-    a = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    if len(pos) > 160:  # a spread of them is plenty
+        pos = pos[np.linspace(0, len(pos) - 1, 160).astype(int)]
+    a = np.linspace(0, 2 * np.pi, 12, endpoint=False)
     rs = np.linspace(0.0, 1.6, 33)
     px = pos[:, 0, None, None] + hx * rs[None, None, :] * np.cos(a)[None, :, None]
     py = pos[:, 1, None, None] + hy * rs[None, None, :] * np.sin(a)[None, :, None]
