@@ -249,19 +249,24 @@ class _Padded:
         self.pad = pad
         self.E = cv2.copyMakeBorder(E, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0.0)
 
+    def windows(self, pts: np.ndarray, reach: int) -> tuple[np.ndarray, np.ndarray]:
+        """E in the (2 reach + 1)^2 window around each of ``pts`` (px of E,
+        rounded), as (N, side, side), and which points had a whole window."""
+        side = 2 * reach + 1
+        hp, wp = self.E.shape
+        ip = np.rint(np.asarray(pts, np.float64)).astype(np.int64) + self.pad - reach
+        inside = (ip[:, 0] >= 0) & (ip[:, 1] >= 0) & (ip[:, 0] + side <= wp) & (ip[:, 1] + side <= hp)
+        ip = ip[inside]
+        d = np.arange(side)
+        rows = ip[:, 1, None, None] + d[None, :, None]
+        cols = ip[:, 0, None, None] + d[None, None, :]
+        return self.E[rows, cols], inside
+
     def window_sum(self, pts: np.ndarray, reach: int) -> np.ndarray:
         """Sum over ``pts`` (px of E) of E in a (2 reach + 1)^2 window
         around each: the score of every integer shift of the point set."""
-        side = 2 * reach + 1
-        acc = np.zeros((side, side), np.float32)
-        hp, wp = self.E.shape
-        ip = np.rint(pts).astype(np.int64) + self.pad
-        for x, y in ip.tolist():
-            x0, y0 = x - reach, y - reach
-            if x0 < 0 or y0 < 0 or x0 + side > wp or y0 + side > hp:
-                continue
-            acc += self.E[y0:y0 + side, x0:x0 + side]
-        return acc.astype(np.float64)
+        win, _ = self.windows(pts, reach)
+        return win.sum(0, dtype=np.float64)
 
 
 def _peak(acc: np.ndarray) -> tuple[float, float, float]:
@@ -301,18 +306,35 @@ class Placement:
 
 
 def _peaks(pe: _Padded, pos: np.ndarray, reach: float) -> tuple[np.ndarray, np.ndarray]:
-    """Where the evidence peaks within ``reach`` of each point, and how high."""
+    """Where the evidence peaks within ``reach`` of each point (sub-pixel,
+    by parabolas), and how high; points too near the edge stay put, at 0."""
     r = max(1, int(reach))
     side = 2 * r + 1
     found = np.array(pos, np.float64)
     strength = np.zeros(len(pos))
-    for i, (x, y) in enumerate(np.rint(pos).astype(np.int64).tolist()):
-        x0, y0 = x - r + pe.pad, y - r + pe.pad
-        if x0 < 0 or y0 < 0 or x0 + side > pe.E.shape[1] or y0 + side > pe.E.shape[0]:
-            continue
-        dx, dy, v = _peak(pe.E[y0:y0 + side, x0:x0 + side])
-        found[i] = (x + dx, y + dy)
-        strength[i] = v
+    win, inside = pe.windows(pos, r)
+    if not len(win):
+        return found, strength
+    flat = win.reshape(len(win), -1)
+    k = np.argmax(flat, 1)
+    ky, kx = np.divmod(k, side)
+    n = np.arange(len(win))
+
+    def offset(a: np.ndarray, b: np.ndarray, c: np.ndarray, edge: np.ndarray) -> np.ndarray:
+        den = a - 2 * b + c
+        ok = edge & (den < 0)
+        return np.where(ok, 0.5 * (a - c) / np.where(ok, den, -1.0), 0.0)
+
+    xin = (kx > 0) & (kx < side - 1)
+    yin = (ky > 0) & (ky < side - 1)
+    kxm, kxp = np.clip(kx - 1, 0, side - 1), np.clip(kx + 1, 0, side - 1)
+    kym, kyp = np.clip(ky - 1, 0, side - 1), np.clip(ky + 1, 0, side - 1)
+    b = win[n, ky, kx]
+    dx = offset(win[n, ky, kxm], b, win[n, ky, kxp], xin)
+    dy = offset(win[n, kym, kx], b, win[n, kyp, kx], yin)
+    base = np.rint(np.asarray(pos, np.float64)[inside])
+    found[inside] = base + np.stack([kx + dx - r, ky + dy - r], 1)
+    strength[inside] = b
     return found, strength
 
 
