@@ -38,8 +38,9 @@ NOISE_SIGMAS = 5.0
 STANDS_OUT = 0.45
 #: A circle drawn around a bubble shows in at least this share of the free directions.
 CIRCLED = 0.85
-#: A block with fewer bubbles on their printed outlines than this share, or
-#: with outlines one pitch outside more often than ``BORDER_FLAG``, is misaligned.
+#: A block with fewer bubbles on their printed outlines than this share is
+#: misaligned; so are all when most blocks show outlines one pitch outside
+#: them more often than ``BORDER_FLAG``.
 BLOCK_OK = 0.8
 BORDER_FLAG = 0.95
 
@@ -112,7 +113,11 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
     for f in range(n_fields):
         if per_field[f] > 1:
             _add(flags[f], "multiple")
-    bad_blocks = {b for b in range(len(pl.block_ok)) if pl.block_ok[b] < BLOCK_OK or pl.border[b] > BORDER_FLAG}
+    # Outlines one pitch outside blocks: printed numbers and letters beside a
+    # block look alike there, so only most blocks showing them (the whole
+    # grid a row or column off) make the sheet's blocks misaligned.
+    grid_off = len(pl.border) > 0 and float(np.median(pl.border)) > BORDER_FLAG
+    bad_blocks = {b for b in range(len(pl.block_ok)) if pl.block_ok[b] < BLOCK_OK or grid_off}
     for i in range(len(e)):
         if geo.block[i] in bad_blocks:
             _add(flags[geo.field[i]], "misaligned")

@@ -150,14 +150,25 @@ def _blocks_as_grids(t: OmrCheckerTemplate) -> list[list]:
 
 @dataclass
 class Cutout:
-    """The page cut out at the measurement scale: ``dark`` (0..1, relative to
-    the local paper), ``scale`` (cut-out px per page px), ``H`` (page px ->
-    image px) it was cut through, ``ink`` (typical darkness of print)."""
+    """The bubbles' part of the page cut out at the measurement scale:
+    ``dark`` (0..1, relative to the local paper), ``scale`` (cut-out px per
+    page px), ``origin`` (the page px at the cut-out's corner). A page px
+    ``p`` is at cut-out px ``(p - origin) * scale - 0.5``."""
 
     dark: np.ndarray
     scale: float
-    H: np.ndarray
-    ink: float
+    origin: np.ndarray
+
+    def to_cut(self, page_px: np.ndarray) -> np.ndarray:
+        return (np.asarray(page_px, np.float64) - self.origin) * self.scale - 0.5
+
+    def to_page(self, cut_px: np.ndarray) -> np.ndarray:
+        return (np.asarray(cut_px, np.float64) + 0.5) / self.scale + self.origin
+
+
+def local_scale(H: np.ndarray, t: OmrCheckerTemplate) -> float:
+    """Image px per page px at the middle of the page, through ``H``."""
+    return _local_scale(H, np.array([[t.page_w / 2, t.page_h / 2]]))
 
 
 def measurement_scale(t: OmrCheckerTemplate, H: np.ndarray, geo: Geometry) -> float:
@@ -184,10 +195,15 @@ def _local_scale(H: np.ndarray, pts: np.ndarray) -> float:
 
 
 def cut_out(grey: np.ndarray, H: np.ndarray, t: OmrCheckerTemplate, scale: float, geo: Geometry) -> Cutout:
-    """The page cut out through ``H`` at ``scale``, as darkness relative to
-    the local paper."""
-    w, h = max(8, int(round(t.page_w * scale))), max(8, int(round(t.page_h * scale)))
-    S_inv = np.array([[1 / scale, 0, 0.5 / scale], [0, 1 / scale, 0.5 / scale], [0, 0, 1.0]])
+    """The part of the page holding the bubbles (with a margin for the
+    placement's search and the paper level around them) cut out through
+    ``H`` at ``scale``, as darkness relative to the local paper."""
+    margin = float(geo.block_pitch.max()) + 4 * float(geo.half.max())
+    pts = np.vstack([geo.centres, geo.border]) if len(geo.border) else geo.centres
+    lo = np.maximum(pts.min(0) - margin, 0.0)
+    hi = np.minimum(pts.max(0) + margin, [t.page_w, t.page_h])
+    w, h = max(8, int(round((hi[0] - lo[0]) * scale))), max(8, int(round((hi[1] - lo[1]) * scale)))
+    S_inv = np.array([[1 / scale, 0, 0.5 / scale + lo[0]], [0, 1 / scale, 0.5 / scale + lo[1]], [0, 0, 1.0]])
     M = H @ S_inv  # cut-out px (centres at whole numbers) -> image px
     px_per = _local_scale(M, np.array([[w / 2, h / 2]]))
     src = grey
@@ -197,7 +213,7 @@ def cut_out(grey: np.ndarray, H: np.ndarray, t: OmrCheckerTemplate, scale: float
         M = np.array([[f, 0, 0.5 * f - 0.5], [0, f, 0.5 * f - 0.5], [0, 0, 1.0]]) @ M
     page = cv2.warpPerspective(src, M, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                borderMode=cv2.BORDER_REPLICATE)
-    return Cutout(darkness(page, float(geo.half.max()) * 2 * scale), scale, H, 0.0)
+    return Cutout(darkness(page, float(geo.half.max()) * 2 * scale), scale, lo)
 
 
 def darkness(page: np.ndarray, box_px: float) -> np.ndarray:
@@ -300,9 +316,10 @@ class Placement:
 
     @property
     def quality(self) -> float:
-        """Share of bubbles on their printed outlines, less a share for each
-        block showing outlines one pitch outside it (placed a row off)."""
-        return float(self.ok.mean()) - 0.5 * float(np.mean(self.border > 0.95))
+        """Share of bubbles on their printed outlines, less a half when most
+        blocks show outlines one pitch outside them (the grid a row off)."""
+        off = len(self.border) > 0 and float(np.median(self.border)) > 0.95
+        return float(self.ok.mean()) - (0.5 if off else 0.0)
 
 
 def _peaks(pe: _Padded, pos: np.ndarray, reach: float) -> tuple[np.ndarray, np.ndarray]:
@@ -411,8 +428,8 @@ def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
     (share of the page's larger side, at most half a pitch), then each block
     within half its pitch; the printed radius chosen among ``RADII``."""
     s = cut.scale
-    base = geo.centres * s - 0.5  # page px -> cut-out px (pixel centres at whole numbers, see cut_out)
-    bpts = geo.border * s - 0.5
+    base = cut.to_cut(geo.centres)
+    bpts = cut.to_cut(geo.border)
     hx, hy = float(np.median(geo.half[:, 0])) * s, float(np.median(geo.half[:, 1])) * s
     # A grid repeats: shifted by a whole pitch it sits on printed bubbles too.
     # The page's location must be right to within half a pitch; further is

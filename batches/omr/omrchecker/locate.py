@@ -47,10 +47,10 @@ class Candidate:
     notes: list[str] = field(default_factory=list)
 
 
-def processing_image(grey: np.ndarray, t: OmrCheckerTemplate) -> tuple[np.ndarray, float]:
-    """(the image the page is located on, its px per image px): shrunk to
-    ``PROCESSING_LONG``, with the template's blurs and levels applied as
-    OMRChecker applies them at its processing size."""
+def processing_image(grey: np.ndarray, t: OmrCheckerTemplate) -> tuple[np.ndarray, np.ndarray, float]:
+    """(the image the page is located on, the same without filters, their px
+    per image px): shrunk to ``PROCESSING_LONG``, with the template's blurs
+    and levels applied as OMRChecker applies them at its processing size."""
     h, w = grey.shape
     # A whole factor first (area averaging is fast then), the rest by interpolation.
     k = max(1, int(max(h, w) // PROCESSING_LONG))
@@ -60,11 +60,12 @@ def processing_image(grey: np.ndarray, t: OmrCheckerTemplate) -> tuple[np.ndarra
     if f < 1.0:
         work = cv2.resize(work, (max(1, round(ww * f)), max(1, round(hh * f))), interpolation=cv2.INTER_LINEAR)
     f = work.shape[1] / w
+    plain = work
     scale = work.shape[1] / float(t.processing[0])
     for step in t.steps:
         if step.name in ("GaussianBlur", "MedianBlur", "Levels"):
             work = filter_image(work, step.name, step.options, scale)
-    return work, f
+    return work, plain, f
 
 
 def omrchecker_outline(grey: np.ndarray, t: OmrCheckerTemplate) -> np.ndarray | None:

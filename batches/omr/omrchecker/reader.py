@@ -30,7 +30,7 @@ from ..imageio import MAX_PIXELS, ImageInfo
 from ..layout import BubbleGeom, Group, PageLayout, Rect, Square
 from ..reader import SheetReading, read_pages
 from .decide import Decision, decide
-from .grid import cut_out, geometry, measure, measurement_scale, place
+from .grid import cut_out, geometry, local_scale, measure, measurement_scale, place
 from .importer import OmrCheckerTemplate
 from .locate import candidates, processing_image
 from .steps import StepError
@@ -45,6 +45,9 @@ MAX_TRIES = 6
 #: The whole grid is searched this far (share of the page's larger side)
 #: around where a placement puts it.
 SEARCH = 0.03
+#: The bubbles are cut out of the processing image when it holds them at
+#: this many times the measurement scale.
+PLAIN_MARGIN = 1.3
 #: Share of the template's bubbles that may fall outside the image before the
 #: sheet is refused as cut off (any at all is flagged).
 CUT_OFF_LIMIT = 0.02
@@ -112,7 +115,7 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         out.flag("unreadable")
         return done()
     geo = geometry(t)
-    work, f = processing_image(grey, t)
+    work, plain, f = processing_image(grey, t)
     if float(work[::4, ::4].std()) < 2.0:
         out.error = "the image is blank"
         out.flag("unreadable")
@@ -130,7 +133,13 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
             continue
         tries += 1
         scale = measurement_scale(t, H, geo)
-        cut = cut_out(grey, H, t, scale, geo)
+        # From the processing image when it holds the bubbles finely enough
+        # (much cheaper than from a large photo), else from the image itself.
+        H_plain = np.linalg.inv(to_image) @ H
+        if plain is not grey and local_scale(H_plain, t) >= PLAIN_MARGIN * scale:
+            cut = cut_out(plain, H_plain, t, scale, geo)
+        else:
+            cut = cut_out(grey, H, t, scale, geo)
         pl = place(cut, geo, SEARCH)
         fit = pl.quality
         if best is None or fit > best[0]:
@@ -150,7 +159,7 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
     out.marks_px = _apply(H, np.array([[0, 0], [t.page_w, 0], [t.page_w, t.page_h], [0, t.page_h]], np.float64))
     out.orientation = _orientation(out.marks_px)
     t0 = time.perf_counter()
-    centres_img = _apply(H, (pl.pos + 0.5) / cut.scale)
+    centres_img = _apply(H, cut.to_page(pl.pos))
     outside = (centres_img[:, 0] < 0) | (centres_img[:, 1] < 0) | (centres_img[:, 0] > w - 1) | (centres_img[:, 1] > h - 1)
     if outside.any():
         out.flag("cut_off")
