@@ -117,7 +117,9 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
     # block look alike there, so only most blocks showing them (the whole
     # grid a row or column off) make the sheet's blocks misaligned.
     grid_off = len(pl.border) > 0 and float(np.median(pl.border)) > BORDER_FLAG
-    bad_blocks = {b for b in range(len(pl.block_ok)) if pl.block_ok[b] < BLOCK_OK or grid_off}
+    # (One bubble off its outline in a tiny block is not a block off.)
+    missed = np.bincount(geo.block, weights=(~pl.ok).astype(np.float64), minlength=len(pl.block_ok))
+    bad_blocks = {b for b in range(len(pl.block_ok)) if (pl.block_ok[b] < BLOCK_OK and missed[b] >= 2) or grid_off}
     for i in range(len(e)):
         if geo.block[i] in bad_blocks:
             _add(flags[geo.field[i]], "misaligned")

@@ -248,11 +248,15 @@ def evidence_of(dark: np.ndarray, rx: float, ry: float, pitch: float) -> np.ndar
     """Printed outline (or fill) evidence at every pixel for an outline of
     radii ``rx``, ``ry`` cut-out px: the ring minus just outside it (not as
     far out as the next bubble's outline, ``pitch`` away)."""
+    return cv2.filter2D(dark, cv2.CV_32F, ring_kernel(rx, ry, pitch), borderType=cv2.BORDER_REPLICATE)
+
+
+def ring_kernel(rx: float, ry: float, pitch: float) -> np.ndarray:
+    """The kernel of ``evidence_of``."""
     r = max(rx, ry)
     outer = float(np.clip(0.9 * (pitch - r) / max(r, 1e-6), 1.3, 1.6))
     R = int(math.ceil(r * outer)) + 1
-    k = _ring_kernel(rx, ry, 0.75, 1.15, R) - _ring_kernel(rx, ry, 1.15, outer, R)
-    return cv2.filter2D(dark, cv2.CV_32F, k, borderType=cv2.BORDER_REPLICATE)
+    return _ring_kernel(rx, ry, 0.75, 1.15, R) - _ring_kernel(rx, ry, 1.15, outer, R)
 
 
 # ---------------------------------------------------------------- placement
@@ -475,11 +479,24 @@ def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
     # With a box-sized ring first (the template's author drew the boxes over
     # the bubbles), then with the printed outline's own radius measured where
     # that put the bubbles.
-    pe = _Padded(evidence_of(region, hx, hy, pitch), pad)
-    pos, bpos = fit_blocks(pe, False)
+    # Where the blocks are, roughly, with a box-sized ring, from the darkness
+    # itself (the evidence summed over a block's bubbles is the ring filter
+    # of their summed darkness: no filtering of the whole page for it); the
+    # outline's own radius measured there; then the blocks fitted on the
+    # evidence of a ring of that radius.
+    k1 = ring_kernel(hx, hy, pitch)
+    R1 = k1.shape[0] // 2
+    pd = _Padded(region, pad + R1)
+    pos = base_r.copy()
+    for b in range(len(geo.block_pitch)):
+        idx = np.flatnonzero(geo.block == b)
+        r = min(max(1, int(math.floor(0.45 * geo.block_pitch[b] * s))), pad - 2)
+        acc = pd.window_sum(pos[idx], r + R1).astype(np.float32)
+        score = cv2.filter2D(acc, cv2.CV_32F, k1, borderType=cv2.BORDER_CONSTANT)[R1:-R1, R1:-R1]
+        dx, dy, _ = _peak(score.astype(np.float64))
+        pos[idx] += [dx, dy]
     rr = _outline_radius(region, pos, hx, hy)
-    if abs(rr - 1.0) > 0.1:
-        pe = _Padded(evidence_of(region, rr * hx, rr * hy, pitch), pad)
+    pe = _Padded(evidence_of(region, rr * hx, rr * hy, pitch), pad)
     pos, bpos = fit_blocks(pe, True)
     E = pe.E[pe.pad:-pe.pad, pe.pad:-pe.pad]
     gdx, gdy = (pos - base_r).mean(0).tolist()
