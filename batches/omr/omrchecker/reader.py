@@ -128,23 +128,28 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         if isinstance(cand, StepError):
             failures.append(cand)
             continue
-        H = to_image @ cand.H
-        if not np.isfinite(H).all() or abs(np.linalg.det(H[:2, :2])) < 1e-9:
+        H0 = to_image @ cand.H
+        if not np.isfinite(H0).all() or abs(np.linalg.det(H0[:2, :2])) < 1e-9:
             continue
         tries += 1
-        scale = measurement_scale(t, H, geo)
-        # From the processing image when it holds the bubbles finely enough
-        # (much cheaper than from a large photo), else from the image itself.
-        H_plain = np.linalg.inv(to_image) @ H
-        if plain is not grey and local_scale(H_plain, t) >= PLAIN_MARGIN * scale:
-            cut = cut_out(plain, H_plain, t, scale, geo)
-        else:
-            cut = cut_out(grey, H, t, scale, geo)
-        pl = place(cut, geo, SEARCH)
-        fit = pl.quality
-        if best is None or fit > best[0]:
-            best = (fit, cand, H, cut, pl)
-        if fit >= GOOD_FIT or tries >= MAX_TRIES:
+        # The page may lie any way round in the image: the two namings of its
+        # corners that give it the template's proportions, the likelier first.
+        for H in _namings(H0, t):
+            scale = measurement_scale(t, H, geo)
+            # From the processing image when it holds the bubbles finely
+            # enough (much cheaper than from a large photo), else the image.
+            H_plain = np.linalg.inv(to_image) @ H
+            if plain is not grey and local_scale(H_plain, t) >= PLAIN_MARGIN * scale:
+                cut = cut_out(plain, H_plain, t, scale, geo)
+            else:
+                cut = cut_out(grey, H, t, scale, geo)
+            pl = place(cut, geo, SEARCH)
+            fit = pl.quality
+            if best is None or fit > best[0]:
+                best = (fit, cand, H, cut, pl)
+            if fit >= GOOD_FIT:
+                break
+        if best[0] >= GOOD_FIT or tries >= MAX_TRIES:
             break
     out.timings_ms["align"] = (time.perf_counter() - t_start) * 1000
     if best is None:
@@ -179,6 +184,30 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
     out._bubble_data = (layout_of(t), np.round(d.excess, 3), d.marked, centres_img)
     out.timings_ms["bubbles"] = (time.perf_counter() - t0) * 1000
     return done()
+
+
+def _turn(t: OmrCheckerTemplate, roll: int) -> np.ndarray:
+    """Page px -> page px, the corners renamed by ``roll`` quarter turns."""
+    c = np.array([[0, 0], [t.page_w, 0], [t.page_w, t.page_h], [0, t.page_h]], np.float32)
+    return cv2.getPerspectiveTransform(c, np.roll(c, roll, 0)).astype(np.float64)
+
+
+def _namings(H: np.ndarray, t: OmrCheckerTemplate) -> list[np.ndarray]:
+    """``H`` (page px -> image px) with its corners named as they are, and
+    turned a half: or, when the page's sides in the image have the other
+    proportion than the template's, turned a quarter either way. A square
+    page tries all four."""
+    c = _apply(H, np.array([[0, 0], [t.page_w, 0], [t.page_w, t.page_h], [0, t.page_h]], np.float64))
+    w = (np.linalg.norm(c[1] - c[0]) + np.linalg.norm(c[2] - c[3])) / 2
+    h = (np.linalg.norm(c[3] - c[0]) + np.linalg.norm(c[2] - c[1])) / 2
+    same = math.log(max(w, 1e-6) / max(h, 1e-6)) * math.log(t.page_w / t.page_h)
+    if abs(math.log(t.page_w / t.page_h)) < 0.05:
+        rolls = (0, 2, 1, 3)
+    elif same > 0:
+        rolls = (0, 2)
+    else:
+        rolls = (1, 3)
+    return [H @ _turn(t, r) if r else H for r in rolls]
 
 
 def _orientation(corners: np.ndarray) -> int:
