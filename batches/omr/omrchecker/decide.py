@@ -10,7 +10,7 @@
 * A bubble between the sure blank and the sure marked levels is doubt: its
   field is flagged (``faint`` when read marked, ``ambiguous`` when read
   blank), as are several marks in one field (``multiple``), a circle drawn
-  around a bubble instead of filling it (``circled``) and a block whose
+  around a bubble instead of filling it (``circled``, read as a mark) and a block whose
   bubbles are not where the template puts them (``misaligned``).
 """
 
@@ -90,9 +90,12 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
     sure_mark = SURE_MARK_OVER * thr
     sure_blank = max(SURE_BLANK_UNDER * thr, NOISE_SIGMAS * noise)
     flags: list[list[str]] = [[] for _ in range(n_fields)]
-    faint = marked & (e < sure_mark)
-    ambiguous = ~marked & (e > sure_blank)
+    # A circle drawn round a bubble instead of filling it is read as a mark
+    # (as the engine reads its own sheets), and flagged.
     circled = ~marked & (m.circle >= CIRCLED)
+    faint = marked & (e < sure_mark)
+    ambiguous = ~marked & ~circled & (e > sure_blank)
+    marked = marked | circled
     for name, which in (("faint", faint), ("ambiguous", ambiguous), ("circled", circled)):
         for f in np.unique(geo.field[which]).tolist():
             _add(flags[f], name)

@@ -594,7 +594,7 @@ def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
     ink = float(np.percentile(cut.dark[::3, ::3], 99.5))
     dark_dirs = ring > max(0.25, 0.4 * ink)
     nfree = geo.free.sum(1)
-    circle = np.where(nfree >= 3 * ANGLES // 4, (dark_dirs & geo.free).sum(1) / np.maximum(nfree, 1), 0.0)
+    circle = np.where(nfree >= ANGLES // 3, (dark_dirs & geo.free).sum(1) / np.maximum(nfree, 1), 0.0)
     del n
     return Measures(fill.astype(np.float64), share.astype(np.float64), circle.astype(np.float64), ink,
                     low.astype(np.float64))

@@ -12,6 +12,7 @@ first that fits.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -221,7 +222,7 @@ def candidates(work: np.ndarray, t: OmrCheckerTemplate) -> Iterator[Candidate | 
         except StepError as exc:
             return exc
         if not outlines_first:
-            c.how += " (page outline fallback)"
+            c.how += " (page outline first)"
         return c
 
     if not outlines_first:
@@ -233,15 +234,18 @@ def candidates(work: np.ndarray, t: OmrCheckerTemplate) -> Iterator[Candidate | 
         q = omrchecker_outline(work, t)
         if q is not None:
             yield from_outline(q)
-    for q in quick_outlines(work):
+    quick = quick_outlines(work)
+    for q in itertools.islice(quick, 2):  # Otsu's level, as found and refined
         yield from_outline(q)
-    # The slower, wider search: outlines at more levels and from edges.
+    # The slower, wider search: outlines at more levels, opened harder (a
+    # pen or a hand over the page), from their straight runs, and from edges;
+    # then what is left of the quick ones.
     try:
-        more = page_candidates(work, 6)
+        more = [q for q, _notes in page_candidates(work, 6)]
     except StepError as exc:
         more = []
         yield exc
-    for q, _notes in more:
+    for q in itertools.chain(more, quick):
         if all(np.abs(q - o).max() > 0.01 * max(work.shape) for o in tried):
             yield from_outline(q)
     if outlines_first:

@@ -41,7 +41,7 @@ GOOD_FIT = 0.8
 #: Under this share for the best placement, the sheet is refused as misaligned.
 FAIL_FIT = 0.55
 #: At most this many placements are tried.
-MAX_TRIES = 6
+MAX_TRIES = 8
 #: The whole grid is searched this far (share of the page's larger side)
 #: around where a placement puts it.
 SEARCH = 0.03
