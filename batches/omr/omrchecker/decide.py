@@ -35,7 +35,7 @@ SURE_BLANK_UNDER = 0.7
 NOISE_SIGMAS = 5.0
 #: In a field read blank, a bubble over this share of the threshold, and as
 #: far above the field's next one, is doubt.
-STANDS_OUT = 0.45
+STANDS_OUT = 0.35
 #: A circle drawn around a bubble shows in at least this share of the free directions.
 CIRCLED = 0.85
 #: A block with fewer bubbles on their printed outlines than this share is
