@@ -322,13 +322,13 @@ class Placement:
     def quality(self) -> float:
         """Share of bubbles on their printed outlines, less a half when most
         blocks show outlines one pitch outside them (the grid a row off), less
-        the share of blocks off their outlines beyond a quarter of them."""
+        the share of blocks off their outlines."""
         off = len(self.border) > 0 and float(np.median(self.border)) > 0.95
-        # Many blocks each a little off (a page taken with its margin): the
-        # page is not where this placement puts it, though blocks shifted
-        # half a pitch find outlines.
+        # Blocks off their outlines (a page taken with its margin, an
+        # outline found short): the page is not where this placement puts
+        # it, though blocks shifted half a pitch find outlines.
         bad = float(np.mean(self.block_ok < 0.8))
-        return float(self.ok.mean()) - (0.5 if off else 0.0) - max(0.0, bad - 0.25)
+        return float(self.ok.mean()) - (0.5 if off else 0.0) - bad
 
 
 def _peaks(pe: _Padded, pos: np.ndarray, reach: float) -> tuple[np.ndarray, np.ndarray]:

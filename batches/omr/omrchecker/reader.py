@@ -35,9 +35,10 @@ from .importer import OmrCheckerTemplate
 from .locate import candidates, processing_image
 from .steps import StepError
 
-#: A placement with this share of its bubbles on their printed outlines is
-#: taken without trying the others.
-GOOD_FIT = 0.8
+#: A placement whose quality (``grid.Placement.quality``: the share of its
+#: bubbles on their printed outlines, less the share of blocks off them)
+#: reaches this is taken without trying the others.
+GOOD_FIT = 0.75
 #: Under this share for the best placement, the sheet is refused as misaligned.
 FAIL_FIT = 0.55
 #: At most this many placements are tried.
