@@ -125,6 +125,7 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
     failures: list[StepError] = []
     best = None
     tries = 0
+    most_outside = 0.0  # the largest share of bubbles a placement put outside the image
     for cand in candidates(work, t):
         if isinstance(cand, StepError):
             failures.append(cand)
@@ -136,6 +137,9 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         # The page may lie any way round in the image: the two namings of its
         # corners that give it the template's proportions, the likelier first.
         for H in _namings(H0, t):
+            where = _apply(H, geo.centres)
+            outside = (where[:, 0] < 0) | (where[:, 1] < 0) | (where[:, 0] > w - 1) | (where[:, 1] > h - 1)
+            most_outside = max(most_outside, float(outside.mean()))
             scale = measurement_scale(t, H, geo)
             # From the processing image when it holds the bubbles finely
             # enough (much cheaper than from a large photo), else the image.
@@ -173,8 +177,19 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
             out.error = f"the sheet is cut off: {int(outside.sum())} of {len(outside)} bubbles lie outside the image"
             return done()
     if fit < FAIL_FIT:
-        out.error = (f"the bubbles are not where the template puts them ({fit * 100:.0f} % of outlines centred; "
-                     f"page located by {cand.how})")
+        c = out.marks_px
+        margin = 0.01 * max(w, h)
+        on_border = int(np.sum((c[:, 0] < margin) | (c[:, 1] < margin) | (c[:, 0] > w - 1 - margin)
+                               | (c[:, 1] > h - 1 - margin)))
+        if most_outside > CUT_OFF_LIMIT or on_border >= 2:
+            # The page found runs off the image, or along its border: part
+            # of the sheet is missing.
+            out.error = ("the sheet is cut off: the page found runs off or along the image's border, and no "
+                         "placement fits the printed bubbles")
+            out.flag("cut_off")
+            return done()
+        out.error = (f"the bubbles are not where the template puts them ({max(fit, 0.0) * 100:.0f} % of outlines "
+                     f"centred; page located by {cand.how})")
         out.flag("misaligned")
         return done()
     m = measure(cut, geo, pl)
