@@ -34,7 +34,12 @@ from .importer import OmrCheckerTemplate
 #: A bubble box is cut out at about this many pixels across.
 BOX_PX = 12.0
 #: Printed outline radius, as a share of the box's half size: the range accepted.
-RADII = (0.7, 1.4)
+RADII = (0.5, 1.4)
+#: Printed outline radii (shares of the box's half size) the rough fit tries, in turn.
+ROUGH_RADII = (1.0, 0.75, 1.3)
+#: A rough fit whose measured outline radius is within this (log ratio) of
+#: the ring it used is taken.
+ROUGH_AGREE = 0.25
 #: The inside measured: this share of the printed radius.
 INNER = 0.6
 #: The ring where a circle drawn around a bubble is looked for (share of the printed radius).
@@ -427,7 +432,7 @@ def _outline_radius(dark: np.ndarray, pos: np.ndarray, hx: float, hy: float) -> 
     if unfilled.sum() < 3:
         return 1.0
     mean = prof[unfilled].mean(0)
-    lo = int(np.searchsorted(rs, 0.65))
+    lo = int(np.searchsorted(rs, 0.5))
     j = lo + int(np.argmax(mean[lo:]))
     return float(np.clip(rs[j] / 0.95, min(RADII), max(RADII)))
 
@@ -489,18 +494,36 @@ def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
     # of their summed darkness: no filtering of the whole page for it); the
     # outline's own radius measured there; then the blocks fitted on the
     # evidence of a ring of that radius.
-    k1 = ring_kernel(hx, hy, pitch)
-    R1 = k1.shape[0] // 2
-    pd = _Padded(region, pad + R1)
-    pos = base_r.copy()
-    for b in range(len(geo.block_pitch)):
-        idx = np.flatnonzero(geo.block == b)
-        r = min(max(1, int(math.floor(0.45 * geo.block_pitch[b] * s))), pad - 2)
-        acc = pd.window_sum(pos[idx], r + R1).astype(np.float32)
-        score = cv2.filter2D(acc, cv2.CV_32F, k1, borderType=cv2.BORDER_CONSTANT)[R1:-R1, R1:-R1]
-        dx, dy, _ = _peak(score.astype(np.float64))
-        pos[idx] += [dx, dy]
-    rr = _outline_radius(region, pos, hx, hy)
+    def rough_fit(r_share: float) -> np.ndarray:
+        k1 = ring_kernel(r_share * hx, r_share * hy, pitch)
+        R1 = k1.shape[0] // 2
+        pd = _Padded(region, pad + R1)
+        pos = base_r.copy()
+        for b in range(len(geo.block_pitch)):
+            idx = np.flatnonzero(geo.block == b)
+            r = min(max(1, int(math.floor(0.45 * geo.block_pitch[b] * s))), pad - 2)
+            acc = pd.window_sum(pos[idx], r + R1).astype(np.float32)
+            score = cv2.filter2D(acc, cv2.CV_32F, k1, borderType=cv2.BORDER_CONSTANT)[R1:-R1, R1:-R1]
+            dx, dy, _ = _peak(score.astype(np.float64))
+            pos[idx] += [dx, dy]
+        return pos
+
+    # The printed outline's size is not the box's: rough fits with a ring the
+    # box's size, and larger and smaller, each followed by the outline's
+    # radius measured where it put the bubbles; the fit that finds the
+    # outline at the size it looked for is on the bubbles (where large
+    # circles meet, their arcs fit a small ring but measure otherwise).
+    best = None
+    for r_share in ROUGH_RADII:
+        measured = _outline_radius(region, rough_fit(r_share), hx, hy)
+        # (A radius at the end of the range searched was not found, only bounded.)
+        at_end = min(abs(measured - RADII[0]), abs(measured - RADII[1])) < 1e-6
+        miss = abs(math.log(measured / r_share)) + (1.0 if at_end else 0.0)
+        if best is None or miss < best[0]:
+            best = (miss, measured)
+        if miss < ROUGH_AGREE:
+            break
+    rr = best[1]
     pe = _Padded(evidence_of(region, rr * hx, rr * hy, pitch), pad)
     pos, bpos = fit_blocks(pe, True)
     E = pe.E[pe.pad:-pe.pad, pe.pad:-pe.pad]
