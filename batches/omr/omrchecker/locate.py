@@ -241,7 +241,7 @@ def candidates(work: np.ndarray, t: OmrCheckerTemplate) -> Iterator[Candidate | 
     # pen or a hand over the page), from their straight runs, and from edges;
     # then what is left of the quick ones.
     try:
-        more = [q for q, _notes in page_candidates(work, 6)]
+        more = [q for q, _notes in page_candidates(work, 8)]
     except StepError as exc:
         more = []
         yield exc

@@ -32,8 +32,8 @@ from ..reader import SheetReading, read_pages
 from .decide import Decision, decide
 from .grid import cut_out, geometry, local_scale, measure, measurement_scale, place
 from .importer import OmrCheckerTemplate
-from .locate import candidates, processing_image
-from .steps import StepError
+from .locate import Candidate, candidates, processing_image
+from .steps import StepError, fit_on_grid
 
 #: A placement whose quality (``grid.Placement.quality``: the share of its
 #: bubbles on their printed outlines, less the share of blocks off them)
@@ -42,7 +42,9 @@ GOOD_FIT = 0.75
 #: Under this share for the best placement, the sheet is refused as misaligned.
 FAIL_FIT = 0.55
 #: At most this many placements are tried.
-MAX_TRIES = 8
+MAX_TRIES = 10
+#: Rough placements the bubble grid is fitted from when none fits as found.
+GRID_TRIES = 3
 #: The whole grid is searched this far (share of the page's larger side)
 #: around where a placement puts it.
 SEARCH = 0.03
@@ -126,6 +128,28 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
     best = None
     tries = 0
     most_outside = 0.0  # the largest share of bubbles a placement put outside the image
+    tried: list[tuple[float, Candidate, np.ndarray]] = []
+
+    def evaluate(cand: Candidate, H: np.ndarray) -> float:
+        nonlocal best, most_outside
+        where = _apply(H, geo.centres)
+        outside = (where[:, 0] < 0) | (where[:, 1] < 0) | (where[:, 0] > w - 1) | (where[:, 1] > h - 1)
+        most_outside = max(most_outside, float(outside.mean()))
+        scale = measurement_scale(t, H, geo)
+        # From the processing image when it holds the bubbles finely enough
+        # (much cheaper than from a large photo), else from the image.
+        H_plain = np.linalg.inv(to_image) @ H
+        if plain is not grey and local_scale(H_plain, t) >= PLAIN_MARGIN * scale:
+            cut = cut_out(plain, H_plain, t, scale, geo)
+        else:
+            cut = cut_out(grey, H, t, scale, geo)
+        pl = place(cut, geo, SEARCH)
+        fit = pl.quality
+        tried.append((fit, cand, H))
+        if best is None or fit > best[0]:
+            best = (fit, cand, H, cut, pl)
+        return fit
+
     for cand in candidates(work, t):
         if isinstance(cand, StepError):
             failures.append(cand)
@@ -137,25 +161,25 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         # The page may lie any way round in the image: the two namings of its
         # corners that give it the template's proportions, the likelier first.
         for H in _namings(H0, t):
-            where = _apply(H, geo.centres)
-            outside = (where[:, 0] < 0) | (where[:, 1] < 0) | (where[:, 0] > w - 1) | (where[:, 1] > h - 1)
-            most_outside = max(most_outside, float(outside.mean()))
-            scale = measurement_scale(t, H, geo)
-            # From the processing image when it holds the bubbles finely
-            # enough (much cheaper than from a large photo), else the image.
-            H_plain = np.linalg.inv(to_image) @ H
-            if plain is not grey and local_scale(H_plain, t) >= PLAIN_MARGIN * scale:
-                cut = cut_out(plain, H_plain, t, scale, geo)
-            else:
-                cut = cut_out(grey, H, t, scale, geo)
-            pl = place(cut, geo, SEARCH)
-            fit = pl.quality
-            if best is None or fit > best[0]:
-                best = (fit, cand, H, cut, pl)
-            if fit >= GOOD_FIT:
+            if evaluate(cand, H) >= GOOD_FIT:
                 break
         if best[0] >= GOOD_FIT or tries >= MAX_TRIES:
             break
+    if best is not None and best[0] < GOOD_FIT:
+        # No page outline or step put the grid within half a pitch of the
+        # printed bubbles everywhere (a page merging with a white paper behind
+        # it, found a pitch short along a side): the grid is fitted on the
+        # printed outlines themselves from the likeliest rough placements.
+        pitch = float(np.median(geo.block_pitch))
+        half_box = float(np.median(geo.half.min(1)))
+        for _fit, cand, H in sorted(tried, key=lambda e: -e[0])[:GRID_TRIES]:
+            res = fit_on_grid(grey, H, geo.centres, half_box, pitch)
+            if res is None:
+                continue
+            grid_cand = Candidate(res[0], cand.how + " + bubble grid",
+                                  cand.notes + ["placement fitted on the printed bubble outlines"])
+            if evaluate(grid_cand, res[0]) >= GOOD_FIT:
+                break
     out.timings_ms["align"] = (time.perf_counter() - t_start) * 1000
     if best is None:
         exc = failures[0] if failures else StepError("page not found")
