@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--page", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default="clean")
-    p.add_argument("--style", help="mark style: filled, pencil, light, half, tick, cross, circled, mixed")
+    p.add_argument("--style", help="mark style: filled, pencil, light, half, tick, cross, circled, pen, scribble, "
+                                   "across, mixed, paper")
     p.add_argument("--dpi", type=float)
     p.add_argument("--rotate", type=float, help="rotation in degrees")
     p.add_argument("--exam", default="")

@@ -6,6 +6,7 @@ anything else is refused with its JSON path."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from batches.omr.omrchecker import OmrCheckerTemplateError, load_omrchecker_template
 from batches.omr.omrchecker.importer import FIELD_TYPES, find_in_folders, find_omrchecker_config
+from batches.omr.simulate import PRESETS
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 REAL = DATA / "real-sheets" / "omrchecker"
@@ -226,3 +228,30 @@ def test_template_json_is_found_in_the_folders_above_an_image(tmp_path):
     assert pick(image_a) is pick(tmp_path / "a" / "other.jpg")  # loaded once
     with pytest.raises(SystemExit, match="no template.json"):
         pick(tmp_path.parent / "elsewhere.jpg")
+
+
+@pytest.mark.parametrize("relative", sorted(SAMPLE_TEMPLATES))
+def test_an_unfilled_sheet_of_every_sample_template_reads_blank(relative):
+    """The simulator draws the template's sheet (outlines, a letter in each
+    bubble, as OMRChecker's sheets print them), nobody marks it, a good
+    scanner captures it: every column reads as its empty value, nothing flagged."""
+    from batches.omr.omrchecker import read_omrchecker_image_bytes
+    from batches.omr.omrchecker.render import expected_response, simulate_omrchecker_sheet
+
+    path = DATA / relative
+    marker = (REAL / "sample1" / "omr_marker.jpg").read_bytes() if "sample5" in relative else None
+    t = load_omrchecker_template(path, marker)
+    # Nothing on the sheet at all: no erased earlier answers, no stray marks, no
+    # toner specks or dust (a speck inside a bubble is a question of its own).
+    quiet = dataclasses.replace(PRESETS["scan_mild"], erasure_rate=0.0, stray_marks=0, speckle=0, dust=0)
+    sim = simulate_omrchecker_sheet(t, {}, preset=quiet, seed=1)
+    (reading,) = read_omrchecker_image_bytes(sim.encode_jpeg(), t, source=relative)
+    d = reading.to_dict()
+    blank = expected_response(t, {})
+    assert d["error"] is None, d["error"]
+    # "blank" says what was read, not a doubt.
+    doubts = {k: [f for f in v if f != "blank"] for k, v in (d.get("flags") or {}).items()}
+    silent = {k: d["answers"].get(k) for k in blank if d["answers"].get(k) != blank[k] and not doubts.get(k)}
+    assert not silent, f"read, unflagged, on an unmarked sheet: {silent}"
+    assert d["answers"] == blank and not any(doubts.values()) and not d["needs_review"], (
+        {k: v for k, v in doubts.items() if v})
