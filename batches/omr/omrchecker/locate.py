@@ -25,6 +25,7 @@ from .steps import (
     _quad_from_contour,
     _refine_sides,
     _valid_quad,
+    ecc_to_reference,
     filter_image,
     find_markers,
     match_reference,
@@ -199,7 +200,14 @@ def run_steps(work: np.ndarray, t: OmrCheckerTemplate, quad: np.ndarray | None) 
                 how.append("instead of FeatureBasedAlignment")  # the reference is the sheet: so is its outline
                 continue
             ref = t.images[step.options["reference"]]
-            H = match_reference(work, ref)
+            try:
+                H = match_reference(work, ref)  # reference px -> work px
+            except StepError as exc:
+                # OMRChecker's premise: the reference is the frame, a little off.
+                # Bubble grids repeat, so ORB often matches the wrong bubble:
+                # align on the reference's intensities instead.
+                H = ecc_to_reference(work, H @ np.diag([fw / ref.shape[1], fh / ref.shape[0], 1.0]), ref)
+                notes.append(f"{exc.reason}: aligned on the reference image's intensities instead")
             fw, fh = float(ref.shape[1]), float(ref.shape[0])
             cropped = True
             how.append("FeatureBasedAlignment")

@@ -518,48 +518,6 @@ def filter_image(grey: np.ndarray, name: str, options: dict, scale: float) -> np
     return grey
 
 
-def ecc_refine(grey: np.ndarray, H: np.ndarray, page_w: float, page_h: float, centres: np.ndarray,
-               r_px: float, line_px: float) -> np.ndarray | None:
-    """Correct a rough placement ``H`` (page px -> image px) on the printed
-    bubbles: the page is cut out through ``H`` and aligned (OpenCV's ECC,
-    a homography) with a drawing of the template's bubble outlines (``centres``,
-    radius ``r_px``, line width ``line_px``, page px). Pulls in a placement off
-    by up to about a bubble (a page outline found short, a marker matched a
-    little off). Returns the corrected homography, or None when ECC does not
-    converge."""
-    out = H
-    for bubble_px in (2.0, 3.2):  # coarse, then fine: bubble radius in the cut-out
-        s = bubble_px / max(r_px, 1e-6)
-        fw, fh = int(round(page_w * s)), int(round(page_h * s))
-        if fw < 40 or fh < 40 or fw * fh > 4_000_000:
-            return None
-        S = np.array([[s, 0, 0], [0, s, 0], [0, 0, 1.0]])
-        M = out @ np.linalg.inv(S)  # cut-out px -> image px
-        px_per = math.sqrt(abs(np.linalg.det((M / M[2, 2])[:2, :2])))
-        src = grey
-        if px_per > 1.6:
-            f = 1.0 / px_per
-            src = cv2.resize(grey, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-            M = np.diag([f, f, 1.0]) @ M
-        cut = cv2.warpPerspective(src, M, (fw, fh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                  borderMode=cv2.BORDER_REPLICATE)
-        drawing = np.full((fh, fw), 255, np.uint8)
-        thick = max(1, int(round(line_px * s)))
-        for x, y in centres * s:
-            cv2.circle(drawing, (int(round(x * 8)), int(round(y * 8))), int(round(bubble_px * 8)), 0, thick,
-                       cv2.LINE_AA, 3)
-        warp = np.eye(3, dtype=np.float32)
-        try:
-            _, warp = cv2.findTransformECC(drawing.astype(np.float32), cut.astype(np.float32), warp,
-                                           cv2.MOTION_HOMOGRAPHY,
-                                           (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 25, 1e-4), None, 5)
-        except cv2.error:
-            return None
-        # warp: drawing px -> cut-out px; page px -> image px becomes:
-        out = out @ np.linalg.inv(S) @ warp.astype(np.float64) @ S
-    return out
-
-
 def ecc_to_reference(grey: np.ndarray, H: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Align the image on the reference image itself (intensities, OpenCV's ECC,
     a homography), starting from ``H`` (reference px -> image px): for sheets
