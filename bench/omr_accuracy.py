@@ -13,8 +13,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 from _common import make_sheets
 
-PRESETS = ["clean", "scan_mild", "scan_moderate", "scan_hard", "photo_mild", "photo_hard"]
-STYLES = ["filled", "pencil", "light", "half", "tick", "cross", "mixed"]
+PRESETS = ["clean", "scan_mild", "scan_moderate", "scan_hard", "photo_mild", "photo_hard",
+           "scan_letters", "scan_bitonal", "scan_lowres", "photo_exif"]
+STYLES = ["filled", "pencil", "light", "half", "tick", "cross", "mixed", "pen", "scribble", "across", "paper"]
 
 
 def run_cell(args):

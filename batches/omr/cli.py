@@ -5,7 +5,7 @@ Commands:
   render TEMPLATE --out F.pdf    print-ready PDF (or --png --dpi N: one PNG per page)
   layout TEMPLATE --dpi N --json resolved geometry of every bubble, mark and the QR box
   read IMAGE... [--template T]   read sheets; JSON lines, one object per page
-       [--omrchecker-template F]  ... laid out by an OMRChecker template.json instead
+       [--omrchecker-template F]  ... laid out by an OMRChecker template.json (or a folder of them) instead
   simulate TEMPLATE --out F.jpg  a filled sheet as a scanner or phone would deliver it
 
 This is the only part of the engine that reads or writes files.
@@ -79,19 +79,44 @@ def cmd_layout(args: argparse.Namespace) -> int:
     return 0
 
 
-def _omrchecker_template(args: argparse.Namespace):
+def _omrchecker_template(path: Path, config: str | None, root: Path | None = None):
     from .omrchecker import OmrCheckerTemplateError, load_omrchecker_template
 
     try:
-        t = load_omrchecker_template(Path(args.omrchecker_template),
-                                     config=Path(args.omrchecker_config) if args.omrchecker_config else None)
+        t = load_omrchecker_template(path, config=Path(config) if config else None, root=root)
     except OmrCheckerTemplateError as exc:
-        raise SystemExit("error: " + "\n  ".join([str(exc).split(":")[0] + ":"] + exc.errors)) from None
+        raise SystemExit(f"error: {path}: " + "\n  ".join([str(exc).split(":")[0] + ":"] + exc.errors)) from None
     except OSError as exc:
         raise SystemExit(f"error: {exc}") from None
     for note in t.notes:
         print(f"note: {note}", file=sys.stderr)
     return t
+
+
+def _omrchecker_templates(args: argparse.Namespace):
+    """image path -> the OMRChecker template to read it with.
+
+    Given a template.json, every image uses it. Given a folder, as OMRChecker
+    is run on one, each image uses the nearest template.json in its own folder
+    or a folder above it, no higher than the folder given.
+    """
+    from .omrchecker.importer import find_in_folders
+
+    given = Path(args.omrchecker_template)
+    if not given.is_dir():
+        template = _omrchecker_template(given, args.omrchecker_config)
+        return lambda image: template
+    loaded: dict[Path, object] = {}
+
+    def pick(image: Path):
+        found = find_in_folders(image.parent, "template.json", root=given)
+        if found is None:
+            raise SystemExit(f"error: {image}: no template.json in its folder or above it within {given}")
+        if found not in loaded:
+            loaded[found] = _omrchecker_template(found, args.omrchecker_config, root=given)
+        return loaded[found]
+
+    return pick
 
 
 def cmd_read(args: argparse.Namespace) -> int:
@@ -102,10 +127,10 @@ def cmd_read(args: argparse.Namespace) -> int:
             raise SystemExit("error: give --template or --omrchecker-template, not both")
         from .omrchecker import read_omrchecker_image_bytes
 
-        omr = _omrchecker_template(args)
+        template_for = _omrchecker_templates(args)
 
         def read(data: bytes, source: str):
-            return read_omrchecker_image_bytes(data, omr, source=source)
+            return read_omrchecker_image_bytes(data, template_for(Path(source)), source=source)
     else:
         template = _template(args.template) if args.template else None
 
@@ -198,9 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("read", help="read scanned sheets")
     p.add_argument("images", nargs="+")
     p.add_argument("--template", help="template to read with (default: the one the QR code names)")
-    p.add_argument("--omrchecker-template", metavar="TEMPLATE_JSON",
-                   help="read sheets laid out by an OMRChecker template.json (its config.json and marker or "
-                        "reference images are taken from beside it)")
+    p.add_argument("--omrchecker-template", metavar="TEMPLATE_JSON_OR_FOLDER",
+                   help="read sheets laid out by an OMRChecker template.json (its marker or reference images are "
+                        "taken from beside it, its config.json from beside it or a folder above); given a folder, "
+                        "each image is read with the nearest template.json in its folder or above, as OMRChecker does")
     p.add_argument("--omrchecker-config", metavar="CONFIG_JSON", help="OMRChecker config.json, if not beside the template")
     p.add_argument("--json", action="store_true", help="JSON lines, one object per page")
     p.set_defaults(func=cmd_read)
@@ -212,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--page", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default="clean")
-    p.add_argument("--style", help="mark style: filled, pencil, light, half, tick, cross, circled, mixed")
+    p.add_argument("--style", help="mark style: filled, pencil, light, half, tick, cross, circled, pen, scribble, "
+                                   "across, mixed, paper")
     p.add_argument("--dpi", type=float)
     p.add_argument("--rotate", type=float, help="rotation in degrees")
     p.add_argument("--exam", default="")

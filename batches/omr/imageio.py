@@ -9,7 +9,9 @@ meant to be shown to the person who uploaded the file.
 from __future__ import annotations
 
 import io
+import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -133,11 +135,104 @@ def _bomb_pixels(message: str) -> str:
 
 
 def _jpeg_complete(data: bytes) -> bool:
-    # A complete JPEG ends with the EOI marker (FF D9); some writers pad after it.
-    # libjpeg decodes a cut file without error, filling the rest with grey, which
-    # would read as a column of marks: refuse it instead.
+    # A complete JPEG ends with the EOI marker (FF D9). libjpeg decodes a cut file
+    # without error, filling the rest with grey, which would read as a column of
+    # marks: refuse it instead. Most files end right at EOI (or with padding);
+    # the others carry bytes after it (see _jpeg_image_end).
     tail = data[-4096:].rstrip(b"\x00\r\n ")
-    return tail.endswith(b"\xff\xd9")
+    return tail.endswith(b"\xff\xd9") or _jpeg_image_end(data) is not None
+
+
+# Markers that stand alone, without a length: TEM and RST0-7 (SOI and EOI are handled apart).
+_STANDALONE = {0x01, *range(0xD0, 0xD8)}
+
+
+def _jpeg_image_end(data: bytes) -> int | None:
+    """Offset just past the EOI marker that ends the main image, None if it is cut.
+
+    Scanner and phone software write other bytes after the image (a second
+    preview image, a maker's trailer, a video): the image itself is complete
+    and valid. Walks the marker segments and the entropy-coded scans, so an
+    EOI inside an embedded EXIF thumbnail is not mistaken for the image's end.
+    """
+    if data[:2] != b"\xff\xd8":
+        return None
+    n = len(data)
+    i = 2
+    while i + 1 < n:
+        if data[i] != 0xFF:
+            return None  # not a marker where one must be: damaged
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0xD9:
+            return i + 2
+        if marker in _STANDALONE:
+            i += 2
+            continue
+        if i + 4 > n:
+            return None
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:  # start of scan: entropy-coded data runs to the next real marker
+            i = _scan_end(data, i)
+            if i is None:
+                return None
+    return None
+
+
+# In entropy-coded data an FF byte is followed by 00 (a stuffed FF), by D0-D7
+# (restart markers, part of the scan) or by FF (fill); anything else is the
+# marker that ends the scan.
+_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def _scan_end(data: bytes, start: int) -> int | None:
+    m = _SCAN_END.search(data, start)
+    return m.start() if m else None
+
+
+#: EXIF orientation (tag 0x0112) -> how to turn the stored pixels upright.
+_ORIENTATION_TAG = 0x0112
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation of an image file (1-8; 1 when absent or invalid).
+
+    Phones store a photo the way the sensor saw it and write in this tag how to
+    turn it for viewing; every viewer does, so a person sees the sheet upright.
+    JPEG, PNG (eXIf chunk), WebP and TIFF carry it.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = Image.open(io.BytesIO(data)).getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block must not refuse a readable image
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn stored pixels upright as EXIF ``orientation`` says (as viewers do)."""
+    if orientation == 2:
+        img = cv2.flip(img, 1)
+    elif orientation == 3:
+        img = cv2.rotate(img, cv2.ROTATE_180)
+    elif orientation == 4:
+        img = cv2.flip(img, 0)
+    elif orientation == 5:
+        img = cv2.transpose(img)
+    elif orientation == 6:
+        img = cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
+    elif orientation == 7:
+        img = cv2.rotate(cv2.transpose(img), cv2.ROTATE_180)
+    elif orientation == 8:
+        img = cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return np.ascontiguousarray(img)
+
+
+def _turns_quarter(orientation: int) -> bool:
+    return orientation in (5, 6, 7, 8)
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
@@ -182,8 +277,17 @@ def _pil_pages(data: bytes, grey: bool) -> list[np.ndarray]:
                 arr = cv2.cvtColor(np.asarray(frame.convert("RGB")), cv2.COLOR_RGB2BGR)
             if grey and arr.ndim == 3:
                 arr = cv2.cvtColor(arr, cv2.COLOR_BGR2GRAY)
-            out.append(np.ascontiguousarray(arr))
+            out.append(apply_orientation(arr, _frame_orientation(frame)))
     return out
+
+
+def _frame_orientation(frame: Image.Image) -> int:
+    # Each page of a TIFF carries its own orientation tag.
+    try:
+        value = frame.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - a damaged tag leaves the page as stored
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _decode(data: bytes, info: ImageInfo, flag: int, grey: bool) -> list[np.ndarray]:
@@ -192,14 +296,15 @@ def _decode(data: bytes, info: ImageInfo, flag: int, grey: bool) -> list[np.ndar
     buf = np.frombuffer(data, np.uint8)
     if info.format in ("JPEG", "PNG", "BMP", "WEBP") and info.pages == 1:
         if info.format != "JPEG":
-            # Keep 16-bit depth and alpha for _to_uint8 (no EXIF rotation in these).
+            # Keep 16-bit depth and alpha for _to_uint8.
             flag = cv2.IMREAD_UNCHANGED
-        img = cv2.imdecode(buf, flag)
+        # The orientation is applied below, the same way for every format.
+        img = cv2.imdecode(buf, flag | cv2.IMREAD_IGNORE_ORIENTATION)
         if img is not None:
             img = _to_uint8(img)
             if grey and img.ndim == 3:
                 img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-            return [img]
+            return [apply_orientation(img, exif_orientation(data))]
     try:
         pages = _pil_pages(data, grey)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
@@ -285,29 +390,31 @@ _REDUCED = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4
 
 
 def load_grey_for_reading(data: bytes, name: str = "", *, max_pixels: int = MAX_PIXELS,
-                          min_dpi: float = MIN_READ_DPI) -> list[ReadPage]:
+                          min_dpi: float = MIN_READ_DPI,
+                          reduction: Callable[[ImageInfo], int] | None = None) -> list[ReadPage]:
     """Decode a file for the reader: grey, and as small as reading allows.
 
     Large page-sized JPEG scans are decoded straight at 1/2, 1/4 or 1/8 size by
     libjpeg (much faster than decoding fully and shrinking), as long as the page
     keeps at least ``min_dpi`` dots per inch (see ``reduction_for``). Everything
     else is decoded at full size. Returns one ``ReadPage`` per page; raises
-    ``ImageError`` like ``load_images``.
+    ``ImageError`` like ``load_images``. ``reduction``: chooses the factor
+    (1, 2, 4 or 8) instead of ``reduction_for``, for a reader that knows what
+    resolution it needs.
     """
     try:
         info = probe(data, max_pixels)
-        factor = reduction_for(info, min_dpi)
+        factor = reduction(info) if reduction is not None else reduction_for(info, min_dpi)
         if factor > 1:
             if not _jpeg_complete(data):
                 raise ImageError("truncated JPEG (the file is incomplete; upload it again)")
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[factor])
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[factor] | cv2.IMREAD_IGNORE_ORIENTATION)
             if img is not None:
                 # libjpeg rounds the reduced size up; the exact factor matters for overlays.
-                # An EXIF orientation turns the image a quarter: its size turns with it.
-                w, h = info.width, info.height
-                if (img.shape[1] > img.shape[0]) != (w > h) and w != h:
-                    w, h = h, w
-                return [ReadPage(img, factor, w, h)]
+                # An EXIF orientation turning the image a quarter turns its size with it.
+                orientation = exif_orientation(data)
+                w, h = (info.height, info.width) if _turns_quarter(orientation) else (info.width, info.height)
+                return [ReadPage(apply_orientation(img, orientation), factor, w, h)]
         pages = _decode(data, info, cv2.IMREAD_GRAYSCALE, True)
     except ImageError as exc:
         if name:

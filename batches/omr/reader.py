@@ -514,15 +514,15 @@ def read_image_bytes(data: bytes, template: Template | None = None, *, source: s
 
 
 def read_pages(data: bytes, read: Callable, unreadable: Callable[[str], SheetReading], *, source: str = "",
-               max_pixels: int = MAX_PIXELS) -> list:
+               max_pixels: int = MAX_PIXELS, reduction: Callable | None = None) -> list:
     """Decode every page of an image file and ``read(image, name)`` each: the
     loop both readers (built-in and OMRChecker templates) share. A page decoded
     at reduced size whose reading failed is read again at full size; a file that
     cannot be decoded gives ``[unreadable(reason)]``. Readings get the page's
-    scale, size and decode time."""
+    scale, size and decode time. ``reduction``: see ``load_grey_for_reading``."""
     t0 = time.perf_counter()
     try:
-        pages = load_grey_for_reading(data, max_pixels=max_pixels)
+        pages = load_grey_for_reading(data, max_pixels=max_pixels, reduction=reduction)
     except ImageError as exc:
         r = unreadable(str(exc))
         r.timings_ms = {"decode": (time.perf_counter() - t0) * 1000}

@@ -31,12 +31,16 @@ from reportlab.pdfbase.pdfmetrics import stringWidth
 
 from .layout import MM_PER_INCH, Group, PageLayout, page_layout
 from .render import render_page_image
+from .simfile import encode_oriented, quantise_grey, trailer
 from .template import DigitBlock, Template, load_template
 
 Range = float | tuple[float, float]  # a number, or a (low, high) range drawn per sheet
 
-STYLES = ("filled", "pencil", "light", "half", "tick", "cross", "circled")
+STYLES = ("filled", "pencil", "light", "half", "tick", "cross", "circled", "pen", "scribble", "across")
 MIXED_STYLES = ("filled", "pencil", "half", "tick", "cross")
+#: What real sheets show (style ``"paper"``): pencil and pen fills, quick
+#: scribbles, a stroke running on into the next bubble.
+PAPER_STYLES = ("filled", "pencil", "pen", "scribble", "across")
 PEN_STYLES = ("filled", "tick", "cross", "circled")  # styles drawn with SimOptions.pen
 BACKGROUNDS = ("wood", "dark", "grey", "light", "fabric")
 
@@ -65,9 +69,24 @@ class SimOptions:
       among ``MIXED_STYLES``). ``pen``: ink of filled/tick/cross/circled marks:
       ``"graphite"`` (pencil), ``"black"`` or ``"blue"`` (pen). ``erasure_rate``:
       fraction of questions where an earlier answer was erased before the real one
-      (or none) was marked. ``handwriting``: write the student number in its boxes
-      and scribble a name. ``stray_marks``: pencil dots and dashes away from the
-      bubbles.
+      (or none) was marked; ``whiteout_rate``: the same, covered with correction
+      fluid instead (the ink is hidden under an opaque white blob that takes the
+      printed outline with it, its dried rim shows). ``handwriting``: write the
+      student number in its boxes and scribble a name. ``stray_marks``: pencil
+      dots and dashes away from the bubbles.
+
+    Mark styles: ``filled`` (firm pencil or the ``pen``), ``pencil`` (lighter,
+    off-centre, overshooting), ``light``, ``half``, ``tick``, ``cross``,
+    ``circled`` (a ring drawn around the bubble, not filled), ``pen`` (a
+    ballpoint fill whatever ``pen`` says: black, or blue with a blue pen),
+    ``scribble`` (a quick loose zigzag that leaves paper showing), ``across``
+    (a dash through the bubble that runs on into its neighbour); ``mixed`` and
+    ``paper`` pick one per bubble among ``MIXED_STYLES`` / ``PAPER_STYLES``.
+
+    Printing: ``bubble_letters`` prints each bubble's option letter or digit
+    inside it, this dark (0-1 of black; 0: nothing inside, as this project's
+    sheets print them). Many printed sheets do: a blank "B" or "M" bubble is
+    then darker than a blank "I".
 
     Orientation (both modes): ``rotation_deg`` exact counter-clockwise rotation
     (90/180/270 swap or flip the page); ``random_turn`` adds a random quarter
@@ -87,6 +106,16 @@ class SimOptions:
     a hand's shadow on photos); ``blur`` Gaussian sigma in px; ``speckle`` toner
     specks, ``dust`` dust particles, ``hairs`` hairs/fibres (counts per page);
     ``jpeg_quality`` 1-100, or ``None`` for a lossless image.
+
+    The file (both modes): ``grey_levels`` 0 keeps the colour capture; 2 is a
+    scanner's black & white mode (black under ``bitonal_threshold``, a grey
+    level, white above); more is a grey palette of that many levels.
+    ``exif_orientation`` (1-8) stores the pixels turned and writes the EXIF tag
+    that turns them back, as a phone held sideways does (the file is then a
+    JPEG, quality 92 unless ``jpeg_quality`` says); ``image`` and the truth's
+    geometry stay upright, as a viewer shows the file. ``trailer_bytes``
+    appends that many bytes after the JPEG's end marker (a preview image and a
+    maker's block).
 
     Phone (``photo=True``; ``dpi``, ``scale``, ``perspective``, ``crop_mm``, the
     lid and ``noise`` do not apply): ``megapixels`` of the 4:3 image, held the
@@ -141,6 +170,13 @@ class SimOptions:
     sharpen: Range = 0.0
     background: str = "random"
     clutter: Range = 0
+    # what real paper and files add
+    bubble_letters: Range = 0.0
+    whiteout_rate: float = 0.0
+    grey_levels: int = 0
+    bitonal_threshold: Range = 150
+    exif_orientation: int = 1
+    trailer_bytes: Range = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The options as a JSON-ready dict (ranges become two-item lists)."""
@@ -191,6 +227,39 @@ PRESETS: dict[str, SimOptions] = {
         paper="any", colour_cast=0.14, exposure=(-0.7, 0.3), contrast=(0.7, 0.95), gradient=(0.15, 0.3),
         shadow=(0.35, 0.5), vignette=(0.3, 0.45), blur=(0.8, 1.3), shake_px=(2.0, 5.0), sensor_noise=(9.0, 13.0),
         sharpen=0.8, clutter=(3, 6), jpeg_quality=45,
+    ),
+    # What real sheets taught. A 200-dpi office scan of a sheet printed with the
+    # option letter inside every bubble, filled in by hand as people do: pencil
+    # and pen, scribbles, a dash running on into the next bubble, answers
+    # erased or covered with correction fluid, a scanner's trailer after the JPEG.
+    "scan_letters": SimOptions(
+        dpi=200, style="paper", pen="black", erasure_rate=0.03, whiteout_rate=0.03, stray_marks=(0, 2),
+        bubble_letters=(0.55, 0.85), skew_deg=(0.0, 2.0), scale=(0.98, 1.01), lid_border_mm=(0.0, 3.0),
+        lid_grey=(225, 245), paper="random", blur=0.7, noise=3.0, speckle=60, dust=10, gradient=0.05,
+        colour_cast=0.02, jpeg_quality=85, trailer_bytes=(2000, 6000),
+    ),
+    # A 300-dpi scan in black & white mode (two grey levels, lossless), letters in
+    # the bubbles, marks in pen and firm pencil, one answer whited out now and then.
+    "scan_bitonal": SimOptions(
+        dpi=300, style="paper", pen="black", whiteout_rate=0.03, bubble_letters=(0.6, 0.9), skew_deg=(0.0, 1.5),
+        scale=(0.99, 1.01), lid_border_mm=(0.0, 2.0), lid_grey=(235, 250), paper="random", blur=0.5, noise=2.0,
+        speckle=30, dust=6, grey_levels=2, bitonal_threshold=(135, 165), jpeg_quality=None,
+    ),
+    # A 75-dpi colour scan (a web image of a sheet): bubbles a dozen pixels
+    # across, letters inside them, pencil and pen.
+    "scan_lowres": SimOptions(
+        dpi=75, style="paper", pen="black", bubble_letters=(0.5, 0.8), skew_deg=(0.0, 1.5), scale=(0.99, 1.01),
+        lid_border_mm=(0.0, 3.0), lid_grey=(225, 245), paper="random", blur=0.4, noise=2.0, gradient=0.04,
+        jpeg_quality=80,
+    ),
+    # A phone held sideways: the file stores the photo turned a quarter and an
+    # EXIF tag that turns it back, with the phone's preview and maker data after
+    # the JPEG's end marker.
+    "photo_exif": SimOptions(
+        photo=True, style="pencil", erasure_rate=0.03, megapixels=8.0, skew_deg=(0.0, 6.0), tilt_deg=(3.0, 10.0),
+        fill=(0.72, 0.88), curl_mm=(0.0, 3.0), paper="random", colour_cast=0.05, exposure=(-0.3, 0.1),
+        gradient=(0.05, 0.12), shadow=(0.08, 0.18), vignette=(0.1, 0.2), blur=0.7, sensor_noise=3.0,
+        sharpen=0.4, clutter=(1, 3), jpeg_quality=88, exif_orientation=6, trailer_bytes=(20000, 60000),
     ),
 }
 
@@ -334,9 +403,12 @@ def simulate_sheet(template: Template | str, answers: dict[str, str], *, page: i
     field_styles = dict(style) if isinstance(style, dict) else {}
     for s in field_styles.values():
         _check_style(s)
+    _check_file_options(opts)
 
     seq = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32 & 0xFFFFFFFF])
-    r_marks, r_hand, r_geom, r_light, r_noise = (np.random.default_rng(s) for s in seq.spawn(5))
+    # A sixth stream for what real paper and files add: the first five, and so
+    # every sheet of the older options, stay what they were.
+    r_marks, r_hand, r_geom, r_light, r_noise, r_paper = (np.random.default_rng(s) for s in seq.spawn(6))
     params: dict[str, Any] = {}
 
     # ---- where and at what resolution the page is drawn
@@ -354,9 +426,13 @@ def simulate_sheet(template: Template | str, answers: dict[str, str], *, page: i
     selected = _parse_answers(layout, answers)
 
     ink = _Ink(grey, work_dpi, r_marks, opts.pen)
+    letters = _pick(r_paper, opts.bubble_letters)
+    if letters > 0 and printed is None:  # a printed layout of another kind draws its own
+        _print_letters(ink, layout, letters)
+        params["bubble_letters"] = letters
 
     # ---- the student's pencil work
-    styles, bubble_styles, erased = _draw_marks(ink, layout, selected, opts, field_styles, r_marks)
+    styles, bubble_styles, erased, whited = _draw_marks(ink, layout, selected, opts, field_styles, r_marks)
     hand: dict[str, Any] = {}
     if opts.handwriting:
         hand = _draw_handwriting(ink, t, page, layout, selected, r_hand)
@@ -367,12 +443,27 @@ def simulate_sheet(template: Template | str, answers: dict[str, str], *, page: i
         image, geometry = _capture_photo(ink, t, opts, cam, r_geom, r_light, r_noise, params)
     else:
         image, geometry = _capture_scan(ink, t, opts, r_geom, r_light, r_noise, params)
+    if opts.grey_levels:
+        threshold = _pick(r_paper, opts.bitonal_threshold)
+        image = quantise_grey(image, int(opts.grey_levels), threshold)
+        params.update(grey_levels=int(opts.grey_levels), bitonal_threshold=threshold)
     jpeg = None
     q = _pick(r_light, opts.jpeg_quality, integer=True) if opts.jpeg_quality is not None else None
+    tail = _pick(r_paper, opts.trailer_bytes, integer=True)
+    orientation = int(opts.exif_orientation)
+    if q is None and (orientation != 1 or tail > 0):
+        q = 92  # EXIF tags and trailers are JPEG matters
     if q is not None:
         params["jpeg_quality"] = q
-        jpeg = _jpeg_bytes(image, q)
-        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        if orientation != 1:
+            jpeg, image = encode_oriented(image, q, orientation)
+            params["exif_orientation"] = orientation
+        else:
+            jpeg = _jpeg_bytes(image, q)
+            image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        if tail > 0:
+            jpeg += trailer(image, tail, r_paper)
+            params["trailer_bytes"] = tail
 
     truth = {
         "template": t.name,
@@ -388,6 +479,7 @@ def simulate_sheet(template: Template | str, answers: dict[str, str], *, page: i
         "bubble_styles": bubble_styles,
         "erased": sorted(erased, key=layout.fields().index),
         "erased_values": erased,
+        "whited_out": whited,
         "handwriting": hand,
         "stray_marks": strays,
         "geometry": _jsonable(geometry | {"image_size": [int(image.shape[1]), int(image.shape[0])]}),
@@ -411,8 +503,15 @@ def _rng(rng: Any) -> np.random.Generator:
 
 
 def _check_style(s: str) -> None:
-    if s not in STYLES and s != "mixed":
-        raise ValueError(f"unknown mark style {s!r}; choose from {', '.join(STYLES)}, mixed")
+    if s not in STYLES and s not in ("mixed", "paper"):
+        raise ValueError(f"unknown mark style {s!r}; choose from {', '.join(STYLES)}, mixed, paper")
+
+
+def _check_file_options(opts: SimOptions) -> None:
+    if int(opts.exif_orientation) not in range(1, 9):
+        raise ValueError(f"exif_orientation must be 1-8, not {opts.exif_orientation!r}")
+    if int(opts.grey_levels) == 1 or int(opts.grey_levels) < 0 or int(opts.grey_levels) > 256:
+        raise ValueError(f"grey_levels must be 0 (colour) or 2-256, not {opts.grey_levels!r}")
 
 
 def _pick(rng: np.random.Generator, value: Any, integer: bool = False) -> Any:
@@ -655,6 +754,13 @@ def _draw_marks(ink: _Ink, layout: PageLayout, selected: dict[str, set[str]], op
     if n_erase:
         idx = rng.choice(len(questions), size=min(n_erase, len(questions)), replace=False)
         erase_keys = {questions[int(i)].key for i in idx}
+    whited: dict[str, str] = {}
+    whiteout_keys = set()
+    others = [g for g in questions if g.key not in erase_keys]
+    n_white = min(int(round(opts.whiteout_rate * len(questions))), len(others))
+    if n_white:
+        idx = rng.choice(len(others), size=n_white, replace=False)
+        whiteout_keys = {others[int(i)].key for i in idx}
     for g in layout.groups:
         base = field_styles.get(g.field, opts.style)
         if g.key in erase_keys:
@@ -663,12 +769,32 @@ def _draw_marks(ink: _Ink, layout: PageLayout, selected: dict[str, set[str]], op
                 b = free[int(rng.integers(len(free)))]
                 _erasure(ink, b.x, b.y, b.r, rng)
                 erased[g.field] = b.value
+        if g.key in whiteout_keys:
+            free = [b for b in g.bubbles if b.value not in selected[g.key]]
+            if free:
+                b = free[int(rng.integers(len(free)))]
+                _whiteout(ink, b.x, b.y, b.r, pitch.get((float(b.x), float(b.y)), 4 * b.r), rng)
+                whited[g.field] = b.value
         used: dict[str, str] = {}
         for b in g.bubbles:
             if b.value not in selected[g.key]:
                 continue
-            s = MIXED_STYLES[int(rng.integers(len(MIXED_STYLES)))] if base == "mixed" else base
-            _mark(ink, s, b.x, b.y, b.r, pitch.get((float(b.x), float(b.y)), 4 * b.r), rng)
+            if base == "mixed":
+                s = MIXED_STYLES[int(rng.integers(len(MIXED_STYLES)))]
+            elif base == "paper":
+                s = PAPER_STYLES[int(rng.integers(len(PAPER_STYLES)))]
+            else:
+                s = base
+            toward = None
+            if s == "across":
+                # The dash runs on into the nearest other bubble of the field.
+                near = [o for o in g.bubbles if o is not b]
+                if near:
+                    o = min(near, key=lambda o: math.hypot(o.x - b.x, o.y - b.y))
+                    toward = (o.x, o.y)
+                else:
+                    s = "filled"
+            _mark(ink, s, b.x, b.y, b.r, pitch.get((float(b.x), float(b.y)), 4 * b.r), rng, toward)
             used[b.value] = s
         if used:
             bubble_styles[g.key] = used
@@ -676,7 +802,7 @@ def _draw_marks(ink: _Ink, layout: PageLayout, selected: dict[str, set[str]], op
             prev = styles.get(g.field)
             merged = sorted(set(names) | set(prev.split(",") if prev else []), key=STYLES.index)
             styles[g.field] = ",".join(merged)
-    return styles, bubble_styles, erased
+    return styles, bubble_styles, erased, whited
 
 
 def _fill_path(rng: np.random.Generator, cx: float, cy: float, ru: float, rv: float, angle: float,
@@ -707,9 +833,18 @@ def _fill_path(rng: np.random.Generator, cx: float, cy: float, ru: float, rv: fl
 
 
 def _mark(ink: _Ink, style: str, cx: float, cy: float, r: float, nearest: float,
-          rng: np.random.Generator) -> None:
-    """Draw one mark of ``style`` on the bubble centred at ``(cx, cy)``, radius ``r`` px."""
-    pen = ink.pen != "graphite" and style in PEN_STYLES
+          rng: np.random.Generator, toward: tuple[float, float] | None = None) -> None:
+    """Draw one mark of ``style`` on the bubble centred at ``(cx, cy)``, radius ``r`` px.
+    ``toward``: the centre of the bubble an ``across`` dash runs on into."""
+    if style == "scribble":
+        _scribble_mark(ink, cx, cy, r, rng)
+        return
+    if style == "across":
+        _across_mark(ink, cx, cy, r, toward, rng)
+        return
+    pen = (ink.pen != "graphite" and style in PEN_STYLES) or style == "pen"
+    if style == "pen":  # a ballpoint fill on a pencil sheet: black ink
+        style = "filled"
     if pen:
         thick = ink.px_mm * rng.uniform(0.35, 0.5)
         dens, tex = rng.uniform(0.86, 0.93), 0.05
@@ -811,6 +946,118 @@ def _erasure(ink: _Ink, cx: float, cy: float, r: float, rng: np.random.Generator
                                                   0.12 * r) / 0.35, 0, 1)
     ink.lighten(area * worn * rng.uniform(0.35, 0.7), x0, y0)
     ink.deposit(residue, x0, y0, rng.uniform(0.14, 0.28), 0.35, rub)
+
+
+def _stroke_ink(ink: _Ink, rng: np.random.Generator) -> tuple[float, float, float, bool]:
+    """Width (px), density, texture and pen-ness of a stroke in the sheet's ink:
+    a ballpoint when the sheet's pen is one, else firm pencil."""
+    if ink.pen != "graphite":
+        return ink.px_mm * rng.uniform(0.35, 0.5), rng.uniform(0.86, 0.93), 0.05, True
+    return ink.px_mm * ink.stroke_mm * rng.uniform(0.9, 1.1), rng.uniform(0.6, 0.8) * ink.pressure, 0.22, False
+
+
+def _scribble_mark(ink: _Ink, cx: float, cy: float, r: float, rng: np.random.Generator) -> None:
+    """A quick loose zigzag over the bubble: strokes far apart, overshooting, paper
+    showing between them, as someone in a hurry marks an answer."""
+    thick, dens, tex, pen = _stroke_ink(ink, rng)
+    angle = ink.fill_angle + rng.normal(0, 30)
+    ext = rng.uniform(0.8, 1.1)
+    strokes = [_fill_path(rng, cx + rng.normal(0, 0.08 * r), cy + rng.normal(0, 0.08 * r), r * ext, r * ext, angle,
+                          thick * rng.uniform(1.8, 2.8), 0.5 * r, 0.5)]
+    if rng.random() < 0.6:  # a second, shorter pass across the first
+        strokes.append(_fill_path(rng, cx, cy, r * ext * 0.8, r * ext * 0.8, angle + rng.uniform(60, 120),
+                                  thick * rng.uniform(2.2, 3.2), 0.3 * r, 0.3))
+    res = ink.coverage(strokes, thick, box=(cx - 1.7 * r, cy - 1.7 * r, cx + 1.7 * r, cy + 1.7 * r))
+    if res is not None:
+        ink.deposit(res[0], res[1], res[2], dens, tex, angle, pen)
+
+
+def _across_mark(ink: _Ink, cx: float, cy: float, r: float, toward: tuple[float, float] | None,
+                 rng: np.random.Generator) -> None:
+    """A bold dash through the bubble that runs on into its neighbour at
+    ``toward``, stopping somewhere before the neighbour's centre."""
+    thick, dens, tex, pen = _stroke_ink(ink, rng)
+    tx, ty = toward if toward is not None else (cx + 2.5 * r, cy)
+    d = math.hypot(tx - cx, ty - cy) or 1.0
+    ux, uy = (tx - cx) / d, (ty - cy) / d
+    start = (cx - ux * r * rng.uniform(0.85, 1.05), cy - uy * r * rng.uniform(0.85, 1.05))
+    reach = rng.uniform(0.1, 0.6) * r  # short of the neighbour's centre
+    end = (tx - ux * reach, ty - uy * reach)
+    width = r * rng.uniform(0.9, 1.2)
+    # Drawn as a few overlapping strokes, as a bold dash is, with a slight slope.
+    strokes = []
+    for k in np.linspace(-0.5, 0.5, max(2, int(width / max(thick, 1.0)) + 1)):
+        off = k * (width - thick)
+        wob = rng.normal(0, 0.04 * r, 2)
+        strokes.append(np.array([(start[0] - uy * off + wob[0], start[1] + ux * off + wob[1]),
+                                 (end[0] - uy * off + wob[1], end[1] + ux * off + wob[0])]))
+    res = ink.coverage(strokes, thick * 1.3)
+    if res is not None:
+        ink.deposit(np.clip(res[0], 0, 1), res[1], res[2], dens, tex, math.degrees(math.atan2(-uy, ux)), pen)
+
+
+def _whiteout(ink: _Ink, cx: float, cy: float, r: float, nearest: float, rng: np.random.Generator) -> None:
+    """An answer marked, then covered with correction fluid: an opaque white blob
+    over the mark and the printed outline, a faint ghost of the ink where the
+    coat is thin, and the dried rim of the blob."""
+    _mark(ink, "pen" if ink.pen != "graphite" else "filled", cx, cy, r, nearest, rng)
+    radius = min(r * rng.uniform(1.15, 1.45), max(1.1 * r, nearest - 1.15 * r))
+    m = int(math.ceil(radius * 1.3)) + 2
+    x0, y0 = max(0, int(cx) - m), max(0, int(cy) - m)
+    x1, y1 = min(ink.w, int(cx) + m + 1), min(ink.h, int(cy) + m + 1)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    dx, dy = xx + 0.5 - cx, yy + 0.5 - cy
+    theta = np.arctan2(dy, dx)
+    ratio = rng.uniform(0.85, 1.15)
+    edge = radius * (1 + 0.07 * np.sin(3 * theta + rng.uniform(0, 6)) + 0.04 * np.sin(5 * theta + rng.uniform(0, 6)))
+    dist = np.hypot(dx * ratio, dy / ratio)
+    soft = max(0.6, 0.05 * radius)
+    inside = np.clip((edge - dist) / soft + 0.5, 0, 1).astype(np.float32)
+    coat = inside * np.float32(rng.uniform(0.9, 0.99))  # how opaque the coat is
+    white = np.float32(rng.uniform(0.94, 0.99))  # correction fluid is a little less white than paper
+    sl = ink.page[y0:y1, x0:x1]
+    sl *= 1.0 - coat
+    sl += white * coat
+    if ink.pen_layer is not None:
+        pl = ink.pen_layer[y0:y1, x0:x1]
+        pl += (1.0 - pl) * coat
+    rim = np.exp(-(((dist - edge) / max(0.8, 0.06 * radius)) ** 2)).astype(np.float32)
+    ink.deposit(rim, x0, y0, rng.uniform(0.12, 0.25), 0.0)
+
+
+def _print_letters(ink: _Ink, layout: PageLayout, darkness: float) -> None:
+    """Print each bubble's value (a letter or digit) inside it, as many sheets
+    are printed: upright, centred, about half the bubble high, in the outline's
+    ink at ``darkness``. Wide letters (M, W) hold more ink than narrow ones (I)."""
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    ss = 4  # drawn at four times the size, then averaged down: anti-aliased at any dpi
+    cache: dict[tuple[str, int], np.ndarray] = {}
+    for b in layout.bubbles:
+        text = b.value
+        if not text or len(text) > 2:
+            continue
+        key = (text, int(round(b.r * 8)))
+        cov = cache.get(key)
+        if cov is None:
+            (tw, th), _ = cv2.getTextSize(text, font, 1.0, 1)
+            cap = 0.95 * b.r * ss  # cap height, like the printed letters of real sheets
+            scale = min(cap / th, 1.25 * b.r * ss / tw)
+            weight = max(1, int(round(0.16 * b.r * ss)))
+            (tw, th), base = cv2.getTextSize(text, font, scale, weight)
+            size = int(math.ceil(2 * b.r)) + 2
+            canvas = np.zeros((size * ss, size * ss), np.uint8)
+            org = (int(round(size * ss / 2 - tw / 2)), int(round(size * ss / 2 + th / 2)))
+            cv2.putText(canvas, text, org, font, scale, 255, weight, cv2.LINE_AA)
+            cov = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+            cache[key] = cov
+        size = cov.shape[0]
+        x0 = int(round(b.x - size / 2))
+        y0 = int(round(b.y - size / 2))
+        if x0 < 0 or y0 < 0 or x0 + size > ink.w or y0 + size > ink.h:
+            continue
+        ink.deposit(cov, x0, y0, darkness, 0.0)
 
 
 # ---------------------------------------------------------------- handwriting

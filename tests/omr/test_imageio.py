@@ -156,3 +156,131 @@ def test_exif_orientation_is_applied_and_sizes_follow():
     (r,) = read_image_bytes(out.getvalue(), t)
     d = r.to_dict()
     assert d["image_size"] == [3508, 2480] and d["orientation"] == 90 and d["answers"]["q1"] == "C"
+
+
+def _upright_test_page(height: int = 240, width: int = 180) -> np.ndarray:
+    """A page no flip or turn maps onto itself: a dark block in the top-left corner."""
+    img = np.full((height, width), 220, np.uint8)
+    img[10:60, 10:40] = 0
+    img[height - 30:height - 10, width // 2:width - 10] = 90
+    return img
+
+
+def _with_orientation(stored: np.ndarray, orientation: int, fmt: str, **save) -> bytes:
+    pil = Image.fromarray(stored)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    pil.save(out, fmt, exif=exif.tobytes(), **save)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF"])
+def test_every_exif_orientation_decodes_as_viewers_show_it(fmt):
+    from PIL import ImageOps
+
+    stored = _upright_test_page()
+    for orientation in range(1, 9):
+        data = _with_orientation(stored, orientation, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        shown = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("L"))
+        (page,) = load_images(data, grey=True)
+        assert page.shape == shown.shape, (fmt, orientation)
+        # The tag was written and acted on: a quarter turn swaps the sides, any other changes the pixels.
+        if orientation >= 5:
+            assert page.shape == stored.shape[::-1], (fmt, orientation)
+        elif orientation > 1:
+            assert np.abs(page.astype(int) - stored.astype(int)).max() > 100, (fmt, orientation)
+        assert np.abs(page.astype(int) - shown.astype(int)).max() <= 2, (fmt, orientation)
+        (reading,) = load_grey_for_reading(data)
+        assert np.array_equal(reading.image, page)
+        assert (reading.width, reading.height) == (page.shape[1], page.shape[0])
+
+
+def test_a_sideways_scan_shrunk_while_decoding_reads_upright():
+    scan = np.full((3508, 2480), 230, np.uint8)
+    scan[100:400, 100:300] = 0  # top-left block of the upright page
+    stored = cv2.rotate(scan, cv2.ROTATE_90_COUNTERCLOCKWISE)  # what orientation 6 turns back
+    data = _with_orientation(stored, 6, "JPEG", quality=85, dpi=(300, 300))
+    (page,) = load_grey_for_reading(data)
+    assert page.scale == 2 and (page.width, page.height) == (2480, 3508)
+    assert page.image.shape == (1754, 1240)
+    assert page.image[100:180, 60:130].mean() < 40 and page.image[1600:1700, 1100:1200].mean() > 200
+
+
+def test_orientation_tag_of_each_tiff_page():
+    stored = _upright_test_page()
+    first, second = Image.fromarray(stored), Image.fromarray(stored)
+    second.encoderinfo = {"tiffinfo": {0x0112: 3}}  # only the second page is stored upside down
+    out = io.BytesIO()
+    first.save(out, "TIFF", save_all=True, append_images=[second])
+    pages = load_images(out.getvalue(), grey=True)
+    assert np.array_equal(pages[0], stored)
+    assert np.array_equal(pages[1], cv2.rotate(stored, cv2.ROTATE_180))
+
+
+def test_jpeg_with_bytes_after_its_end_marker_decodes_as_the_image():
+    img = _upright_test_page(400, 300)
+    data = _jpeg(img)
+    plain = load_images(data, grey=True)[0]
+    thumbnail = _jpeg(np.zeros((16, 16), np.uint8))
+    # An APP segment holding a whole small JPEG (as an EXIF thumbnail does): its
+    # end marker is not the image's end.
+    app = b"\xff\xef" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail
+    with_thumbnail = data[:2] + app + data[2:]
+    trailers = {
+        "maker trailer": data + b"\x00\x01maker-notes" * 300,
+        "second image": data + _jpeg(np.full((60, 80), 30, np.uint8)),
+        "video": data + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40,
+        "thumbnail and trailer": with_thumbnail + b"MotionPhoto_Data" + b"\xff\x00\x12" * 500,
+    }
+    for what, blob in trailers.items():
+        assert np.array_equal(load_images(blob, grey=True)[0], plain), what
+        assert np.array_equal(load_grey_for_reading(blob)[0].image, plain), what
+    progressive = io.BytesIO()
+    Image.fromarray(img).save(progressive, "JPEG", quality=85, progressive=True)
+    expected = load_images(progressive.getvalue(), grey=True)[0]
+    assert np.array_equal(load_images(progressive.getvalue() + b"trailer" * 200, grey=True)[0], expected)
+    # A scan shrunk while decoding takes the same path.
+    scan = _jpeg(np.full((3508, 2480), 230, np.uint8), dpi=300)
+    (page,) = load_grey_for_reading(scan + b"scanner-trailer" * 100)
+    assert page.scale == 2 and page.image.shape == (1754, 1240)
+
+
+def test_cut_jpeg_is_refused_whatever_follows_the_cut():
+    img = _upright_test_page(400, 300)
+    data = _jpeg(img)
+    thumbnail = _jpeg(np.zeros((16, 16), np.uint8))
+    app = b"\xff\xef" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail
+    with_thumbnail = data[:2] + app + data[2:]
+    for blob in (data[: len(data) // 2] + b"\x00" * 64,  # padded after the cut
+                 data[:700],  # headers only
+                 with_thumbnail[: len(with_thumbnail) - 500]):  # only the thumbnail's end marker is left
+        with pytest.raises(ImageError, match="truncated JPEG"):
+            load_images(blob)
+        with pytest.raises(ImageError, match="truncated JPEG"):
+            load_grey_for_reading(blob)
+
+
+def test_broken_files_get_a_plain_reason():
+    data = _jpeg(_upright_test_page(400, 300))
+    cases = {
+        b"\xff\xd8" + bytes(range(256)) * 20: "not an image",  # a JPEG start, then noise
+        data[:2] + b"\xff\xc0\x00\x11" + data[2:60]: r"truncated JPEG|damaged JPEG|not an image",
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 40: "not an image",
+    }
+    for blob, reason in cases.items():
+        with pytest.raises(ImageError, match=reason):
+            load_images(blob, "upload.jpg")
+
+
+def test_real_sheets_decode_at_their_recorded_size():
+    import csv
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "data" / "real-sheets" / "omrchecker"
+    rows = list(csv.DictReader((root / "manifest.csv").open()))
+    assert len(rows) == 15
+    for row in rows:
+        path = root / row["image"].removeprefix("omrchecker_samples/")
+        (page,) = load_grey_for_reading(path.read_bytes(), path.name)
+        assert (page.width, page.height) == (int(row["width"]), int(row["height"])), path

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +31,16 @@ import numpy as np
 
 FORMAT = "omrchecker-template/1"
 
-#: OMRChecker's built-in field types (src/constants/common.py). A field type's
-#: values and direction override the block's own, as OMRChecker merges them.
+#: OMRChecker's built-in field types (its src/constants/common.py, master). A
+#: block's own ``bubbleValues`` and ``direction`` override its type's, as
+#: OMRChecker merges them (``{**FIELD_TYPES[type], **block}``).
 FIELD_TYPES: dict[str, dict[str, Any]] = {
     "QTYPE_INT": {"bubbleValues": list("0123456789"), "direction": "vertical"},
     "QTYPE_INT_FROM_1": {"bubbleValues": list("1234567890"), "direction": "vertical"},
     "QTYPE_MCQ4": {"bubbleValues": list("ABCD"), "direction": "horizontal"},
     "QTYPE_MCQ5": {"bubbleValues": list("ABCDE"), "direction": "horizontal"},
+    "QTYPE_MCQ4_RTL": {"bubbleValues": list("DCBA"), "direction": "horizontal"},
+    "QTYPE_MCQ5_RTL": {"bubbleValues": list("EDCBA"), "direction": "horizontal"},
 }
 #: OMRChecker's default tuning config (src/defaults/config.py) where it matters here.
 DEFAULT_PROCESSING = (666, 820)  # processing_width, processing_height
@@ -46,6 +50,11 @@ TOP_KEYS = {"pageDimensions", "bubbleDimensions", "fieldBlocks", "customLabels",
             "preProcessors", "emptyValue", "$schema"}
 BLOCK_KEYS = {"origin", "bubblesGap", "labelsGap", "fieldLabels", "fieldType", "bubbleValues", "direction",
               "emptyValue", "bubbleDimensions"}
+#: Field block keys OMRChecker's format does not define but that its templates
+#: carry: its schema lets a block hold any other key, and it ignores them.
+IGNORED_BLOCK_KEYS = {
+    "bubbleCount": "the number of fields comes from fieldLabels, as in OMRChecker",
+}
 #: Pre-processor -> {option: None (implemented) or the note given when it is accepted without effect}.
 PREPROCESSORS: dict[str, dict[str, str | None]] = {
     "CropPage": {
@@ -74,6 +83,8 @@ PREPROCESSORS: dict[str, dict[str, str | None]] = {
     "MedianBlur": {"kSize": None},
     "Levels": {"low": None, "high": None, "gamma": None},
 }
+#: The sections of OMRChecker's config.json (its src/schemas/config_schema.py).
+CONFIG_SECTIONS = ("dimensions", "threshold_params", "alignment_params", "outputs")
 #: config.json sections and what becomes of them.
 CONFIG_NOTES = {
     "threshold_params": "not used: thresholds come from each sheet's own bubbles",
@@ -178,10 +189,56 @@ class OmrCheckerTemplate:
         return parse_template(data["template"], images=images, config=data.get("config"), name=data.get("name"))
 
 
+def find_in_folders(folder: Path, filename: str, root: Path | None = None) -> Path | None:
+    """The nearest ``filename`` in ``folder`` or a folder above it, as OMRChecker
+    finds ``template.json`` and ``config.json``: it walks from the folder it is
+    given down, and each folder's file holds for the folders under it.
+
+    ``root``: look no higher than this folder (OMRChecker's input folder);
+    ``folder`` must be inside it. Without it, the walk goes up to the top.
+    """
+    folder = folder.resolve()
+    top = root.resolve() if root is not None else None
+    if top is not None and folder != top and top not in folder.parents:
+        return None
+    for here in (folder, *folder.parents):
+        candidate = here / filename
+        if candidate.is_file():
+            return candidate
+        if here == top:
+            break
+    return None
+
+
+def _is_omrchecker_config(path: Path) -> bool:
+    # A config.json met above the template's folder may belong to something
+    # else (a parent project): only one made of OMRChecker's sections is taken.
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and set(data) <= set(CONFIG_SECTIONS)
+
+
+def find_omrchecker_config(template_path: Path, root: Path | None = None) -> Path | None:
+    """The ``config.json`` OMRChecker uses with the template at ``template_path``:
+    the one beside it, else the nearest one in a folder above (up to ``root``)
+    that is an OMRChecker config. None when there is none (its defaults hold)."""
+    folder = template_path.resolve().parent
+    top = root.resolve() if root is not None else None
+    for here in (folder, *folder.parents):
+        candidate = here / "config.json"
+        if candidate.is_file() and (here == folder or _is_omrchecker_config(candidate)):
+            return candidate
+        if here == top:
+            break
+    return None
+
+
 def load_omrchecker_template(json_text_or_path: str | Path | dict, marker_image_bytes: bytes | None = None,
                              config: str | Path | dict | None = None, *,
-                             images: dict[str, bytes] | None = None, name: str | None = None
-                             ) -> OmrCheckerTemplate:
+                             images: dict[str, bytes] | None = None, name: str | None = None,
+                             root: str | Path | None = None) -> OmrCheckerTemplate:
     """Import an OMRChecker template.
 
     ``json_text_or_path``: the ``template.json`` text, a path to it, or the parsed
@@ -192,6 +249,9 @@ def load_omrchecker_template(json_text_or_path: str | Path | dict, marker_image_
     names (the FeatureBasedAlignment ``reference``). Images not given are read
     from beside a template given by path. ``name``: what readings report as
     ``template`` (default: the template's folder name, else ``"omrchecker"``).
+    ``root``: for a template given by path, the folder OMRChecker would be run
+    on; a ``config.json`` is looked for beside the template and then in the
+    folders above it up to ``root`` (see ``find_omrchecker_config``).
 
     Returns an ``OmrCheckerTemplate``; raises ``OmrCheckerTemplateError``.
     """
@@ -213,8 +273,14 @@ def load_omrchecker_template(json_text_or_path: str | Path | dict, marker_image_
             source = json.loads(text)
         except json.JSONDecodeError as exc:
             raise OmrCheckerTemplateError([f"template.json is not JSON: {exc}"]) from None
-    if config is None and base is not None and (base / "config.json").is_file():
-        config = base / "config.json"
+    config_note = None
+    if config is None and base is not None:
+        found = find_omrchecker_config(base / "template.json", Path(root) if root is not None else None)
+        if found is not None:
+            config = found
+            if found.parent != base.resolve():
+                where = os.path.relpath(found, base.resolve())
+                config_note = f"config.json: {where} taken (from a folder above the template's, as OMRChecker does)"
     if config is not None and not isinstance(config, dict):
         ctext = str(config)
         if isinstance(config, Path) or not ctext.lstrip().startswith("{"):
@@ -238,7 +304,10 @@ def load_omrchecker_template(json_text_or_path: str | Path | dict, marker_image_
                 key = opts.get("reference")
             if key and key not in imgs and base is not None and (base / key).is_file():
                 imgs[key] = (base / key).read_bytes()
-    return parse_template(source, images=imgs, config=config, name=name)
+    template = parse_template(source, images=imgs, config=config, name=name)
+    if config_note:
+        template.notes.append(config_note)
+    return template
 
 
 def parse_field_labels(strings: Any, path: str, errors: list[str]) -> list[str]:
@@ -334,18 +403,25 @@ def parse_template(source: Any, *, images: dict[str, bytes] | None = None, confi
             errors.append(f"{path}: must be an object")
             continue
         for key in sorted(set(block) - BLOCK_KEYS):
-            errors.append(f"{path}.{key}: not supported")
-        merged = {"direction": "vertical", "emptyValue": empty_global, "bubbleDimensions": source.get("bubbleDimensions"),
-                  **block}
+            # OMRChecker's schema lets a block carry keys it does not define, and
+            # ignores them: so does this importer, and names each.
+            why = IGNORED_BLOCK_KEYS.get(key, "a key OMRChecker's format does not define; OMRChecker ignores it too")
+            notes.append(f"{path}.{key}: ignored ({why})")
         ftype = block.get("fieldType")
         if ftype is not None:
             if ftype not in FIELD_TYPES:
                 errors.append(f"{path}.fieldType: {ftype!r} is not supported (known: {', '.join(FIELD_TYPES)})")
                 continue
-            merged.update(FIELD_TYPES[ftype])
-        elif "bubbleValues" not in block:
-            errors.append(f"{path}: needs fieldType or bubbleValues")
-            continue
+            typed = {**FIELD_TYPES[ftype], **block}
+        else:
+            missing = [k for k in ("bubbleValues", "direction") if k not in block]
+            if missing:
+                # OMRChecker's schema: a block has a fieldType, or both of these.
+                errors.append(f"{path}: needs fieldType, or bubbleValues and direction (missing: {', '.join(missing)})")
+                continue
+            typed = block
+        merged = {"direction": "vertical", "emptyValue": empty_global, "bubbleDimensions": source.get("bubbleDimensions"),
+                  **typed}
         values = merged.get("bubbleValues")
         if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
             errors.append(f"{path}.bubbleValues: must be a non-empty list of strings")

@@ -156,8 +156,9 @@ def render_sheet(t: OmrCheckerTemplate, dpi: float = 200.0, *, letters: bool = T
             cv2.putText(img, line, (int((ox + 26) * px), y), font, lh / 34.0, 50, max(1, lh // 14), cv2.LINE_AA)
             y += int(lh * 1.5)
     title_h = max(10, int(round(4 * px)))
-    cv2.putText(img, f"{t.name}: answer sheet", (int(round((ox + 8) * px)), int(round((oy + 2) * px)) + title_h),
-                font, title_h / 30.0, 60, max(1, title_h // 12), cv2.LINE_AA)
+    if top > 8:  # the title only where it cannot cross a bubble (some templates start at the page's top)
+        cv2.putText(img, f"{t.name}: answer sheet", (int(round((ox + 8) * px)), int(round((oy + 2) * px)) + title_h),
+                    font, title_h / 30.0, 60, max(1, title_h // 12), cv2.LINE_AA)
     lay = PageLayout(template=t.name, page=1, dpi=dpi, width=W, height=H,
                      marks=tuple(Square(0, 0, 0) for _ in range(4)), key=Rect(0, 0, 0, 0), qr=Rect(0, 0, 0, 0),
                      groups=tuple(groups))

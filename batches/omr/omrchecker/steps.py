@@ -371,19 +371,25 @@ def find_markers(grey: np.ndarray, H_frame: np.ndarray, frame_w: float, frame_h:
     # Coarse: every scale on a half-size copy; fine: the best scale and its
     # neighbours at full size, only around the coarse hits.
     # (Over a whole photo the page, and so its markers, may be small: less shrinking.)
-    cf = 1.5 if wide else 2.0
+    cf = max(1.5 if wide else 2.0, expect / 16.0)  # a marker ~16 px across is enough to find it
     coarse = cv2.resize(frame, (int(ww / cf), int(wh / cf)), interpolation=cv2.INTER_AREA)
     best = None
-    for sc in scales:
-        mw = max(6, int(round(expect * sc / cf)))
-        mh = max(6, int(round(mw * aspect)))
-        if mw >= coarse.shape[1] // 2 or mh >= coarse.shape[0] // 2:
-            continue
-        tm = cv2.resize(mk, (mw, mh), interpolation=cv2.INTER_AREA)
-        qs = quarters(coarse, mw, mh, cv2.matchTemplate(coarse, tm, cv2.TM_CCOEFF_NORMED))
-        total = sum(q[0] for q in qs)
-        if best is None or total > best[0]:
-            best = (total, sc, qs)
+    # The expected size first (a scan whose page fills the image); the whole
+    # range only when a quarter has no good match there.
+    near = [sc for sc in scales if 0.75 <= sc <= 1.3]
+    for group in (near, [sc for sc in scales if sc not in near]):
+        if best is not None and min(q[0] for q in best[2]) >= max(min_match, 0.5):
+            break
+        for sc in group:
+            mw = max(6, int(round(expect * sc / cf)))
+            mh = max(6, int(round(mw * aspect)))
+            if mw >= coarse.shape[1] // 2 or mh >= coarse.shape[0] // 2:
+                continue
+            tm = cv2.resize(mk, (mw, mh), interpolation=cv2.INTER_AREA)
+            qs = quarters(coarse, mw, mh, cv2.matchTemplate(coarse, tm, cv2.TM_CCOEFF_NORMED))
+            total = sum(q[0] for q in qs)
+            if best is None or total > best[0]:
+                best = (total, sc, qs)
     if best is None:
         raise StepError("corner markers not found (marker larger than a quarter of the page)")
     _, sc0, coarse_q = best
@@ -510,48 +516,6 @@ def filter_image(grey: np.ndarray, name: str, options: dict, scale: float) -> np
         sigma = float(options.get("sigmaX", 0)) * scale
         return cv2.GaussianBlur(grey, (odd(ks[0]), odd(ks[1])), sigma)
     return grey
-
-
-def ecc_refine(grey: np.ndarray, H: np.ndarray, page_w: float, page_h: float, centres: np.ndarray,
-               r_px: float, line_px: float) -> np.ndarray | None:
-    """Correct a rough placement ``H`` (page px -> image px) on the printed
-    bubbles: the page is cut out through ``H`` and aligned (OpenCV's ECC,
-    a homography) with a drawing of the template's bubble outlines (``centres``,
-    radius ``r_px``, line width ``line_px``, page px). Pulls in a placement off
-    by up to about a bubble (a page outline found short, a marker matched a
-    little off). Returns the corrected homography, or None when ECC does not
-    converge."""
-    out = H
-    for bubble_px in (2.0, 3.2):  # coarse, then fine: bubble radius in the cut-out
-        s = bubble_px / max(r_px, 1e-6)
-        fw, fh = int(round(page_w * s)), int(round(page_h * s))
-        if fw < 40 or fh < 40 or fw * fh > 4_000_000:
-            return None
-        S = np.array([[s, 0, 0], [0, s, 0], [0, 0, 1.0]])
-        M = out @ np.linalg.inv(S)  # cut-out px -> image px
-        px_per = math.sqrt(abs(np.linalg.det((M / M[2, 2])[:2, :2])))
-        src = grey
-        if px_per > 1.6:
-            f = 1.0 / px_per
-            src = cv2.resize(grey, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-            M = np.diag([f, f, 1.0]) @ M
-        cut = cv2.warpPerspective(src, M, (fw, fh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                  borderMode=cv2.BORDER_REPLICATE)
-        drawing = np.full((fh, fw), 255, np.uint8)
-        thick = max(1, int(round(line_px * s)))
-        for x, y in centres * s:
-            cv2.circle(drawing, (int(round(x * 8)), int(round(y * 8))), int(round(bubble_px * 8)), 0, thick,
-                       cv2.LINE_AA, 3)
-        warp = np.eye(3, dtype=np.float32)
-        try:
-            _, warp = cv2.findTransformECC(drawing.astype(np.float32), cut.astype(np.float32), warp,
-                                           cv2.MOTION_HOMOGRAPHY,
-                                           (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 25, 1e-4), None, 5)
-        except cv2.error:
-            return None
-        # warp: drawing px -> cut-out px; page px -> image px becomes:
-        out = out @ np.linalg.inv(S) @ warp.astype(np.float64) @ S
-    return out
 
 
 def ecc_to_reference(grey: np.ndarray, H: np.ndarray, ref: np.ndarray) -> np.ndarray:

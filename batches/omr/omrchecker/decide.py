@@ -1,0 +1,137 @@
+"""Which bubbles are marked, from this sheet's own levels, and what is doubtful.
+
+* The printed letter inside a bubble darkens it (a blank "B" is darker than a
+  blank "I"): every bubble is compared with the blank level of the bubbles
+  printing the same value (same letter, same box size) on this sheet.
+* The threshold follows this sheet's typical clear mark (a light pencil
+  sheet gets a lower one), within fixed bounds and above the blanks' noise;
+  a sheet without any clear mark has nothing marked (an unfilled sheet reads
+  blank).
+* A bubble between the sure blank and the sure marked levels is doubt: its
+  field is flagged (``faint`` when read marked, ``ambiguous`` when read
+  blank), as are several marks in one field (``multiple``), a circle drawn
+  around a bubble instead of filling it (``circled``, read as a mark) and a block whose
+  bubbles are not where the template puts them (``misaligned``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .grid import Geometry, Measures, Placement
+
+#: A bubble this much darker than the blank level of its letter is a clear mark.
+CLEAR_MARK = 0.3
+#: The threshold: this share of the sheet's typical clear mark, within these bounds.
+MARK_SHARE = 0.33
+MIN_MARK = 0.18
+MAX_MARK = 0.3
+#: Doubt: a mark under this multiple of the threshold (faint), a blank over
+#: this share of it (ambiguous), or within this many noise widths.
+SURE_MARK_OVER = 1.4
+SURE_BLANK_UNDER = 0.7
+NOISE_SIGMAS = 5.0
+#: In a field read blank, a bubble over this share of the threshold, and as
+#: far above the field's next one, is doubt.
+STANDS_OUT = 0.35
+#: A circle drawn around a bubble shows in at least this share of the free directions.
+CIRCLED = 0.85
+#: A block with fewer bubbles on their printed outlines than this share is
+#: misaligned; so are all when most blocks show outlines one pitch outside
+#: them more often than ``BORDER_FLAG``.
+BLOCK_OK = 0.8
+BORDER_FLAG = 0.95
+
+
+@dataclass
+class Decision:
+    marked: np.ndarray  # (N,) bool
+    excess: np.ndarray  # (N,) darkness over the blank level of the bubble's letter
+    field_flags: list[list[str]]  # per field of the template
+    confidence: list[float]  # per field
+    threshold: float
+    typical: float  # typical mark excess (0 when none)
+
+
+def _threshold(e: np.ndarray, *, noise_guard: bool = True) -> tuple[np.ndarray, float, float, float]:
+    """(marked, threshold, typical mark, blank noise) for a sheet's excesses:
+    the threshold is a share of this sheet's typical clear mark (a light
+    pencil sheet gets a lower one), between ``MIN_MARK`` and ``MAX_MARK``
+    and above the blanks' noise. Without any clear mark nothing is marked."""
+    # The blanks' spread from the lower half only (marks widen the upper one).
+    noise = float(np.median(e) - np.percentile(e, 25)) / 0.674
+    clear = e[e >= CLEAR_MARK]
+    typical = float(np.median(clear)) if len(clear) else 0.0
+    thr = float(np.clip(MARK_SHARE * typical, MIN_MARK, MAX_MARK)) if len(clear) else MAX_MARK
+    if noise_guard:
+        thr = max(thr, NOISE_SIGMAS * noise)
+    return e >= thr, thr, typical, noise
+
+
+def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision:
+    # The mean and a low percentile of the inside: a letter printed in a blank
+    # bubble darkens its mean, not its lightest part; a fill darkens both.
+    score = 0.5 * (m.fill + m.low)
+    # First the blank level of each printed letter, from the bubbles that are
+    # clearly not marked; then the threshold from this sheet's typical mark.
+    # (Before the letters are accounted for, their spread is not noise.)
+    first = _threshold(score - float(np.median(score)), noise_guard=False)[0]
+    blankish = ~first
+    glob = float(np.median(score[blankish])) if blankish.any() else 0.0
+    base = np.full(len(score), glob)
+    for k in np.unique(geo.value_key):
+        sel = (geo.value_key == k) & blankish
+        if sel.sum() >= 3:
+            base[geo.value_key == k] = float(np.median(score[sel]))
+    e = score - base
+    marked, thr, typical, noise = _threshold(e)
+    sure_mark = SURE_MARK_OVER * thr
+    sure_blank = max(SURE_BLANK_UNDER * thr, NOISE_SIGMAS * noise)
+    flags: list[list[str]] = [[] for _ in range(n_fields)]
+    # A circle drawn round a bubble instead of filling it is read as a mark
+    # (as the engine reads its own sheets), and flagged.
+    circled = ~marked & (m.circle >= CIRCLED)
+    faint = marked & (e < sure_mark)
+    ambiguous = ~marked & ~circled & (e > sure_blank)
+    marked = marked | circled
+    for name, which in (("faint", faint), ("ambiguous", ambiguous), ("circled", circled)):
+        for f in np.unique(geo.field[which]).tolist():
+            _add(flags[f], name)
+    # Confidence: how far from the doubtful band, in its widths (the field's
+    # least sure bubble).
+    width = max(sure_mark - sure_blank, 1e-3)
+    c = np.clip(np.where(marked, e - sure_blank, sure_mark - e) / width, 0.0, 1.0)
+    conf_a = np.ones(n_fields)
+    np.minimum.at(conf_a, geo.field, c)
+    conf = conf_a.tolist()
+    per_field = np.bincount(geo.field, weights=marked.astype(np.float64), minlength=n_fields)
+    # A field read blank with one bubble standing out from the others (a
+    # partial fill, a small scribble): doubt, though under the blanks' limit.
+    for f in np.flatnonzero(per_field == 0):
+        ef = np.sort(e[geo.field == f])
+        if len(ef) > 1 and ef[-1] >= STANDS_OUT * thr and ef[-1] - ef[-2] >= STANDS_OUT * thr:
+            _add(flags[f], "ambiguous")
+    for f in range(n_fields):
+        if per_field[f] > 1:
+            _add(flags[f], "multiple")
+    # Outlines one pitch outside blocks: printed numbers and letters beside a
+    # block look alike there, so only most blocks showing them (the whole
+    # grid a row or column off) make the sheet's blocks misaligned.
+    grid_off = len(pl.border) > 0 and float(np.median(pl.border)) > BORDER_FLAG
+    # (One bubble off its outline in a tiny block is not a block off.)
+    missed = np.bincount(geo.block, weights=(~pl.ok).astype(np.float64), minlength=len(pl.block_ok))
+    bad_blocks = {b for b in range(len(pl.block_ok)) if (pl.block_ok[b] < BLOCK_OK and missed[b] >= 2) or grid_off}
+    for i in range(len(e)):
+        if geo.block[i] in bad_blocks:
+            _add(flags[geo.field[i]], "misaligned")
+    for f in range(n_fields):
+        if flags[f]:
+            conf[f] = min(conf[f], 0.5)
+    return Decision(marked, e, flags, [round(c, 3) for c in conf], thr, typical)
+
+
+def _add(lst: list[str], flag: str) -> None:
+    if flag not in lst:
+        lst.append(flag)

@@ -1,0 +1,623 @@
+"""The template's bubbles placed on the printed bubbles, and measured.
+
+The page, once located (``locate.py``), is cut out through its homography at
+a *measurement scale* where a bubble box is about ``BOX_PX`` pixels across
+(never finer than the image itself holds). There:
+
+* ``darkness``: each pixel's darkness relative to the paper around it (a
+  max filter wider than a bubble), so shadows and tinted paper do not count.
+* ``evidence``: how much a printed bubble outline (or a filled bubble) shows
+  centred at each pixel: the mean darkness on a ring at the printed radius
+  minus that on a ring just outside it (one linear filter).
+* ``place``: the whole grid shifted to where the evidence is highest (minus
+  what shows one pitch outside each block, so a grid one row off loses), then
+  each block shifted by at most half its pitch on its own (a curled photo, a
+  page outline a little off). A block is never moved further: a grid that
+  needs more is flagged, not snapped onto the wrong row.
+* ``verify``: per bubble, whether its outline is better centred where it is
+  read than half a pitch away.
+* ``measure``: the mean darkness inside each bubble (inside the printed
+  outline, so the outline does not count), and how much of a ring outside it
+  is dark (a circle drawn around the bubble).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .importer import OmrCheckerTemplate
+
+#: A bubble box is cut out at about this many pixels across.
+BOX_PX = 12.0
+#: Printed outline radius, as a share of the box's half size: the range accepted.
+RADII = (0.5, 1.4)
+#: Printed outline radii (shares of the box's half size) the rough fit tries, in turn.
+ROUGH_RADII = (1.0, 0.75, 1.3)
+#: A rough fit whose measured outline radius is within this (log ratio) of
+#: the ring it used is taken.
+ROUGH_AGREE = 0.25
+#: The inside measured: this share of the printed radius.
+INNER = 0.6
+#: The ring where a circle drawn around a bubble is looked for (share of the printed radius).
+CIRCLE_BAND = (1.35, 1.75)
+
+
+@dataclass
+class Geometry:
+    """A template's bubbles, flattened: page px centres, box half sizes, and
+    which block, field and printed value (letter) each bubble belongs to."""
+
+    centres: np.ndarray  # (N, 2) page px
+    half: np.ndarray  # (N, 2) box half width, height
+    block: np.ndarray  # (N,) block index
+    field: np.ndarray  # (N,) field index
+    value_key: np.ndarray  # (N,) index of (value label, box size): bubbles printing the same letter
+    block_pitch: np.ndarray  # (B,) smallest distance between two bubbles of each block
+    border: np.ndarray  # (M, 2) page px one pitch outside the blocks' sides (nothing printed there)
+    border_block: np.ndarray  # (M,)
+    free: np.ndarray  # (N, A) angles around each bubble where no other bubble is near (circle search)
+
+    @property
+    def pitch(self) -> float:
+        return float(np.median(self.block_pitch))
+
+
+_GEOMETRY: dict[int, tuple[OmrCheckerTemplate, Geometry]] = {}
+ANGLES = 24
+
+
+def geometry(t: OmrCheckerTemplate) -> Geometry:
+    hit = _GEOMETRY.get(id(t))
+    if hit is not None and hit[0] is t:
+        return hit[1]
+    cen, half, blk, fld, keys = [], [], [], [], []
+    block_ids: dict[str, int] = {}
+    key_ids: dict[tuple, int] = {}
+    for fi, f in enumerate(t.fields):
+        b = block_ids.setdefault(f.block, len(block_ids))
+        for v, c in zip(f.values, f.centres(), strict=True):
+            cen.append(c)
+            half.append((f.bubble_w / 2, f.bubble_h / 2))
+            blk.append(b)
+            fld.append(fi)
+            keys.append(key_ids.setdefault((v, f.bubble_w, f.bubble_h), len(key_ids)))
+    cen_a = np.array(cen, np.float64).reshape(-1, 2)
+    half_a = np.array(half, np.float64).reshape(-1, 2)
+    blk_a = np.array(blk, np.int64)
+    nb = len(block_ids)
+    pitch = np.zeros(nb)
+    border, border_b = [], []
+    for b in range(nb):
+        idx = np.flatnonzero(blk_a == b)
+        c = cen_a[idx]
+        if len(c) > 1:
+            d = np.hypot(c[:, None, 0] - c[None, :, 0], c[:, None, 1] - c[None, :, 1])
+            d[d < 1e-6] = np.inf
+            pitch[b] = float(d.min())
+        else:
+            pitch[b] = 2.5 * float(half_a[idx[0]].max())
+    for fields in _blocks_as_grids(t):
+        grid = np.array([f.centres() for f in fields], np.float64)  # (fields, values, 2)
+        b = block_ids[fields[0].block]
+        sides = []
+        if grid.shape[1] > 1:
+            dv = grid[:, 1] - grid[:, 0]
+            sides += [grid[:, 0] - dv, grid[:, -1] + dv]
+        if grid.shape[0] > 1:
+            dl = grid[1] - grid[0]
+            sides += [grid[0] - dl, grid[-1] + dl]
+        for side in sides:
+            for p in side:
+                near = np.hypot(*(cen_a - p).T).min()
+                if 0 <= p[0] <= t.page_w and 0 <= p[1] <= t.page_h and near > 1.6 * half_a.max():
+                    border.append(p)
+                    border_b.append(b)
+    # Directions around each bubble free of other bubbles out to the circle band.
+    ang = np.linspace(0, 2 * np.pi, ANGLES, endpoint=False)
+    free = np.ones((len(cen_a), ANGLES), bool)
+    reach = CIRCLE_BAND[1] * half_a.max(1)
+    order = np.argsort(cen_a[:, 0])
+    xs = cen_a[order, 0]
+    for i in range(len(cen_a)):
+        lo, hi = np.searchsorted(xs, cen_a[i, 0] - 3 * reach[i]), np.searchsorted(xs, cen_a[i, 0] + 3 * reach[i])
+        nb_idx = order[lo:hi]
+        nb_idx = nb_idx[nb_idx != i]
+        if not len(nb_idx):
+            continue
+        v = cen_a[nb_idx] - cen_a[i]
+        dist = np.hypot(v[:, 0], v[:, 1])
+        close = dist < reach[i] + half_a[nb_idx].max(1) * 1.1
+        if not close.any():
+            continue
+        a_nb = np.arctan2(v[close, 1], v[close, 0])
+        width = np.arcsin(np.clip(half_a[nb_idx[close]].max(1) * 1.3 / np.maximum(dist[close], 1e-6), 0, 1))
+        diff = np.abs((ang[None, :] - a_nb[:, None] + np.pi) % (2 * np.pi) - np.pi)
+        free[i] &= ~(diff < width[:, None] + 0.15).any(0)
+    g = Geometry(cen_a, half_a, blk_a, np.array(fld, np.int64), np.array(keys, np.int64), pitch,
+                 np.array(border, np.float64).reshape(-1, 2), np.array(border_b, np.int64), free)
+    _GEOMETRY[id(t)] = (t, g)
+    return g
+
+
+def _blocks_as_grids(t: OmrCheckerTemplate) -> list[list]:
+    out: dict[str, list] = {}
+    for f in t.fields:
+        out.setdefault(f.block, []).append(f)
+    return [fl for fl in out.values() if len({len(f.values) for f in fl}) == 1]
+
+
+# ---------------------------------------------------------------- the cut-out
+
+
+@dataclass
+class Cutout:
+    """The bubbles' part of the page cut out at the measurement scale:
+    ``dark`` (0..1, relative to the local paper), ``scale`` (cut-out px per
+    page px), ``origin`` (the page px at the cut-out's corner). A page px
+    ``p`` is at cut-out px ``(p - origin) * scale - 0.5``."""
+
+    dark: np.ndarray
+    scale: float
+    origin: np.ndarray
+
+    def to_cut(self, page_px: np.ndarray) -> np.ndarray:
+        return (np.asarray(page_px, np.float64) - self.origin) * self.scale - 0.5
+
+    def to_page(self, cut_px: np.ndarray) -> np.ndarray:
+        return (np.asarray(cut_px, np.float64) + 0.5) / self.scale + self.origin
+
+
+def local_scale(H: np.ndarray, t: OmrCheckerTemplate) -> float:
+    """Image px per page px at the middle of the page, through ``H``."""
+    return _local_scale(H, np.array([[t.page_w / 2, t.page_h / 2]]))
+
+
+def measurement_scale(t: OmrCheckerTemplate, H: np.ndarray, geo: Geometry) -> float:
+    """Cut-out px per page px: a box ``BOX_PX`` across, or what the image holds."""
+    c = np.array([[t.page_w / 2, t.page_h / 2]])
+    native = _local_scale(H, c)
+    box = float(np.median(geo.half.min(1))) * 2
+    return max(0.05, min(BOX_PX / max(box, 1.0), native))
+
+
+def _local_scale(H: np.ndarray, pts: np.ndarray) -> float:
+    p = np.hstack([pts, np.ones((len(pts), 1))]) @ H.T
+    w = p[:, 2:3]
+    # Jacobian determinant of the projective map at the point.
+    x, y = pts[0]
+    a = H
+    den = a[2, 0] * x + a[2, 1] * y + a[2, 2]
+    u = (a[0, 0] * x + a[0, 1] * y + a[0, 2]) / den
+    v = (a[1, 0] * x + a[1, 1] * y + a[1, 2]) / den
+    J = np.array([[(a[0, 0] - u * a[2, 0]) / den, (a[0, 1] - u * a[2, 1]) / den],
+                  [(a[1, 0] - v * a[2, 0]) / den, (a[1, 1] - v * a[2, 1]) / den]])
+    del w
+    return math.sqrt(abs(np.linalg.det(J)))
+
+
+def cut_out(grey: np.ndarray, H: np.ndarray, t: OmrCheckerTemplate, scale: float, geo: Geometry) -> Cutout:
+    """The part of the page holding the bubbles (with a margin for the
+    placement's search and the paper level around them) cut out through
+    ``H`` at ``scale``, as darkness relative to the local paper."""
+    margin = float(geo.block_pitch.max()) + 4 * float(geo.half.max())
+    pts = np.vstack([geo.centres, geo.border]) if len(geo.border) else geo.centres
+    lo = np.maximum(pts.min(0) - margin, 0.0)
+    hi = np.minimum(pts.max(0) + margin, [t.page_w, t.page_h])
+    w, h = max(8, int(round((hi[0] - lo[0]) * scale))), max(8, int(round((hi[1] - lo[1]) * scale)))
+    S_inv = np.array([[1 / scale, 0, 0.5 / scale + lo[0]], [0, 1 / scale, 0.5 / scale + lo[1]], [0, 0, 1.0]])
+    M = H @ S_inv  # cut-out px (centres at whole numbers) -> image px
+    px_per = _local_scale(M, np.array([[w / 2, h / 2]]))
+    src = grey
+    if px_per > 1.8:  # shrink first: warping straight from a much finer image aliases
+        f = 1.0 / px_per
+        src = cv2.resize(grey, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        M = np.array([[f, 0, 0.5 * f - 0.5], [0, f, 0.5 * f - 0.5], [0, 0, 1.0]]) @ M
+    page = cv2.warpPerspective(src, M, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_REPLICATE)
+    return Cutout(darkness(page, float(geo.half.max()) * 2 * scale), scale, lo)
+
+
+def darkness(page: np.ndarray, box_px: float) -> np.ndarray:
+    """0 (paper) .. 1 (black): each pixel against the paper around it (a max
+    filter a few bubbles wide, taken at quarter size and smoothed)."""
+    h, w = page.shape
+    q = 4 if min(h, w) >= 200 else 1
+    small = cv2.resize(page, (max(1, w // q), max(1, h // q)), interpolation=cv2.INTER_AREA) if q > 1 else page
+    k = max(3, int(round(2.5 * box_px / q))) | 1
+    paper = cv2.dilate(small, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+    paper = cv2.blur(paper, (k, k))
+    if q > 1:
+        paper = cv2.resize(paper, (w, h), interpolation=cv2.INTER_LINEAR)
+    paper = np.maximum(paper.astype(np.float32), 24.0)
+    return np.clip(1.0 - page.astype(np.float32) / paper, 0.0, 1.0)
+
+
+def _ring_kernel(rx: float, ry: float, inner: float, outer: float, R: int) -> np.ndarray:
+    """Mean over the elliptical band ``inner``..``outer`` (shares of rx, ry),
+    on a (2 R + 1)^2 kernel."""
+    yy, xx = np.mgrid[-R:R + 1, -R:R + 1].astype(np.float32)
+    # sub-sample 4x4 for a smooth band on small radii
+    acc = np.zeros_like(xx)
+    for oy in (-0.375, -0.125, 0.125, 0.375):
+        for ox in (-0.375, -0.125, 0.125, 0.375):
+            rr = np.sqrt(((xx + ox) / rx) ** 2 + ((yy + oy) / ry) ** 2)
+            acc += ((rr >= inner) & (rr < outer)).astype(np.float32)
+    return acc / max(float(acc.sum()), 1e-6)
+
+
+def evidence_of(dark: np.ndarray, rx: float, ry: float, pitch: float) -> np.ndarray:
+    """Printed outline (or fill) evidence at every pixel for an outline of
+    radii ``rx``, ``ry`` cut-out px: the ring minus just outside it (not as
+    far out as the next bubble's outline, ``pitch`` away)."""
+    return cv2.filter2D(dark, cv2.CV_32F, ring_kernel(rx, ry, pitch), borderType=cv2.BORDER_REPLICATE)
+
+
+def ring_kernel(rx: float, ry: float, pitch: float) -> np.ndarray:
+    """The kernel of ``evidence_of``."""
+    r = max(rx, ry)
+    outer = float(np.clip(0.9 * (pitch - r) / max(r, 1e-6), 1.3, 1.6))
+    R = int(math.ceil(r * outer)) + 1
+    return _ring_kernel(rx, ry, 0.75, 1.15, R) - _ring_kernel(rx, ry, 1.15, outer, R)
+
+
+# ---------------------------------------------------------------- placement
+
+
+class _Padded:
+    """E padded once, so windows around points near its edges read zeros."""
+
+    def __init__(self, E: np.ndarray, pad: int):
+        self.pad = pad
+        self.E = cv2.copyMakeBorder(E, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0.0)
+
+    def windows(self, pts: np.ndarray, reach: int) -> tuple[np.ndarray, np.ndarray]:
+        """E in the (2 reach + 1)^2 window around each of ``pts`` (px of E,
+        rounded), as (N, side, side), and which points had a whole window."""
+        side = 2 * reach + 1
+        hp, wp = self.E.shape
+        ip = np.rint(np.asarray(pts, np.float64)).astype(np.int64) + self.pad - reach
+        inside = (ip[:, 0] >= 0) & (ip[:, 1] >= 0) & (ip[:, 0] + side <= wp) & (ip[:, 1] + side <= hp)
+        ip = ip[inside]
+        d = np.arange(side)
+        rows = ip[:, 1, None, None] + d[None, :, None]
+        cols = ip[:, 0, None, None] + d[None, None, :]
+        return self.E[rows, cols], inside
+
+    def window_sum(self, pts: np.ndarray, reach: int) -> np.ndarray:
+        """Sum over ``pts`` (px of E) of E in a (2 reach + 1)^2 window
+        around each: the score of every integer shift of the point set."""
+        win, _ = self.windows(pts, reach)
+        return win.sum(0, dtype=np.float64)
+
+
+def _peak(acc: np.ndarray) -> tuple[float, float, float]:
+    """(dx, dy, value) of the maximum, sub-pixel by parabolas."""
+    _, mv, _, ml = cv2.minMaxLoc(acc)
+    x, y = ml
+    dx = dy = 0.0
+    if 0 < x < acc.shape[1] - 1:
+        a, b, c = acc[y, x - 1], acc[y, x], acc[y, x + 1]
+        den = a - 2 * b + c
+        dx = 0.5 * (a - c) / den if den < 0 else 0.0
+    if 0 < y < acc.shape[0] - 1:
+        a, b, c = acc[y - 1, x], acc[y, x], acc[y + 1, x]
+        den = a - 2 * b + c
+        dy = 0.5 * (a - c) / den if den < 0 else 0.0
+    r = acc.shape[0] // 2
+    return x + dx - r, y + dy - r, float(mv)
+
+
+@dataclass
+class Placement:
+    """Where each bubble is in the cut-out (px), and how well it fits."""
+
+    pos: np.ndarray  # (N, 2)
+    radius: float  # printed radius as a share of the box half size
+    score: float  # global evidence score (mean at bubbles minus mean one pitch outside)
+    ok: np.ndarray  # (N,) outline best centred where read
+    block_ok: np.ndarray  # (B,) share of ok per block
+    border: np.ndarray  # (B,) mean evidence one pitch outside each block, over that at its bubbles
+    shift: tuple[float, float]  # global shift applied, cut-out px
+
+    @property
+    def quality(self) -> float:
+        """Share of bubbles on their printed outlines, less a half when most
+        blocks show outlines one pitch outside them (the grid a row off), less
+        the share of blocks off their outlines."""
+        off = len(self.border) > 0 and float(np.median(self.border)) > 0.95
+        # Blocks off their outlines (a page taken with its margin, an
+        # outline found short): the page is not where this placement puts
+        # it, though blocks shifted half a pitch find outlines.
+        bad = float(np.mean(self.block_ok < 0.8))
+        return float(self.ok.mean()) - (0.5 if off else 0.0) - bad
+
+
+def _peaks(pe: _Padded, pos: np.ndarray, reach: float) -> tuple[np.ndarray, np.ndarray]:
+    """Where the evidence peaks within ``reach`` of each point (sub-pixel,
+    by parabolas), and how high; points too near the edge stay put, at 0."""
+    r = max(1, int(reach))
+    side = 2 * r + 1
+    found = np.array(pos, np.float64)
+    strength = np.zeros(len(pos))
+    win, inside = pe.windows(pos, r)
+    if not len(win):
+        return found, strength
+    flat = win.reshape(len(win), -1)
+    k = np.argmax(flat, 1)
+    ky, kx = np.divmod(k, side)
+    n = np.arange(len(win))
+
+    def offset(a: np.ndarray, b: np.ndarray, c: np.ndarray, edge: np.ndarray) -> np.ndarray:
+        den = a - 2 * b + c
+        ok = edge & (den < 0)
+        return np.where(ok, 0.5 * (a - c) / np.where(ok, den, -1.0), 0.0)
+
+    xin = (kx > 0) & (kx < side - 1)
+    yin = (ky > 0) & (ky < side - 1)
+    kxm, kxp = np.clip(kx - 1, 0, side - 1), np.clip(kx + 1, 0, side - 1)
+    kym, kyp = np.clip(ky - 1, 0, side - 1), np.clip(ky + 1, 0, side - 1)
+    b = win[n, ky, kx]
+    dx = offset(win[n, ky, kxm], b, win[n, ky, kxp], xin)
+    dy = offset(win[n, kym, kx], b, win[n, kyp, kx], yin)
+    base = np.rint(np.asarray(pos, np.float64)[inside])
+    found[inside] = base + np.stack([kx + dx - r, ky + dy - r], 1)
+    strength[inside] = b
+    return found, strength
+
+
+def _fit_block(pe: _Padded, pos: np.ndarray, reach: float) -> np.ndarray | None:
+    """The affine map (2 x 3) that best takes a block's bubbles onto the
+    printed outlines found within ``reach`` of each (RANSAC): the gaps an
+    author measured on one warped photo, or a curled page, stretch a block by
+    a fraction of a pitch along its length. None when too few agree."""
+    if len(pos) < 6 or reach < 1:
+        return None
+    found_a, strength = _peaks(pe, pos, reach)
+    strong = strength > 0.5 * float(np.median(strength))
+    if strong.sum() < max(4, len(pos) // 2):
+        return None
+    A, inl = cv2.estimateAffine2D(pos[strong], found_a[strong], method=cv2.RANSAC,
+                                  ransacReprojThreshold=max(1.0, 0.4 * reach), maxIters=200, confidence=0.99,
+                                  refineIters=10)
+    if A is None or inl is None or int(inl.sum()) < max(4, len(pos) // 2):
+        return None
+    moved = pos @ A[:, :2].T + A[:, 2]
+    if np.abs(moved - pos).max() > reach:
+        return None
+    return A
+
+
+def _block_score(E: np.ndarray, pos: np.ndarray, border: np.ndarray) -> float:
+    score = float(_sample(E, pos).mean())
+    if len(border):
+        score -= 0.5 * float(_sample(E, border).mean())
+    return score
+
+
+def _outline_radius(dark: np.ndarray, pos: np.ndarray, hx: float, hy: float) -> float:
+    """The printed outline's radius, as a share of the box half sizes: where
+    the mean radial darkness profile of the unfilled bubbles peaks (letters
+    printed inside stay inside 0.6 of it)."""
+    a = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    rs = np.linspace(0.0, 1.6, 17)
+    px = pos[:, 0, None, None] + hx * rs[None, None, :] * np.cos(a)[None, :, None]
+    py = pos[:, 1, None, None] + hy * rs[None, None, :] * np.sin(a)[None, :, None]
+    prof = _sample(dark, np.stack([px, py], -1)).mean(1)  # (N, R)
+    unfilled = prof[:, :4].mean(1) < 0.3
+    if unfilled.sum() < 3:
+        return 1.0
+    mean = prof[unfilled].mean(0)
+    lo = int(np.searchsorted(rs, 0.6))
+    j = lo + int(np.argmax(mean[lo:]))
+    return float(np.clip(rs[j] / 0.95, min(RADII), max(RADII)))
+
+
+def _outline_radius(dark: np.ndarray, pos: np.ndarray, hx: float, hy: float) -> float:
+    """The printed outline's radius, as a share of the box half sizes: where
+    the mean radial darkness profile of the unfilled bubbles peaks (a letter
+    printed inside stays well inside it)."""
+    if len(pos) > 160:  # a spread of them is plenty
+        pos = pos[np.linspace(0, len(pos) - 1, 160).astype(int)]
+    a = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    rs = np.linspace(0.0, 1.6, 33)
+    px = pos[:, 0, None, None] + hx * rs[None, None, :] * np.cos(a)[None, :, None]
+    py = pos[:, 1, None, None] + hy * rs[None, None, :] * np.sin(a)[None, :, None]
+    prof = _sample(dark, np.stack([px, py], -1)).mean(1)  # (N, R)
+    inner = prof[:, :8].mean(1)
+    unfilled = inner < np.percentile(inner, 60)
+    if unfilled.sum() < 3:
+        return 1.0
+    mean = prof[unfilled].mean(0)
+    lo = int(np.searchsorted(rs, 0.5))
+    j = lo + int(np.argmax(mean[lo:]))
+    return float(np.clip(rs[j] / 0.95, min(RADII), max(RADII)))
+
+
+def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
+    """Fit the grid on the printed bubbles: a global shift within ``search``
+    (share of the page's larger side, at most half a pitch), then each block
+    within half its pitch; the printed radius chosen among ``RADII``."""
+    s = cut.scale
+    base = cut.to_cut(geo.centres)
+    bpts = cut.to_cut(geo.border)
+    hx, hy = float(np.median(geo.half[:, 0])) * s, float(np.median(geo.half[:, 1])) * s
+    # A grid repeats: shifted by a whole pitch it sits on printed bubbles too.
+    # The page's location must be right to within half a pitch; further is
+    # left to the caller (another placement), never snapped onto another row.
+    reach = max(2, int(round(min(search * max(cut.dark.shape), 0.45 * float(geo.block_pitch.min()) * s))))
+    # Only the region of the bubbles is filtered.
+    margin = reach + int(math.ceil(2 * max(hx, hy) * max(RADII))) + 2
+    allp = np.vstack([base, bpts]) if len(bpts) else base
+    h, w = cut.dark.shape
+    x0, y0 = max(0, int(allp[:, 0].min()) - margin), max(0, int(allp[:, 1].min()) - margin)
+    x1, y1 = min(w, int(allp[:, 0].max()) + margin + 1), min(h, int(allp[:, 1].max()) + margin + 1)
+    region = cut.dark[y0:y1, x0:x1]
+    off = np.array([x0, y0], np.float64)
+    base_r, bpts_r = base - off, bpts - off
+
+    pitch = float(np.median(geo.block_pitch)) * s
+    pad = int(math.ceil(0.5 * pitch)) + 3
+
+    def fit_blocks(pe: _Padded, affine: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Each block on its own within half its pitch of where the page puts
+        it (never further: a block moved a whole row reads the wrong row)."""
+        E = pe.E[pe.pad:-pe.pad, pe.pad:-pe.pad]
+        pos, bpos = base_r.copy(), bpts_r.copy()
+        for b in range(len(geo.block_pitch)):
+            idx = np.flatnonzero(geo.block == b)
+            bi = np.flatnonzero(geo.border_block == b)
+            r = min(max(1, int(math.floor(0.45 * geo.block_pitch[b] * s))), pe.pad - 2)
+            dx, dy, _ = _peak(pe.window_sum(pos[idx], r) / len(idx))
+            pos[idx] += [dx, dy]
+            bpos[bi] += [dx, dy]
+            A = _fit_block(pe, pos[idx], 0.25 * geo.block_pitch[b] * s) if affine else None
+            if A is not None:
+                # Kept only when the block sits better on its outlines,
+                # counting what then shows one pitch outside it (a block
+                # stretched onto the next row shows a row of outlines past its
+                # end), and stays within half a pitch of where the page put it.
+                moved, bmoved = pos[idx] @ A[:, :2].T + A[:, 2], bpos[bi] @ A[:, :2].T + A[:, 2]
+                if (np.abs(moved - base_r[idx]).max() < 0.5 * geo.block_pitch[b] * s
+                        and _block_score(E, moved, bmoved) >= _block_score(E, pos[idx], bpos[bi])):
+                    pos[idx], bpos[bi] = moved, bmoved
+        return pos, bpos
+
+    # With a box-sized ring first (the template's author drew the boxes over
+    # the bubbles), then with the printed outline's own radius measured where
+    # that put the bubbles.
+    # Where the blocks are, roughly, with a box-sized ring, from the darkness
+    # itself (the evidence summed over a block's bubbles is the ring filter
+    # of their summed darkness: no filtering of the whole page for it); the
+    # outline's own radius measured there; then the blocks fitted on the
+    # evidence of a ring of that radius.
+    def rough_fit(r_share: float) -> np.ndarray:
+        k1 = ring_kernel(r_share * hx, r_share * hy, pitch)
+        R1 = k1.shape[0] // 2
+        pd = _Padded(region, pad + R1)
+        pos = base_r.copy()
+        for b in range(len(geo.block_pitch)):
+            idx = np.flatnonzero(geo.block == b)
+            r = min(max(1, int(math.floor(0.45 * geo.block_pitch[b] * s))), pad - 2)
+            acc = pd.window_sum(pos[idx], r + R1).astype(np.float32)
+            score = cv2.filter2D(acc, cv2.CV_32F, k1, borderType=cv2.BORDER_CONSTANT)[R1:-R1, R1:-R1]
+            dx, dy, _ = _peak(score.astype(np.float64))
+            pos[idx] += [dx, dy]
+        return pos
+
+    # The printed outline's size is not the box's: rough fits with a ring the
+    # box's size, and larger and smaller, each followed by the outline's
+    # radius measured where it put the bubbles; the fit that finds the
+    # outline at the size it looked for is on the bubbles (where large
+    # circles meet, their arcs fit a small ring but measure otherwise).
+    best = None
+    for r_share in ROUGH_RADII:
+        measured = _outline_radius(region, rough_fit(r_share), hx, hy)
+        # (A radius at the end of the range searched was not found, only bounded.)
+        at_end = min(abs(measured - RADII[0]), abs(measured - RADII[1])) < 1e-6
+        miss = abs(math.log(measured / r_share)) + (1.0 if at_end else 0.0)
+        if best is None or miss < best[0]:
+            best = (miss, measured)
+        if miss < ROUGH_AGREE:
+            break
+    rr = best[1]
+    pe = _Padded(evidence_of(region, rr * hx, rr * hy, pitch), pad)
+    pos, bpos = fit_blocks(pe, True)
+    E = pe.E[pe.pad:-pe.pad, pe.pad:-pe.pad]
+    gdx, gdy = (pos - base_r).mean(0).tolist()
+    v = 0.0
+    ok, block_ok, border = _verify(E, pos, geo, s, bpos)
+    return Placement(pos + off, rr, v, ok, block_ok, border, (gdx, gdy))
+
+
+def _apply(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return cv2.perspectiveTransform(np.asarray(pts, np.float64).reshape(-1, 1, 2), H).reshape(-1, 2)
+
+
+def _sample(img: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Bilinear samples of ``img`` at ``pts`` (..., 2)."""
+    shape = pts.shape[:-1]
+    p = pts.reshape(-1, 2).astype(np.float32)
+    n = len(p)
+    cols = 1024  # remap's maps must stay under 32767 px a side
+    rows = -(-n // cols)
+    mx = np.zeros(rows * cols, np.float32)
+    my = np.zeros(rows * cols, np.float32)
+    mx[:n], my[:n] = p[:, 0], p[:, 1]
+    out = cv2.remap(img, mx.reshape(rows, cols), my.reshape(rows, cols), cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE)
+    return out.ravel()[:n].reshape(shape)
+
+
+def _verify(E: np.ndarray, pos: np.ndarray, geo: Geometry, s: float, bpts: np.ndarray):
+    half = 0.5 * geo.block_pitch[geo.block] * s
+    offs = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], np.float64)
+    here = _sample(E, pos)
+    around = _sample(E, pos[:, None, :] + offs[None] * half[:, None, None]).mean(1)
+    typical = float(np.median(here))
+    ok = (here > around) & (here > 0.25 * typical)
+    nb = len(geo.block_pitch)
+    block_ok = np.array([ok[geo.block == b].mean() for b in range(nb)])
+    border = np.zeros(nb)
+    if len(bpts):
+        # A bubble outline one pitch outside a block: as strong as the
+        # block's own, and centred there (printed numbers and letters beside
+        # a block show some evidence, not a centred ring).
+        bhalf = 0.5 * geo.block_pitch[geo.border_block] * s
+        at_border = _sample(E, bpts)
+        b_around = _sample(E, bpts[:, None, :] + offs[None] * bhalf[:, None, None]).mean(1)
+        shows = (at_border > 0.7 * typical) & (at_border > b_around)
+        for b in range(nb):
+            sel = geo.border_block == b
+            if sel.any():
+                border[b] = float(np.mean(shows[sel]))
+    return ok, block_ok, border
+
+
+# ---------------------------------------------------------------- measurement
+
+
+@dataclass
+class Measures:
+    fill: np.ndarray  # (N,) mean darkness inside the printed outline
+    dark_share: np.ndarray  # (N,) share of the inside darker than 0.5
+    circle: np.ndarray  # (N,) share of the free directions with a dark ring outside the outline
+    ink: float  # typical darkness of print on this sheet
+    low: np.ndarray  # (N,) the inside's 30th percentile darkness: a letter printed in a blank bubble leaves it light
+
+
+def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
+    s = cut.scale
+    n = len(pl.pos)
+    # Inside: a disc of sample points (polar grid, even in area), within the
+    # printed outline and the box both.
+    rx = geo.half[:, 0] * s * min(pl.radius, 1.0)
+    ry = geo.half[:, 1] * s * min(pl.radius, 1.0)
+    rad = np.sqrt(np.linspace(0.0, 1.0, 5)[1:]) * INNER
+    ang = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    ux = np.concatenate([[0.0], (rad[:, None] * np.cos(ang)[None]).ravel()])
+    uy = np.concatenate([[0.0], (rad[:, None] * np.sin(ang)[None]).ravel()])
+    pts = np.stack([pl.pos[:, 0:1] + rx[:, None] * ux[None], pl.pos[:, 1:2] + ry[:, None] * uy[None]], -1)
+    inside = _sample(cut.dark, pts)
+    fill = inside.mean(1)
+    share = (inside > 0.5).mean(1)
+    k30 = int(0.3 * (inside.shape[1] - 1))
+    low = np.partition(inside, k30, axis=1)[:, k30]
+    # Outside: a ring where a drawn circle would be, in the free directions.
+    rx = geo.half[:, 0] * s * pl.radius
+    ry = geo.half[:, 1] * s * pl.radius
+    a = np.linspace(0, 2 * np.pi, ANGLES, endpoint=False)
+    radii = np.linspace(CIRCLE_BAND[0], CIRCLE_BAND[1], 3)
+    cx = pl.pos[:, 0, None, None] + rx[:, None, None] * radii[None, None, :] * np.cos(a)[None, :, None]
+    cy = pl.pos[:, 1, None, None] + ry[:, None, None] * radii[None, None, :] * np.sin(a)[None, :, None]
+    ring = _sample(cut.dark, np.stack([cx, cy], -1)).max(2)  # (N, A)
+    ink = float(np.percentile(cut.dark[::3, ::3], 99.5))
+    dark_dirs = ring > max(0.25, 0.4 * ink)
+    nfree = geo.free.sum(1)
+    circle = np.where(nfree >= ANGLES // 3, (dark_dirs & geo.free).sum(1) / np.maximum(nfree, 1), 0.0)
+    del n
+    return Measures(fill.astype(np.float64), share.astype(np.float64), circle.astype(np.float64), ink,
+                    low.astype(np.float64))

@@ -1,0 +1,140 @@
+"""The OMRChecker sample sheets (real phone photos and scans, answers read by
+eye; ``tests/data/real-sheets/omrchecker/README.md``) read with their own
+templates: every answer is the truth or is flagged, sheets without a doubtful
+mark are not sent to review, readings repeat to the byte, and an unfilled
+sheet of every sample template reads blank."""
+
+from __future__ import annotations
+
+import csv
+import json
+from functools import cache, lru_cache
+from pathlib import Path
+
+import cv2
+import pytest
+
+from batches.omr.omrchecker import load_omrchecker_template, read_omrchecker_image_bytes, read_omrchecker_sheet
+from batches.omr.omrchecker.render import render_sheet
+
+ROOT = Path(__file__).resolve().parent.parent / "data" / "real-sheets" / "omrchecker"
+SETS = sorted(p.parent.relative_to(ROOT).as_posix() for p in ROOT.glob("**/ground_truth.csv"))
+
+#: Sheets with no doubtful mark that are still sent to review, and why (see
+#: docs/omrchecker.md, "What still fails"). A sheet leaving this list must be
+#: taken off it; a sheet joining it fails the test.
+KNOWN_NEEDLESS = {
+    # The booklet-number grid is printed 1..9, 0 while the template says
+    # QTYPE_INT (0..9), and sits a row off it: the field cannot be read right
+    # from the template, so it is flagged misaligned rather than read wrong.
+    ("community/Sandeep-1507", "omr-2.png"): "booklet grid printed otherwise than its template",
+    ("community/Sandeep-1507", "omr-3.png"): "booklet grid printed otherwise than its template",
+}
+
+
+def _set_id(set_path: str) -> str:
+    return "sample3" if set_path.startswith("sample3") else set_path
+
+
+@lru_cache(maxsize=1)
+def _long_truth() -> tuple[dict, set]:
+    alternatives: dict[tuple, set[str]] = {}
+    doubtful: set[tuple] = set()
+    with open(ROOT / "ground_truth_long.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            key = (r["set_id"], Path(r["image"]).name)
+            if r["accepted_alternatives"]:
+                alternatives.setdefault(key + (r["output_column"],), set()).update(r["accepted_alternatives"].split("|"))
+            e = r["expected"]
+            if r["ambiguous"] == "1" or (len(e) > 1 and not e.isdigit()):
+                doubtful.add(key)
+    return alternatives, doubtful
+
+
+@cache
+def _template(set_path: str):
+    return load_omrchecker_template(ROOT / set_path / "template.json")
+
+
+@cache
+def _readings(set_path: str) -> list[tuple[dict, dict]]:
+    """(truth row, reading) per real image of the set."""
+    real = {}
+    with open(ROOT / "manifest.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            real[(r["set_id"], Path(r["image"]).name)] = r["real_capture"] == "yes"
+    t = _template(set_path)
+    out = []
+    with open(ROOT / set_path / "ground_truth.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            path = ROOT / set_path / row["file"]
+            if not real.get((_set_id(set_path), path.name), True):
+                continue
+            reading = read_omrchecker_image_bytes(path.read_bytes(), t, source=path.name)[0].to_dict()
+            out.append((row, reading))
+    return out
+
+
+def _norm(value: str | None, empty: str) -> str:
+    value = (value or "").strip()
+    if empty and not empty.isdigit():
+        value = value.replace(empty, "")
+    return value.upper()
+
+
+@pytest.mark.parametrize("set_path", SETS)
+def test_every_answer_is_right_or_flagged(set_path):
+    alternatives, _ = _long_truth()
+    empty = json.loads((ROOT / set_path / "template.json").read_text()).get("emptyValue", "")
+    silent = []
+    for row, reading in _readings(set_path):
+        name = Path(row["file"]).name
+        for col, truth in row.items():
+            if col == "file":
+                continue
+            got = _norm(reading["answers"].get(col), empty)
+            if got == truth.upper() or got in alternatives.get((_set_id(set_path), name, col), set()):
+                continue
+            flagged = reading["needs_review"] or set(reading["flags"].get(col, [])) - {"blank"}
+            if not flagged:
+                silent.append(f"{name} {col}: read {got!r}, truth {truth!r}")
+    assert not silent, silent
+
+
+@pytest.mark.parametrize("set_path", SETS)
+def test_sheets_without_doubtful_marks_are_not_sent_to_review(set_path):
+    _, doubtful = _long_truth()
+    needless = set()
+    for row, reading in _readings(set_path):
+        key = (_set_id(set_path), Path(row["file"]).name)
+        if key not in doubtful and reading["needs_review"]:
+            needless.add((set_path, key[1]))
+    known = {k for k in KNOWN_NEEDLESS if k[0] == set_path}
+    assert needless == known, {k: KNOWN_NEEDLESS.get(k, "not expected") for k in needless ^ known}
+
+
+def test_the_same_image_reads_the_same_to_the_byte():
+    for set_path, name in (("sample4", "IMG_20201116_143512.jpg"), ("community/UmarFarootAPS", "scans/scan-type-2.jpg")):
+        data = (ROOT / set_path / name).read_bytes()
+        t = _template(set_path)
+        texts = []
+        for _ in range(2):
+            out = read_omrchecker_image_bytes(data, t, source=name)[0].to_dict()
+            out.pop("timings_ms")
+            texts.append(json.dumps(out, sort_keys=True))
+        assert texts[0] == texts[1]
+
+
+@pytest.mark.parametrize("set_path", SETS)
+def test_an_unfilled_sheet_of_each_sample_template_reads_blank(set_path):
+    t = _template(set_path)
+    image, _ = render_sheet(t, 150.0)
+    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+    # On a darker desk, as a photo or a scan of the page would show it.
+    desk = cv2.copyMakeBorder(grey, 60, 60, 60, 60, cv2.BORDER_CONSTANT, value=70)
+    out = read_omrchecker_sheet(desk, t).to_dict()
+    assert out["error"] is None, out["error"]
+    empty = {f.label: f.empty_value for f in t.fields}
+    assert out["fields"] == empty
+    assert all(flags == ["blank"] for flags in out["flags"].values()), out["flags"]
+    assert out["needs_review"] is False
