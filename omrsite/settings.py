@@ -15,6 +15,8 @@ Environment variables (all optional):
   ``OMR_MAX_UNCOMPRESSED_MB``, ``OMR_MAX_IMAGE_ENTRY_MB``, ``OMR_MAX_COMPRESSION_RATIO``: the limits on
   what an upload may contain.
 - ``OMR_UPLOAD_EXPIRY_HOURS``, ``OMR_TUS_MAX_CHUNK_MB``: resumable uploads (expiry, largest PATCH body).
+- ``OMR_DB_POOL_SIZE``, ``OMR_DB_POOL_TIMEOUT``: the web process's PostgreSQL connection pool.
+- ``OMR_MAX_STREAMS_PER_USER``, ``OMR_STREAM_MAX_SECONDS``: open progress streams per user, and their lifetime.
 """
 
 from __future__ import annotations
@@ -156,6 +158,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         import tempfile
 
         DATABASES["default"]["TEST"] = {"NAME": str(Path(tempfile.gettempdir()) / f"omr-test-{os.getpid()}.sqlite3")}
+# PostgreSQL: a process without persistent connections (the web process)
+# shares a pool of at most OMR_DB_POOL_SIZE connections among its requests and
+# streams (a stream takes one only for each short read); a request waits up to
+# OMR_DB_POOL_TIMEOUT seconds for one. Workers keep their own persistent one
+# (a pool cannot be used with CONN_MAX_AGE). OMR_DB_POOL_SIZE=0 turns it off.
+OMR_DB_POOL_SIZE = env_int("OMR_DB_POOL_SIZE", 10)
+if (DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and OMR_DB_POOL_SIZE > 0
+        and DATABASES["default"]["CONN_MAX_AGE"] == 0):
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(2, OMR_DB_POOL_SIZE), "max_size": OMR_DB_POOL_SIZE,
+        "timeout": env_float("OMR_DB_POOL_TIMEOUT", 10.0)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # ---------------------------------------------------------------- Redis, workers, channels
@@ -255,6 +268,11 @@ OMR_SHEET_TIME_LIMIT = env_float("OMR_SHEET_TIME_LIMIT", 120.0)
 OMR_PROGRESS_INTERVAL = env_float("OMR_PROGRESS_INTERVAL", 2.0)  # seconds between processing events
 OMR_STREAM_KEEPALIVE = min(env_float("OMR_STREAM_KEEPALIVE", 10.0), 15.0)
 OMR_STREAM_POLL = env_float("OMR_STREAM_POLL", 5.0)  # the DB safety net under the wake-ups
+# Open progress streams per user, counted across web processes in Redis (0: no
+# limit); a stream ends after OMR_STREAM_MAX_SECONDS (0: never) and the client
+# resumes with Last-Event-ID.
+OMR_MAX_STREAMS_PER_USER = env_int("OMR_MAX_STREAMS_PER_USER", 20)
+OMR_STREAM_MAX_SECONDS = env_float("OMR_STREAM_MAX_SECONDS", 1800.0)
 OMR_WORKER_POLL_MS = env_int("OMR_WORKER_POLL_MS", 100)  # longest wait of an idle worker for a message
 OMR_HEARTBEAT_INTERVAL = env_float("OMR_HEARTBEAT_INTERVAL", 0.0 if RUNNING_TESTS else 10.0)
 # OpenCV reads this once, before its first import: refuse giant images up front.

@@ -261,11 +261,15 @@ def test_a_listener_that_goes_away_does_not_cancel_the_shared_read(batch):
     expected = list(ProgressEvent.objects.filter(batch=batch).order_by("id").values_list("id", flat=True))
 
     async def scenario():
-        gone = asyncio.ensure_future(streams._read_shared(batch.pk, 0))
-        stays = asyncio.ensure_future(streams._read_shared(batch.pk, 0))
-        await asyncio.sleep(0)
-        gone.cancel()
-        events, stage = await stays
+        watch = streams._watch(batch.pk, 5.0)
+        try:
+            gone = asyncio.ensure_future(watch.read(0, watch.generation))
+            stays = asyncio.ensure_future(watch.read(0, watch.generation))
+            await asyncio.sleep(0)
+            gone.cancel()
+            events, stage = await stays
+        finally:
+            await streams._leave(watch, asyncio.Event())
         return [e.id for e in events], stage, gone.cancelled()
 
     ids, stage, cancelled = async_to_sync(scenario)()
