@@ -404,7 +404,11 @@ def test_the_page_stream_resumes_from_the_state_the_page_has(batch, owner, setti
         await client.aforce_login(owner)
         response = await client.get(reverse("batches:progress-stream", args=[batch.pk]), headers=headers)
         assert response.status_code == 200
-        return parse_sse(b"".join([chunk async for chunk in response.streaming_content]))
+
+        async def body():
+            return b"".join([chunk async for chunk in response.streaming_content])
+
+        return parse_sse(await asyncio.wait_for(body(), 10))  # a stream that never ends fails here
 
     # When its stream reaches its lifetime, and the browser reconnects with Last-Event-ID
     resumed = async_to_sync(read)({"Last-Event-ID": str(shown.id)})
