@@ -22,6 +22,8 @@ Environment variables (all optional):
   failed logins allowed before the login pages answer 429.
 - ``OMR_PRINT_IN_REQUEST_PAGES``, ``OMR_PRINT_EXPIRY_HOURS``: printed sheets (largest print built in the
   request, how long a worker-built PDF is kept).
+- ``OMR_DB_POOL_SIZE``, ``OMR_DB_POOL_TIMEOUT``: the web process's PostgreSQL connection pool.
+- ``OMR_MAX_STREAMS_PER_USER``, ``OMR_STREAM_MAX_SECONDS``: open progress streams per user, and their lifetime.
 - ``OMR_PROCESS_ROLE``: ``worker`` in the processes ``manage.py rundramatiq`` starts (it sets it), else ``web``.
 
 The test suite runs with ``settings_test.py``, these settings and what a test run sets for itself.
@@ -161,6 +163,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
     }
+# PostgreSQL: a process without persistent connections (the web process)
+# shares a pool of at most OMR_DB_POOL_SIZE connections among its requests and
+# streams (a stream takes one only for each short read); a request waits up to
+# OMR_DB_POOL_TIMEOUT seconds for one. Workers keep their own persistent one
+# (a pool cannot be used with CONN_MAX_AGE). OMR_DB_POOL_SIZE=0 turns it off.
+OMR_DB_POOL_SIZE = env_int("OMR_DB_POOL_SIZE", 10)
+if (DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and OMR_DB_POOL_SIZE > 0
+        and DATABASES["default"]["CONN_MAX_AGE"] == 0):
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(2, OMR_DB_POOL_SIZE), "max_size": OMR_DB_POOL_SIZE,
+        "timeout": env_float("OMR_DB_POOL_TIMEOUT", 10.0)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # ---------------------------------------------------------------- Redis, workers, channels
@@ -286,6 +299,11 @@ OMR_SHEET_TIME_LIMIT = env_float("OMR_SHEET_TIME_LIMIT", 120.0)
 OMR_PROGRESS_INTERVAL = env_float("OMR_PROGRESS_INTERVAL", 2.0)  # seconds between processing events
 OMR_STREAM_KEEPALIVE = min(env_float("OMR_STREAM_KEEPALIVE", 10.0), 15.0)
 OMR_STREAM_POLL = env_float("OMR_STREAM_POLL", 5.0)  # the DB safety net under the wake-ups
+# Open progress streams per user, counted across web processes in Redis (0: no
+# limit); a stream ends after OMR_STREAM_MAX_SECONDS (0: never) and the client
+# resumes with Last-Event-ID.
+OMR_MAX_STREAMS_PER_USER = env_int("OMR_MAX_STREAMS_PER_USER", 20)
+OMR_STREAM_MAX_SECONDS = env_float("OMR_STREAM_MAX_SECONDS", 1800.0)
 OMR_WORKER_POLL_MS = env_int("OMR_WORKER_POLL_MS", 100)  # longest wait of an idle worker for a message
 OMR_HEARTBEAT_INTERVAL = env_float("OMR_HEARTBEAT_INTERVAL", 10.0)
 # OpenCV reads this once, before its first import: refuse giant images up front.

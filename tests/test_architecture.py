@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "batches"
 
 CORE = {"batches", "batches.models", "batches.lifecycle", "batches.progress", "batches.streams", "batches.storage",
-        "batches.sheet_templates", "batches.csvexport", "batches.display", "batches.roles",
+        "batches.sheet_templates", "batches.csvexport", "batches.display", "batches.roles", "batches.stream_limits",
         # The exams' tables are part of the data model (``models.py`` imports them).
         "batches.exams.models", "batches.printing.models"}
 

@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from .. import streams
+from .. import stream_limits, streams
 from ..models import Batch, Stage, WorkerHeartbeat
 from ..uploads import accept
 from .auth import api_login_required, batches_for, error_response, get_batch_or_404, token_user
@@ -153,27 +153,24 @@ def batch_results(request, batch_id):
     return response
 
 
-def _last_event_id(request) -> int:
-    raw = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id") or "0"
-    try:
-        return max(0, int(raw.strip()))
-    except ValueError:
-        return 0
-
-
 @require_GET
 @api_login_required
 async def batch_stream(request, batch_id):
     """``GET /api/batches/{id}/stream``: Server-Sent Events of the batch's progress.
 
     Replays every event after ``Last-Event-ID`` (all when absent), follows live,
-    sends ``: keep-alive`` when idle, and ends after the terminal event.
+    sends ``: keep-alive`` when idle, and ends after the terminal event, or
+    after ``OMR_STREAM_MAX_SECONDS`` with a ``retry:`` (the client resumes with
+    ``Last-Event-ID``). 429 when the user holds ``OMR_MAX_STREAMS_PER_USER``.
     """
     from asgiref.sync import sync_to_async
 
     batch = await sync_to_async(get_batch_or_404)(request.user, batch_id)
-    response = StreamingHttpResponse(streams.sse_stream(batch.pk, _last_event_id(request)),
-                                     content_type="text/event-stream")
+    slot = await stream_limits.take_slot(request.user.pk)
+    if slot is None:
+        return stream_limits.too_many_streams_json()
+    body = streams.serve(streams.sse_stream(batch.pk, streams.last_event_id(request)), slot)
+    response = StreamingHttpResponse(body, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx and friends: do not hold the stream
     return response

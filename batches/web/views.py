@@ -15,7 +15,6 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import user_passes_test
 from django.core.paginator import Paginator
-from django.db import connection
 from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -24,10 +23,10 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
+from .. import stream_limits, streams
 from ..models import ProgressEvent, Sheet
 from ..omr.imageio import ImageError
 from ..review import overlay
-from ..streams import KEEPALIVE_FRAME, follow_events
 from ..uploads import accept
 from .auth import batches_for, get_batch_or_404
 from .forms import ACCEPT, UploadForm
@@ -148,31 +147,38 @@ def _load(user, batch_id):
         batch = get_batch_or_404(user, batch_id)
         return batch, list(ProgressEvent.objects.filter(batch=batch).order_by("id"))
     finally:
-        if not connection.in_atomic_block:
-            connection.close()
+        streams.release_connection()
 
 
 def _refresh(batch) -> None:
     try:
         batch.refresh_from_db()
     finally:
-        if not connection.in_atomic_block:
-            connection.close()
+        streams.release_connection()
 
 
-async def _progress_frames(batch, events):
-    """The page stream: the current state at once, then a new state for every
-    event, then ``done``. Each frame is the whole progress partial, so a client
-    that connects late or reconnects needs one frame, not the whole log."""
+async def _progress_frames(batch, events, last_event_id: int = 0):
+    """The page stream: the current state at once (unless the page already has
+    it: ``last_event_id``), then a new state for every event, then ``done``.
+    Each frame is the whole progress partial, so a page that connects late or
+    reconnects needs one frame, not the whole log. A stream that lived its time
+    ends with a ``retry:`` instead of ``done``, and the browser's EventSource
+    reconnects with the ``Last-Event-ID`` of the state it shows."""
     links = page_links(batch)
     yield f": progress of batch {batch.pk}\n\n".encode()
-    frame, state = _progress_frame(batch, events, links, announce=False)
-    yield frame
+    state = progress_state(batch, events, now=timezone.now())
+    if not last_event_id or state.event_id is None or state.event_id > last_event_id:
+        frame, state = _progress_frame(batch, events, links, announce=False)
+        yield frame
     if not state.is_finished:
         last_stage = state.stage
-        async for event in follow_events(batch.pk, events[-1].id if events else 0):
+        async for event in streams.follow_events(batch.pk, events[-1].id if events else 0,
+                                                 lifetime=streams.stream_lifetime()):
+            if event is streams.EXPIRED:
+                yield streams.EXPIRED_FRAME
+                return
             if event is None:
-                yield KEEPALIVE_FRAME
+                yield streams.KEEPALIVE_FRAME
                 continue
             events.append(event)
             if event.is_terminal:
@@ -189,9 +195,16 @@ async def _progress_frames(batch, events):
 @staff_required
 async def progress_stream(request, batch_id):
     """``GET /batches/<id>/progress-stream``: the batch page's SSE stream of
-    rendered progress partials (event ``progress``), ending with ``done``."""
-    batch, events = await sync_to_async(_load)(await request.auser(), batch_id)
-    response = StreamingHttpResponse(_progress_frames(batch, events), content_type="text/event-stream")
+    rendered progress partials (event ``progress``), ending with ``done``.
+    ``Last-Event-ID`` (or ``?last_event_id=``): the state the page shows.
+    429 when the user holds ``OMR_MAX_STREAMS_PER_USER`` streams."""
+    user = await request.auser()
+    batch, events = await sync_to_async(_load)(user, batch_id)
+    slot = await stream_limits.take_slot(user.pk)
+    if slot is None:
+        return stream_limits.too_many_streams_text()
+    frames = _progress_frames(batch, events, streams.last_event_id(request))
+    response = StreamingHttpResponse(streams.serve(frames, slot), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # proxies must not hold the stream
     return response
