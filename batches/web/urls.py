@@ -15,6 +15,7 @@ from django.contrib.staticfiles.views import serve as serve_static
 from django.urls import path, reverse_lazy
 from django.views.generic import RedirectView
 
+from ..exams import page_urls as exam_pages
 from . import api_urls, views
 
 app_name = "batches"
@@ -30,6 +31,7 @@ urlpatterns = api_urls.urlpatterns + [
     path("batches/<uuid:batch_id>/row", views.batch_row, name="row"),
     path("batches/<uuid:batch_id>/progress-stream", views.progress_stream, name="progress-stream"),
     path("batches/<uuid:batch_id>/sheets/<int:index>/overlay.png", views.sheet_overlay, name="sheet-overlay"),
+    *exam_pages.urlpatterns,
     # From the app and project static folders through Django's finders, which
     # refuse paths outside them. "insecure" only means "also without DEBUG".
     path("static/<path:path>", serve_static, {"insecure": True}, name="static"),
