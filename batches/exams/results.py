@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+from ..models import Sheet
 from . import exports
-from .models import Exam
+from .models import Exam, SheetScore
 from .services import compiled
 
 #: Sortable columns besides the questions: parameter -> label.
@@ -76,9 +77,23 @@ def table(exam: Exam, *, batch_id=None, group: str | None = None, sort: str = DE
         row["cells"] = {q: cell(row["answers"].get(q, ""), row["right"].get(q)) for q in questions}
         row["cell_list"] = [row["cells"][q] for q in questions]
         rows.append(row)
+    doubtful = to_review(exam, batch_id)
+    for row in rows:
+        row["to_review"] = row["sheet_id"] in doubtful
     has = _has(sort)
     present = sorted((r for r in rows if has(r)), key=_sort_key(sort), reverse=descending)
     return present + [r for r in rows if not has(r)]
+
+
+def to_review(exam: Exam, batch_id=None) -> set[int]:
+    """Sheets (by first page) with a page still marked for review: their
+    score may change once a person has looked."""
+    scored = SheetScore.objects.filter(exam=exam)
+    if batch_id is not None:
+        scored = scored.filter(batch_id=batch_id)
+    first_page = {page: first for first, pages in scored.values_list("sheet_id", "pages") for page in pages or [first]}
+    flagged = Sheet.objects.filter(pk__in=list(first_page), needs_review=True).values_list("pk", flat=True)
+    return {first_page[pk] for pk in flagged}
 
 
 def groups(exam: Exam) -> list[str]:
