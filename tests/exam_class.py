@@ -63,7 +63,7 @@ def simulated_class(owner, *, students: int = 200, questions: int = 40, seed: in
             answers[n] = {f"q{i + 1}": row[i] for i in range(questions)}
 
     readings = []
-    for i, (number, version) in enumerate(zip(sitting, versions, strict=True)):
+    for number, version in zip(sitting, versions, strict=True):
         sheet = {"student_number": number, "exam_version": version, **answers[number]}
         r = reading(sheet, template=TEMPLATE, qr=False)
         if rng.random() < doubtful:

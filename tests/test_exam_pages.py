@@ -373,6 +373,17 @@ def test_each_answer_shows_as_colour_and_symbol(owner):
     assert re.findall(r'<td class="r (\w+)"[^>]*>([^<]*)</td>', row[:row.index("</tr>")])[3] == ("blank", "–")
 
 
+def test_a_sheet_still_in_review_is_marked_in_the_results(owner):
+    exam = make_exam(owner)
+    doubtful = reading(answers(KEY_A, "A", "1001"), qr=False)
+    doubtful.update(flags={"q3": ["faint"]}, needs_review=True)
+    add_batch(owner, exam, [doubtful, reading(answers(KEY_A, "A", "1002"), qr=False)])
+    html = logged_in(owner).get(reverse("batches:exam-results", args=[exam.pk])).content.decode()
+    rows = {s: html[html.index(f'data-student="{s}"'):] for s in ("1001", "1002")}
+    rows = {s: r[:r.index("</tr>")] for s, r in rows.items()}
+    assert "⚑ review" in rows["1001"] and "⚑ review" not in rows["1002"]
+
+
 def test_the_histogram_bars_are_the_counts(owner):
     exam = make_exam(owner)
     scored_class(owner, exam)
