@@ -77,6 +77,9 @@ def test_create_an_exam_import_a_roster_and_read_the_results(live_server, browse
     # Then the exam's page shows it
     expect(page.get_by_role("heading", name="Geography quiz")).to_be_visible()
     expect(page.locator("#key")).to_contain_text(key_a[:5] + " " + key_a[5:])
+    page.get_by_role("link", name="Edit key and rules").click()
+    expect(page.get_by_label("Key of version A")).to_have_value(key_a[:5] + " " + key_a[5:])
+    page.go_back()
     exam = Exam.objects.get()
     assert exam.rules["wrong"] == -0.25 and exam.rules["keys"]["A"] == keys["A"]
 

@@ -2,10 +2,10 @@
 person types them, turned into the API's JSON for ``services``; and a roster
 file.
 
-Keys are typed as one compact string per version: ``BDCAB...``, one letter a
-question in template order, or answers separated by spaces or commas when one
-is a double mark (``B D BD A``). ``.`` (or ``-``, ``_``) leaves a question
-out of that key. Points, accepted answers and dropped questions are short
+Keys are typed as one compact string per version: ``BDCAB DCABD ...``, one
+letter a question in template order (spaces and commas only group them), a
+double mark in brackets (``(BD)``), ``.`` (or ``-``, ``_``) for a question
+left out of that key. Points, accepted answers and dropped questions are short
 lists: ``q1=2, q2=0.5``; ``q3=A/C, q9=BD``; ``q7 q12`` (a plain number is the
 template's question of that rank). The services check everything against the
 template; their errors come back by JSON path (``keys.A.q2: ...``) and are
@@ -57,14 +57,25 @@ def key_versions(shape: ExamTemplate | None, rules: dict | None = None) -> list[
 
 
 def parse_key(text: str, questions: list[str]) -> tuple[dict[str, str], list[str]]:
-    """A compact key (``BDCA``, ``B D BD A``) as {question: answer}, and problems."""
-    text = (text or "").strip()
-    if not text:
-        return {}, []
-    tokens = [t for t in SEPARATORS.split(text) if t] if SEPARATORS.search(text) else list(text)
+    """A compact key (``BDCAB DCA(BD)``) as {question: answer}, and problems.
+    Spaces and commas only group the letters; a double mark is in brackets."""
+    tokens, problems = [], []
+    compact = re.sub(r"[\s,;]+", "", text or "")
+    i = 0
+    while i < len(compact):
+        if compact[i] in "([":
+            close = compact.find(")" if compact[i] == "(" else "]", i + 1)
+            if close < 0:
+                return {}, [f"the “{compact[i]}” after answer {len(tokens)} is not closed"]
+            tokens.append(compact[i + 1:close])
+            i = close + 1
+        else:
+            tokens.append(compact[i])
+            i += 1
     if len(tokens) > len(questions):
-        return {}, [f"{len(tokens)} answers, but the template has {len(questions)} questions"]
-    return {q: t.upper() for q, t in zip(questions, tokens, strict=False) if t not in NO_KEY}, []
+        problems.append(f"{len(tokens)} answers, but the template has {len(questions)} questions")
+        return {}, problems
+    return {q: t.upper() for q, t in zip(questions, tokens, strict=False) if t not in NO_KEY and t}, problems
 
 
 def _question(token: str, questions: list[str]) -> str:
@@ -109,10 +120,13 @@ def parse_dropped(text: str, questions: list[str]) -> list[str]:
 
 
 def key_text(key: dict[str, str], questions: list[str]) -> str:
+    """A key as typed: one letter a question, a double mark in brackets,
+    ``.`` for a question left out, in groups of five."""
     tokens = [key.get(q, ".") for q in questions]
     while tokens and tokens[-1] == ".":
         tokens.pop()
-    return "".join(tokens) if all(len(t) == 1 for t in tokens) else " ".join(tokens)
+    tokens = [t if len(t) == 1 else f"({t})" for t in tokens]
+    return " ".join("".join(tokens[i:i + 5]) for i in range(0, len(tokens), 5))
 
 
 def _number(value: float) -> str:

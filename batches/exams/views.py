@@ -117,18 +117,11 @@ def exam_edit(request, exam_id):
 # ---------------------------------------------------------------- the exam's page
 
 
-def _key_groups(text: str) -> str:
-    """A compact key in groups of five (``BDCAB DCABD``) for reading aloud."""
-    if " " in text:
-        return text
-    return " ".join(text[i:i + 5] for i in range(0, len(text), 5))
-
-
 def _detail_context(request, exam: Exam, roster_form: RosterForm | None = None, roster_errors=None) -> dict:
     shape = template_shape(exam.template)
     questions = list(shape.questions) if shape else []
     rules = exam.rules or {}
-    keys = [{"version": v, "text": _key_groups(key_text(k, questions)), "count": len(k)}
+    keys = [{"version": v, "text": key_text(k, questions), "count": len(k)}
             for v, k in (rules.get("keys") or {}).items()]
     try:
         max_score = services.compiled(exam).rules.max_score
