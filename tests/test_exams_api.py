@@ -186,6 +186,7 @@ def test_upload_takes_exam_and_the_exams_template(api, owner):
     assert response.status_code == 202, response.content
     batch = exam.batches.get()
     assert str(batch.pk) == response.json()["batch_id"] and batch.template == "a4-50q-5"
+    assert api.get(response.json()["status_url"]).json()["exam_id"] == exam.pk
 
 
 @pytest.mark.parametrize("fields, words", [

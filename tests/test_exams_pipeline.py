@@ -13,7 +13,8 @@ from django.urls import reverse
 
 from batches.exams import report, roster
 from batches.exams.models import SheetScore
-from batches.models import Batch, Stage
+from batches.models import Batch, Sheet, Stage
+from batches.review import actions as review
 from tests.conftest import make_zip, run_queue
 from tests.exam_helpers import KEY_A, KEY_B, TEMPLATE, make_exam
 
@@ -86,3 +87,17 @@ def test_an_exam_batch_through_the_pipeline_scores_every_student_right(api, owne
     scored = api.get(f"/api/batches/{batch.pk}/scores").json()
     assert {s["student"]: s["score"] for s in scored["sheets"]} == {s: rows[s].score for s in students}
     assert api.get(f"/api/exams/{exam.pk}/items.json").json()["students"] == 8
+
+    # And a correction, then a new reading of the same page, keep the score true
+    first = Sheet.objects.get(batch=batch, index=1)
+    _name, _jpeg, truth, version = sheets[0]
+    key = KEY_A if version == "A" else KEY_B
+    review.apply_corrections(first, owner, {"q5": key["q5"]})
+    corrected = {**truth, "q5": key["q5"]}
+    assert SheetScore.objects.get(sheet=first).score == pytest.approx(expected_score(corrected, key))
+    scored_at = SheetScore.objects.get(sheet=first).scored_at
+    review.read_again(first, owner)
+    again = SheetScore.objects.get(sheet=first)
+    assert again.scored_at > scored_at  # scored again from the new reading, the correction kept
+    assert again.score == pytest.approx(expected_score(corrected, key))
+    assert SheetScore.objects.filter(batch=batch).count() == 8

@@ -344,3 +344,30 @@ def test_the_batch_csv_stays_as_it_was(owner):
     with default_storage.open(batch.results_csv.name, "rb") as f:
         header = f.read().decode("utf-8-sig").splitlines()[0]
     assert header.startswith("sheet,source_file,source_page")
+
+
+def test_a_new_key_rescores_and_the_statistics_equal_a_recount(owner):
+    # A one-key exam: a sheet of another exam must stay out even though any version scores
+    exam = make_exam(owner, keys={"A": KEY_A})
+    add_batch(owner, exam, [reading(answers(KEY_A, "A", "1", wrong=("q1",))),
+                            reading(answers(KEY_A, "A", "2", blank=("q2",), multiple={"q3": "AC"})),
+                            reading(answers(KEY_A, "A", "3"), qr_exam="999")])
+    update = services.update_exam(exam, owner, {"name": "Physics 1", "template": exam.template,
+                                                "keys": {"A": {**KEY_A, "q1": "B"}}, "blank": -1})
+    assert update.rescored == 3 and update.change.user == owner
+    # Sheet 2: q1 read A is wrong now, q2 blank costs 1, q3 a multiple mark earns 0
+    assert (score_of("1").score, score_of("2").score, score_of("3").score) == (20, 16, None)
+    assert score_of("3").problem == "other_exam" and not score_of("3").counted
+    assert_saved_statistics_equal_a_recount(exam)
+    assert scores.exam_statistics(exam).sheets == 2
+
+
+def test_a_correction_is_saved_even_when_the_exam_can_no_longer_score(owner):
+    exam = make_exam(owner)
+    batch = add_batch(owner, exam, [reading(answers(KEY_A, "A", "1", wrong=("q1",)))])
+    # Rules that no longer check against the template (as after a custom template was edited)
+    Exam.objects.filter(pk=exam.pk).update(rules={"keys": {"Z": {"q1": "A"}}})
+    services._compiled.cache_clear()
+    made = review.apply_corrections(Sheet.objects.get(batch=batch), owner, {"q1": "A"})
+    assert [c.new_value for c in made] == ["A"]
+    assert score_of("1").score == 19  # left as it was until the exam is fixed

@@ -11,6 +11,7 @@ import json
 from django import forms
 from django.contrib import admin, messages
 
+from .. import sheet_templates
 from . import roster, services
 from .models import Exam, ExamChange, RosterEntry, SheetScore
 
@@ -28,6 +29,11 @@ class ExamForm(forms.ModelForm):
     class Meta:
         model = Exam
         fields = ["name", "template", "rules"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        names = sheet_templates.names()
+        self.fields["template"] = forms.ChoiceField(choices=[(n, n) for n in names], initial=names[0] if names else None)
 
     def clean(self):
         data = super().clean()

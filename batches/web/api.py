@@ -48,6 +48,7 @@ def batch_json(request, batch: Batch) -> dict:
         "finished": batch.is_finished,
         "template": batch.template,
         "has_qr": batch.has_qr,
+        "exam_id": batch.exam_id,
         "original_filename": batch.original_filename,
         "size": batch.size,
         "sha256": batch.sha256,
