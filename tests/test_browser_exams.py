@@ -138,3 +138,49 @@ def test_create_an_exam_import_a_roster_and_read_the_results(live_server, browse
     for q in ("q1", "q10"):
         key = keys["A"][q]
         expect(page.locator(f'#items tr[data-question="{q}"] .option.key[data-option="{key}"]')).to_have_count(1)
+
+
+def test_the_upload_page_sends_the_exam_with_the_file(live_server, browser, django_user_model, tmp_path, monkeypatch,
+                                                      broker):
+    from batches.models import Batch
+    from batches.omr.template import load_template
+
+    from .conftest import make_zip
+    from .exam_helpers import make_exam
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    teacher = django_user_model.objects.create_user("teacher", password="teacher-pw-1", is_staff=True)
+    exam = make_exam(teacher, template="a4-20q-4", name="Walk-in test")
+    from batches.omr import simulate
+
+    sheet = simulate.simulate_sheet(load_template("a4-20q-4"), simulate.random_answers("a4-20q-4", 1, 3), seed=3)
+    scans = tmp_path / "scans.zip"
+    scans.write_bytes(make_zip([("scan_001.jpg", sheet.encode_jpeg())]))
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    # The batch page's stream would follow a batch that no worker runs here.
+    page.route("**/progress-stream", lambda route: route.abort())
+    tus_requests = []
+    page.on("request", lambda r: tus_requests.append(r.method) if "/api/uploads/" in r.url else None)
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.get_by_label("Username").fill("teacher")
+    page.get_by_label("Password").fill("teacher-pw-1")
+    page.get_by_role("button", name="Log in").click()
+
+    # Given the exam's "Upload scans" button, which chooses the exam and its template
+    page.goto(f"{live_server.url}/exams/{exam.pk}/")
+    page.get_by_role("link", name="Upload scans", exact=True).click()
+    expect = playwright_api.expect
+    expect(page.get_by_label("Exam")).to_have_value(str(exam.pk))
+    expect(page.get_by_label("Sheet template")).to_have_value("a4-20q-4")
+
+    # When the file goes up (through tus, in the browser)
+    page.get_by_label("Scanned sheets").set_input_files(str(scans))
+    page.get_by_role("button", name="Upload and read").click()
+    page.wait_for_url(f"{live_server.url}/batches/*/", timeout=60_000)
+
+    # Then the batch is the exam's, on its template
+    batch = Batch.objects.get()
+    assert batch.exam_id == exam.pk and batch.template == "a4-20q-4"
+    assert page.url.endswith(f"/batches/{batch.pk}/")
+    assert "POST" in tus_requests and "PATCH" in tus_requests
