@@ -513,3 +513,14 @@ def test_the_exam_list_shows_the_users_exams(owner):
     html = logged_in(owner).get(reverse("batches:exams")).content.decode()
     row = text_of(html, "exam-list")
     assert "Physics 1" in row and TEMPLATE in row and " 5 5 " in f" {row} "
+
+
+def test_an_exam_with_no_sheets_yet_has_its_pages(owner):
+    exam = make_exam(owner)
+    client = logged_in(owner)
+    html = client.get(reverse("batches:exam", args=[exam.pk])).content.decode()
+    assert "No scans yet." in html and "No change since the exam was created" in html
+    html = client.get(reverse("batches:exam-results", args=[exam.pk])).content.decode()
+    assert text_of(html, "sheets-scored") == "0" and text_of(html, "kr20") == "–"
+    assert "No sheet." in html
+    assert all(b["data-count"] == "0" for b in Tags(html).find("rect", **{"class": "bar"}))
