@@ -524,3 +524,33 @@ def test_an_exam_with_no_sheets_yet_has_its_pages(owner):
     assert text_of(html, "sheets-scored") == "0" and text_of(html, "kr20") == "–"
     assert "No sheet." in html
     assert all(b["data-count"] == "0" for b in Tags(html).find("rect", **{"class": "bar"}))
+
+
+def test_keys_can_be_typed_question_by_question(owner):
+    client = logged_in(owner)
+    # switching keeps what was typed on one line, question by question
+    html = client.get(reverse("batches:exam-new"), {"template": TEMPLATE, "entry": "questions", "name": "Quiz",
+                                                    "key_A": "AB(CD)"}).content.decode()
+    assert 'id="key-grid"' in html and 'name="key_A"' not in html
+    assert re.search(r'name="key_A__q1"[^>]*value="A"', html) and re.search(r'name="key_A__q3"[^>]*value="CD"', html)
+    # a letter that is not an option is shown in its own box
+    cells = {f"key_A__q{i}": a for i, a in enumerate(KEY_A.values(), 1)}
+    response = client.post(reverse("batches:exam-new"), {**exam_form(key_A="", key_B=""), "entry": "questions",
+                                                         **cells, "key_A__q5": "x"})
+    assert response.status_code == 422
+    assert "'X' is not an answer to q5" in text_of(response.content.decode(), "key_A__q5-errors")
+    response = client.post(reverse("batches:exam-new"), {**exam_form(key_A="", key_B=""), "entry": "questions",
+                                                         **cells, "key_A__q2": "db"})
+    assert response.status_code == 302
+    assert Exam.objects.get().rules["keys"] == {"A": {**KEY_A, "q2": "BD"}}
+    # and back to one line per version
+    html = client.get(reverse("batches:exam-new"), {"template": TEMPLATE, "entry": "compact", **cells}).content.decode()
+    assert 'value="ABCDA BCDAB CDABC DABCD"' in html
+
+
+def test_a_version_with_missing_questions_is_named_when_typed_question_by_question(owner):
+    cells = {f"key_A__q{i}": a for i, a in enumerate(KEY_A.values(), 1)}
+    response = logged_in(owner).post(reverse("batches:exam-new"), {
+        **exam_form(key_A="", key_B=""), "entry": "questions", **cells, "key_B__q1": "D"})
+    assert response.status_code == 422
+    assert "Version B: no key for q2, q3" in text_of(response.content.decode(), "form-errors")

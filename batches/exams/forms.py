@@ -28,11 +28,17 @@ NO_KEY = {".", "-", "_"}
 SEPARATORS = re.compile(r"[\s,;]+")
 NO_KEY_FOR = re.compile(r"no key for (\S+), which is scored and has no accepted answer$")
 EVALUATION_MAX_BYTES = 1024 * 1024
+PER_QUESTION_MAX = 50  # templates up to this many questions can be keyed question by question
 ROSTER_MAX_BYTES = 10 * 1024 * 1024
 
 
 def key_field(version: str) -> str:
     return f"key_{version}"
+
+
+def cell_field(version: str, question: str) -> str:
+    """A key typed question by question: one field per version and question."""
+    return f"key_{version}__{question}"
 
 
 def template_shape(name: str | None) -> ExamTemplate | None:
@@ -191,12 +197,37 @@ class ExamForm(forms.Form):
         self.questions = list(self.shape.questions) if self.shape else []
         self.options_text = ", ".join(next(iter(self.shape.questions.values()), ())) if self.shape else ""
         self.versions = key_versions(self.shape, exam.rules if exam else None)
+        entry = (self.data if self.is_bound else self.initial).get("entry")
+        self.can_key_per_question = 0 < len(self.questions) <= PER_QUESTION_MAX
+        self.per_question = entry == "questions" and self.can_key_per_question
+        if self.per_question:
+            self._add_cells()
+            self.key_names = []
+            return
         for version in self.versions:
             label = f"Key of version {version}" if self.shape.versions is not None else "Key"
             self.fields[key_field(version)] = forms.CharField(
                 label=label, required=False, widget=forms.TextInput(attrs={"class": "key-input", "spellcheck": "false",
                                                                            "autocomplete": "off"}))
+            if not self.is_bound and key_field(version) not in self.initial:
+                # back from typing question by question
+                typed = {q: self.initial.get(cell_field(version, q), "").strip().upper() for q in self.questions}
+                self.initial[key_field(version)] = key_text({q: a for q, a in typed.items() if a}, self.questions)
         self.key_names = [key_field(v) for v in self.versions]
+
+    def _add_cells(self) -> None:
+        """One small field per question and version, filled from the compact
+        keys when the page switches to this way of typing."""
+        for version in self.versions:
+            compact, _problems = parse_key(self.initial.get(key_field(version), ""), self.questions)
+            for q in self.questions:
+                name = cell_field(version, q)
+                self.fields[name] = forms.CharField(
+                    label=f"{q}, version {version}" if self.shape.versions is not None else q, required=False,
+                    max_length=10)
+                if not self.is_bound and name not in self.initial and q in compact:
+                    self.initial[name] = compact[q]
+        self.grid = [(q, [self[cell_field(v, q)] for v in self.versions]) for q in self.questions]
 
     def key_fields(self):
         return [self[name] for name in self.key_names]
@@ -227,14 +258,19 @@ class ExamForm(forms.Form):
             return data
         keys = {}
         for version in self.versions:
-            key, problems = parse_key(data.get(key_field(version), ""), self.questions)
+            if self.per_question:
+                typed = {q: (data.get(cell_field(version, q)) or "").strip(" ()[]").upper() for q in self.questions}
+                key, problems = {q: a for q, a in typed.items() if a and a not in NO_KEY}, []
+            else:
+                key, problems = parse_key(data.get(key_field(version), ""), self.questions)
             for problem in problems:
                 self.add_error(key_field(version), problem)
             if key:
                 keys[version] = key
         data["keys"] = keys
-        if not keys and not any(key_field(v) in self.errors for v in self.versions) and self.key_names:
-            self.add_error(self.key_names[0], "Type the key of at least one version, or import an evaluation.json.")
+        if not keys and not any(key_field(v) in self.errors for v in self.versions):
+            self.add_error(self.key_names[0] if self.key_names else None,
+                           "Type the key of at least one version, or import an evaluation.json.")
         data["points_map"], problems = parse_points(data.get("points", ""), self.questions)
         for problem in problems:
             self.add_error("points", problem)
@@ -281,10 +317,14 @@ class ExamForm(forms.Form):
                     self.key_names[0] if self.key_names else None)
                 gap = NO_KEY_FOR.match(text)
                 if gap:
-                    missing.setdefault(field, []).append(gap.group(1))
+                    missing.setdefault(field or f"Version {version}: ", []).append(gap.group(1))
+                    continue
+                cell = cell_field(version, parts[2]) if version and len(parts) > 2 else None
+                if cell in self.fields:
+                    self.add_error(cell, text)
                     continue
                 where = f"{parts[2]}: " if len(parts) > 2 else ""
-                self.add_error(field, where + text)
+                self.add_error(field, where + text if field else f"Version {version}: {where}{text}")
             elif head in ("name", "template", "wrong", "blank", "multiple", "evaluation", "answer_key_csv",
                           "points", "accepted", "dropped"):
                 rest = ".".join(parts[1:])
@@ -296,8 +336,10 @@ class ExamForm(forms.Form):
             else:
                 self.add_error(None, error)
         for field, questions in missing.items():
-            self.add_error(field, f"no key for {', '.join(questions)}: a question in the exam needs a key on every "
-                                  "version (or an accepted answer, or to be dropped)")
+            prefix = field if field not in self.fields else ""
+            self.add_error(field if field in self.fields else None,
+                           f"{prefix}no key for {', '.join(questions)}: a question in the exam needs a key on every "
+                           "version (or an accepted answer, or to be dropped)")
 
     def check_rules(self) -> None:
         """When the form itself has errors, the services still check the keys
