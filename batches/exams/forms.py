@@ -122,6 +122,18 @@ def parse_dropped(text: str, questions: list[str]) -> list[str]:
     return [_question(t, questions) for t in SEPARATORS.split((text or "").strip()) if t]
 
 
+def question_ranges(names: list[str], questions: list[str]) -> str:
+    """``q4–q20, q23`` for questions that follow each other in the template."""
+    rank = {q: i for i, q in enumerate(questions)}
+    runs: list[list[str]] = []
+    for name in sorted(names, key=lambda n: rank.get(n, len(rank))):
+        if runs and name in rank and runs[-1][-1] in rank and rank[name] == rank[runs[-1][-1]] + 1:
+            runs[-1].append(name)
+        else:
+            runs.append([name])
+    return ", ".join(", ".join(run) if len(run) < 3 else f"{run[0]}–{run[-1]}" for run in runs)
+
+
 # ---------------------------------------------------------------- JSON -> typed text
 
 
@@ -338,7 +350,7 @@ class ExamForm(forms.Form):
         for field, questions in missing.items():
             prefix = field if field not in self.fields else ""
             self.add_error(field if field in self.fields else None,
-                           f"{prefix}no key for {', '.join(questions)}: a question in the exam needs a key on every "
+                           f"{prefix}no key for {question_ranges(questions, self.questions)}: a question in the exam needs a key on every "
                            "version (or an accepted answer, or to be dropped)")
 
     def check_rules(self) -> None:
