@@ -40,7 +40,8 @@ def part_of(module: str) -> str:
         return "core"
     for prefix, part in [("batches.omr", "engine"), ("batches.scoring", "scoring"),
                          # The exams' HTTP and admin modules belong with the web's and the admin's.
-                         ("batches.exams.api", "web"), ("batches.exams.urls", "web"),
+                         ("batches.exams.api", "web"), ("batches.exams.urls", "web"), ("batches.exams.views", "web"),
+                         ("batches.exams.page_urls", "web"), ("batches.exams.forms", "web"),
                          ("batches.exams.admin", "admin"), ("batches.exams", "exams"),
                          ("batches.printing.views", "web"), ("batches.printing.urls", "web"),
                          ("batches.printing.forms", "web"), ("batches.printing", "printing"),

@@ -59,11 +59,24 @@ class UploadForm(forms.Form):
         choices=template_choices,
     )
 
-    def __init__(self, *args, **kwargs):
+    exam = forms.TypedChoiceField(
+        label="Exam",
+        help_text="The sheets are matched to its roster and scored with its key; its template is used.",
+        required=False,
+        coerce=int,
+        empty_value=None,
+    )
+
+    def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
         default = settings.OMR_DEFAULT_TEMPLATE
         if default in dict(template_choices()):
             self.fields["template"].initial = default
+        from ..exams.services import exams_for
+
+        self.exams = list(exams_for(user).order_by("-created_at").values_list("pk", "name", "template")) if user else []
+        self.fields["exam"].choices = [("", "None: only read the sheets")] + [
+            (pk, f"{name} ({template})") for pk, name, template in self.exams]
 
     def clean_file(self):
         upload = self.cleaned_data["file"]

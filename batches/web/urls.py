@@ -14,6 +14,7 @@ from django.contrib.staticfiles.views import serve as serve_static
 from django.urls import path, reverse_lazy
 from django.views.generic import RedirectView
 
+from ..exams import page_urls as exam_pages
 from ..exams import urls as exam_urls
 from ..printing import urls as print_urls
 from . import api, review_views, tus, views
@@ -60,6 +61,7 @@ urlpatterns = [
     path("review/sheets/<int:sheet_id>/release", review_views.release, name="review-release"),
     path("review/sheets/<int:sheet_id>/picture", review_views.sheet_picture, name="review-picture"),
     *print_urls.urlpatterns,
+    *exam_pages.urlpatterns,
     # From the app and project static folders through Django's finders, which
     # refuse paths outside them. "insecure" only means "also without DEBUG".
     path("static/<path:path>", serve_static, {"insecure": True}, name="static"),

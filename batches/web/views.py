@@ -24,6 +24,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
 from .. import stream_limits, streams
+from ..exams.report import batch_report
 from ..models import ProgressEvent, Sheet
 from ..omr.imageio import ImageError
 from ..review import overlay
@@ -55,6 +56,8 @@ def page_links(batch) -> dict:
         "csv": reverse("batches:api-results", args=[batch.pk]),
         "review": reverse("batches:batch-review", args=[batch.pk]),
         "upload": reverse("batches:upload"),
+        "exam_results": (reverse("batches:exam-results", args=[batch.exam_id]) + f"?batch={batch.pk}"
+                         if batch.exam_id else ""),
     }
 
 
@@ -87,14 +90,17 @@ def upload(request):
     """The upload form, a plain multipart POST: a refused upload comes back as
     the form with the reason (422); an accepted one goes to the batch's page.
     With JavaScript the page sends the file through tus instead (/api/uploads/)."""
-    form = UploadForm(request.POST or None, request.FILES or None)
+    form = UploadForm(request.POST or None, request.FILES or None, user=request.user,
+                      initial={"exam": request.GET.get("exam")} if request.GET.get("exam") else None)
     status = 200
     if request.method == "POST":
         if form.is_valid():
             data = form.cleaned_data
             try:
+                # An exam brings its own template (the one its key is for).
+                exam, template = accept.exam_for_upload(request.user, data["exam"], "" if data["exam"] else data["template"])
                 batch = accept.create_batch(request.user, data["file"], filename=data["file"].name,
-                                              template=data["template"], has_qr=data["has_qr"])
+                                              template=template, has_qr=data["has_qr"], exam=exam)
             except accept.ServiceError as exc:
                 form.add_error("file", exc.message[:1].upper() + exc.message[1:] + ".")
             else:
@@ -122,7 +128,9 @@ def batch_detail(request, batch_id):
     batch = get_batch_or_404(request.user, batch_id)
     events = list(ProgressEvent.objects.filter(batch=batch).order_by("id"))
     state = progress_state(batch, events, now=timezone.now())
-    return render(request, "batches/detail.html", {"batch": batch, "state": state, "links": page_links(batch)})
+    exam_report = batch_report(batch) if batch.exam_id and state.is_completed else None
+    return render(request, "batches/detail.html", {"batch": batch, "state": state, "links": page_links(batch),
+                                                   "report": exam_report})
 
 
 def _sse(event: str, html: str, event_id: int | None = None) -> bytes:

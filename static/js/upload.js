@@ -287,6 +287,8 @@
         template: form.elements.template.value,
         has_qr: form.elements.has_qr.value || "true"
       };
+      // An exam brings its own template (the select follows it, see below).
+      if (form.elements.exam && form.elements.exam.value) metadata.exam = form.elements.exam.value;
       checksum(file).then(function (digest) {
         if (digest) metadata.sha256 = digest;
         begin(new tus.Upload(file, options(metadata)), file);
@@ -433,6 +435,18 @@
       else startNew(file);
     });
     input.addEventListener("change", function () { lookForPrevious(input.files && input.files[0]); });
+    // Choosing an exam chooses its template: the sheets are read with the
+    // template its key is for (the server refuses any other).
+    var examSelect = form.elements.exam;
+    function followExam() {
+      var chosen = examSelect.options[examSelect.selectedIndex];
+      var template = chosen && chosen.dataset.template;
+      if (template) form.elements.template.value = template;
+    }
+    if (examSelect) {
+      examSelect.addEventListener("change", followExam);
+      followExam();
+    }
     pauseButton.addEventListener("click", pause);
     resumeButton.addEventListener("click", resume);
     byId("resume-previous").addEventListener("click", function () {
