@@ -258,6 +258,25 @@ def test_w1_message_back_after_its_worker_was_killed(owner):
     assert (batch.sheets_processed, batch.stage) == (3, Stage.COLLECTING_RESULTS)
 
 
+def test_w1_start_message_back_after_its_worker_died_while_sending_the_chunks(owner):
+    # Given a batch in processing_sheets whose first chunk was read, and whose
+    # other chunks were never sent (the worker was killed while sending them)
+    batch, chunks = start_processing(owner, 6)
+    fanout.process_chunk(batch.pk, chunks[0], "message-1")
+
+    # When the broker delivers the start message again
+    again = stages.start_batch(batch.pk)
+
+    # Then the sheets nobody has taken are sent again, and only those
+    untaken = sorted(Sheet.objects.filter(batch=batch, status=SheetStatus.PENDING).values_list("pk", flat=True))
+    assert sorted(i for chunk in again for i in chunk) == untaken
+    assert untaken and not set(chunks[0]) & set(untaken)
+    for chunk in again:
+        fanout.process_chunk(batch.pk, chunk)
+    batch.refresh_from_db()
+    assert batch.stage == Stage.COLLECTING_RESULTS and batch.sheets_processed == 6
+
+
 def test_w1_expired_claims_are_taken_over(owner):
     # Given sheets claimed by a worker that vanished long ago
     batch, chunks = start_processing(owner, 2)

@@ -73,10 +73,17 @@ def _past(batch: Batch, stage: str) -> bool:
 def start_batch(batch_id) -> list[list[int]]:
     """Run validating, extracting, organizing_qr and creating_sheets, then open
     processing_sheets. Returns the chunks of sheet ids to read (empty when the
-    batch is gone, finished, already dispatched, or failed here)."""
+    batch is gone, finished, past processing_sheets, or failed here)."""
     batch = Batch.objects.filter(pk=batch_id).first()
-    if batch is None or batch.is_finished or _past(batch, Stage.CREATING_SHEETS):
+    if batch is None or batch.is_finished or _past(batch, Stage.PROCESSING_SHEETS):
         return []
+    if batch.stage == Stage.PROCESSING_SHEETS:
+        # This message came back after its worker stopped while sending the
+        # chunks: the sheets nobody has taken yet are sent again (a chunk
+        # delivered twice is claimed once).
+        chunks = pending_chunks(batch)
+        logger.info("Batch %s: %d chunks of untaken sheets sent again", batch.pk, len(chunks))
+        return chunks
     try:
         validate(batch)
         extract(batch)
@@ -270,13 +277,17 @@ def create_sheets(batch: Batch) -> None:
     batch.sheets_total = len(manifest)
     lifecycle.advance(batch, Stage.CREATING_SHEETS, f"Created {len(manifest)} sheets", progress=100)
 
+def pending_chunks(batch: Batch) -> list[list[int]]:
+    """The chunks of the sheets no worker has taken yet."""
+    return fanout.split_chunks(list(Sheet.objects.filter(batch=batch, status=SheetStatus.PENDING).order_by("index")
+                                    .values_list("pk", flat=True)))
+
+
 def open_processing(batch: Batch) -> list[list[int]]:
     """processing_sheets starts: returns the chunks of pending sheet ids."""
-    ids = list(Sheet.objects.filter(batch=batch, status=SheetStatus.PENDING).order_by("index")
-               .values_list("pk", flat=True))
-    chunks = fanout.split_chunks(ids)
+    chunks = pending_chunks(batch)
     lifecycle.advance(batch, Stage.PROCESSING_SHEETS,
-                      f"Dispatching {len(ids)} sheets to the workers in {len(chunks)} chunks")
+                      f"Dispatching {sum(map(len, chunks))} sheets to the workers in {len(chunks)} chunks")
     return chunks
 
 
