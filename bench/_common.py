@@ -17,7 +17,7 @@ cv2.setNumThreads(1)
 
 def make_sheets(template, count: int, preset: str, seed: int = 1, style: str | None = None):
     """``count`` simulated sheets as (jpeg bytes, truth) pairs."""
-    from batches.omr import simulate
+    from batches.omr.synthetic import simulate
 
     out = []
     for i in range(count):

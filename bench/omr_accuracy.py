@@ -20,7 +20,8 @@ STYLES = ["filled", "pencil", "light", "half", "tick", "cross", "mixed", "pen", 
 
 def run_cell(args):
     template_name, preset, style, sheets, seed = args
-    from batches.omr import accuracy, load_template, page_layout, reader
+    from batches.omr import load_template, page_layout, reader
+    from batches.omr.synthetic import accuracy
 
     template = load_template(template_name)
     bubbles = len(page_layout(template, 1).bubbles)
@@ -47,7 +48,7 @@ def main() -> int:
     print(f"{'preset':14} {'style':8} {'sheets':>6} {'failed':>6} {'bubbles':>8} {'accuracy':>9} "
           f"{'silent':>6} {'flagged':>8} {'needless':>8}")
     grand_silent = 0
-    from batches.omr.accuracy import Score
+    from batches.omr.synthetic.accuracy import Score
 
     grand = Score()
     with ProcessPoolExecutor(args.jobs) as pool:

@@ -139,7 +139,7 @@ class SimSheet:
 @lru_cache(maxsize=64)
 def simulated_sheet(index: int, template: str = TEMPLATE, preset: str = "clean") -> SimSheet:
     """One filled-in sheet from the project's simulator (cached: it takes ~0.2 s)."""
-    from batches.omr import simulate
+    from batches.omr.synthetic import simulate
     from batches.omr.template import load_template
 
     t = load_template(template)

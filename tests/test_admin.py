@@ -43,7 +43,7 @@ def reviewer(user):
 
 def doubtful_sheet() -> tuple[bytes, dict]:
     """A clean scan with one question marked twice (q3 = A and C)."""
-    from batches.omr import simulate
+    from batches.omr.synthetic import simulate
     from batches.omr.template import load_template
 
     t = load_template(TEMPLATE)

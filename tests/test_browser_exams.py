@@ -151,7 +151,7 @@ def test_the_upload_page_sends_the_exam_with_the_file(live_server, browser, djan
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     teacher = django_user_model.objects.create_user("teacher", password="teacher-pw-1", is_staff=True)
     exam = make_exam(teacher, template="a4-20q-4", name="Walk-in test")
-    from batches.omr import simulate
+    from batches.omr.synthetic import simulate
 
     sheet = simulate.simulate_sheet(load_template("a4-20q-4"), simulate.random_answers("a4-20q-4", 1, 3), seed=3)
     scans = tmp_path / "scans.zip"

@@ -75,10 +75,10 @@ def fill_in(pdf: bytes) -> tuple[bytes, dict[str, tuple[str, float]]]:
     student's version and expected score by the QR code read from the page."""
     import pypdfium2 as pdfium
 
-    from batches.omr import simulate
     from batches.omr.layout import page_layout
     from batches.omr.reader import read_sheet
     from batches.omr.render import render_pdf_page_image
+    from batches.omr.synthetic import simulate
     from batches.omr.template import load_template
 
     t = load_template(TEMPLATE)

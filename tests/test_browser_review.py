@@ -40,7 +40,7 @@ if not Path(CHROMIUM).exists():
 
 def scans() -> tuple[bytes, list[dict]]:
     """A ZIP of clean simulated sheets answered with the key, but for DOUBLES."""
-    from batches.omr import simulate
+    from batches.omr.synthetic import simulate
     from batches.omr.template import load_template
 
     t = load_template(TEMPLATE)

@@ -38,7 +38,7 @@ def expected_score(answers: dict, key: dict) -> float:
 
 
 def simulated_class(exam_id: int, students: list[str]):
-    from batches.omr import simulate
+    from batches.omr.synthetic import simulate
     from batches.omr.template import load_template
 
     t = load_template(TEMPLATE)

@@ -219,7 +219,7 @@ def test_only_one_of_two_simultaneous_claims_of_one_sheet_wins(owner, admin_user
 
 
 def doubtful_scan(seed: int, changes: dict) -> tuple[bytes, dict]:
-    from batches.omr import simulate
+    from batches.omr.synthetic import simulate
     from batches.omr.template import load_template
 
     t = load_template(TEMPLATE)

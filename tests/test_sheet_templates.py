@@ -122,7 +122,7 @@ def test_a_batch_with_an_omrchecker_template_reads_in_omrcheckers_conventions(ad
 
 def test_a_custom_template_in_this_projects_format_is_named_by_the_qr_codes(admin_client, owner):
     # Given a 30-question template of this project's format uploaded in the admin
-    from batches.omr import simulate
+    from batches.omr.synthetic import simulate
     from batches.omr.template import load_template, template_to_dict
 
     base = template_to_dict(load_template("a4-50q-4"))

@@ -89,7 +89,7 @@ def test_a_control_character_in_an_uploaded_file_name_is_removed_or_refused(owne
 
 
 def test_a_nul_in_a_qr_student_id_flags_that_page_and_keeps_its_reading(owner):
-    from batches.omr import simulate
+    from batches.omr.synthetic import simulate
     from batches.omr.template import load_template
 
     t = load_template(TEMPLATE)

@@ -173,7 +173,7 @@ def _print_reading(out: dict) -> None:
 def cmd_simulate(args: argparse.Namespace) -> int:
     import random
 
-    from . import simulate
+    from .synthetic import simulate
 
     template = _template(args.template)
     if args.answers:

@@ -9,8 +9,9 @@ import random
 
 import pytest
 
-from batches.omr import accuracy, load_template, page_layout, simulate
+from batches.omr import load_template, page_layout
 from batches.omr.reader import read_image_bytes
+from batches.omr.synthetic import accuracy, simulate
 
 TEMPLATE = load_template("a4-100q-5")
 BUBBLES = len(page_layout(TEMPLATE, 1).bubbles)

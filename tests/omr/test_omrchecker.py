@@ -23,7 +23,7 @@ from batches.omr.omrchecker import (
 from batches.omr.omrchecker import locate as omrc_locate
 from batches.omr.omrchecker.render import expected_response, marker_image, render_sheet, simulate_omrchecker_sheet
 from batches.omr.omrchecker.steps import ecc_to_reference, fit_on_grid, rect_h
-from batches.omr.simulate import PRESETS
+from batches.omr.synthetic.simulate import PRESETS
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import pytest
 
 from batches.omr.omrchecker import OmrCheckerTemplateError, load_omrchecker_template
 from batches.omr.omrchecker.importer import FIELD_TYPES, find_in_folders, find_omrchecker_config
-from batches.omr.simulate import PRESETS
+from batches.omr.synthetic.simulate import PRESETS
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 REAL = DATA / "real-sheets" / "omrchecker"

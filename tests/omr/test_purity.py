@@ -28,3 +28,20 @@ def test_engine_modules_import_without_django():
 def test_engine_source_never_mentions_django():
     for path in Path(batches.omr.__file__).parent.rglob("*.py"):
         assert "django" not in path.read_text().lower(), path
+
+
+def test_the_reading_path_never_loads_the_simulator():
+    # The simulator and the accuracy tools (batches/omr/synthetic/) serve the
+    # command line, the tests and the benchmarks; reading a sheet needs none of it.
+    names = [m.name for m in pkgutil.walk_packages(batches.omr.__path__, "batches.omr.")
+             if not m.name.startswith("batches.omr.synthetic") and m.name not in {"batches.omr.__main__",
+                                                                                  "batches.omr.cli"}]
+    assert "batches.omr.reader" in names and "batches.omr.omrchecker.reader" in names
+    code = (
+        "import importlib, sys\n"
+        f"for n in {names!r}:\n"
+        "    importlib.import_module(n)\n"
+        "print(','.join(sorted(m for m in sys.modules if m.startswith('batches.omr.synthetic'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"the reading path loaded the simulator: {out.stdout}"

@@ -7,8 +7,9 @@ import random
 
 import pytest
 
-from batches.omr import accuracy, load_template, page_layout, simulate
+from batches.omr import load_template, page_layout
 from batches.omr.reader import read_image_bytes
+from batches.omr.synthetic import accuracy, simulate
 
 A4 = load_template("a4-100q-5")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from batches.omr import load_template, page_layout
-from batches.omr.simulate import PRESETS, STYLES, SimOptions, Simulated, random_answers, simulate_sheet
+from batches.omr.synthetic.simulate import PRESETS, STYLES, SimOptions, Simulated, random_answers, simulate_sheet
 
 TEMPLATE = "a4-100q-4"
 
@@ -475,7 +475,7 @@ def test_pen_scribble_and_across_marks(template):
 
 
 def test_paper_style_mixes_what_real_sheets_show(template, answers):
-    from batches.omr.simulate import PAPER_STYLES
+    from batches.omr.synthetic.simulate import PAPER_STYLES
 
     sim = simulate_sheet(template, answers, seed=5, style="paper")
     used = {s for per in sim.truth["bubble_styles"].values() for s in per.values()}
@@ -514,8 +514,8 @@ def test_whiteout_covers_an_earlier_answer(template):
 
 
 def _read(template, sim):
-    from batches.omr import accuracy
     from batches.omr.reader import read_image_bytes
+    from batches.omr.synthetic import accuracy
 
     (reading,) = read_image_bytes(sim.encode_jpeg(), template, source="sim.jpg")
     d = reading.to_dict()

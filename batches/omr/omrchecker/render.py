@@ -171,7 +171,7 @@ def simulate_omrchecker_sheet(t: OmrCheckerTemplate, answers: dict[str, str], *,
     """A filled-in sheet for ``t``, captured as ``preset`` (``simulate.PRESETS``)
     delivers it. ``answers``: {OMRChecker field label: values marked, e.g. "B",
     "AC"}; labels left out are blank. Returns a ``simulate.Simulated``."""
-    from ..simulate import simulate_sheet
+    from ..synthetic.simulate import simulate_sheet
 
     return simulate_sheet(sheet_template(t), answers, preset=preset, seed=seed, style=style,
                           printed=lambda dpi: render_sheet(t, dpi, letters=letters, decor=decor,

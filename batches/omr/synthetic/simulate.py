@@ -29,10 +29,10 @@ import cv2
 import numpy as np
 from reportlab.pdfbase.pdfmetrics import stringWidth
 
-from .layout import MM_PER_INCH, Group, PageLayout, page_layout
-from .render import render_page_image
+from ..layout import MM_PER_INCH, Group, PageLayout, page_layout
+from ..render import render_page_image
+from ..template import DigitBlock, Template, load_template
 from .simfile import encode_oriented, quantise_grey, trailer
-from .template import DigitBlock, Template, load_template
 
 Range = float | tuple[float, float]  # a number, or a (low, high) range drawn per sheet
 

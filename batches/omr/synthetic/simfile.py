@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .imageio import apply_orientation
+from ..imageio import apply_orientation
 
 #: How each EXIF orientation stores an upright image (the inverse of what a
 #: viewer applies, ``imageio.apply_orientation``).
