@@ -13,6 +13,7 @@ import logging
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import user_passes_test
 from django.core.paginator import Paginator
 from django.db import connection
@@ -22,10 +23,11 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from ..models import ProgressEvent, Sheet
+from ..models import ProgressEvent, Sheet, Stage
 from ..omr.imageio import ImageError
+from ..pipeline import fanout
 from ..review import overlay
 from ..streams import KEEPALIVE_FRAME, follow_events
 from ..uploads import accept
@@ -124,7 +126,22 @@ def batch_detail(request, batch_id):
     batch = get_batch_or_404(request.user, batch_id)
     events = list(ProgressEvent.objects.filter(batch=batch).order_by("id"))
     state = progress_state(batch, events, now=timezone.now())
-    return render(request, "batches/detail.html", {"batch": batch, "state": state, "links": page_links(batch)})
+    retry_sheets = len(fanout.server_failures(batch.pk)) if batch.stage == Stage.COMPLETED else 0
+    return render(request, "batches/detail.html", {"batch": batch, "state": state, "links": page_links(batch),
+                                                   "retry_sheets": retry_sheets})
+
+
+@require_POST
+@staff_required
+def batch_retry(request, batch_id):
+    """The page's retry: a failed batch again from the start, or the sheets of a
+    completed batch that the server failed by its own trouble read again."""
+    batch = get_batch_or_404(request.user, batch_id)
+    try:
+        accept.retry_batch(batch)
+    except accept.ServiceError as exc:
+        messages.error(request, exc.message)
+    return redirect("batches:detail", batch_id=batch.pk)
 
 
 def _sse(event: str, html: str, event_id: int | None = None) -> bytes:
