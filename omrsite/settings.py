@@ -291,8 +291,8 @@ OMR_OUTAGE_BUDGET_MINUTES = env_float("OMR_OUTAGE_BUDGET_MINUTES", 60.0)
 OMR_OUTAGE_RETRIES = 5 + int(OMR_OUTAGE_BUDGET_MINUTES * 60_000 / max(OMR_OUTAGE_MAX_BACKOFF_MS, 1))
 # The recovery job of the worker processes: how often one of them looks for
 # lost work, and how long a batch must have been idle to be looked at.
-OMR_RECOVERY_INTERVAL = env_float("OMR_RECOVERY_INTERVAL", 15.0)
-OMR_RECOVERY_IDLE = env_float("OMR_RECOVERY_IDLE", 45.0)
+OMR_RECOVERY_INTERVAL = env_float("OMR_RECOVERY_INTERVAL", 10.0)
+OMR_RECOVERY_IDLE = env_float("OMR_RECOVERY_IDLE", 30.0)
 # OpenCV reads this once, before its first import: refuse giant images up front.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(OMR_MAX_PIXELS))
 

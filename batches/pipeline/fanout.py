@@ -160,7 +160,12 @@ def process_chunk(batch_id, sheet_ids: list[int], token: str | None = None, unst
                 store_results(batch_id, token, [failed_result(s.pk, reason)])
                 continue
             with _counting_attempts([s], unstored):
-                store_results(batch_id, token, [reading.read_sheet(s, batch)])
+                t0 = time.perf_counter()
+                result = reading.read_sheet(s, batch)
+                t1 = time.perf_counter()
+                store_results(batch_id, token, [result])
+            logger.info("Batch %s: 1 sheets read in %.2f s, stored in %.2f s (tried %d times before)", batch_id,
+                        t1 - t0, time.perf_counter() - t1, s.attempts)
     return lifecycle.finish_processing(batch_id) is not None
 
 
