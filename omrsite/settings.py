@@ -21,6 +21,11 @@ Environment variables (all optional):
 - ``OMR_LOGIN_FAILURES_PER_ADDRESS`` (30), ``OMR_LOGIN_FAILURES_PER_USER`` (10), ``OMR_LOGIN_WINDOW_MINUTES`` (15):
   failed logins allowed before the login pages answer 429.
 - ``OMR_PROCESS_ROLE``: ``worker`` in the processes ``manage.py rundramatiq`` starts (it sets it), else ``web``.
+- ``OMR_OUTAGE_BUDGET_MINUTES`` (60), ``OMR_OUTAGE_MAX_BACKOFF_MS`` (15000): how long, and how far apart at most,
+  a database or Redis outage is retried before work is given up.
+- ``OMR_RECOVERY_INTERVAL`` (10), ``OMR_RECOVERY_IDLE`` (30): seconds between the workers' looks for lost work,
+  and how long a batch must be idle to be looked at (0 interval: off).
+- ``OMR_BROKER_HEARTBEAT_TIMEOUT_MS`` (15000): how soon a dead worker's messages go to another.
 
 The test suite runs with ``settings_test.py``, these settings and what a test run sets for itself.
 """
