@@ -203,7 +203,7 @@ class FaultServers(Servers):
         return list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
 
     def sheets_read(self) -> int:
-        """Pages the workers read, from their log lines (a read stored or not)."""
+        """Pages the workers read to the end, from their log lines (stored or not)."""
         log = (self.tmp / "worker.log").read_text(errors="replace")
         return sum(int(n) for n in re.findall(r"Batch \S+: (\d+) sheets read in", log))
 
@@ -346,7 +346,12 @@ def test_a_worker_killed_mid_reading_has_its_sheets_back_in_work_within_30_s(tmp
         # When the first one's worker process is killed (SIGKILL) while it reads
         children = [int(p) for task in Path(f"/proc/{victim.pid}/task").iterdir()
                     for p in (task / "children").read_text().split()]
-        held = dict(s.query("SELECT id, claim_token FROM batches_sheet WHERE status = 'running'"))
+        deadline = time.monotonic() + 60
+        while True:  # both processes reading a chunk of their own at this moment
+            held = dict(s.query("SELECT id, claim_token FROM batches_sheet WHERE status = 'running'"))
+            if len(set(held.values())) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         for pid in children:
             os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()

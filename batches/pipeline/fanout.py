@@ -150,9 +150,9 @@ def process_chunk(batch_id, sheet_ids: list[int], token: str | None = None, unst
             t0 = time.perf_counter()
             results = [reading.read_sheet(s, batch) for s in sheets]
             t1 = time.perf_counter()
+            logger.info("Batch %s: %d sheets read in %.2f s", batch_id, len(sheets), t1 - t0)
             store_results(batch_id, token, results)
-        logger.info("Batch %s: %d sheets read in %.2f s, stored in %.2f s", batch_id, len(sheets), t1 - t0,
-                    time.perf_counter() - t1)
+        logger.info("Batch %s: %d sheets stored in %.2f s", batch_id, len(sheets), time.perf_counter() - t1)
     else:
         for s in sheets:
             if s.attempts >= max_attempts:
@@ -162,10 +162,9 @@ def process_chunk(batch_id, sheet_ids: list[int], token: str | None = None, unst
             with _counting_attempts([s], unstored):
                 t0 = time.perf_counter()
                 result = reading.read_sheet(s, batch)
-                t1 = time.perf_counter()
+                logger.info("Batch %s: 1 sheets read in %.2f s (tried %d times before)", batch_id,
+                            time.perf_counter() - t0, s.attempts)
                 store_results(batch_id, token, [result])
-            logger.info("Batch %s: 1 sheets read in %.2f s, stored in %.2f s (tried %d times before)", batch_id,
-                        t1 - t0, time.perf_counter() - t1, s.attempts)
     return lifecycle.finish_processing(batch_id) is not None
 
 
