@@ -12,6 +12,7 @@ not in a stage it may leave (finished, failed, or already further on).
     queued/uploading -> validating -> ... -> processing_sheets
         -> collecting_results -> ... -> cleanup -> completed
     any stage before completed -> failed -> queued (retry)
+    completed -> processing_sheets (reopen: the sheets the server failed are read again)
 """
 
 from __future__ import annotations
@@ -82,8 +83,16 @@ def fail_upload(batch: Batch | str, reason: str) -> ProgressEvent | None:
 def retry(batch: Batch | str, message: str) -> ProgressEvent | None:
     """failed -> queued: the batch runs again from the start (the caller
     queues it). Its percentage stays where it was until the run passes it."""
-    changes = {"stage": Stage.QUEUED, "error": "", "started_at": None, "finished_at": None}
+    changes = {"stage": Stage.QUEUED, "error": "", "started_at": None, "finished_at": None, "run_claim": ""}
     return _move(batch, [Stage.FAILED], changes, Stage.QUEUED, message, 0.0, timezone.now())
+
+
+def reopen(batch: Batch | str, message: str) -> ProgressEvent | None:
+    """completed -> processing_sheets: some sheets are read again (the caller
+    sets them pending and sends them out, in the same transaction); the batch
+    then finishes again, regenerating its results."""
+    changes = {"stage": Stage.PROCESSING_SHEETS, "finished_at": None, "run_claim": ""}
+    return _move(batch, [Stage.COMPLETED], changes, Stage.PROCESSING_SHEETS, message, 0.0, timezone.now())
 
 
 def _fail(batch, allowed, reason: str, message: str) -> ProgressEvent | None:

@@ -99,6 +99,11 @@ class Batch(models.Model):
     # Throttle for processing_sheets events (claimed by a conditional UPDATE).
     progress_published_at = models.DateTimeField(null=True, blank=True)
     progress_published_count = models.IntegerField(default=0)
+    # Which message runs the batch's start or finish (its Dramatiq message id)
+    # and when it last said so: another message for the same run leaves it
+    # alone while the claim is fresh (``pipeline/claims.py``).
+    run_claim = models.CharField(max_length=64, blank=True)
+    run_claimed_at = models.DateTimeField(null=True, blank=True)
 
     objects = BatchManager()
 
@@ -347,6 +352,18 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Lease(models.Model):
+    """A named job that one process at a time may run: claimed by a conditional
+    UPDATE while it has expired, held until ``expires_at``."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    holder = models.CharField(max_length=200, blank=True)
+    expires_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.holder} until {self.expires_at})"
 
 
 def upload_expiry(now=None):

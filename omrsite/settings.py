@@ -25,6 +25,11 @@ Environment variables (all optional):
 - ``OMR_DB_POOL_SIZE``, ``OMR_DB_POOL_TIMEOUT``: the web process's PostgreSQL connection pool.
 - ``OMR_MAX_STREAMS_PER_USER``, ``OMR_STREAM_MAX_SECONDS``: open progress streams per user, and their lifetime.
 - ``OMR_PROCESS_ROLE``: ``worker`` in the processes ``manage.py rundramatiq`` starts (it sets it), else ``web``.
+- ``OMR_OUTAGE_BUDGET_MINUTES`` (60), ``OMR_OUTAGE_MAX_BACKOFF_MS`` (15000): how long, and how far apart at most,
+  a database or Redis outage is retried before work is given up.
+- ``OMR_RECOVERY_INTERVAL`` (10), ``OMR_RECOVERY_IDLE`` (30): seconds between the workers' looks for lost work,
+  and how long a batch must be idle to be looked at (0 interval: off).
+- ``OMR_BROKER_HEARTBEAT_TIMEOUT_MS`` (15000): how soon a dead worker's messages go to another.
 
 The test suite runs with ``settings_test.py``, these settings and what a test run sets for itself.
 """
@@ -202,8 +207,10 @@ def dramatiq_broker(backend: str) -> dict:
             "url": REDIS_URL,
             "namespace": f"{REDIS_NAMESPACE}-dramatiq",
             # How soon the messages of a worker that died (SIGKILL, lost host)
-            # are given to another worker.
-            "heartbeat_timeout": env_int("OMR_BROKER_HEARTBEAT_TIMEOUT_MS", 60_000),
+            # are given to another worker. Each consumer beats every second or
+            # so whatever its actors do, so 15 s is ample; Dramatiq's 60 s left
+            # a killed worker's sheets waiting a minute.
+            "heartbeat_timeout": env_int("OMR_BROKER_HEARTBEAT_TIMEOUT_MS", 15_000),
             # Share (per million broker commands) that also look for dead
             # workers and requeue their messages. Dramatiq's 1,000 means a
             # SIGKILLed worker's messages wait ~15 min on a quiet queue; 50,000
@@ -306,6 +313,15 @@ OMR_MAX_STREAMS_PER_USER = env_int("OMR_MAX_STREAMS_PER_USER", 20)
 OMR_STREAM_MAX_SECONDS = env_float("OMR_STREAM_MAX_SECONDS", 1800.0)
 OMR_WORKER_POLL_MS = env_int("OMR_WORKER_POLL_MS", 100)  # longest wait of an idle worker for a message
 OMR_HEARTBEAT_INTERVAL = env_float("OMR_HEARTBEAT_INTERVAL", 10.0)
+# Outages of the database or Redis are retried, at most this far apart, for
+# this long before a batch or a chunk's sheets are given up (docs/server.md).
+OMR_OUTAGE_MAX_BACKOFF_MS = env_int("OMR_OUTAGE_MAX_BACKOFF_MS", 15_000)
+OMR_OUTAGE_BUDGET_MINUTES = env_float("OMR_OUTAGE_BUDGET_MINUTES", 60.0)
+OMR_OUTAGE_RETRIES = 5 + int(OMR_OUTAGE_BUDGET_MINUTES * 60_000 / max(OMR_OUTAGE_MAX_BACKOFF_MS, 1))
+# The recovery job of the worker processes: how often one of them looks for
+# lost work, and how long a batch must have been idle to be looked at.
+OMR_RECOVERY_INTERVAL = env_float("OMR_RECOVERY_INTERVAL", 10.0)
+OMR_RECOVERY_IDLE = env_float("OMR_RECOVERY_IDLE", 30.0)
 # OpenCV reads this once, before its first import: refuse giant images up front.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(OMR_MAX_PIXELS))
 

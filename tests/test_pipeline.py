@@ -395,7 +395,7 @@ def test_w6_lost_messages_are_sent_again_by_reconcile(api, broker, settings):
     second = dramatiq.Worker(broker, worker_timeout=50, worker_threads=2)
     second.start()
     try:
-        call_command("reconcile_batches", "--idle-minutes", "0", stdout=io.StringIO())
+        call_command("reconcile_batches", "--idle-seconds", "0", stdout=io.StringIO())
         batch = wait_for_batch(batch_id)
     finally:
         second.stop()
@@ -539,12 +539,21 @@ def test_w3_a_passing_database_error_while_storing_is_retried_without_duplicate_
     assert len(results_rows(batch)) == 6
 
 
-def test_w3_actors_retry_with_backoff():
+def test_w3_actors_retry_with_backoff_and_outages_for_as_long_as_they_last(settings):
+    from django.db import OperationalError
+
     from batches.pipeline import tasks
 
+    outage = OperationalError("connection to server at 127.0.0.1, port 5432 failed: Connection refused")
     for actor in (tasks.process_batch, tasks.process_sheets, tasks.finish_batch):
-        assert actor.options["max_retries"] >= 3 and actor.options["min_backoff"] >= 1_000
-        assert actor.options["on_retry_exhausted"] == "batch_failed"
+        rule = actor.options["retry_when"]
+        assert actor.options["min_backoff"] >= 1_000 and actor.options["on_retry_exhausted"] == "batch_failed"
+        # Any other error: a few tries
+        assert rule(2, ValueError("bug")) and not rule(5, ValueError("bug"))
+        # An outage: retried, at most OMR_OUTAGE_MAX_BACKOFF_MS apart, for the whole budget (an hour)
+        assert actor.options["max_backoff"] == settings.OMR_OUTAGE_MAX_BACKOFF_MS
+        assert rule(100, outage) and not rule(settings.OMR_OUTAGE_RETRIES, outage)
+        assert settings.OMR_OUTAGE_RETRIES * settings.OMR_OUTAGE_MAX_BACKOFF_MS >= 60 * 60_000
 
 
 def test_w3_redis_down_while_publishing_costs_only_the_wake_up(owner, monkeypatch):

@@ -120,40 +120,105 @@ def claim_sheets(batch_id, sheet_ids: list[int], token: str) -> list[Sheet]:
                 .only("pk", "index", "image", "image_offset", "image_length", "source_name", "attempts"))
 
 
-def process_chunk(batch_id, sheet_ids: list[int], token: str | None = None) -> bool:
+def process_chunk(batch_id, sheet_ids: list[int], token: str | None = None, unstored: dict | None = None) -> bool:
     """processing_sheets: read the sheets ``sheet_ids`` and store their results.
 
     ``token`` identifies this run (the Dramatiq message id, which stays the same
     when the message is delivered again). Sheets are claimed with one UPDATE and
     stored with one transaction per chunk. When a sheet has been tried before
-    (its worker died), the chunk goes carefully: one sheet at a time, each
-    attempt counted, and a sheet that has stopped its worker
+    (its worker died while reading it), the chunk goes carefully: one sheet at
+    a time, each attempt counted, and a sheet that has stopped its worker
     ``OMR_SHEET_MAX_ATTEMPTS`` times is failed without another try.
+
+    Only a crash while reading counts: ``unstored`` (kept in the message from
+    one delivery to the next) holds the attempt counts the sheets had before a
+    read that ended in an error of the server's own (the database went away
+    before the results were stored); the next delivery puts them back.
     Returns True when this call moved the batch on to collecting_results.
     """
     token = token or uuid.uuid4().hex
+    unstored = {} if unstored is None else unstored
     batch = Batch.objects.filter(pk=batch_id).only("pk", "stage", "has_qr", "template").first()
     if batch is None or batch.stage != Stage.PROCESSING_SHEETS:
         return False
+    if unstored:
+        _restore_attempts(batch_id, token, unstored)
     sheets = claim_sheets(batch_id, sheet_ids, token)
     max_attempts = settings.OMR_SHEET_MAX_ATTEMPTS
     if all(s.attempts == 0 for s in sheets):
-        Sheet.objects.filter(pk__in=[s.pk for s in sheets]).update(attempts=F("attempts") + 1)
-        t0 = time.perf_counter()
-        results = [reading.read_sheet(s, batch) for s in sheets]
-        t1 = time.perf_counter()
-        store_results(batch_id, token, results)
-        logger.info("Batch %s: %d sheets read in %.2f s, stored in %.2f s", batch_id, len(sheets), t1 - t0,
-                    time.perf_counter() - t1)
+        with _counting_attempts(sheets, unstored):
+            t0 = time.perf_counter()
+            results = [reading.read_sheet(s, batch) for s in sheets]
+            t1 = time.perf_counter()
+            logger.info("Batch %s: %d sheets read in %.2f s", batch_id, len(sheets), t1 - t0)
+            store_results(batch_id, token, results)
+        logger.info("Batch %s: %d sheets stored in %.2f s", batch_id, len(sheets), time.perf_counter() - t1)
     else:
         for s in sheets:
             if s.attempts >= max_attempts:
                 reason = f"reading this page stopped its worker {s.attempts} times; it was given up"
                 store_results(batch_id, token, [failed_result(s.pk, reason)])
                 continue
-            Sheet.objects.filter(pk=s.pk).update(attempts=F("attempts") + 1)
-            store_results(batch_id, token, [reading.read_sheet(s, batch)])
+            with _counting_attempts([s], unstored):
+                t0 = time.perf_counter()
+                result = reading.read_sheet(s, batch)
+                logger.info("Batch %s: 1 sheets read in %.2f s (tried %d times before)", batch_id,
+                            time.perf_counter() - t0, s.attempts)
+                store_results(batch_id, token, [result])
     return lifecycle.finish_processing(batch_id) is not None
+
+
+class _counting_attempts:
+    """Raise the sheets' attempt counters before they are read (a crash while
+    reading leaves them raised); when the block ends in an error instead, note
+    the counts from before in ``unstored`` so that the next delivery puts them
+    back. Once stored, the sheets are no longer anybody's business here."""
+
+    def __init__(self, sheets: list[Sheet], unstored: dict):
+        self.sheets, self.unstored = sheets, unstored
+
+    def __enter__(self):
+        ids = [s.pk for s in self.sheets]
+        Sheet.objects.filter(pk__in=ids).update(attempts=F("attempts") + 1)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        for s in self.sheets:
+            if exc_type is None:
+                self.unstored.pop(str(s.pk), None)
+            else:
+                self.unstored.setdefault(str(s.pk), s.attempts)
+
+
+def _restore_attempts(batch_id, token: str, unstored: dict) -> None:
+    """Put back the attempt counts of sheets this message read but could not
+    store (still held by it): the same values every time, so a delivery
+    repeated after a crash does no harm."""
+    for pk, attempts in unstored.items():
+        Sheet.objects.filter(batch_id=batch_id, pk=int(pk), status=SheetStatus.RUNNING, claim_token=token).update(
+            attempts=attempts)
+
+
+#: Why a sheet was failed by the server's own trouble (not the sheet's): such
+#: sheets are read again by a retry of their batch, even a completed one.
+SERVER_TROUBLE = "this page could not be read or stored after several tries"
+
+
+def server_failures(batch_id) -> list[int]:
+    """Ids of the batch's sheets failed by the server's own trouble."""
+    return list(Sheet.objects.filter(batch_id=batch_id, status=SheetStatus.FAILED, error=SERVER_TROUBLE)
+                .order_by("index").values_list("pk", flat=True))
+
+
+def reset_sheets(batch_id, sheet_ids: list[int]) -> list[list[int]]:
+    """Make these sheets pending again (their answers removed, their counts
+    taken off the batch): returns the chunks to send out."""
+    Answer.objects.filter(sheet_id__in=sheet_ids).delete()
+    Sheet.objects.filter(batch_id=batch_id, pk__in=sheet_ids).update(
+        status=SheetStatus.PENDING, attempts=0, claim_token="", claimed_at=None, error="", flags=[], reading=None,
+        needs_review=False, engine_review=False, read_at=None)
+    Batch.objects.recount_sheets(batch_id)
+    return split_chunks(sheet_ids)
 
 
 def give_up_chunk(batch_id, sheet_ids: list[int], token: str) -> bool:
@@ -165,14 +230,13 @@ def give_up_chunk(batch_id, sheet_ids: list[int], token: str) -> bool:
                 .values_list("pk", flat=True))
     if held:
         Sheet.objects.filter(pk__in=held).update(status=SheetStatus.RUNNING, claim_token=token)
-        reason = "this page could not be read or stored after several tries"
-        store_results(batch_id, token, [failed_result(pk, reason) for pk in held])
+        store_results(batch_id, token, [failed_result(pk, SERVER_TROUBLE) for pk in held])
     return lifecycle.finish_processing(batch_id) is not None
 
 
 def stale_chunks(batch_id, older_than: timedelta = SHEET_LEASE) -> list[list[int]]:
     """Chunks of sheets that nobody is reading any more (lost messages after a
-    Redis restart, or claims that expired): for the reconcile command."""
+    Redis restart, or claims that expired): for the recovery job."""
     cutoff = timezone.now() - older_than
     ids = list(Sheet.objects.filter(batch_id=batch_id).filter(
         Q(status=SheetStatus.PENDING) | Q(status=SheetStatus.RUNNING, claimed_at__lt=cutoff)

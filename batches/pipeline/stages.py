@@ -29,6 +29,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections import defaultdict, deque
 
 from django.conf import settings
@@ -42,7 +43,7 @@ from ..exams import scores as exam_scores
 from ..models import Answer, Batch, Sheet, SheetStatus, Stage, sheet_needs_review, stage_index
 from ..omr.flags import CROSS_SHEET, Flag
 from ..storage import delete_prefix, manifest_name, pages_prefix, save, work_folder
-from . import fanout
+from . import claims, fanout
 from .bulk import insert_answers
 from .extract import ExtractError, Limits, check_archive, iter_pages, sniff
 from .reading import result_from_reading
@@ -70,10 +71,16 @@ def _past(batch: Batch, stage: str) -> bool:
 # ---------------------------------------------------------------- start: validating .. creating_sheets
 
 
-def start_batch(batch_id) -> list[list[int]]:
+def start_batch(batch_id, token: str | None = None) -> list[list[int]]:
     """Run validating, extracting, organizing_qr and creating_sheets, then open
     processing_sheets. Returns the chunks of sheet ids to read (empty when the
-    batch is gone, finished, past processing_sheets, or failed here)."""
+    batch is gone, finished, already dispatched, held by another message, or
+    failed here).
+
+    ``token`` names this run (the Dramatiq message id): the batch is claimed for
+    it first, so a second message for the same batch (a duplicate, or one the
+    recovery job sent) never extracts and creates the sheets a second time
+    while this one runs."""
     batch = Batch.objects.filter(pk=batch_id).first()
     if batch is None or batch.is_finished or _past(batch, Stage.PROCESSING_SHEETS):
         return []
@@ -84,17 +91,27 @@ def start_batch(batch_id) -> list[list[int]]:
         chunks = pending_chunks(batch)
         logger.info("Batch %s: %d chunks of untaken sheets sent again", batch.pk, len(chunks))
         return chunks
+    if not claims.claim_run(batch, token or uuid.uuid4().hex):
+        logger.info("Batch %s is being started by another message", batch_id)
+        return []
     try:
-        validate(batch)
-        extract(batch)
-        organize_qr(batch)
-        create_sheets(batch)
-        return open_processing(batch)
+        for stage in (validate, extract, organize_qr, create_sheets):
+            stage(batch)
+            _hold(batch)
+        chunks = open_processing(batch)
+        claims.release_run(batch)
+        return chunks
     except BatchError as exc:
         lifecycle.fail(batch, str(exc))
         return []
     except BatchGone:
         return []
+
+
+def _hold(batch: Batch) -> None:
+    """Renew this run's claim on the batch; stop when another run took it over."""
+    if not claims.renew_run(batch):
+        raise BatchGone()
 
 
 def validate(batch: Batch) -> None:
@@ -165,6 +182,7 @@ def extract(batch: Batch) -> None:
                     last_event = time.monotonic()
                     if lifecycle.advance(batch, Stage.EXTRACTING, f"Extracted {index} pages", progress=50) is None:
                         raise BatchGone()  # deleted (or failed) meanwhile: stop writing its files
+                    _hold(batch)
     except BatchGone:
         delete_prefix(prefix)
         raise
@@ -297,20 +315,26 @@ def open_processing(batch: Batch) -> list[list[int]]:
 # ---------------------------------------------------------------- finish: collecting_results .. completed
 
 
-def finish_batch(batch_id) -> None:
-    """collecting_results, generating_csv, loading_database, cleanup, completed."""
+def finish_batch(batch_id, token: str | None = None) -> None:
+    """collecting_results, generating_csv, loading_database, cleanup, completed.
+    Claimed for ``token`` as ``start_batch`` is: two finish messages never run
+    the same stages at once."""
     batch = Batch.objects.filter(pk=batch_id).first()
     if batch is None or batch.is_finished or stage_index(batch.stage) < stage_index(Stage.COLLECTING_RESULTS):
         return
+    if not claims.claim_run(batch, token or uuid.uuid4().hex):
+        logger.info("Batch %s is being finished by another message", batch_id)
+        return
     try:
-        collect_results(batch)
-        generate_csv(batch)
-        load_database(batch)
-        exam_scores.score_finished_batch(batch)
-        cleanup(batch)
+        for stage in (collect_results, generate_csv, load_database, exam_scores.score_finished_batch, cleanup):
+            stage(batch)
+            _hold(batch)
         complete(batch)
+        claims.release_run(batch)
     except BatchError as exc:
         lifecycle.fail(batch, str(exc))
+    except BatchGone:
+        return
 
 
 

@@ -1,9 +1,10 @@
 """Worker process set-up and heartbeats (a Dramatiq middleware).
 
 Every worker process limits OpenCV to one thread (one process per core does
-the parallel work), starts the page-time-limit watchdog (``watchdog.py``) and
-keeps a ``WorkerHeartbeat`` row fresh, which ``/api/health`` reads to tell
-whether any worker is alive.
+the parallel work), starts the page-time-limit watchdog (``watchdog.py``),
+takes its turn at the recovery job (``recovery.py``) and keeps a
+``WorkerHeartbeat`` row fresh, which ``/api/health`` reads to tell whether
+any worker is alive.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class WorkerSetup(Middleware):
     def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._recovery = None
         self._name = ""
 
     def after_process_boot(self, broker) -> None:
@@ -61,6 +63,11 @@ class WorkerSetup(Middleware):
             from . import watchdog
 
             watchdog.enable()
+        if settings.OMR_PROCESS_ROLE == "worker" and settings.OMR_RECOVERY_INTERVAL > 0:
+            from .recovery import RecoveryThread
+
+            self._recovery = RecoveryThread(settings.OMR_RECOVERY_INTERVAL, settings.OMR_RECOVERY_IDLE)
+            self._recovery.start()
         interval = settings.OMR_HEARTBEAT_INTERVAL
         if interval <= 0:
             return
@@ -70,6 +77,9 @@ class WorkerSetup(Middleware):
         self._thread.start()
 
     def before_worker_shutdown(self, broker, worker) -> None:
+        if self._recovery is not None:
+            self._recovery.stop()
+            self._recovery = None
         if self._thread is None:
             return
         self._stop.set()

@@ -23,7 +23,7 @@ from ..exams.models import Exam
 from ..exams.services import exams_for
 from ..models import Batch, Stage
 from ..omr import text
-from ..pipeline import tasks
+from ..pipeline import fanout, tasks
 from ..pipeline.extract import ExtractError, upload_extension
 from ..storage import delete_prefix, make_durable
 
@@ -148,12 +148,23 @@ def create_batch(owner, upload, *, filename: str | None = None, template: str = 
 
 
 def retry_batch(batch: Batch) -> Batch:
-    """Run a failed batch again from the start; raises ServiceError 409 otherwise.
-    The stages overwrite their own rows, so nothing is doubled."""
+    """Run a failed batch again from the start, or read again the sheets of a
+    completed batch that the server failed by its own trouble (and then
+    regenerate its results); raises ServiceError 409 otherwise. The stages
+    overwrite their own rows, so nothing is doubled."""
     with transaction.atomic():
-        if lifecycle.retry(batch, "Retry requested: the batch runs again from the start") is None:
+        if batch.stage == Stage.COMPLETED:
+            ids = fanout.server_failures(batch.pk)
+            if not ids:
+                raise ServiceError(409, "this batch has no sheets that the server failed to read; nothing to retry")
+            if lifecycle.reopen(batch, f"Retry requested: reading again the {len(ids)} sheets the server "
+                                       "could not read or store") is None:
+                raise ServiceError(409, f"only a failed or completed batch can be retried; this one is {batch.stage}")
+            tasks.send_chunks(str(batch.pk), fanout.reset_sheets(batch.pk, ids))
+        elif lifecycle.retry(batch, "Retry requested: the batch runs again from the start") is None:
             raise ServiceError(409, f"only a failed batch can be retried; this one is {batch.stage}")
-        tasks.enqueue_batch(batch.pk)
+        else:
+            tasks.enqueue_batch(batch.pk)
     batch.refresh_from_db()
     return batch
 

@@ -117,7 +117,8 @@ def batch_detail(request, batch_id):
 @require_POST
 @api_login_required
 def batch_retry(request, batch_id):
-    """``POST /api/batches/{id}/retry``: run a failed batch again."""
+    """``POST /api/batches/{id}/retry``: run a failed batch again, or read again the
+    sheets of a completed batch that the server failed by its own trouble."""
     batch = get_batch_or_404(request.user, batch_id)
     try:
         batch = accept.retry_batch(batch)

@@ -47,6 +47,7 @@ urlpatterns = [
     path("batches/upload", views.upload, name="upload"),
     path("batches/<uuid:batch_id>/", views.batch_detail, name="detail"),
     path("batches/<uuid:batch_id>/row", views.batch_row, name="row"),
+    path("batches/<uuid:batch_id>/retry", views.batch_retry, name="retry"),
     path("batches/<uuid:batch_id>/progress-stream", views.progress_stream, name="progress-stream"),
     path("batches/<uuid:batch_id>/sheets/<int:index>/overlay.png", views.sheet_overlay, name="sheet-overlay"),
     # The review queue (web/review_views.py): every batch of the user, or one (?batch=<id>).

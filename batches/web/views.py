@@ -13,6 +13,7 @@ import logging
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import user_passes_test
 from django.core.paginator import Paginator
 from django.http import HttpResponse, StreamingHttpResponse
@@ -21,12 +22,13 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from .. import stream_limits, streams
 from ..exams.report import batch_report
-from ..models import ProgressEvent, Sheet
+from ..models import ProgressEvent, Sheet, Stage
 from ..omr.imageio import ImageError
+from ..pipeline import fanout
 from ..review import overlay
 from ..uploads import accept
 from .auth import batches_for, get_batch_or_404
@@ -129,8 +131,22 @@ def batch_detail(request, batch_id):
     events = list(ProgressEvent.objects.filter(batch=batch).order_by("id"))
     state = progress_state(batch, events, now=timezone.now())
     exam_report = batch_report(batch) if batch.exam_id and state.is_completed else None
+    retry_sheets = len(fanout.server_failures(batch.pk)) if batch.stage == Stage.COMPLETED else 0
     return render(request, "batches/detail.html", {"batch": batch, "state": state, "links": page_links(batch),
-                                                   "report": exam_report})
+                                                   "report": exam_report, "retry_sheets": retry_sheets})
+
+
+@require_POST
+@staff_required
+def batch_retry(request, batch_id):
+    """The page's retry: a failed batch again from the start, or the sheets of a
+    completed batch that the server failed by its own trouble read again."""
+    batch = get_batch_or_404(request.user, batch_id)
+    try:
+        accept.retry_batch(batch)
+    except accept.ServiceError as exc:
+        messages.error(request, exc.message)
+    return redirect("batches:detail", batch_id=batch.pk)
 
 
 def _sse(event: str, html: str, event_id: int | None = None) -> bytes:
