@@ -40,7 +40,7 @@ light-sheet rule needs at least 8 bubbles clearly above the noise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -48,6 +48,7 @@ import numpy as np
 from .align import _DIRS16 as _DIRS
 from .align import BubbleFrame, PageFit, sample_offsets
 from .layout import PageLayout
+from .letter_levels import blank_levels
 
 #: Lowest excess darkness (score above the local blank level) that counts as a mark.
 MARK_MIN = 0.12
@@ -70,6 +71,9 @@ ERASURE_MIN = 0.05
 RING_MIN = 0.45
 #: A drawn circle: dark in at least this share of the free directions around.
 CIRCLE_MIN = 0.7
+#: Before the letters printed in bubbles are taken out, a bubble this far above
+#: the sheet's median is a clear mark (sets how far the unmarked ones reach).
+LETTER_CLEAR_MARK = 0.3
 
 # Disc sample points, as fractions of the radius: a square grid cut to a disc
 # of 0.72 r (keeps clear of the printed outline even when off by ~0.2 r).
@@ -182,6 +186,33 @@ def measure(grey: np.ndarray, frame: BubbleFrame, fit: PageFit) -> Measures:
     nfree = free.sum(1)
     circle = np.where(nfree >= 8, ((cd > 0.3) & free).sum(1) / np.maximum(nfree, 1), 0.0)
     return Measures(mean, dark, peak, score, ring_seen, circle, paper, ink_ratio)
+
+
+def without_letters(m: Measures, keys: np.ndarray) -> Measures:
+    """``m`` with the ink of a letter printed inside the bubbles taken out.
+
+    ``keys``: (N,) the value each bubble prints (bubbles with equal keys print
+    the same letter or digit). The blank level of each value comes from this
+    sheet's bubbles that are clearly not marked (``letter_levels``): the disc's
+    mean darkness is brought to the sheet's blank level, and the share of dark
+    pixels a blank bubble of that value already shows is taken off. On a sheet
+    without letters both are about zero.
+    """
+    if len(m.score) == 0:
+        return m
+    # Clearly not marked: under a share of this sheet's typical clear mark
+    # (the letters' spread, ~0.1, stays well under it).
+    e0 = m.score - float(np.median(m.score))
+    clear = e0[e0 >= LETTER_CLEAR_MARK]
+    cut = float(np.clip(0.33 * np.median(clear), 0.18, 0.3)) if len(clear) else 0.3
+    blankish = e0 < cut
+    if blankish.sum() < 5:
+        return m
+    mean_blank = blank_levels(m.mean, keys, blankish)
+    mean = m.mean - (mean_blank - float(np.median(m.mean[blankish])))
+    dark = np.clip(m.dark - blank_levels(m.dark, keys, blankish), 0.0, 1.0)
+    score = np.maximum(mean, 0.5 * (mean + dark))
+    return replace(m, mean=mean, dark=dark, score=score)
 
 
 @lru_cache(maxsize=64)
