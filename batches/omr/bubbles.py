@@ -27,7 +27,9 @@ Decision (``decide_groups``), per sheet and per group:
   light even shade just over ``T_mark`` is taken for erasure residue.
 * Flags: ``ambiguous`` (an excess within the grey zone ``T_mark`` +- g, g =
   ``GREY`` 0.05 or 2.5 noise, without stroke evidence), ``faint`` (a mark
-  under half this sheet's typical mark darkness, or read on strokes alone
+  under half this sheet's typical mark darkness (where blank bubbles are dark
+  in places too, letters printed in them or a two-level scan: under half its
+  typical mark excess), or read on strokes alone
   under ``T_mark``: a hair or a speck looks like that too), ``erasure`` (anything above
   3 noise and ``ERASURE_MIN`` 0.05 that is not read as a mark: residue, a
   smudge, a very light mark), ``circled``, ``misaligned`` (the printed outline
@@ -233,7 +235,10 @@ class SheetLevels:
     ``base``: (N,) local blank level per bubble; ``excess``: score - base;
     ``noise``: spread of unmarked bubbles' excess; ``threshold``: excess that
     counts as a mark; ``mark_peak``: typical peak darkness of this sheet's clear
-    marks (0 if none).
+    marks (0 if none); ``mark_excess``: their typical excess (0 if none);
+    ``peak_blind``: the unmarked bubbles' own peak already reaches the faint
+    level (letters printed in them, a two-level scan), so the peak cannot tell
+    a faint mark and the excess must.
     """
 
     base: np.ndarray
@@ -242,6 +247,8 @@ class SheetLevels:
     threshold: float
     mark_peak: float
     marks: int
+    mark_excess: float = 0.0
+    peak_blind: bool = False
 
 
 def sheet_levels(m: Measures, frame: BubbleFrame) -> SheetLevels:
@@ -276,9 +283,11 @@ def sheet_levels(m: Measures, frame: BubbleFrame) -> SheetLevels:
     if len(above) >= 8:
         typical = float(np.median(above))
         threshold = min(threshold, max(MARK_MIN_LIGHT, 4.0 * noise, 0.55 * typical))
-    clear = m.peak[ex >= threshold + GREY]
-    mark_peak = float(np.median(clear)) if len(clear) >= 3 else 0.0
-    return SheetLevels(base, ex, noise, threshold, mark_peak, int((ex >= threshold).sum()))
+    clear = ex >= threshold + GREY
+    mark_peak = float(np.median(m.peak[clear])) if clear.sum() >= 3 else 0.0
+    mark_excess = float(np.median(ex[clear])) if clear.sum() >= 3 else 0.0
+    peak_blind = mark_peak > 0 and float(np.median(m.peak[low])) >= FAINT_RELATIVE * mark_peak
+    return SheetLevels(base, ex, noise, threshold, mark_peak, int((ex >= threshold).sum()), mark_excess, peak_blind)
 
 
 @dataclass
@@ -327,7 +336,12 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels) -> tuple[list[G
     ambiguous = np.logical_or.reduceat(grey_zone, starts)
     # A few dark pixels alone (a tick, but also a hair, dust, a stray dot) are
     # read as a mark only with a flag unless the bubble is also dark overall.
-    faint = np.logical_or.reduceat((mk & ~circled & (m.peak < faint_at)) | (stroke & (ex < t)), starts)
+    weak = m.peak < faint_at
+    if lv.peak_blind:
+        # Every bubble holds dark pixels here: a mark is faint by how much
+        # darker than its blank level it is, against this sheet's clear marks.
+        weak = weak | (ex < FAINT_RELATIVE * lv.mark_excess)
+    faint = np.logical_or.reduceat((mk & ~circled & weak) | (stroke & (ex < t)), starts)
     residue = ((ex >= erase_at) & (ex < lo) & ~stroke & ~circled) | rubbed
     erasure = np.logical_or.reduceat(residue, starts)
     circ = np.logical_or.reduceat(circled, starts)
