@@ -10,6 +10,10 @@ are divided out on the sheet itself.
 
 Decision (``decide_groups``), per sheet and per group:
 
+* First (``without_letters``) the ink of a letter or digit printed inside the
+  bubbles is taken out: each bubble is set against the blank level of the
+  bubbles printing the same value (``letter_levels``); about zero on a sheet
+  without letters.
 * ``score`` = max(mean darkness of the disc, mean of that and the share of the
   disc darker than 0.5): a solid fill scores ~0.8-1, light shading ~0.2-0.35,
   a tick or cross ~0.15-0.45 (few, dark pixels), erasure residue ~0.05-0.2
