@@ -33,7 +33,8 @@ Decision (``decide_groups``), per sheet and per group:
   ``GREY`` 0.05 or 2.5 noise, without stroke evidence), ``faint`` (a mark
   under half this sheet's typical mark darkness (where blank bubbles are dark
   in places too, letters printed in them or a two-level scan: under half its
-  typical mark excess), or read on strokes alone
+  typical mark excess; there, on a sheet marked lightly throughout, a group
+  read blank too), or read on strokes alone
   under ``T_mark``: a hair or a speck looks like that too), ``erasure`` (anything above
   3 noise and ``ERASURE_MIN`` 0.05 that is not read as a mark: residue, a
   smudge, a very light mark), ``circled``, ``misaligned`` (the printed outline
@@ -346,6 +347,11 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels) -> tuple[list[G
         # darker than its blank level it is, against this sheet's clear marks.
         weak = weak | (ex < FAINT_RELATIVE * lv.mark_excess)
     faint = np.logical_or.reduceat((mk & ~circled & weak) | (stroke & (ex < t)), starts)
+    if lv.peak_blind and t < MARK_MIN:
+        # Light marks on a sheet whose blank bubbles hold dark pixels (a
+        # two-level scan keeps only a few pixels of a light mark): a group
+        # read blank may hold a mark too light to tell from its letter.
+        faint |= n_marked == 0
     residue = ((ex >= erase_at) & (ex < lo) & ~stroke & ~circled) | rubbed
     erasure = np.logical_or.reduceat(residue, starts)
     circ = np.logical_or.reduceat(circled, starts)
