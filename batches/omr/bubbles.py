@@ -10,6 +10,10 @@ are divided out on the sheet itself.
 
 Decision (``decide_groups``), per sheet and per group:
 
+* First (``without_letters``) the ink of a letter or digit printed inside the
+  bubbles is taken out: each bubble is set against the blank level of the
+  bubbles printing the same value (``letter_levels``); about zero on a sheet
+  without letters.
 * ``score`` = max(mean darkness of the disc, mean of that and the share of the
   disc darker than 0.5): a solid fill scores ~0.8-1, light shading ~0.2-0.35,
   a tick or cross ~0.15-0.45 (few, dark pixels), erasure residue ~0.05-0.2
@@ -27,7 +31,10 @@ Decision (``decide_groups``), per sheet and per group:
   light even shade just over ``T_mark`` is taken for erasure residue.
 * Flags: ``ambiguous`` (an excess within the grey zone ``T_mark`` +- g, g =
   ``GREY`` 0.05 or 2.5 noise, without stroke evidence), ``faint`` (a mark
-  under half this sheet's typical mark darkness, or read on strokes alone
+  under half this sheet's typical mark darkness (where blank bubbles are dark
+  in places too, letters printed in them or a two-level scan: under half its
+  typical mark excess; there, on a sheet marked lightly throughout, a group
+  read blank too), or read on strokes alone
   under ``T_mark``: a hair or a speck looks like that too), ``erasure`` (anything above
   3 noise and ``ERASURE_MIN`` 0.05 that is not read as a mark: residue, a
   smudge, a very light mark), ``circled``, ``misaligned`` (the printed outline
@@ -40,7 +47,7 @@ light-sheet rule needs at least 8 bubbles clearly above the noise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -48,6 +55,7 @@ import numpy as np
 from .align import _DIRS16 as _DIRS
 from .align import BubbleFrame, PageFit, sample_offsets
 from .layout import PageLayout
+from .letter_levels import blank_levels
 
 #: Lowest excess darkness (score above the local blank level) that counts as a mark.
 MARK_MIN = 0.12
@@ -70,6 +78,9 @@ ERASURE_MIN = 0.05
 RING_MIN = 0.45
 #: A drawn circle: dark in at least this share of the free directions around.
 CIRCLE_MIN = 0.7
+#: Before the letters printed in bubbles are taken out, a bubble this far above
+#: the sheet's median is a clear mark (sets how far the unmarked ones reach).
+LETTER_CLEAR_MARK = 0.3
 
 # Disc sample points, as fractions of the radius: a square grid cut to a disc
 # of 0.72 r (keeps clear of the printed outline even when off by ~0.2 r).
@@ -184,6 +195,33 @@ def measure(grey: np.ndarray, frame: BubbleFrame, fit: PageFit) -> Measures:
     return Measures(mean, dark, peak, score, ring_seen, circle, paper, ink_ratio)
 
 
+def without_letters(m: Measures, keys: np.ndarray) -> Measures:
+    """``m`` with the ink of a letter printed inside the bubbles taken out.
+
+    ``keys``: (N,) the value each bubble prints (bubbles with equal keys print
+    the same letter or digit). The blank level of each value comes from this
+    sheet's bubbles that are clearly not marked (``letter_levels``): the disc's
+    mean darkness is brought to the sheet's blank level, and the share of dark
+    pixels a blank bubble of that value already shows is taken off. On a sheet
+    without letters both are about zero.
+    """
+    if len(m.score) == 0:
+        return m
+    # Clearly not marked: under a share of this sheet's typical clear mark
+    # (the letters' spread, ~0.1, stays well under it).
+    e0 = m.score - float(np.median(m.score))
+    clear = e0[e0 >= LETTER_CLEAR_MARK]
+    cut = float(np.clip(0.33 * np.median(clear), 0.18, 0.3)) if len(clear) else 0.3
+    blankish = e0 < cut
+    if blankish.sum() < 5:
+        return m
+    mean_blank = blank_levels(m.mean, keys, blankish)
+    mean = m.mean - (mean_blank - float(np.median(m.mean[blankish])))
+    dark = np.clip(m.dark - blank_levels(m.dark, keys, blankish), 0.0, 1.0)
+    score = np.maximum(mean, 0.5 * (mean + dark))
+    return replace(m, mean=mean, dark=dark, score=score)
+
+
 @lru_cache(maxsize=64)
 def _neighbour_weights(key: bytes, n: int) -> np.ndarray:
     """(N, N) Gaussian weights (sigma 12 mm) between bubbles, none to itself."""
@@ -202,7 +240,10 @@ class SheetLevels:
     ``base``: (N,) local blank level per bubble; ``excess``: score - base;
     ``noise``: spread of unmarked bubbles' excess; ``threshold``: excess that
     counts as a mark; ``mark_peak``: typical peak darkness of this sheet's clear
-    marks (0 if none).
+    marks (0 if none); ``mark_excess``: their typical excess (0 if none);
+    ``peak_blind``: the unmarked bubbles' own peak already reaches the faint
+    level (letters printed in them, a two-level scan), so the peak cannot tell
+    a faint mark and the excess must.
     """
 
     base: np.ndarray
@@ -211,6 +252,8 @@ class SheetLevels:
     threshold: float
     mark_peak: float
     marks: int
+    mark_excess: float = 0.0
+    peak_blind: bool = False
 
 
 def sheet_levels(m: Measures, frame: BubbleFrame) -> SheetLevels:
@@ -245,9 +288,11 @@ def sheet_levels(m: Measures, frame: BubbleFrame) -> SheetLevels:
     if len(above) >= 8:
         typical = float(np.median(above))
         threshold = min(threshold, max(MARK_MIN_LIGHT, 4.0 * noise, 0.55 * typical))
-    clear = m.peak[ex >= threshold + GREY]
-    mark_peak = float(np.median(clear)) if len(clear) >= 3 else 0.0
-    return SheetLevels(base, ex, noise, threshold, mark_peak, int((ex >= threshold).sum()))
+    clear = ex >= threshold + GREY
+    mark_peak = float(np.median(m.peak[clear])) if clear.sum() >= 3 else 0.0
+    mark_excess = float(np.median(ex[clear])) if clear.sum() >= 3 else 0.0
+    peak_blind = mark_peak > 0 and float(np.median(m.peak[low])) >= FAINT_RELATIVE * mark_peak
+    return SheetLevels(base, ex, noise, threshold, mark_peak, int((ex >= threshold).sum()), mark_excess, peak_blind)
 
 
 @dataclass
@@ -296,7 +341,17 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels) -> tuple[list[G
     ambiguous = np.logical_or.reduceat(grey_zone, starts)
     # A few dark pixels alone (a tick, but also a hair, dust, a stray dot) are
     # read as a mark only with a flag unless the bubble is also dark overall.
-    faint = np.logical_or.reduceat((mk & ~circled & (m.peak < faint_at)) | (stroke & (ex < t)), starts)
+    weak = m.peak < faint_at
+    if lv.peak_blind:
+        # Every bubble holds dark pixels here: a mark is faint by how much
+        # darker than its blank level it is, against this sheet's clear marks.
+        weak = weak | (ex < FAINT_RELATIVE * lv.mark_excess)
+    faint = np.logical_or.reduceat((mk & ~circled & weak) | (stroke & (ex < t)), starts)
+    if lv.peak_blind and t < MARK_MIN:
+        # Light marks on a sheet whose blank bubbles hold dark pixels (a
+        # two-level scan keeps only a few pixels of a light mark): a group
+        # read blank may hold a mark too light to tell from its letter.
+        faint |= n_marked == 0
     residue = ((ex >= erase_at) & (ex < lo) & ~stroke & ~circled) | rubbed
     erasure = np.logical_or.reduceat(residue, starts)
     circ = np.logical_or.reduceat(circled, starts)

@@ -479,8 +479,11 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
         out.flag("low_contrast")
 
     # 5. Decide.
-    levels = bub.sheet_levels(ev.m, ev.frame)
-    groups, marked = bub.decide_groups(ev.lay, ev.m, levels)
+    # Letters printed inside the bubbles are compared with their own blank level.
+    printed = np.array([b.value for g in ev.lay.groups for b in g.bubbles])
+    m = bub.without_letters(ev.m, np.unique(printed, return_inverse=True)[1])
+    levels = bub.sheet_levels(m, ev.frame)
+    groups, marked = bub.decide_groups(ev.lay, m, levels)
     out.answers, out.flags, out.confidence = bub.field_values(groups)
     # Every field of the template page, in the template's order.
     order = [f for f in chosen.field_names() if f in out.answers]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..letter_levels import blank_levels
 from .grid import Geometry, Measures, Placement
 
 #: A bubble this much darker than the blank level of its letter is a clear mark.
@@ -79,12 +80,7 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
     # (Before the letters are accounted for, their spread is not noise.)
     first = _threshold(score - float(np.median(score)), noise_guard=False)[0]
     blankish = ~first
-    glob = float(np.median(score[blankish])) if blankish.any() else 0.0
-    base = np.full(len(score), glob)
-    for k in np.unique(geo.value_key):
-        sel = (geo.value_key == k) & blankish
-        if sel.sum() >= 3:
-            base[geo.value_key == k] = float(np.median(score[sel]))
+    base = blank_levels(score, geo.value_key, blankish)
     e = score - base
     marked, thr, typical, noise = _threshold(e)
     sure_mark = SURE_MARK_OVER * thr

@@ -44,6 +44,11 @@ ROUGH_AGREE = 0.25
 INNER = 0.6
 #: The ring where a circle drawn around a bubble is looked for (share of the printed radius).
 CIRCLE_BAND = (1.35, 1.75)
+#: A circle drawn tight around a bubble runs closer: looked for there too, on a
+#: sheet whose bubbles show paper there (at most this share of the free
+#: directions dark, typically; a thick or blurred outline reaches that far).
+TIGHT_CIRCLE = 1.2
+TIGHT_CLEAR = 0.15
 
 
 @dataclass
@@ -610,13 +615,16 @@ def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
     rx = geo.half[:, 0] * s * pl.radius
     ry = geo.half[:, 1] * s * pl.radius
     a = np.linspace(0, 2 * np.pi, ANGLES, endpoint=False)
-    radii = np.linspace(CIRCLE_BAND[0], CIRCLE_BAND[1], 3)
+    radii = np.concatenate([[TIGHT_CIRCLE], np.linspace(CIRCLE_BAND[0], CIRCLE_BAND[1], 3)])
     cx = pl.pos[:, 0, None, None] + rx[:, None, None] * radii[None, None, :] * np.cos(a)[None, :, None]
     cy = pl.pos[:, 1, None, None] + ry[:, None, None] * radii[None, None, :] * np.sin(a)[None, :, None]
-    ring = _sample(cut.dark, np.stack([cx, cy], -1)).max(2)  # (N, A)
+    rings = _sample(cut.dark, np.stack([cx, cy], -1))  # (N, A, radii)
     ink = float(np.percentile(cut.dark[::3, ::3], 99.5))
-    dark_dirs = ring > max(0.25, 0.4 * ink)
+    dark_at = max(0.25, 0.4 * ink)
     nfree = geo.free.sum(1)
+    tight = ((rings[:, :, 0] > dark_at) & geo.free).sum(1) / np.maximum(nfree, 1)
+    ring = rings.max(2) if len(tight) and float(np.median(tight)) <= TIGHT_CLEAR else rings[:, :, 1:].max(2)  # (N, A)
+    dark_dirs = ring > dark_at
     circle = np.where(nfree >= ANGLES // 3, (dark_dirs & geo.free).sum(1) / np.maximum(nfree, 1), 0.0)
     del n
     return Measures(fill.astype(np.float64), share.astype(np.float64), circle.astype(np.float64), ink,

@@ -1,0 +1,25 @@
+"""The blank level of each printed letter comes from the sheet's own unmarked bubbles."""
+
+import numpy as np
+
+from batches.omr.letter_levels import blank_levels
+
+
+def test_each_value_gets_the_level_of_its_own_unmarked_bubbles():
+    # Blank "B"s are darker than blank "I"s; one "B" and one "I" are marked.
+    keys = np.array([0] * 6 + [1] * 6)
+    values = np.array([0.30, 0.31, 0.29, 0.30, 0.32, 0.9, 0.10, 0.11, 0.09, 0.10, 0.12, 0.8])
+    blankish = values < 0.5
+    base = blank_levels(values, keys, blankish)
+    assert np.allclose(base[:6], 0.30) and np.allclose(base[6:], 0.10)
+    # A blank "B" is at its level; the marked ones stand well above theirs.
+    assert abs(values[1] - base[1]) < 0.02 and values[5] - base[5] > 0.5 and values[11] - base[11] > 0.5
+
+
+def test_a_value_with_too_few_unmarked_bubbles_takes_the_sheets_level():
+    keys = np.array([0] * 6 + [1] * 4)
+    values = np.array([0.10, 0.11, 0.09, 0.10, 0.12, 0.10, 0.9, 0.85, 0.95, 0.12])
+    blankish = values < 0.5
+    base = blank_levels(values, keys, blankish)
+    # Only one of the four bubbles printing value 1 is unmarked: its level is not known.
+    assert np.allclose(base[6:], np.median(values[blankish]))
