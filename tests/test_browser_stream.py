@@ -18,7 +18,7 @@ from .test_browser import SEEN_SCRIPT
 pytestmark = pytest.mark.slow
 
 STAFF_USER, STAFF_PASSWORD = "streamer", "browser-stream-pw-1"
-SHEETS = 12
+SHEETS = 30
 
 if not Path(CHROMIUM).exists():
     pytest.fail(f"{CHROMIUM} missing (bin/setup --browser installs it)", pytrace=False)
@@ -26,12 +26,13 @@ if not Path(CHROMIUM).exists():
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    """Daphne, a worker and Redis, with streams that live about a second and a
-    half, and one sheet per message so the batch outlives several streams."""
+    """Daphne, a worker and Redis, with streams that live about half a second,
+    and one sheet per message, so that even on a quiet machine the batch
+    outlives several streams."""
     from .test_end_to_end import running_servers
 
     with running_servers(tmp_path_factory.mktemp("browser-stream"), STAFF_USER, OMR_CHUNK_SIZE="1",
-                         OMR_STREAM_MAX_SECONDS="1.5", OMR_STAFF_PASSWORD=STAFF_PASSWORD) as s:
+                         OMR_STREAM_MAX_SECONDS="0.6", OMR_STAFF_PASSWORD=STAFF_PASSWORD) as s:
         yield s
 
 
