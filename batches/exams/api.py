@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 
-from django.http import Http404, HttpResponse, JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from ..uploads.accept import ServiceError, parse_bool
-from ..web.auth import api_login_required, error_response, get_batch_or_404
+from ..web.auth import api_login_required, error_response, get_batch_or_404, get_exam_batch_or_404
 from . import exports, report, roster, services
 from .models import Exam
 
@@ -46,14 +46,9 @@ def _refused(exc: services.ExamError) -> JsonResponse:
 
 
 def _batch_id(request, exam: Exam):
-    """The ``?batch=`` of a download: one of the user's batches of this exam (404 otherwise)."""
-    raw = request.GET.get("batch")
-    if not raw:
-        return None
-    batch = get_batch_or_404(request.user, raw)
-    if batch.exam_id != exam.pk:
-        raise Http404("no such batch of this exam")
-    return batch.pk
+    """The ``?batch=`` of a download, as a batch id (see ``get_exam_batch_or_404``)."""
+    batch = get_exam_batch_or_404(request, exam)
+    return batch.pk if batch else None
 
 
 def _attachment(content, content_type: str, filename: str) -> HttpResponse:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.db.models import Count
-from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from ..web.auth import get_batch_or_404
+from ..web.auth import get_exam_batch_or_404
 from ..web.views import staff_required
 from . import changes, charts, exports, report, results, roster, services
 from .forms import ExamForm, RosterForm, initial_from_exam, key_text, template_shape
@@ -173,16 +172,6 @@ def exam_roster(request, exam_id):
 # ---------------------------------------------------------------- results
 
 
-def _results_batch(request, exam: Exam):
-    raw = request.GET.get("batch")
-    if not raw:
-        return None
-    batch = get_batch_or_404(request.user, raw)
-    if batch.exam_id != exam.pk:
-        raise Http404("no such batch of this exam")
-    return batch
-
-
 @require_GET
 @staff_required
 def exam_results(request, exam_id):
@@ -190,7 +179,7 @@ def exam_results(request, exam_id):
     table (``?sort=``, ``?order=desc``, ``?group=``), the histogram and the
     item analysis. An htmx request gets only the table."""
     exam = services.get_exam_or_404(request.user, exam_id)
-    batch = _results_batch(request, exam)
+    batch = get_exam_batch_or_404(request, exam)
     batch_id = batch.pk if batch else None
     questions = list(services.compiled(exam).rules.questions)
     sort, descending = results.read_sort(request.GET, questions)

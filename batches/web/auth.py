@@ -130,3 +130,15 @@ def get_batch_or_404(user, batch_id) -> Batch:
         return batches_for(user).get(pk=batch_id)
     except (Batch.DoesNotExist, ValueError):
         raise Http404("no such batch") from None
+
+
+def get_exam_batch_or_404(request, exam):
+    """The ``?batch=`` of an exam's results or downloads: ``None`` when absent,
+    else one of the user's batches of this exam (404 otherwise)."""
+    raw = request.GET.get("batch")
+    if not raw:
+        return None
+    batch = get_batch_or_404(request.user, raw)
+    if batch.exam_id != exam.pk:
+        raise Http404("no such batch of this exam")
+    return batch
