@@ -43,6 +43,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from .homography import apply_h
+from .imageio import to_grey
 from .layout import MM_PER_INCH, PageLayout, page_layout
 from .template import Template
 
@@ -153,16 +155,6 @@ class Background:
         return self.level[y, x].astype(np.float32)
 
 
-def apply_h(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Apply a 3x3 homography to (..., 2) points."""
-    pts = np.asarray(pts, np.float64)
-    flat = pts.reshape(-1, 2)
-    den = flat[:, 0] * H[2, 0] + flat[:, 1] * H[2, 1] + H[2, 2]
-    x = (flat[:, 0] * H[0, 0] + flat[:, 1] * H[0, 1] + H[0, 2]) / den
-    y = (flat[:, 0] * H[1, 0] + flat[:, 1] * H[1, 1] + H[1, 2]) / den
-    return np.stack([x, y], -1).reshape(pts.shape)
-
-
 def jacobians(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
     """(N, 2, 2) derivative of the homography at (N, 2) page points: image px
     per page mm along x and y, so a small page offset ``d`` moves the image
@@ -178,23 +170,6 @@ def jacobians(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
     J[:, 1, 0] = (H[1, 0] - v * H[2, 0]) / den
     J[:, 1, 1] = (H[1, 1] - v * H[2, 1]) / den
     return J
-
-
-def to_grey(image: np.ndarray) -> np.ndarray:
-    """A uint8 single-channel view of ``image`` (BGR, BGRA or grey)."""
-    if image.ndim == 3:
-        if image.shape[2] == 4:
-            image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
-        elif image.shape[2] == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        else:
-            image = image[:, :, 0]
-    if image.dtype != np.uint8:
-        if image.dtype == np.uint16:
-            image = (image >> 8).astype(np.uint8)
-        else:
-            image = np.clip(image, 0, 255).astype(np.uint8)
-    return image
 
 
 # ---------------------------------------------------------------- search

@@ -18,11 +18,13 @@ import json
 import sys
 from pathlib import Path
 
-from .layout import page_layout
-from .template import TemplateError, builtin_names, load_template
+# Each command imports what it uses: ``read`` with an OMRChecker template needs
+# none of the built-in templates' machinery, and every process pays for what it imports.
 
 
 def _template(value: str):
+    from .template import TemplateError, load_template
+
     try:
         return load_template(value)
     except (FileNotFoundError, TemplateError) as exc:
@@ -30,6 +32,8 @@ def _template(value: str):
 
 
 def cmd_templates(args: argparse.Namespace) -> int:
+    from .template import builtin_names, load_template
+
     for name in builtin_names():
         t = load_template(name)
         if args.json:
@@ -63,6 +67,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_layout(args: argparse.Namespace) -> int:
+    from .layout import page_layout
+
     template = _template(args.template)
     pages = [args.page] if args.page else range(1, template.pages + 1)
     for page in pages:
@@ -120,8 +126,6 @@ def _omrchecker_templates(args: argparse.Namespace):
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    from . import reader
-
     if args.omrchecker_template:
         if args.template:
             raise SystemExit("error: give --template or --omrchecker-template, not both")
@@ -132,6 +136,8 @@ def cmd_read(args: argparse.Namespace) -> int:
         def read(data: bytes, source: str):
             return read_omrchecker_image_bytes(data, template_for(Path(source)), source=source)
     else:
+        from . import reader
+
         template = _template(args.template) if args.template else None
 
         def read(data: bytes, source: str):

@@ -231,6 +231,23 @@ def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """A uint8 single-channel view of ``image`` (BGR, BGRA or grey)."""
+    if image.ndim == 3:
+        if image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
+        elif image.shape[2] == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        else:
+            image = image[:, :, 0]
+    if image.dtype != np.uint8:
+        if image.dtype == np.uint16:
+            image = (image >> 8).astype(np.uint8)
+        else:
+            image = np.clip(image, 0, 255).astype(np.uint8)
+    return image
+
+
 def _turns_quarter(orientation: int) -> bool:
     return orientation in (5, 6, 7, 8)
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from .template import Template
+if TYPE_CHECKING:
+    from .template import Template
 
 MM_PER_INCH = 25.4
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from pyzbar import pyzbar
 
-from .align import apply_h
+from .homography import apply_h
 from .payload import PayloadError, PayloadInvalid, QrPayload, decode_payload
 from .text import strip as strip_controls
 

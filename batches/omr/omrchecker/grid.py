@@ -105,6 +105,10 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
             pitch[b] = float(d.min())
         else:
             pitch[b] = 2.5 * float(half_a[idx[0]].max())
+    # Bubbles by x, to find the ones near a point without measuring them all.
+    order = np.argsort(cen_a[:, 0])
+    xs = cen_a[order, 0]
+    limit = 1.6 * half_a.max()
     for fields in _blocks_as_grids(t):
         grid = np.array([f.centres() for f in fields], np.float64)  # (fields, values, 2)
         b = block_ids[fields[0].block]
@@ -116,36 +120,49 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
             dl = grid[1] - grid[0]
             sides += [grid[0] - dl, grid[-1] + dl]
         for side in sides:
-            for p in side:
-                near = np.hypot(*(cen_a - p).T).min()
-                if 0 <= p[0] <= t.page_w and 0 <= p[1] <= t.page_h and near > 1.6 * half_a.max():
-                    border.append(p)
-                    border_b.append(b)
-    # Directions around each bubble free of other bubbles out to the circle band.
+            # Nothing printed there: no bubble within the limit (only bubbles
+            # that near in x can be, so only those are measured).
+            near, bubble = _near_in_x(side[:, 0], 2 * limit, order, xs)
+            taken = np.hypot(cen_a[bubble, 0] - side[near, 0], cen_a[bubble, 1] - side[near, 1]) <= limit
+            clear = np.bincount(near[taken], minlength=len(side)) == 0
+            keep = ((side[:, 0] >= 0) & (side[:, 0] <= t.page_w) & (side[:, 1] >= 0) & (side[:, 1] <= t.page_h)
+                    & clear)
+            border += list(side[keep])
+            border_b += [b] * int(keep.sum())
+    # Directions around each bubble free of other bubbles out to the circle band:
+    # every pair of a bubble and another as near in x as 3 reaches, at once.
     ang = np.linspace(0, 2 * np.pi, ANGLES, endpoint=False)
-    free = np.ones((len(cen_a), ANGLES), bool)
     reach = CIRCLE_BAND[1] * half_a.max(1)
-    order = np.argsort(cen_a[:, 0])
-    xs = cen_a[order, 0]
-    for i in range(len(cen_a)):
-        lo, hi = np.searchsorted(xs, cen_a[i, 0] - 3 * reach[i]), np.searchsorted(xs, cen_a[i, 0] + 3 * reach[i])
-        nb_idx = order[lo:hi]
-        nb_idx = nb_idx[nb_idx != i]
-        if not len(nb_idx):
-            continue
-        v = cen_a[nb_idx] - cen_a[i]
-        dist = np.hypot(v[:, 0], v[:, 1])
-        close = dist < reach[i] + half_a[nb_idx].max(1) * 1.1
-        if not close.any():
-            continue
-        a_nb = np.arctan2(v[close, 1], v[close, 0])
-        width = np.arcsin(np.clip(half_a[nb_idx[close]].max(1) * 1.3 / np.maximum(dist[close], 1e-6), 0, 1))
-        diff = np.abs((ang[None, :] - a_nb[:, None] + np.pi) % (2 * np.pi) - np.pi)
-        free[i] &= ~(diff < width[:, None] + 0.15).any(0)
+    me, other = _near_in_x(cen_a[:, 0], 3 * reach, order, xs)
+    me, other = me[other != me], other[other != me]
+    biggest = half_a.max(1)
+    vx, vy = cen_a[other, 0] - cen_a[me, 0], cen_a[other, 1] - cen_a[me, 1]
+    dist = np.hypot(vx, vy)
+    close = dist < reach[me] + biggest[other] * 1.1
+    me, other, vx, vy, dist = me[close], other[close], vx[close], vy[close], dist[close]
+    a_nb = np.arctan2(vy, vx)
+    width = np.arcsin(np.clip(biggest[other] * 1.3 / np.maximum(dist, 1e-6), 0, 1))
+    diff = np.abs((ang[None, :] - a_nb[:, None] + np.pi) % (2 * np.pi) - np.pi)
+    blocked = np.zeros((len(cen_a), ANGLES), bool)
+    np.logical_or.at(blocked, me, diff < width[:, None] + 0.15)
+    free = ~blocked
     g = Geometry(cen_a, half_a, blk_a, np.array(fld, np.int64), np.array(keys, np.int64), pitch,
                  np.array(border, np.float64).reshape(-1, 2), np.array(border_b, np.int64), free)
     _GEOMETRY[id(t)] = (t, g)
     return g
+
+
+def _near_in_x(x: np.ndarray, within: np.ndarray | float, order: np.ndarray, xs: np.ndarray,
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair (index into ``x``, bubble) whose x differ by less than
+    ``within`` (or exactly ``-within``; per point, or one for all): ``order``
+    sorts the bubbles by x, ``xs`` their x in that order."""
+    lo = np.searchsorted(xs, x - within)
+    hi = np.searchsorted(xs, x + within)
+    counts = hi - lo
+    point = np.repeat(np.arange(len(x)), counts)
+    bubble = order[np.arange(int(counts.sum())) + np.repeat(lo - (np.cumsum(counts) - counts), counts)]
+    return point, bubble
 
 
 def _blocks_as_grids(t: OmrCheckerTemplate) -> list[list]:

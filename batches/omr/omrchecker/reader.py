@@ -25,10 +25,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..align import to_grey
-from ..imageio import MAX_PIXELS, ImageInfo
+from ..imageio import MAX_PIXELS, ImageInfo, to_grey
 from ..layout import BubbleGeom, Group, PageLayout, Rect, Square
-from ..reader import SheetReading, read_pages
+from ..reading import SheetReading, read_pages
 from .decide import Decision, decide
 from .grid import cut_out, geometry, local_scale, measure, measurement_scale, place
 from .importer import OmrCheckerTemplate

@@ -25,7 +25,7 @@ import math
 import cv2
 import numpy as np
 
-from ..align import apply_h
+from ..homography import apply_h
 
 
 class StepError(Exception):
