@@ -284,3 +284,118 @@ def test_real_sheets_decode_at_their_recorded_size():
         path = root / row["image"].removeprefix("omrchecker_samples/")
         (page,) = load_grey_for_reading(path.read_bytes(), path.name)
         assert (page.width, page.height) == (int(row["width"]), int(row["height"])), path
+
+
+# ---------------------------------------------------------------- JPEG headers read without Pillow
+
+
+def _exif_block(entries: list[tuple[int, int, int, bytes]], big: bool = False) -> bytes:
+    """An EXIF APP1 body: a TIFF header and one directory of (tag, type, count,
+    value bytes) entries, values over 4 bytes stored after it."""
+    e = ">" if big else "<"
+    out_at = 8 + 2 + 12 * len(entries) + 4
+    ifd, extra = struct.pack(e + "H", len(entries)), b""
+    for tag, kind, count, value in entries:
+        if len(value) <= 4:
+            ifd += struct.pack(e + "HHI", tag, kind, count) + value.ljust(4, b"\0")
+        else:
+            ifd += struct.pack(e + "HHII", tag, kind, count, out_at + len(extra))
+            extra += value
+    head = (b"MM\x00*" if big else b"II*\x00") + struct.pack(e + "I", 8)
+    return b"Exif\x00\x00" + head + ifd + b"\x00\x00\x00\x00" + extra
+
+
+def _with_segments(jpeg: bytes, *bodies: tuple[int, bytes], jfif: bool = True) -> bytes:
+    """``jpeg`` with its JFIF segment kept or dropped and marker segments added after it."""
+    assert jpeg[2:4] == b"\xff\xe0"
+    app0_end = 4 + int.from_bytes(jpeg[4:6], "big")
+    added = b"".join(b"\xff" + bytes([m]) + struct.pack(">H", len(b) + 2) + b for m, b in bodies)
+    return jpeg[:2] + (jpeg[2:app0_end] if jfif else b"") + added + jpeg[app0_end:]
+
+
+def _pillow_says(data: bytes):
+    """What the header says according to Pillow itself: (format, size, pages, dpi), orientation."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data))
+            raw = im.info.get("dpi")
+            dpi = float(max(raw)) if raw else 0.0
+            info = (im.format, im.size, getattr(im, "n_frames", 1), dpi if dpi >= 20 else 0.0)
+    except Exception:  # noqa: BLE001 - refused: whatever the reason
+        info = "refused"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            o = Image.open(io.BytesIO(data)).getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001
+        o = 1
+    return info, (o if isinstance(o, int) and 1 <= o <= 8 else 1)
+
+
+def _we_say(data: bytes):
+    from batches.omr.imageio import exif_orientation
+
+    try:
+        i = probe(data)
+        info = (i.format, (i.width, i.height), i.pages, i.dpi)
+    except Exception:  # noqa: BLE001
+        info = "refused"
+    return info, exif_orientation(data)
+
+
+def _header_cases() -> list[tuple[str, bytes, bool]]:
+    """(name, file, whether it is plain enough to be read without Pillow)."""
+    grey = np.tile(np.arange(0, 240, 2, dtype=np.uint8), (90, 1))
+    plain = _jpeg(grey)
+    colour = cv2.merge([grey, grey[::-1], 255 - grey])
+    short = lambda v, e="<": struct.pack(e + "H", v)  # noqa: E731
+    ratio = lambda a, b, e="<": struct.pack(e + "II", a, b)  # noqa: E731
+    cases = [("plain", plain, True), ("300 dpi", _jpeg(grey, dpi=300), True),
+             ("dots per cm", plain[:13] + b"\x02" + plain[14:], True),
+             ("bytes after the end", plain + b"\x00trailer" * 50, True)]
+    out = io.BytesIO()
+    Image.fromarray(colour).save(out, "JPEG", quality=80, progressive=True)
+    cases.append(("progressive colour", out.getvalue(), True))
+    for o in range(0, 10):
+        cases.append((f"orientation {o}", _with_segments(plain, (0xE1, _exif_block([(0x0112, 3, 1, short(o))]))), True))
+    for jfif in (True, False):
+        for unit in (None, 1, 2, 3):
+            for x_res in (None, (300, 1), (7200, 24), (0, 0), (300, 0), (1, 3)):
+                entries = [(0x0112, 3, 1, short(6))]
+                if x_res is not None:
+                    entries.append((0x011A, 5, 1, ratio(*x_res)))
+                if unit is not None:
+                    entries.append((0x0128, 3, 1, short(unit)))
+                for big in (False, True):
+                    e = ">" if big else "<"
+                    entries_e = [(t, k, c, short(int.from_bytes(v[:2], "little"), e) if k == 3 else
+                                  ratio(*struct.unpack("<II", v), e)) for t, k, c, v in entries]
+                    data = _with_segments(plain, (0xE1, _exif_block(entries_e, big)), jfif=jfif)
+                    cases.append((f"jfif {jfif} unit {unit} x_res {x_res} big {big}", data, True))
+    xmp = b"http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta><rdf:Description tiff:Orientation=\"8\"/></x:xmpmeta>"
+    unusual = [
+        ("orientation stored as a long", _with_segments(plain, (0xE1, _exif_block([(0x0112, 4, 1, struct.pack("<I", 6))])))),
+        ("orientation twice", _with_segments(plain, (0xE1, _exif_block([(0x0112, 3, 1, short(3)), (0x0112, 3, 1, short(6))])))),
+        ("two EXIF blocks", _with_segments(plain, (0xE1, _exif_block([(0x0112, 3, 1, short(3))])),
+                                           (0xE1, _exif_block([(0x0112, 3, 1, short(6))])))),
+        ("resolution past the block", _with_segments(
+            plain, (0xE1, _exif_block([(0x011A, 5, 1, ratio(300, 1)), (0x0128, 3, 1, short(2))])[:-8]), jfif=False)),
+        ("XMP orientation", _with_segments(plain, (0xE1, xmp))),
+        ("EXIF header only", _with_segments(plain, (0xE1, b"Exif\x00\x00"), jfif=False)),
+        ("short JFIF", plain[:4] + b"\x00\x07JFIF\x00" + plain[4 + int.from_bytes(plain[4:6], "big"):]),
+        ("junk between segments", plain[:2] + b"\x00\x00" + plain[2:]),
+        ("cut in its header", plain[:40]),
+    ]
+    return cases + [(name, data, False) for name, data in unusual]
+
+
+def test_a_plain_jpeg_header_is_read_as_pillow_reads_it():
+    from batches.omr.imageio import _plain_jpeg
+
+    for name, data, plain in _header_cases():
+        assert _we_say(data) == _pillow_says(data), name
+        # The plain ones are read without Pillow; the others are left to it.
+        assert (_plain_jpeg(data) is not None) == plain, name
