@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .stats import median
+
 #: A value's own level needs at least this many unmarked bubbles printing it...
 MIN_BLANKS = 3
 #: ...and this share of all the bubbles printing it (when most of a value's
@@ -23,11 +25,11 @@ def blank_levels(values: np.ndarray, keys: np.ndarray, blankish: np.ndarray) -> 
     ``blankish`` bubbles with the same ``keys`` (the printed value), or over
     all ``blankish`` bubbles where too few print that value."""
     n = len(values)
-    glob = float(np.median(values[blankish])) if blankish.any() else 0.0
+    glob = float(median(values[blankish])) if blankish.any() else 0.0
     base = np.full(n, glob)
-    for k in np.unique(keys):
+    for k in sorted(set(keys.tolist())):  # (np.unique would import numpy.ma: see stats.py)
         same = keys == k
         sel = same & blankish
         if sel.sum() >= max(MIN_BLANKS, MIN_BLANK_SHARE * same.sum()):
-            base[same] = float(np.median(values[sel]))
+            base[same] = float(median(values[sel]))
     return base

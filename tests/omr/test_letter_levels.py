@@ -23,3 +23,28 @@ def test_a_value_with_too_few_unmarked_bubbles_takes_the_sheets_level():
     base = blank_levels(values, keys, blankish)
     # Only one of the four bubbles printing value 1 is unmarked: its level is not known.
     assert np.allclose(base[6:], np.median(values[blankish]))
+
+
+def test_median_and_percentile_are_numpys_to_the_bit():
+    # stats.py stands in for np.median and np.percentile on the reading path
+    # (numpy's own import numpy.ma): the same values, types and signed zeros.
+    from batches.omr.stats import median, percentile
+
+    rng = np.random.default_rng(7)
+    for trial in range(3000):
+        n = int(rng.integers(1, 200))
+        dtype = (np.uint8, np.float32, np.float64)[trial % 3]
+        if dtype is np.uint8:
+            a = rng.integers(0, 256, n).astype(dtype)
+        else:
+            a = rng.normal(0, 10.0 ** int(rng.integers(-3, 4)), n).astype(dtype)
+            a = np.where(rng.random(n) < 0.2, -0.0, np.where(rng.random(n) < 0.2, 0.0, a)).astype(dtype)
+            if trial % 7 == 0:
+                a[rng.integers(0, n)] = np.nan
+        if trial % 5 == 0 and n % 2 == 0:
+            a = a.reshape(2, -1)
+        q = (25, 60, 97, 99.5, 0, 100, float(rng.uniform(0, 100)))[trial % 7]
+        with np.errstate(all="ignore"):
+            for ours, numpys in ((median(a), np.median(a)), (percentile(a, q), np.percentile(a, q))):
+                assert type(ours) is type(numpys), (a, q)
+                assert (np.isnan(ours) and np.isnan(numpys)) or (ours == numpys and np.signbit(ours) == np.signbit(numpys)), (a, q)

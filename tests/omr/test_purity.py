@@ -50,7 +50,8 @@ def test_the_reading_path_never_loads_the_simulator():
 def test_reading_an_omrchecker_sheet_loads_neither_the_builtin_reader_nor_pillow():
     # Every process that reads sheets pays for what it imports: an OMRChecker
     # sheet (a plain JPEG) needs neither the built-in templates' page locator
-    # and template format, nor the QR decoder, nor Pillow.
+    # and template format, nor the QR decoder, nor Pillow, nor numpy's masked
+    # arrays (batches/omr/stats.py).
     sheet = "tests/data/real-sheets/omrchecker/community/dxuian/omrcollegesheet.jpg"
     template = "tests/data/real-sheets/omrchecker/community/dxuian/template.json"
     code = (
@@ -58,7 +59,7 @@ def test_reading_an_omrchecker_sheet_loads_neither_the_builtin_reader_nor_pillow
         "from batches.omr import cli\n"
         f"status = cli.main(['read', '--omrchecker-template', {template!r}, '--json', {sheet!r}])\n"
         "mods = ('batches.omr.align', 'batches.omr.bubbles', 'batches.omr.qr', 'batches.omr.reader',\n"
-        "        'batches.omr.template', 'pyzbar', 'PIL')\n"
+        "        'batches.omr.template', 'pyzbar', 'PIL', 'numpy.ma')\n"
         "print(status, ','.join(sorted(m for m in mods if m in sys.modules)), file=sys.stderr)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..letter_levels import blank_levels
+from ..stats import median, percentile
 from .grid import Geometry, Measures, Placement
 
 #: A bubble this much darker than the blank level of its letter is a clear mark.
@@ -62,9 +63,9 @@ def _threshold(e: np.ndarray, *, noise_guard: bool = True) -> tuple[np.ndarray, 
     pencil sheet gets a lower one), between ``MIN_MARK`` and ``MAX_MARK``
     and above the blanks' noise. Without any clear mark nothing is marked."""
     # The blanks' spread from the lower half only (marks widen the upper one).
-    noise = float(np.median(e) - np.percentile(e, 25)) / 0.674
+    noise = float(median(e) - percentile(e, 25)) / 0.674
     clear = e[e >= CLEAR_MARK]
-    typical = float(np.median(clear)) if len(clear) else 0.0
+    typical = float(median(clear)) if len(clear) else 0.0
     thr = float(np.clip(MARK_SHARE * typical, MIN_MARK, MAX_MARK)) if len(clear) else MAX_MARK
     if noise_guard:
         thr = max(thr, NOISE_SIGMAS * noise)
@@ -78,7 +79,7 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
     # First the blank level of each printed letter, from the bubbles that are
     # clearly not marked; then the threshold from this sheet's typical mark.
     # (Before the letters are accounted for, their spread is not noise.)
-    first = _threshold(score - float(np.median(score)), noise_guard=False)[0]
+    first = _threshold(score - float(median(score)), noise_guard=False)[0]
     blankish = ~first
     base = blank_levels(score, geo.value_key, blankish)
     e = score - base
@@ -93,7 +94,7 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
     ambiguous = ~marked & ~circled & (e > sure_blank)
     marked = marked | circled
     for name, which in (("faint", faint), ("ambiguous", ambiguous), ("circled", circled)):
-        for f in np.unique(geo.field[which]).tolist():
+        for f in sorted(set(geo.field[which].tolist())):
             _add(flags[f], name)
     # Confidence: how far from the doubtful band, in its widths (the field's
     # least sure bubble).
@@ -115,7 +116,7 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
     # Outlines one pitch outside blocks: printed numbers and letters beside a
     # block look alike there, so only most blocks showing them (the whole
     # grid a row or column off) make the sheet's blocks misaligned.
-    grid_off = len(pl.border) > 0 and float(np.median(pl.border)) > BORDER_FLAG
+    grid_off = len(pl.border) > 0 and float(median(pl.border)) > BORDER_FLAG
     # (One bubble off its outline in a tiny block is not a block off.)
     missed = np.bincount(geo.block, weights=(~pl.ok).astype(np.float64), minlength=len(pl.block_ok))
     bad_blocks = {b for b in range(len(pl.block_ok)) if (pl.block_ok[b] < BLOCK_OK and missed[b] >= 2) or grid_off}

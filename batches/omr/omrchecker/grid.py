@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..stats import median, percentile
 from .importer import OmrCheckerTemplate
 
 #: A bubble box is cut out at about this many pixels across.
@@ -68,7 +69,7 @@ class Geometry:
 
     @property
     def pitch(self) -> float:
-        return float(np.median(self.block_pitch))
+        return float(median(self.block_pitch))
 
 
 _GEOMETRY: dict[int, tuple[OmrCheckerTemplate, Geometry]] = {}
@@ -202,7 +203,7 @@ def measurement_scale(t: OmrCheckerTemplate, H: np.ndarray, geo: Geometry) -> fl
     """Cut-out px per page px: a box ``BOX_PX`` across, or what the image holds."""
     c = np.array([[t.page_w / 2, t.page_h / 2]])
     native = _local_scale(H, c)
-    box = float(np.median(geo.half.min(1))) * 2
+    box = float(median(geo.half.min(1))) * 2
     return max(0.05, min(BOX_PX / max(box, 1.0), native))
 
 
@@ -350,7 +351,7 @@ class Placement:
         """Share of bubbles on their printed outlines, less a half when most
         blocks show outlines one pitch outside them (the grid a row off), less
         the share of blocks off their outlines."""
-        off = len(self.border) > 0 and float(np.median(self.border)) > 0.95
+        off = len(self.border) > 0 and float(median(self.border)) > 0.95
         # Blocks off their outlines (a page taken with its margin, an
         # outline found short): the page is not where this placement puts
         # it, though blocks shifted half a pitch find outlines.
@@ -399,7 +400,7 @@ def _fit_block(pe: _Padded, pos: np.ndarray, reach: float) -> np.ndarray | None:
     if len(pos) < 6 or reach < 1:
         return None
     found_a, strength = _peaks(pe, pos, reach)
-    strong = strength > 0.5 * float(np.median(strength))
+    strong = strength > 0.5 * float(median(strength))
     if strong.sum() < max(4, len(pos) // 2):
         return None
     A, inl = cv2.estimateAffine2D(pos[strong], found_a[strong], method=cv2.RANSAC,
@@ -450,7 +451,7 @@ def _outline_radius(dark: np.ndarray, pos: np.ndarray, hx: float, hy: float) -> 
     py = pos[:, 1, None, None] + hy * rs[None, None, :] * np.sin(a)[None, :, None]
     prof = _sample(dark, np.stack([px, py], -1)).mean(1)  # (N, R)
     inner = prof[:, :8].mean(1)
-    unfilled = inner < np.percentile(inner, 60)
+    unfilled = inner < percentile(inner, 60)
     if unfilled.sum() < 3:
         return 1.0
     mean = prof[unfilled].mean(0)
@@ -466,7 +467,7 @@ def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
     s = cut.scale
     base = cut.to_cut(geo.centres)
     bpts = cut.to_cut(geo.border)
-    hx, hy = float(np.median(geo.half[:, 0])) * s, float(np.median(geo.half[:, 1])) * s
+    hx, hy = float(median(geo.half[:, 0])) * s, float(median(geo.half[:, 1])) * s
     # A grid repeats: shifted by a whole pitch it sits on printed bubbles too.
     # The page's location must be right to within half a pitch; further is
     # left to the caller (another placement), never snapped onto another row.
@@ -481,7 +482,7 @@ def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
     off = np.array([x0, y0], np.float64)
     base_r, bpts_r = base - off, bpts - off
 
-    pitch = float(np.median(geo.block_pitch)) * s
+    pitch = float(median(geo.block_pitch)) * s
     pad = int(math.ceil(0.5 * pitch)) + 3
 
     def fit_blocks(pe: _Padded, affine: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -579,7 +580,7 @@ def _verify(E: np.ndarray, pos: np.ndarray, geo: Geometry, s: float, bpts: np.nd
     offs = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], np.float64)
     here = _sample(E, pos)
     around = _sample(E, pos[:, None, :] + offs[None] * half[:, None, None]).mean(1)
-    typical = float(np.median(here))
+    typical = float(median(here))
     ok = (here > around) & (here > 0.25 * typical)
     nb = len(geo.block_pitch)
     block_ok = np.array([ok[geo.block == b].mean() for b in range(nb)])
@@ -636,11 +637,11 @@ def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
     cx = pl.pos[:, 0, None, None] + rx[:, None, None] * radii[None, None, :] * np.cos(a)[None, :, None]
     cy = pl.pos[:, 1, None, None] + ry[:, None, None] * radii[None, None, :] * np.sin(a)[None, :, None]
     rings = _sample(cut.dark, np.stack([cx, cy], -1))  # (N, A, radii)
-    ink = float(np.percentile(cut.dark[::3, ::3], 99.5))
+    ink = float(percentile(cut.dark[::3, ::3], 99.5))
     dark_at = max(0.25, 0.4 * ink)
     nfree = geo.free.sum(1)
     tight = ((rings[:, :, 0] > dark_at) & geo.free).sum(1) / np.maximum(nfree, 1)
-    ring = rings.max(2) if len(tight) and float(np.median(tight)) <= TIGHT_CLEAR else rings[:, :, 1:].max(2)  # (N, A)
+    ring = rings.max(2) if len(tight) and float(median(tight)) <= TIGHT_CLEAR else rings[:, :, 1:].max(2)  # (N, A)
     dark_dirs = ring > dark_at
     circle = np.where(nfree >= ANGLES // 3, (dark_dirs & geo.free).sum(1) / np.maximum(nfree, 1), 0.0)
     del n

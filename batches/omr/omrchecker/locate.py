@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from ..stats import percentile
 from .importer import OmrCheckerTemplate
 from .steps import (
     StepError,
@@ -117,7 +118,7 @@ def quick_outlines(work: np.ndarray) -> Iterator[np.ndarray]:
     sh, sw = small.shape
     k = max(3, round(min(sh, sw) / 40)) | 1
     otsu, _ = cv2.threshold(blur, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    hi = float(np.percentile(blur, 97))
+    hi = float(percentile(blur, 97))
     seen: list[np.ndarray] = []
 
     def new(contours) -> Iterator[np.ndarray]:

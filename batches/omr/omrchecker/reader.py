@@ -28,6 +28,7 @@ import numpy as np
 from ..imageio import MAX_PIXELS, ImageInfo, to_grey
 from ..layout import BubbleGeom, Group, PageLayout, Rect, Square
 from ..reading import SheetReading, read_pages
+from ..stats import median
 from .decide import Decision, decide
 from .grid import cut_out, geometry, local_scale, measure, measurement_scale, place
 from .importer import OmrCheckerTemplate
@@ -169,8 +170,8 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         # printed bubbles everywhere (a page merging with a white paper behind
         # it, found a pitch short along a side): the grid is fitted on the
         # printed outlines themselves from the likeliest rough placements.
-        pitch = float(np.median(geo.block_pitch))
-        half_box = float(np.median(geo.half.min(1)))
+        pitch = float(median(geo.block_pitch))
+        half_box = float(median(geo.half.min(1)))
         for _fit, cand, H in sorted(tried, key=lambda e: -e[0])[:GRID_TRIES]:
             res = fit_on_grid(grey, H, geo.centres, half_box, pitch)
             if res is None:

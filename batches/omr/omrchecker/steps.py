@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from ..homography import apply_h
+from ..stats import median, percentile
 
 
 class StepError(Exception):
@@ -163,7 +164,7 @@ def page_candidates(grey: np.ndarray, limit: int = 8) -> list[tuple[np.ndarray, 
 
     k = max(3, round(min(h, w) / 40)) | 1
     otsu, _ = cv2.threshold(blur, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    hi = float(np.percentile(blur, 97))
+    hi = float(percentile(blur, 97))
     # Otsu's level, then lower ones: a shadow across the page puts part of it
     # under Otsu's level; higher ones: bright clutter merged with the page.
     for level in (otsu, 0.5 * (otsu + hi), 0.75 * otsu, 0.55 * otsu):
@@ -633,7 +634,7 @@ def fit_on_grid(grey: np.ndarray, H: np.ndarray, centres: np.ndarray, half_box: 
                     dy = 0.5 * (a - c) / den if den < 0 else 0.0
                 vals[i] = mv
                 pts[i] = (lx + kh + dx, ly + kh + dy)
-            typical = float(np.median(vals))
+            typical = float(median(vals))
             if best is None or typical > best[0]:
                 best = (typical, rr, vals, pts)
         if best is None:
