@@ -11,15 +11,16 @@ from __future__ import annotations
 import io
 import re
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-# Pillow is imported where a file needs it (a TIFF, a PNG, an unusual JPEG):
-# the header of a plain JPEG is read here (``_plain_jpeg``), and a reading
-# process that meets only those never pays for importing Pillow.
+# Pillow is imported where a file needs it (a TIFF, an unusual JPEG or PNG):
+# the header of a plain JPEG or PNG is read here (``_plain_header``), and a
+# reading process that meets only those never pays for importing Pillow.
 
 #: Default upper bound on the pixels of one page (60 megapixels: an A4 page at
 #: 600 dpi is 35 MP, a 50 MP phone photo still passes).
@@ -66,9 +67,9 @@ def probe(data: bytes, max_pixels: int = MAX_PIXELS) -> ImageInfo:
     """
     if not data:
         raise ImageError("empty file")
-    plain = _plain_jpeg(data)
+    plain = _plain_header(data)
     if plain is not None and plain.width * plain.height <= max_pixels:
-        return ImageInfo("JPEG", plain.width, plain.height, 1, plain.dpi)
+        return ImageInfo(plain.format, plain.width, plain.height, 1, plain.dpi)
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -136,7 +137,8 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
 
 
 @dataclass(frozen=True)
-class _PlainJpeg:
+class _PlainHeader:
+    format: str  # "JPEG" or "PNG"
     width: int
     height: int
     dpi: float  # as ``probe`` reports it
@@ -152,7 +154,67 @@ _EXIF_PREFIX = b"Exif\x00\x00"
 _XMP_PREFIX = b"http://ns.adobe.com/xap/1.0/\x00"
 
 
-def _plain_jpeg(data: bytes) -> _PlainJpeg | None:
+def _plain_header(data: bytes) -> _PlainHeader | None:
+    """What Pillow would read from a plain JPEG or PNG file's header (None:
+    let Pillow read it)."""
+    if data[:3] == b"\xff\xd8\xff":
+        return _plain_jpeg(data)
+    if data[:8] == _PNG_SIGNATURE:
+        return _plain_png(data)
+    return None
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: (bit depth, colour type) of the PNG images Pillow opens.
+_PNG_MODES = {(1, 0), (2, 0), (4, 0), (8, 0), (16, 0), (8, 2), (16, 2), (1, 3), (2, 3), (4, 3), (8, 3), (8, 4),
+              (16, 4), (8, 6), (16, 6)}
+#: Chunks of a plain PNG before its image data, and their lengths where Pillow
+#: needs one (None: any).
+_PNG_PLAIN = {b"PLTE": None, b"gAMA": 4, b"sRGB": 1, b"pHYs": 9, b"cHRM": 32}
+#: Chunks that may carry an orientation (EXIF, XMP or EXIF in text) or more frames.
+_PNG_NOT_PLAIN = {b"eXIf", b"tEXt", b"zTXt", b"iTXt", b"acTL", b"fcTL", b"fdAT"}
+
+
+def _plain_png(data: bytes) -> _PlainHeader | None:
+    """A plain PNG's size and resolution as Pillow reads them (its chunks up to
+    the image data, their checksums checked as Pillow checks them), without
+    Pillow; its orientation is 1 when no chunk could carry one (Pillow would
+    decode the whole image to look for one). None for anything else."""
+    n = len(data)
+    i = 8
+    size = None
+    dpi = 0.0
+    in_image = False
+    while True:
+        if i + 12 > n:
+            return None
+        length = int.from_bytes(data[i:i + 4], "big")
+        kind = data[i + 4:i + 8]
+        body = data[i + 8:i + 8 + length]
+        if i + 12 + length > n or kind in _PNG_NOT_PLAIN:
+            return None
+        if kind == b"IEND":
+            break
+        if kind == b"IDAT":
+            in_image = True
+        elif not in_image:
+            if zlib.crc32(kind + body) != int.from_bytes(data[i + 8 + length:i + 12 + length], "big"):
+                return None
+            if size is None:
+                if kind != b"IHDR" or length != 13 or (body[8], body[9]) not in _PNG_MODES or body[11]:
+                    return None
+                size = int.from_bytes(body[0:4], "big"), int.from_bytes(body[4:8], "big")
+            elif kind not in _PNG_PLAIN or (_PNG_PLAIN[kind] is not None and length != _PNG_PLAIN[kind]):
+                return None
+            elif kind == b"pHYs" and body[8] == 1:  # pixels per metre
+                dpi = float(max(int.from_bytes(body[0:4], "big") * 0.0254, int.from_bytes(body[4:8], "big") * 0.0254))
+        i += 12 + length
+    if not in_image or size is None or not size[0] or not size[1] or size[0] * size[1] > _PILLOW_WARNS:
+        return None
+    return _PlainHeader("PNG", size[0], size[1], dpi if dpi >= 20 else 0.0, 1)
+
+
+def _plain_jpeg(data: bytes) -> _PlainHeader | None:
     """The size, resolution and EXIF orientation of a plain JPEG, read from its
     marker segments as Pillow reads them, without importing Pillow (a third of
     the start-up of a process that reads one sheet). None for anything else or
@@ -215,7 +277,7 @@ def _plain_jpeg(data: bytes) -> _PlainJpeg | None:
             dpi = x_res[0] / x_res[1]
             pair = (dpi * 2.54, dpi * 2.54) if unit == 3 else (dpi, dpi)
     dpi = float(max(pair)) if pair else 0.0
-    return _PlainJpeg(size[0], size[1], dpi if dpi >= 20 else 0.0, (exif or {}).get(_ORIENTATION_TAG, 1))
+    return _PlainHeader("JPEG", size[0], size[1], dpi if dpi >= 20 else 0.0, (exif or {}).get(_ORIENTATION_TAG, 1))
 
 
 def _plain_tables(body: bytes) -> bool:
@@ -356,7 +418,7 @@ def exif_orientation(data: bytes) -> int:
     turn it for viewing; every viewer does, so a person sees the sheet upright.
     JPEG, PNG (eXIf chunk), WebP and TIFF carry it.
     """
-    plain = _plain_jpeg(data)
+    plain = _plain_header(data)
     if plain is not None:
         value = plain.orientation
         return value if 1 <= value <= 8 else 1

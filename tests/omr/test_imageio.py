@@ -392,10 +392,54 @@ def _header_cases() -> list[tuple[str, bytes, bool]]:
     return cases + [(name, data, False) for name, data in unusual]
 
 
-def test_a_plain_jpeg_header_is_read_as_pillow_reads_it():
-    from batches.omr.imageio import _plain_jpeg
+def _png_cases() -> list[tuple[str, bytes, bool]]:
+    """(name, PNG file, whether it is plain enough to be read without Pillow)."""
+    grey = np.tile(np.arange(0, 240, 2, dtype=np.uint8), (90, 1))
 
-    for name, data, plain in _header_cases():
+    def pillow_png(img, **save) -> bytes:
+        out = io.BytesIO()
+        img.save(out, "PNG", **save)
+        return out.getvalue()
+
+    def chunk(kind: bytes, body: bytes, crc: int | None = None) -> bytes:
+        crc = zlib.crc32(kind + body) if crc is None else crc
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc & 0xFFFFFFFF)
+
+    def before_image(png: bytes, *chunks: bytes) -> bytes:
+        at = png.index(b"IDAT") - 4
+        return png[:at] + b"".join(chunks) + png[at:]
+
+    plain = _png(grey)
+    text = Image.fromarray(grey)
+    info = __import__("PIL.PngImagePlugin", fromlist=["PngInfo"]).PngInfo()
+    info.add_text("Comment", "a scan")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    phys = lambda x, y, unit: chunk(b"pHYs", struct.pack(">IIB", x, y, unit))  # noqa: E731
+    return [
+        ("grey", plain, True), ("colour", _png(cv2.merge([grey, grey[::-1], 255 - grey])), True),
+        ("16 bit", _png(grey.astype(np.uint16) * 257), True),
+        ("palette", pillow_png(Image.fromarray(grey).convert("P")), True),
+        ("bilevel", pillow_png(Image.fromarray(grey).convert("1")), True),
+        ("300 dpi", pillow_png(Image.fromarray(grey), dpi=(300, 300)), True),
+        ("pixels per metre", before_image(plain, phys(11811, 11000, 1)), True),
+        ("an aspect only", before_image(plain, phys(3, 2, 0)), True),
+        ("gamma and sRGB", before_image(plain, chunk(b"gAMA", struct.pack(">I", 45455)), chunk(b"sRGB", b"\x00")), True),
+        ("text", pillow_png(text, pnginfo=info), False),
+        ("EXIF orientation", pillow_png(Image.fromarray(grey), exif=exif.tobytes()), False),
+        ("EXIF after the image", plain[:-12] + chunk(b"eXIf", exif.tobytes()[6:] if exif.tobytes().startswith(b"Exif")
+                                                    else exif.tobytes()) + plain[-12:], False),
+        ("bad checksum", before_image(plain, chunk(b"gAMA", struct.pack(">I", 45455), crc=1)), False),
+        ("short gamma", before_image(plain, chunk(b"gAMA", b"\x00\x01")), False),
+        ("unknown chunk", before_image(plain, chunk(b"tIME", b"\x07\xea\x0c\x06\x16\x00\x00")), False),
+        ("cut", plain[:60], False),
+    ]
+
+
+def test_a_plain_jpeg_or_png_header_is_read_as_pillow_reads_it():
+    from batches.omr.imageio import _plain_header
+
+    for name, data, plain in _header_cases() + _png_cases():
         assert _we_say(data) == _pillow_says(data), name
         # The plain ones are read without Pillow; the others are left to it.
-        assert (_plain_jpeg(data) is not None) == plain, name
+        assert (_plain_header(data) is not None) == plain, name
