@@ -336,14 +336,18 @@ def _pillow_says(data: bytes):
 
 
 def _we_say(data: bytes):
+    import warnings
+
     from batches.omr.imageio import exif_orientation
 
-    try:
-        i = probe(data)
-        info = (i.format, (i.width, i.height), i.pages, i.dpi)
-    except Exception:  # noqa: BLE001
-        info = "refused"
-    return info, exif_orientation(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's, on the damaged files left to it
+        try:
+            i = probe(data)
+            info = (i.format, (i.width, i.height), i.pages, i.dpi)
+        except Exception:  # noqa: BLE001
+            info = "refused"
+        return info, exif_orientation(data)
 
 
 def _header_cases() -> list[tuple[str, bytes, bool]]:
