@@ -11,16 +11,12 @@ from __future__ import annotations
 import io
 import re
 import warnings
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-
-# Pillow is imported where a file needs it (a TIFF, an unusual JPEG or PNG):
-# the header of a plain JPEG or PNG is read here (``_plain_header``), and a
-# reading process that meets only those never pays for importing Pillow.
+from PIL import Image, ImageSequence, UnidentifiedImageError
 
 #: Default upper bound on the pixels of one page (60 megapixels: an A4 page at
 #: 600 dpi is 35 MP, a 50 MP phone photo still passes).
@@ -67,11 +63,6 @@ def probe(data: bytes, max_pixels: int = MAX_PIXELS) -> ImageInfo:
     """
     if not data:
         raise ImageError("empty file")
-    plain = _plain_header(data)
-    if plain is not None and plain.width * plain.height <= max_pixels:
-        return ImageInfo(plain.format, plain.width, plain.height, 1, plain.dpi)
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with warnings.catch_warnings():
             # Pillow warns about large images; the cap below is ours to enforce.
@@ -134,212 +125,6 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
                 return w, h
             i += 2 + length
     return None
-
-
-@dataclass(frozen=True)
-class _PlainHeader:
-    format: str  # "JPEG" or "PNG"
-    width: int
-    height: int
-    dpi: float  # as ``probe`` reports it
-    orientation: int  # the EXIF tag's value, 1 when absent
-
-
-#: Pillow's own size check warns above this many pixels; such files go through it.
-_PILLOW_WARNS = 89_478_485
-#: Marker segments of a plain JPEG up to its first scan: APPn, COM, DQT, DHT,
-#: DRI, and a baseline, extended or progressive frame header (SOF0-2).
-_PLAIN_SEGMENTS = {*range(0xE0, 0xF0), 0xFE, 0xDB, 0xC4, 0xDD, 0xC0, 0xC1, 0xC2}
-_EXIF_PREFIX = b"Exif\x00\x00"
-_XMP_PREFIX = b"http://ns.adobe.com/xap/1.0/\x00"
-
-
-def _plain_header(data: bytes) -> _PlainHeader | None:
-    """What Pillow would read from a plain JPEG or PNG file's header (None:
-    let Pillow read it)."""
-    if data[:3] == b"\xff\xd8\xff":
-        return _plain_jpeg(data)
-    if data[:8] == _PNG_SIGNATURE:
-        return _plain_png(data)
-    return None
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-#: (bit depth, colour type) of the PNG images Pillow opens.
-_PNG_MODES = {(1, 0), (2, 0), (4, 0), (8, 0), (16, 0), (8, 2), (16, 2), (1, 3), (2, 3), (4, 3), (8, 3), (8, 4),
-              (16, 4), (8, 6), (16, 6)}
-#: Chunks of a plain PNG before its image data, and their lengths where Pillow
-#: needs one (None: any).
-_PNG_PLAIN = {b"PLTE": None, b"gAMA": 4, b"sRGB": 1, b"pHYs": 9, b"cHRM": 32}
-#: Chunks that may carry an orientation (EXIF, XMP or EXIF in text) or more frames.
-_PNG_NOT_PLAIN = {b"eXIf", b"tEXt", b"zTXt", b"iTXt", b"acTL", b"fcTL", b"fdAT"}
-
-
-def _plain_png(data: bytes) -> _PlainHeader | None:
-    """A plain PNG's size and resolution as Pillow reads them (its chunks up to
-    the image data, their checksums checked as Pillow checks them), without
-    Pillow; its orientation is 1 when no chunk could carry one (Pillow would
-    decode the whole image to look for one). None for anything else."""
-    n = len(data)
-    i = 8
-    size = None
-    dpi = 0.0
-    in_image = False
-    while True:
-        if i + 12 > n:
-            return None
-        length = int.from_bytes(data[i:i + 4], "big")
-        kind = data[i + 4:i + 8]
-        body = data[i + 8:i + 8 + length]
-        if i + 12 + length > n or kind in _PNG_NOT_PLAIN:
-            return None
-        if kind == b"IEND":
-            break
-        if kind == b"IDAT":
-            in_image = True
-        elif not in_image:
-            if zlib.crc32(kind + body) != int.from_bytes(data[i + 8 + length:i + 12 + length], "big"):
-                return None
-            if size is None:
-                if kind != b"IHDR" or length != 13 or (body[8], body[9]) not in _PNG_MODES or body[11]:
-                    return None
-                size = int.from_bytes(body[0:4], "big"), int.from_bytes(body[4:8], "big")
-            elif kind not in _PNG_PLAIN or (_PNG_PLAIN[kind] is not None and length != _PNG_PLAIN[kind]):
-                return None
-            elif kind == b"pHYs" and body[8] == 1:  # pixels per metre
-                dpi = float(max(int.from_bytes(body[0:4], "big") * 0.0254, int.from_bytes(body[4:8], "big") * 0.0254))
-        i += 12 + length
-    if not in_image or size is None or not size[0] or not size[1] or size[0] * size[1] > _PILLOW_WARNS:
-        return None
-    return _PlainHeader("PNG", size[0], size[1], dpi if dpi >= 20 else 0.0, 1)
-
-
-def _plain_jpeg(data: bytes) -> _PlainHeader | None:
-    """The size, resolution and EXIF orientation of a plain JPEG, read from its
-    marker segments as Pillow reads them, without importing Pillow (its import
-    and plugins cost a reading process ~20 ms). None for anything else or
-    anything unusual (several frame headers, MPO pictures, XMP, CMYK, an EXIF
-    block not laid out as usual, segments running past the file): Pillow then
-    reads the file, so every answer stays Pillow's."""
-    if data[:3] != b"\xff\xd8\xff":
-        return None
-    n = len(data)
-    i = 2
-    size = density = exif = None
-    while True:
-        if i >= n or data[i] != 0xFF:
-            return None
-        while i < n and data[i] == 0xFF:  # fill bytes before a marker
-            i += 1
-        if i + 2 >= n:
-            return None
-        marker = data[i]
-        length = int.from_bytes(data[i + 1:i + 3], "big")
-        body = data[i + 3:i + 1 + length]
-        if length < 2 or i + 1 + length > n:
-            return None
-        i += 1 + length
-        if marker == 0xDA:  # start of scan: the header is over
-            break
-        if marker not in _PLAIN_SEGMENTS:
-            return None
-        if marker in (0xC0, 0xC1, 0xC2):
-            if size is not None or len(body) < 6 or body[0] != 8 or body[5] not in (1, 3) or len(body) != 6 + 3 * body[5]:
-                return None
-            size = int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big")
-        elif marker == 0xDB and not _plain_tables(body):
-            return None
-        elif marker == 0xE0 and body.startswith(b"JFIF"):
-            if density is not None or len(body) < 12:
-                return None
-            density = body[7], int.from_bytes(body[8:10], "big"), int.from_bytes(body[10:12], "big")
-        elif marker == 0xE1 and body.startswith(_EXIF_PREFIX):
-            if exif is not None:
-                return None
-            exif = _plain_exif(body[len(_EXIF_PREFIX):])
-            if exif is None:
-                return None
-        elif ((marker == 0xE1 and body.startswith(_XMP_PREFIX)) or (marker == 0xE2 and body.startswith(b"MPF\x00"))
-              or (marker == 0xE2 and body.startswith(b"ICC_PROFILE\x00") and len(body) < 14)
-              or (marker == 0xED and body.startswith(b"Photoshop 3.0\x00"))
-              or (marker == 0xEE and body.startswith(b"Adobe") and len(body) < 12)):
-            return None
-    if size is None or not size[0] or not size[1] or size[0] * size[1] > _PILLOW_WARNS:
-        return None
-    pair: tuple | None = None  # Pillow's "dpi"
-    if density is not None and density[0] in (1, 2):
-        pair = density[1:] if density[0] == 1 else tuple(d * 2.54 for d in density[1:])
-    elif exif is not None:
-        unit, x_res = exif.get(0x0128), exif.get(0x011A)
-        if unit is None or x_res is None or x_res[1] == 0:
-            pair = (72, 72)
-        else:
-            dpi = x_res[0] / x_res[1]
-            pair = (dpi * 2.54, dpi * 2.54) if unit == 3 else (dpi, dpi)
-    dpi = float(max(pair)) if pair else 0.0
-    return _PlainHeader("JPEG", size[0], size[1], dpi if dpi >= 20 else 0.0, (exif or {}).get(_ORIENTATION_TAG, 1))
-
-
-def _plain_tables(body: bytes) -> bool:
-    """Quantisation tables that fill their segment exactly, as Pillow requires."""
-    while body:
-        length = 1 + (64 if body[0] < 16 else 128)
-        if len(body) < length:
-            return False
-        body = body[length:]
-    return True
-
-
-#: Bytes per value of the TIFF field types Pillow reads (others it skips).
-_TIFF_UNIT = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8}
-
-
-def _plain_exif(tiff: bytes) -> dict[int, object] | None:
-    """Orientation and ResolutionUnit (ints) and XResolution ((numerator,
-    denominator)) from the first directory of an EXIF block, when it is laid
-    out as usual: a TIFF header, every entry and every value inside the block,
-    no tag twice, these three of their usual types. None otherwise."""
-    if tiff.startswith(_EXIF_PREFIX) or tiff[:4] not in (b"II*\x00", b"MM\x00*"):
-        return None
-    order = "little" if tiff[:2] == b"II" else "big"
-
-    def number(at: int, width: int) -> int:
-        return int.from_bytes(tiff[at:at + width], order)
-
-    start = number(4, 4)
-    if start + 2 > len(tiff):
-        return None
-    count = number(start, 2)
-    if start + 2 + 12 * count > len(tiff):
-        return None
-    wanted = {_ORIENTATION_TAG: 3, 0x0128: 3, 0x011A: 5}
-    found: dict[int, object] = {}
-    seen = set()
-    outside = 0  # bytes of values stored apart from their entries, as Pillow counts them
-    for k in range(count):
-        at = start + 2 + 12 * k
-        tag, kind, values = number(at, 2), number(at + 2, 2), number(at + 4, 4)
-        if tag in seen or (tag in wanted and kind not in _TIFF_UNIT):
-            return None
-        if kind not in _TIFF_UNIT:
-            continue  # Pillow skips a value of an unknown type
-        seen.add(tag)
-        size = values * _TIFF_UNIT[kind]
-        if size > 4:
-            outside += size
-            offset = number(at + 8, 4)
-            if outside > len(tiff) or offset + size > len(tiff):
-                return None
-        if tag not in wanted:
-            continue
-        if kind != wanted[tag] or values != 1:
-            return None
-        if kind == 3:
-            found[tag] = number(at + 8, 2)
-        else:
-            offset = number(at + 8, 4)
-            found[tag] = (number(offset, 4), number(offset + 4, 4))
-    return found
 
 
 def _bomb_pixels(message: str) -> str:
@@ -418,12 +203,6 @@ def exif_orientation(data: bytes) -> int:
     turn it for viewing; every viewer does, so a person sees the sheet upright.
     JPEG, PNG (eXIf chunk), WebP and TIFF carry it.
     """
-    plain = _plain_header(data)
-    if plain is not None:
-        value = plain.orientation
-        return value if 1 <= value <= 8 else 1
-    from PIL import Image
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -494,8 +273,6 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
 
 def _pil_pages(data: bytes, grey: bool) -> list[np.ndarray]:
     """Every page through Pillow (multi-page TIFF, fax/LZW compression, odd modes)."""
-    from PIL import Image, ImageSequence
-
     out = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -521,7 +298,7 @@ def _pil_pages(data: bytes, grey: bool) -> list[np.ndarray]:
     return out
 
 
-def _frame_orientation(frame) -> int:
+def _frame_orientation(frame: Image.Image) -> int:
     # Each page of a TIFF carries its own orientation tag.
     try:
         value = frame.getexif().get(_ORIENTATION_TAG, 1)
