@@ -23,3 +23,16 @@ def test_a_value_with_too_few_unmarked_bubbles_takes_the_sheets_level():
     base = blank_levels(values, keys, blankish)
     # Only one of the four bubbles printing value 1 is unmarked: its level is not known.
     assert np.allclose(base[6:], np.median(values[blankish]))
+
+
+def test_each_level_is_the_median_of_its_values_unmarked_bubbles_odd_or_even():
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 7, 300)
+    values = rng.random(300).astype(np.float32)
+    blankish = rng.random(300) < 0.7
+    base = blank_levels(values, keys, blankish)
+    glob = np.median(values[blankish])
+    for k in range(7):
+        sel = (keys == k) & blankish
+        want = np.median(values[sel]) if sel.sum() >= max(3, 0.3 * (keys == k).sum()) else glob
+        assert np.all(base[keys == k] == want)
