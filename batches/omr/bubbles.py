@@ -26,7 +26,8 @@ Decision (``decide_groups``), per sheet and per group:
   0.12, 6 noise), lowered on a sheet marked lightly throughout to about half
   its marks' typical excess (never under ``MARK_MIN_LIGHT`` 0.07 or 4 noise);
   or, for pen/pencil strokes (a tick, a cross: at least 8 % of the disc
-  darker than 0.5, reaching 0.45), an excess >= ``STROKE_MIN`` 0.07; or a
+  darker than 0.5, reaching 0.45), an excess >= ``STROKE_MIN`` 0.07 (the
+  stroke rule of ``strokes.py``, shared with OMRChecker sheets); or a
   circle drawn around the bubble. Beside a clear mark in the same group, a
   light even shade just over ``T_mark`` is taken for erasure residue.
 * Flags: ``ambiguous`` (an excess within the grey zone ``T_mark`` +- g, g =
@@ -56,6 +57,7 @@ from .align import _DIRS16 as _DIRS
 from .align import BubbleFrame, PageFit, sample_offsets
 from .layout import PageLayout
 from .letter_levels import blank_levels
+from .strokes import STROKE_DARK, strokes
 
 #: Lowest excess darkness (score above the local blank level) that counts as a mark.
 MARK_MIN = 0.12
@@ -63,11 +65,6 @@ MARK_MIN = 0.12
 MARK_MIN_LIGHT = 0.07
 #: Half-width of the grey zone around that threshold: readings there are flagged.
 GREY = 0.05
-#: Strokes (ticks, crosses): a share of the disc darker than 0.5 at least
-#: STROKE_DARK, whose darkest pixels reach STROKE_PEAK, count from this excess.
-STROKE_MIN = 0.07
-STROKE_DARK = 0.08
-STROKE_PEAK = 0.45
 #: A mark whose peak darkness is under this fraction of the sheet's typical
 #: mark peak is ``faint``.
 FAINT_RELATIVE = 0.5
@@ -318,7 +315,7 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels) -> tuple[list[G
     ex = lv.excess
     if len(ex) == 0:
         return [], np.zeros(0, bool)
-    stroke = (m.dark >= STROKE_DARK) & (m.peak >= STROKE_PEAK) & (ex >= max(STROKE_MIN, 3.5 * lv.noise))
+    stroke = strokes(m.dark, m.peak, ex, lv.noise)
     circled = (m.circle >= CIRCLE_MIN) & (ex < lo)
     mk = (ex >= t) | stroke | circled
     # Anything clearly above the noise that is not read as a mark is flagged.
