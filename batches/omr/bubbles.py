@@ -29,9 +29,13 @@ Decision (``decide_groups``), per sheet and per group:
   darker than 0.5, reaching 0.45), an excess >= ``STROKE_MIN`` 0.07 (the
   stroke rule of ``strokes.py``, shared with OMRChecker sheets); or a
   circle drawn around the bubble. Beside a clear mark in the same group, a
-  light even shade just over ``T_mark`` is taken for erasure residue.
+  light even shade just over ``T_mark`` is taken for erasure residue; and
+  the weaker of two adjacent marks joined by ink across the paper between
+  them (``run_on``: a dash drawn through one bubble into the next) is that
+  dash running on, not a second answer.
 * Flags: ``ambiguous`` (an excess within the grey zone ``T_mark`` +- g, g =
-  ``GREY`` 0.05 or 2.5 noise, without stroke evidence), ``faint`` (a mark
+  ``GREY`` 0.05 or 2.5 noise, without stroke evidence; or a dash's run-on
+  left out: a light second mark under it looks alike), ``faint`` (a mark
   under half this sheet's typical mark darkness (where blank bubbles are dark
   in places too, letters printed in them or a two-level scan: under half its
   typical mark excess; there, on a sheet marked lightly throughout, a group
@@ -51,6 +55,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
+import cv2
 import numpy as np
 
 from .align import _DIRS16 as _DIRS
@@ -192,6 +197,50 @@ def measure(grey: np.ndarray, frame: BubbleFrame, fit: PageFit) -> Measures:
     return Measures(mean, dark, peak, score, ring_seen, circle, paper, ink_ratio)
 
 
+_PAIRS: dict[int, tuple[PageLayout, np.ndarray]] = {}
+
+
+def neighbour_pairs(lay: PageLayout) -> np.ndarray:
+    """(P, 2) indices (``layout.bubbles`` order) of each bubble and the next
+    one of its group, once per layout."""
+    hit = _PAIRS.get(id(lay))
+    if hit is not None and hit[0] is lay:
+        return hit[1]
+    pairs, i = [], 0
+    for g in lay.groups:
+        pairs += [(i + j, i + j + 1) for j in range(len(g.bubbles) - 1)]
+        i += len(g.bubbles)
+    out = np.array(pairs, np.int64).reshape(-1, 2)
+    _PAIRS[id(lay)] = (lay, out)
+    return out
+
+
+def gap_darkness(grey: np.ndarray, frame: BubbleFrame, m: Measures, pairs: np.ndarray) -> np.ndarray:
+    """(P, 3) darkness (0 paper .. 1 printed black) for each pair: of the
+    paper halfway between the two bubbles (nothing is printed there, so ink
+    there is a stroke running from one into the other), and of each
+    bubble's far side (half a radius past its centre, away from the other;
+    second column for the pair's second bubble, third for its first)."""
+    if len(pairs) == 0:
+        return np.zeros((0, 3))
+    a, b = pairs[:, 0], pairs[:, 1]
+    ca, cb = frame.centres[a], frame.centres[b]
+    t = np.array([0.45, 0.5, 0.55])
+    mid = ca[:, None, :] + t[None, :, None] * (cb - ca)[:, None, :]
+    # Half a radius past the centre, along the line from the other bubble, in page mm through the local map.
+    u = frame.page_mm[b] - frame.page_mm[a]
+    u = u / np.maximum(np.hypot(u[:, 0], u[:, 1]), 1e-9)[:, None]
+    step = 0.5 * frame.r_mm * u
+    far_b = cb + np.einsum("nij,nj->ni", frame.J[b], step)
+    far_a = ca - np.einsum("nij,nj->ni", frame.J[a], step)
+    pts = np.concatenate([mid, far_b[:, None, :], far_a[:, None, :]], 1).astype(np.float32)  # (P, 5, 2)
+    vals = cv2.remap(grey, pts[..., 0], pts[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                     borderValue=255).astype(np.float64)
+    paper = np.stack([0.5 * (m.paper[a] + m.paper[b]), m.paper[b], m.paper[a]], 1)
+    seen = np.stack([vals[:, :3].mean(1), vals[:, 3], vals[:, 4]], 1)
+    return (1.0 - seen / paper) / (1.0 - m.ink_ratio)
+
+
 def without_letters(m: Measures, keys: np.ndarray) -> Measures:
     """``m`` with the ink of a letter printed inside the bubbles taken out.
 
@@ -306,9 +355,36 @@ class GroupReading:
     confidence: float = 1.0
 
 
-def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels) -> tuple[list[GroupReading], np.ndarray]:
+#: A dash drawn across two bubbles: the paper between them at least this
+#: dark, the weaker bubble under this share of the stronger one's excess, and
+#: its far side (half a radius past its centre) lighter than this.
+RUN_ON_GAP = 0.4
+RUN_ON_SHARE = 0.7
+RUN_ON_FAR = 0.25
+
+
+def run_on(mk: np.ndarray, ex: np.ndarray, pairs: np.ndarray, gaps: np.ndarray) -> np.ndarray:
+    """(N,) bool: marked bubbles that look like the run-on of a stronger mark
+    beside them in their group (a dash drawn through one bubble into the
+    next), rather than a second answer: the ink runs on across the paper
+    between them and stops short of the weaker bubble's far side. Two marks
+    of like strength, with paper between them, or filling the weaker bubble
+    to its far side (a pencil fill overshooting into the gap), stay two.
+    ``gaps``: ``gap_darkness``."""
+    out = np.zeros(len(mk), bool)
+    a, b = pairs[:, 0], pairs[:, 1]
+    joined = mk[a] & mk[b] & (gaps[:, 0] >= RUN_ON_GAP)
+    out[a[joined & (ex[a] < RUN_ON_SHARE * ex[b]) & (gaps[:, 2] < RUN_ON_FAR)]] = True
+    out[b[joined & (ex[b] < RUN_ON_SHARE * ex[a]) & (gaps[:, 1] < RUN_ON_FAR)]] = True
+    return out
+
+
+def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels,
+                  gaps: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[GroupReading], np.ndarray]:
     """Decide every group of ``lay``; returns the readings and the per-bubble
-    marked booleans (``layout.bubbles`` order). See the module docstring."""
+    marked booleans (``layout.bubbles`` order). ``gaps``: (``neighbour_pairs``,
+    their ``gap_darkness``), for a dash drawn across two bubbles. See the
+    module docstring."""
     t = lv.threshold
     g = max(0.03, min(max(GREY, 2.5 * lv.noise), 0.4 * t))
     lo, hi = t - g, t + g
@@ -332,9 +408,13 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels) -> tuple[list[G
     even = m.dark < 0.05
     rubbed = mk & ~stroke & ~circled & (ex < t + 2 * g) & ((ex < 0.35 * group_max) | (group_stroke & even))
     mk &= ~rubbed
+    # A dash drawn through one bubble into the next reads as the one it
+    # crosses; flagged, for a light second mark under the dash looks alike.
+    ran_on = run_on(mk, ex, *gaps) if gaps is not None and len(gaps[0]) else np.zeros(len(mk), bool)
+    mk &= ~ran_on
     # Per-bubble conditions, then one reduction per group for each.
     n_marked = np.add.reduceat(mk.astype(np.int32), starts)
-    grey_zone = (ex >= lo) & (ex < hi) & ~stroke
+    grey_zone = ((ex >= lo) & (ex < hi) & ~stroke) | ran_on
     ambiguous = np.logical_or.reduceat(grey_zone, starts)
     # A few dark pixels alone (a tick, but also a hair, dust, a stray dot) are
     # read as a mark only with a flag unless the bubble is also dark overall.

@@ -497,7 +497,8 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
     # Letters printed inside the bubbles are compared with their own blank level.
     m = bub.without_letters(ev.m, _printed_keys(ev.lay))
     levels = bub.sheet_levels(m, ev.frame)
-    groups, marked = bub.decide_groups(ev.lay, m, levels)
+    pairs = bub.neighbour_pairs(ev.lay)
+    groups, marked = bub.decide_groups(ev.lay, m, levels, (pairs, bub.gap_darkness(grey, ev.frame, ev.m, pairs)))
     out.answers, out.flags, out.confidence = bub.field_values(groups)
     # Every field of the template page, in the template's order.
     order = [f for f in chosen.field_names() if f in out.answers]

@@ -53,3 +53,15 @@ def test_other_templates():
         d, s = _score(t, "scan_moderate", 41)
         assert s.silent_errors == 0, s.silent
         assert s.right == s.fields or s.wrong_flagged, (s.right, s.fields)
+
+
+def test_a_dash_across_two_bubbles_reads_the_one_it_crosses_flagged():
+    # The dash runs on into the neighbouring bubble across the paper between
+    # them: the one it crosses is the answer, flagged (a light second mark
+    # under the dash would look alike), not a double mark.
+    d, s = _score(A4, "scan_mild", 33, style="across")
+    assert s.silent_errors == 0, s.silent
+    assert s.right >= 0.97 * s.fields, (s.right, s.fields)
+    dashed = [f for f, v in d["answers"].items() if f.startswith("q") and len(v) == 1]
+    assert dashed and all("multiple" not in d["flags"][f] for f in dashed)
+    assert sum("ambiguous" in d["flags"][f] for f in dashed) >= 0.8 * len(dashed)
