@@ -42,7 +42,9 @@ Decision (``decide_groups``), per sheet and per group:
   read blank too), or read on strokes alone
   under ``T_mark``: a hair or a speck looks like that too), ``erasure`` (anything above
   3 noise and ``ERASURE_MIN`` 0.05 that is not read as a mark: residue, a
-  smudge, a very light mark), ``circled``, ``misaligned`` (the printed outline
+  smudge, a very light mark; or a mark of an even shade whose printed
+  outline is rubbed fainter than this sheet's marks keep theirs,
+  ``rubbed_outline``: an eraser rubs the print too), ``circled``, ``misaligned`` (the printed outline
   is not where the model puts it), ``multiple``, ``blank``.
 
 An all-blank sheet reads all blank: thresholds never fall below the fixed
@@ -104,7 +106,9 @@ class Measures:
     itself is); ``score``: the combination decisions use; ``ring``: share of
     directions where the printed outline shows (0..1); ``circle``: share of the
     free directions (not towards a neighbour) dark just outside the outline;
-    ``paper``: local paper grey level.
+    ``paper``: local paper grey level; ``outline``: how dark the printed
+    outline is (median over directions), over the typical outline of this
+    sheet's unfilled bubbles (~1; an eraser leaves it fainter).
     """
 
     mean: np.ndarray
@@ -115,6 +119,7 @@ class Measures:
     circle: np.ndarray
     paper: np.ndarray
     ink_ratio: float  # printed black / paper on this sheet (0 black .. 1 no contrast)
+    outline: np.ndarray | None = None  # how dark the printed outline is, over the sheet's typical outline
 
 
 @lru_cache(maxsize=64)
@@ -194,7 +199,8 @@ def measure(grey: np.ndarray, frame: BubbleFrame, fit: PageFit) -> Measures:
     free = _free_directions(frame.page_mm.tobytes(), n, round(float(r), 6))
     nfree = free.sum(1)
     circle = np.where(nfree >= 8, ((cd > 0.3) & free).sum(1) / np.maximum(nfree, 1), 0.0)
-    return Measures(mean, dark, peak, score, ring_seen, circle, paper, ink_ratio)
+    outline = np.median(rd, axis=1) / max(float(typical), 1e-3)
+    return Measures(mean, dark, peak, score, ring_seen, circle, paper, ink_ratio, outline)
 
 
 _PAIRS: dict[int, tuple[PageLayout, np.ndarray]] = {}
@@ -355,6 +361,27 @@ class GroupReading:
     confidence: float = 1.0
 
 
+#: An eraser rubs the printed outline too: a mark of an even shade whose
+#: outline is under RUBBED_OUTLINE of the sheet's typical one, on a sheet
+#: whose marked bubbles keep theirs (their 5th percentile at KEPT_OUTLINE or
+#: more, at least OUTLINE_MARKS of them), may be what is left of an erased
+#: answer.
+RUBBED_OUTLINE = 0.85
+KEPT_OUTLINE = 0.9
+OUTLINE_MARKS = 8
+
+
+def rubbed_outline(m: Measures, mk: np.ndarray, even: np.ndarray) -> np.ndarray:
+    """(N,) bool: marks of an even shade whose printed outline is rubbed (see
+    ``RUBBED_OUTLINE``); none on a sheet whose marks do not keep their
+    outlines clearly (blur, a rough capture)."""
+    if m.outline is None or mk.sum() < OUTLINE_MARKS:
+        return np.zeros(len(mk), bool)
+    if float(np.percentile(m.outline[mk], 5)) < KEPT_OUTLINE:
+        return np.zeros(len(mk), bool)
+    return mk & even & (m.outline < RUBBED_OUTLINE)
+
+
 #: A dash drawn across two bubbles: the paper between them at least this
 #: dark, the weaker bubble under this share of the stronger one's excess, and
 #: its far side (half a radius past its centre) lighter than this.
@@ -429,7 +456,7 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels,
         # two-level scan keeps only a few pixels of a light mark): a group
         # read blank may hold a mark too light to tell from its letter.
         faint |= n_marked == 0
-    residue = ((ex >= erase_at) & (ex < lo) & ~stroke & ~circled) | rubbed
+    residue = ((ex >= erase_at) & (ex < lo) & ~stroke & ~circled) | rubbed | rubbed_outline(m, mk, even)
     erasure = np.logical_or.reduceat(residue, starts)
     circ = np.logical_or.reduceat(circled, starts)
     # The outline must show around bubbles that are not filled; where it does
