@@ -217,6 +217,8 @@ def neighbour_pairs(lay: PageLayout) -> np.ndarray:
         pairs += [(i + j, i + j + 1) for j in range(len(g.bubbles) - 1)]
         i += len(g.bubbles)
     out = np.array(pairs, np.int64).reshape(-1, 2)
+    if len(_PAIRS) > 256:
+        _PAIRS.clear()
     _PAIRS[id(lay)] = (lay, out)
     return out
 

@@ -208,6 +208,8 @@ def _printed_keys(lay: PageLayout) -> np.ndarray:
         return hit[1]
     printed = np.array([b.value for g in lay.groups for b in g.bubbles])
     keys = np.unique(printed, return_inverse=True)[1].ravel()
+    if len(_PRINTED) > 256:
+        _PRINTED.clear()
     _PRINTED[id(lay)] = (lay, keys)
     return keys
 
