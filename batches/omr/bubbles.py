@@ -26,18 +26,25 @@ Decision (``decide_groups``), per sheet and per group:
   0.12, 6 noise), lowered on a sheet marked lightly throughout to about half
   its marks' typical excess (never under ``MARK_MIN_LIGHT`` 0.07 or 4 noise);
   or, for pen/pencil strokes (a tick, a cross: at least 8 % of the disc
-  darker than 0.5, reaching 0.45), an excess >= ``STROKE_MIN`` 0.07; or a
+  darker than 0.5, reaching 0.45), an excess >= ``STROKE_MIN`` 0.07 (the
+  stroke rule of ``strokes.py``, shared with OMRChecker sheets); or a
   circle drawn around the bubble. Beside a clear mark in the same group, a
-  light even shade just over ``T_mark`` is taken for erasure residue.
+  light even shade just over ``T_mark`` is taken for erasure residue; and
+  the weaker of two adjacent marks joined by ink across the paper between
+  them (``run_on``: a dash drawn through one bubble into the next) is that
+  dash running on, not a second answer.
 * Flags: ``ambiguous`` (an excess within the grey zone ``T_mark`` +- g, g =
-  ``GREY`` 0.05 or 2.5 noise, without stroke evidence), ``faint`` (a mark
+  ``GREY`` 0.05 or 2.5 noise, without stroke evidence; or a dash's run-on
+  left out: a light second mark under it looks alike), ``faint`` (a mark
   under half this sheet's typical mark darkness (where blank bubbles are dark
   in places too, letters printed in them or a two-level scan: under half its
   typical mark excess; there, on a sheet marked lightly throughout, a group
   read blank too), or read on strokes alone
   under ``T_mark``: a hair or a speck looks like that too), ``erasure`` (anything above
   3 noise and ``ERASURE_MIN`` 0.05 that is not read as a mark: residue, a
-  smudge, a very light mark), ``circled``, ``misaligned`` (the printed outline
+  smudge, a very light mark; or a mark of an even shade whose printed
+  outline is rubbed fainter than this sheet's marks keep theirs,
+  ``rubbed_outline``: an eraser rubs the print too), ``circled``, ``misaligned`` (the printed outline
   is not where the model puts it), ``multiple``, ``blank``.
 
 An all-blank sheet reads all blank: thresholds never fall below the fixed
@@ -50,12 +57,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
+import cv2
 import numpy as np
 
 from .align import _DIRS16 as _DIRS
 from .align import BubbleFrame, PageFit, sample_offsets
 from .layout import PageLayout
 from .letter_levels import blank_levels
+from .strokes import STROKE_DARK, strokes
 
 #: Lowest excess darkness (score above the local blank level) that counts as a mark.
 MARK_MIN = 0.12
@@ -63,11 +72,6 @@ MARK_MIN = 0.12
 MARK_MIN_LIGHT = 0.07
 #: Half-width of the grey zone around that threshold: readings there are flagged.
 GREY = 0.05
-#: Strokes (ticks, crosses): a share of the disc darker than 0.5 at least
-#: STROKE_DARK, whose darkest pixels reach STROKE_PEAK, count from this excess.
-STROKE_MIN = 0.07
-STROKE_DARK = 0.08
-STROKE_PEAK = 0.45
 #: A mark whose peak darkness is under this fraction of the sheet's typical
 #: mark peak is ``faint``.
 FAINT_RELATIVE = 0.5
@@ -102,7 +106,9 @@ class Measures:
     itself is); ``score``: the combination decisions use; ``ring``: share of
     directions where the printed outline shows (0..1); ``circle``: share of the
     free directions (not towards a neighbour) dark just outside the outline;
-    ``paper``: local paper grey level.
+    ``paper``: local paper grey level; ``outline``: how dark the printed
+    outline is (median over directions), over the typical outline of this
+    sheet's unfilled bubbles (~1; an eraser leaves it fainter).
     """
 
     mean: np.ndarray
@@ -113,6 +119,7 @@ class Measures:
     circle: np.ndarray
     paper: np.ndarray
     ink_ratio: float  # printed black / paper on this sheet (0 black .. 1 no contrast)
+    outline: np.ndarray | None = None  # how dark the printed outline is, over the sheet's typical outline
 
 
 @lru_cache(maxsize=64)
@@ -192,7 +199,54 @@ def measure(grey: np.ndarray, frame: BubbleFrame, fit: PageFit) -> Measures:
     free = _free_directions(frame.page_mm.tobytes(), n, round(float(r), 6))
     nfree = free.sum(1)
     circle = np.where(nfree >= 8, ((cd > 0.3) & free).sum(1) / np.maximum(nfree, 1), 0.0)
-    return Measures(mean, dark, peak, score, ring_seen, circle, paper, ink_ratio)
+    outline = np.median(rd, axis=1) / max(float(typical), 1e-3)
+    return Measures(mean, dark, peak, score, ring_seen, circle, paper, ink_ratio, outline)
+
+
+_PAIRS: dict[int, tuple[PageLayout, np.ndarray]] = {}
+
+
+def neighbour_pairs(lay: PageLayout) -> np.ndarray:
+    """(P, 2) indices (``layout.bubbles`` order) of each bubble and the next
+    one of its group, once per layout."""
+    hit = _PAIRS.get(id(lay))
+    if hit is not None and hit[0] is lay:
+        return hit[1]
+    pairs, i = [], 0
+    for g in lay.groups:
+        pairs += [(i + j, i + j + 1) for j in range(len(g.bubbles) - 1)]
+        i += len(g.bubbles)
+    out = np.array(pairs, np.int64).reshape(-1, 2)
+    if len(_PAIRS) > 256:
+        _PAIRS.clear()
+    _PAIRS[id(lay)] = (lay, out)
+    return out
+
+
+def gap_darkness(grey: np.ndarray, frame: BubbleFrame, m: Measures, pairs: np.ndarray) -> np.ndarray:
+    """(P, 3) darkness (0 paper .. 1 printed black) for each pair: of the
+    paper halfway between the two bubbles (nothing is printed there, so ink
+    there is a stroke running from one into the other), and of each
+    bubble's far side (half a radius past its centre, away from the other;
+    second column for the pair's second bubble, third for its first)."""
+    if len(pairs) == 0:
+        return np.zeros((0, 3))
+    a, b = pairs[:, 0], pairs[:, 1]
+    ca, cb = frame.centres[a], frame.centres[b]
+    t = np.array([0.45, 0.5, 0.55])
+    mid = ca[:, None, :] + t[None, :, None] * (cb - ca)[:, None, :]
+    # Half a radius past the centre, along the line from the other bubble, in page mm through the local map.
+    u = frame.page_mm[b] - frame.page_mm[a]
+    u = u / np.maximum(np.hypot(u[:, 0], u[:, 1]), 1e-9)[:, None]
+    step = 0.5 * frame.r_mm * u
+    far_b = cb + np.einsum("nij,nj->ni", frame.J[b], step)
+    far_a = ca - np.einsum("nij,nj->ni", frame.J[a], step)
+    pts = np.concatenate([mid, far_b[:, None, :], far_a[:, None, :]], 1).astype(np.float32)  # (P, 5, 2)
+    vals = cv2.remap(grey, pts[..., 0], pts[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                     borderValue=255).astype(np.float64)
+    paper = np.stack([0.5 * (m.paper[a] + m.paper[b]), m.paper[b], m.paper[a]], 1)
+    seen = np.stack([vals[:, :3].mean(1), vals[:, 3], vals[:, 4]], 1)
+    return (1.0 - seen / paper) / (1.0 - m.ink_ratio)
 
 
 def without_letters(m: Measures, keys: np.ndarray) -> Measures:
@@ -309,16 +363,64 @@ class GroupReading:
     confidence: float = 1.0
 
 
-def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels) -> tuple[list[GroupReading], np.ndarray]:
+#: An eraser rubs the printed outline too: a mark of an even shade whose
+#: outline is under RUBBED_OUTLINE of the sheet's typical one, on a sheet
+#: whose marked bubbles keep theirs (their 5th percentile at KEPT_OUTLINE or
+#: more, at least OUTLINE_MARKS of them), may be what is left of an erased
+#: answer.
+RUBBED_OUTLINE = 0.85
+KEPT_OUTLINE = 0.9
+OUTLINE_MARKS = 8
+
+
+def rubbed_outline(m: Measures, mk: np.ndarray, even: np.ndarray) -> np.ndarray:
+    """(N,) bool: marks of an even shade whose printed outline is rubbed (see
+    ``RUBBED_OUTLINE``); none on a sheet whose marks do not keep their
+    outlines clearly (blur, a rough capture)."""
+    if m.outline is None or mk.sum() < OUTLINE_MARKS:
+        return np.zeros(len(mk), bool)
+    if float(np.percentile(m.outline[mk], 5)) < KEPT_OUTLINE:
+        return np.zeros(len(mk), bool)
+    return mk & even & (m.outline < RUBBED_OUTLINE)
+
+
+#: A dash drawn across two bubbles: the paper between them at least this
+#: dark, the weaker bubble under this share of the stronger one's excess, and
+#: its far side (half a radius past its centre) lighter than this.
+RUN_ON_GAP = 0.4
+RUN_ON_SHARE = 0.7
+RUN_ON_FAR = 0.25
+
+
+def run_on(mk: np.ndarray, ex: np.ndarray, pairs: np.ndarray, gaps: np.ndarray) -> np.ndarray:
+    """(N,) bool: marked bubbles that look like the run-on of a stronger mark
+    beside them in their group (a dash drawn through one bubble into the
+    next), rather than a second answer: the ink runs on across the paper
+    between them and stops short of the weaker bubble's far side. Two marks
+    of like strength, with paper between them, or filling the weaker bubble
+    to its far side (a pencil fill overshooting into the gap), stay two.
+    ``gaps``: ``gap_darkness``."""
+    out = np.zeros(len(mk), bool)
+    a, b = pairs[:, 0], pairs[:, 1]
+    joined = mk[a] & mk[b] & (gaps[:, 0] >= RUN_ON_GAP)
+    out[a[joined & (ex[a] < RUN_ON_SHARE * ex[b]) & (gaps[:, 2] < RUN_ON_FAR)]] = True
+    out[b[joined & (ex[b] < RUN_ON_SHARE * ex[a]) & (gaps[:, 1] < RUN_ON_FAR)]] = True
+    return out
+
+
+def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels,
+                  gaps: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[GroupReading], np.ndarray]:
     """Decide every group of ``lay``; returns the readings and the per-bubble
-    marked booleans (``layout.bubbles`` order). See the module docstring."""
+    marked booleans (``layout.bubbles`` order). ``gaps``: (``neighbour_pairs``,
+    their ``gap_darkness``), for a dash drawn across two bubbles. See the
+    module docstring."""
     t = lv.threshold
     g = max(0.03, min(max(GREY, 2.5 * lv.noise), 0.4 * t))
     lo, hi = t - g, t + g
     ex = lv.excess
     if len(ex) == 0:
         return [], np.zeros(0, bool)
-    stroke = (m.dark >= STROKE_DARK) & (m.peak >= STROKE_PEAK) & (ex >= max(STROKE_MIN, 3.5 * lv.noise))
+    stroke = strokes(m.dark, m.peak, ex, lv.noise)
     circled = (m.circle >= CIRCLE_MIN) & (ex < lo)
     mk = (ex >= t) | stroke | circled
     # Anything clearly above the noise that is not read as a mark is flagged.
@@ -335,9 +437,13 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels) -> tuple[list[G
     even = m.dark < 0.05
     rubbed = mk & ~stroke & ~circled & (ex < t + 2 * g) & ((ex < 0.35 * group_max) | (group_stroke & even))
     mk &= ~rubbed
+    # A dash drawn through one bubble into the next reads as the one it
+    # crosses; flagged, for a light second mark under the dash looks alike.
+    ran_on = run_on(mk, ex, *gaps) if gaps is not None and len(gaps[0]) else np.zeros(len(mk), bool)
+    mk &= ~ran_on
     # Per-bubble conditions, then one reduction per group for each.
     n_marked = np.add.reduceat(mk.astype(np.int32), starts)
-    grey_zone = (ex >= lo) & (ex < hi) & ~stroke
+    grey_zone = ((ex >= lo) & (ex < hi) & ~stroke) | ran_on
     ambiguous = np.logical_or.reduceat(grey_zone, starts)
     # A few dark pixels alone (a tick, but also a hair, dust, a stray dot) are
     # read as a mark only with a flag unless the bubble is also dark overall.
@@ -352,7 +458,7 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels) -> tuple[list[G
         # two-level scan keeps only a few pixels of a light mark): a group
         # read blank may hold a mark too light to tell from its letter.
         faint |= n_marked == 0
-    residue = ((ex >= erase_at) & (ex < lo) & ~stroke & ~circled) | rubbed
+    residue = ((ex >= erase_at) & (ex < lo) & ~stroke & ~circled) | rubbed | rubbed_outline(m, mk, even)
     erasure = np.logical_or.reduceat(residue, starts)
     circ = np.logical_or.reduceat(circled, starts)
     # The outline must show around bubbles that are not filled; where it does

@@ -20,16 +20,57 @@ MIN_BLANKS = 3
 MIN_BLANK_SHARE = 0.3
 
 
+def _per_value(keys: np.ndarray, blankish: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(value index per bubble, blankish bubbles per value, whether each
+    value's own level is known)."""
+    # The index of each bubble's value among the sorted values (what
+    # np.unique's inverse gives; np.unique would import numpy.ma, see stats.py).
+    distinct = np.array(sorted(set(np.asarray(keys).ravel().tolist())))
+    inv = np.searchsorted(distinct, np.asarray(keys).ravel())
+    nk = int(inv.max()) + 1
+    total = np.bincount(inv, minlength=nk)
+    count = np.bincount(inv[blankish], minlength=nk)
+    return inv, count, count >= np.maximum(MIN_BLANKS, MIN_BLANK_SHARE * total)
+
+
+def level_known(keys: np.ndarray, blankish: np.ndarray) -> np.ndarray:
+    """(N,) bool: the bubble's printed value has a blank level of its own
+    (``blank_levels`` takes the sheet's for the others), so what a blank
+    bubble of that value holds is known."""
+    if len(keys) == 0:
+        return np.zeros(0, bool)
+    inv, _, known = _per_value(keys, blankish)
+    return known[inv]
+
+
+def medians_by(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """(n_groups,) the median of ``values`` in each group (``groups``: (N,)
+    indices 0..n_groups-1), as ``np.median`` takes it; 0 for an empty group."""
+    values = np.asarray(values)
+    count = np.bincount(groups, minlength=n_groups)
+    if len(values) == 0:
+        return np.zeros(n_groups)
+    # Sorted by value within each group: the middle one (or two) of each run.
+    ordered = values[np.lexsort((values, groups))]
+    start = np.concatenate([[0], np.cumsum(count)[:-1]])
+    last = len(ordered) - 1
+    upper = ordered[np.clip(start + count // 2, 0, last)]
+    lower = ordered[np.clip(start + (count - 1) // 2, 0, last)]
+    med = np.where(count % 2 == 1, upper, (lower + upper) / 2)
+    return np.where(count > 0, med, 0).astype(np.float64)
+
+
 def blank_levels(values: np.ndarray, keys: np.ndarray, blankish: np.ndarray) -> np.ndarray:
     """(N,) blank level per bubble: the median of ``values`` over the
     ``blankish`` bubbles with the same ``keys`` (the printed value), or over
     all ``blankish`` bubbles where too few print that value."""
     n = len(values)
+    values = np.asarray(values)
     glob = float(median(values[blankish])) if blankish.any() else 0.0
-    base = np.full(n, glob)
-    for k in sorted(set(keys.tolist())):  # (np.unique would import numpy.ma: see stats.py)
-        same = keys == k
-        sel = same & blankish
-        if sel.sum() >= max(MIN_BLANKS, MIN_BLANK_SHARE * same.sum()):
-            base[same] = float(median(values[sel]))
-    return base
+    if n == 0:
+        return np.zeros(0)
+    inv, count, known = _per_value(keys, blankish)
+    if not known.any():
+        return np.full(n, glob)
+    med = medians_by(values[blankish], inv[blankish], len(count))
+    return np.where(known[inv], med[inv], glob)

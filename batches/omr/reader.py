@@ -102,6 +102,23 @@ class _Eval:
         return self.verified
 
 
+_PRINTED: dict[int, tuple[PageLayout, np.ndarray]] = {}
+
+
+def _printed_keys(lay: PageLayout) -> np.ndarray:
+    """(N,) per bubble, an index of the value it prints (the same for the same
+    letter or digit), once per layout."""
+    hit = _PRINTED.get(id(lay))
+    if hit is not None and hit[0] is lay:
+        return hit[1]
+    printed = np.array([b.value for g in lay.groups for b in g.bubbles])
+    keys = np.unique(printed, return_inverse=True)[1].ravel()
+    if len(_PRINTED) > 256:
+        _PRINTED.clear()
+    _PRINTED[id(lay)] = (lay, keys)
+    return keys
+
+
 def _evaluate(grey: np.ndarray, fit: PageFit, template: Template, page: int) -> _Eval:
     lay = layout_mm(template, page)
     frame = refine_on_bubbles(grey, fit, lay)
@@ -385,10 +402,10 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
 
     # 5. Decide.
     # Letters printed inside the bubbles are compared with their own blank level.
-    printed = np.array([b.value for g in ev.lay.groups for b in g.bubbles])
-    m = bub.without_letters(ev.m, np.unique(printed, return_inverse=True)[1])
+    m = bub.without_letters(ev.m, _printed_keys(ev.lay))
     levels = bub.sheet_levels(m, ev.frame)
-    groups, marked = bub.decide_groups(ev.lay, m, levels)
+    pairs = bub.neighbour_pairs(ev.lay)
+    groups, marked = bub.decide_groups(ev.lay, m, levels, (pairs, bub.gap_darkness(grey, ev.frame, ev.m, pairs)))
     out.answers, out.flags, out.confidence = bub.field_values(groups)
     # Every field of the template page, in the template's order.
     order = [f for f in chosen.field_names() if f in out.answers]

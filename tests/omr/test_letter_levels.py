@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from batches.omr.letter_levels import blank_levels
+from batches.omr.letter_levels import blank_levels, level_known, medians_by
 
 
 def test_each_value_gets_the_level_of_its_own_unmarked_bubbles():
@@ -48,3 +48,35 @@ def test_median_and_percentile_are_numpys_to_the_bit():
             for ours, numpys in ((median(a), np.median(a)), (percentile(a, q), np.percentile(a, q))):
                 assert type(ours) is type(numpys), (a, q)
                 assert (np.isnan(ours) and np.isnan(numpys)) or (ours == numpys and np.signbit(ours) == np.signbit(numpys)), (a, q)
+
+
+def test_each_level_is_the_median_of_its_values_unmarked_bubbles_odd_or_even():
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 7, 300)
+    values = rng.random(300).astype(np.float32)
+    blankish = rng.random(300) < 0.7
+    base = blank_levels(values, keys, blankish)
+    glob = np.median(values[blankish])
+    for k in range(7):
+        sel = (keys == k) & blankish
+        want = np.median(values[sel]) if sel.sum() >= max(3, 0.3 * (keys == k).sum()) else glob
+        assert np.all(base[keys == k] == want)
+
+
+def test_a_values_level_is_known_only_with_enough_unmarked_bubbles_printing_it():
+    # Value 0 is printed six times (five unmarked); value 1 once; value 2 four
+    # times, three of them marked.
+    keys = np.array([0] * 6 + [1] + [2] * 4)
+    blankish = np.array([True] * 5 + [False] + [True] + [True, False, False, False])
+    known = level_known(keys, blankish)
+    assert known.tolist() == [True] * 6 + [False] * 5
+
+
+def test_medians_by_group_as_numpy_takes_them():
+    rng = np.random.default_rng(5)
+    groups = rng.integers(0, 9, 200)
+    values = rng.random(200)
+    med = medians_by(values, groups, 10)
+    for g in range(9):
+        assert med[g] == np.median(values[groups == g])
+    assert med[9] == 0

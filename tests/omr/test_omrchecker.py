@@ -316,6 +316,24 @@ def test_faint_circled_and_double_marks_are_flagged():
     assert out["needs_review"] is True
 
 
+def test_ticks_and_half_fills_read_as_marks_flagged_and_a_dash_across_two_bubbles_reads_one():
+    # A tick or a half fill leaves a bubble's mean light but holds dark
+    # pixels (the stroke rule both readers share): read as the answer, with a
+    # flag. A dash drawn through one bubble into the next reads the one.
+    t = marker_template()
+    answers = some_answers(t, seed=3)
+    expected = expected_response(t, answers)
+    for style in ("tick", "half", "across"):
+        out = read_back(t, answers, "scan_mild", seed=2, style=style)
+        assert_right_or_flagged(out, expected, must_read=False)
+        right = [c for c, v in expected.items() if out["answers"][c] == v]
+        assert len(right) >= 0.85 * len(expected), (style, out["answers"], expected)
+        if style != "across":
+            blank = expected_response(t, {})
+            marked = [c for c in right if expected[c] != blank[c]]
+            assert marked and all("faint" in out["flags"][c] for c in marked), out["flags"]
+
+
 def test_hard_photos_are_read_or_flagged_never_silently_wrong():
     t = marker_template()
     answers = some_answers(t, seed=6)

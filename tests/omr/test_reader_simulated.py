@@ -53,3 +53,31 @@ def test_other_templates():
         d, s = _score(t, "scan_moderate", 41)
         assert s.silent_errors == 0, s.silent
         assert s.right == s.fields or s.wrong_flagged, (s.right, s.fields)
+
+
+def test_a_dash_across_two_bubbles_reads_the_one_it_crosses_flagged():
+    # The dash runs on into the neighbouring bubble across the paper between
+    # them: the one it crosses is the answer, flagged (a light second mark
+    # under the dash would look alike), not a double mark.
+    d, s = _score(A4, "scan_mild", 33, style="across")
+    assert s.silent_errors == 0, s.silent
+    assert s.right >= 0.97 * s.fields, (s.right, s.fields)
+    dashed = [f for f, v in d["answers"].items() if f.startswith("q") and len(v) == 1]
+    assert dashed and all("multiple" not in d["flags"][f] for f in dashed)
+    assert sum("ambiguous" in d["flags"][f] for f in dashed) >= 0.8 * len(dashed)
+
+
+def test_an_erased_answer_as_dark_as_the_sheets_light_marks_is_flagged():
+    # Light marks throughout, and an earlier answer erased to a residue as
+    # dark as they are: the eraser rubbed the printed outline too, so the
+    # residue, read as a mark, is flagged as a possible erasure.
+    seed = 108 * 100_003
+    answers = simulate.random_answers(A4, 1, random.Random(seed))
+    sim = simulate.simulate_sheet(A4, answers, page=1, seed=seed, preset="photo_exif", style="light")
+    assert "q1" in sim.truth["erased"] and sim.truth["answers"]["q1"] == ""
+    (reading,) = read_image_bytes(sim.encode_jpeg(), A4)
+    d = reading.to_dict()
+    s = accuracy.score_sheet(d, sim.truth, 0, [b.name for b in A4.digit_grids])
+    assert s.silent_errors == 0, s.silent
+    assert "erasure" in d["flags"]["q1"]
+    assert s.right >= 0.97 * s.fields

@@ -7,6 +7,12 @@
   sheet gets a lower one), within fixed bounds and above the blanks' noise;
   a sheet without any clear mark has nothing marked (an unfilled sheet reads
   blank).
+* A pen or pencil stroke (a tick, a cross, a half fill: dark pixels over
+  what the blank bubbles of the same value hold, ``strokes.py``, the rule the
+  built-in templates' reader uses), standing out from the rest of its field,
+  is read as a mark under the threshold, flagged ``faint``; not where the value's own blank level is unknown (a
+  letter printed once looks alike), nor beside a mark in the same field (a
+  dash drawn across two bubbles runs on into the next).
 * A bubble between the sure blank and the sure marked levels is doubt: its
   field is flagged (``faint`` when read marked, ``ambiguous`` when read
   blank), as are several marks in one field (``multiple``), a circle drawn
@@ -20,8 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..letter_levels import blank_levels
+from ..letter_levels import blank_levels, level_known, medians_by
 from ..stats import median, percentile
+from ..strokes import strokes
 from .grid import Geometry, Measures, Placement
 
 #: A bubble this much darker than the blank level of its letter is a clear mark.
@@ -90,9 +97,24 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
     # A circle drawn round a bubble instead of filling it is read as a mark
     # (as the engine reads its own sheets), and flagged.
     circled = ~marked & (m.circle >= CIRCLED)
-    faint = marked & (e < sure_mark)
-    ambiguous = ~marked & ~circled & (e > sure_blank)
-    marked = marked | circled
+    # A pen or pencil stroke (a tick, a cross, a half fill) leaves the mean
+    # low but holds dark pixels: over what the blank bubbles printing the
+    # same value hold, and standing out from the other bubbles of its field
+    # (a shadow or print over a whole field is not a stroke), it is a mark,
+    # flagged. Where that value's blank level is not known (a letter printed
+    # once), a letter's strokes look alike; beside a mark in its field, it is
+    # that mark's stroke running on (a dash drawn across two bubbles), not a
+    # second answer.
+    unmarked = blankish & ~marked
+    dark = m.dark_share - blank_levels(m.dark_share, geo.value_key, unmarked)
+    dark_in_field = dark - medians_by(dark, geo.field, n_fields)[geo.field]
+    e_in_field = e - medians_by(e, geo.field, n_fields)[geo.field]
+    has_mark = np.bincount(geo.field, weights=(marked | circled).astype(np.float64), minlength=n_fields) > 0
+    stroke = (~marked & ~circled & ~has_mark[geo.field] & level_known(geo.value_key, unmarked)
+              & strokes(np.minimum(dark, dark_in_field), m.peak, np.minimum(e, e_in_field), noise))
+    faint = (marked & (e < sure_mark)) | stroke
+    ambiguous = ~marked & ~circled & ~stroke & (e > sure_blank)
+    marked = marked | circled | stroke
     for name, which in (("faint", faint), ("ambiguous", ambiguous), ("circled", circled)):
         for f in sorted(set(geo.field[which].tolist())):
             _add(flags[f], name)

@@ -612,6 +612,7 @@ class Measures:
     circle: np.ndarray  # (N,) share of the free directions with a dark ring outside the outline
     ink: float  # typical darkness of print on this sheet
     low: np.ndarray  # (N,) the inside's 30th percentile darkness: a letter printed in a blank bubble leaves it light
+    peak: np.ndarray  # (N,) the inside's 90th percentile darkness: how dark a stroke through it is
 
 
 def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
@@ -631,6 +632,8 @@ def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
     share = (inside > 0.5).mean(1)
     k30 = int(0.3 * (inside.shape[1] - 1))
     low = np.partition(inside, k30, axis=1)[:, k30]
+    k90 = int(0.9 * (inside.shape[1] - 1))
+    peak = np.partition(inside, k90, axis=1)[:, k90]
     # Outside: a ring where a drawn circle would be, in the free directions.
     rx = geo.half[:, 0] * s * pl.radius
     ry = geo.half[:, 1] * s * pl.radius
@@ -648,4 +651,4 @@ def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
     circle = np.where(nfree >= ANGLES // 3, (dark_dirs & geo.free).sum(1) / np.maximum(nfree, 1), 0.0)
     del n
     return Measures(fill.astype(np.float64), share.astype(np.float64), circle.astype(np.float64), ink,
-                    low.astype(np.float64))
+                    low.astype(np.float64), peak.astype(np.float64))
