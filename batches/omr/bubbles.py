@@ -345,7 +345,13 @@ def sheet_levels(m: Measures, frame: BubbleFrame) -> SheetLevels:
     clear = ex >= threshold + GREY
     mark_peak = float(np.median(m.peak[clear])) if clear.sum() >= 3 else 0.0
     mark_excess = float(np.median(ex[clear])) if clear.sum() >= 3 else 0.0
-    peak_blind = mark_peak > 0 and float(np.median(m.peak[low])) >= FAINT_RELATIVE * mark_peak
+    # Without clear marks to set it against, the blanks' peak is set against
+    # printed black, which a firm mark reaches: a sheet marked so lightly
+    # throughout that no mark stands clear is peak-blind all the same when its
+    # blank bubbles already hold dark pixels (a two-level scan, where what is
+    # left of a light mark is a few black pixels like the letter's).
+    blank_peak = float(np.median(m.peak[low]))
+    peak_blind = blank_peak >= FAINT_RELATIVE * (mark_peak if mark_peak > 0 else 1.0)
     return SheetLevels(base, ex, noise, threshold, mark_peak, int((ex >= threshold).sum()), mark_excess, peak_blind)
 
 
@@ -457,7 +463,13 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels,
         # Light marks on a sheet whose blank bubbles hold dark pixels (a
         # two-level scan keeps only a few pixels of a light mark): a group
         # read blank may hold a mark too light to tell from its letter.
-        faint |= n_marked == 0
+        # Where no mark stands clear at all, none read can be told from what a
+        # lost one beside it would leave: every group is in doubt.
+        faint |= (n_marked == 0) | (lv.mark_peak == 0)
+        # Beside a mark, a second light one shows as no more than a few black
+        # pixels over what its letter holds: an unmarked bubble above the noise
+        # with dark pixels of its own.
+        faint |= np.logical_or.reduceat(~mk & (ex >= 2.0 * lv.noise) & (m.dark > 0), starts)
     residue = ((ex >= erase_at) & (ex < lo) & ~stroke & ~circled) | rubbed | rubbed_outline(m, mk, even)
     erasure = np.logical_or.reduceat(residue, starts)
     circ = np.logical_or.reduceat(circled, starts)
