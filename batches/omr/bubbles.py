@@ -39,7 +39,9 @@ Decision (``decide_groups``), per sheet and per group:
   under half this sheet's typical mark darkness (where blank bubbles are dark
   in places too, letters printed in them or a two-level scan: under half its
   typical mark excess; there, on a sheet marked lightly throughout, a group
-  read blank too), or read on strokes alone
+  read blank too, a group whose unmarked bubble beside a mark holds dark
+  pixels over its letter's, and every group where no mark stands clear at
+  all), or read on strokes alone
   under ``T_mark``: a hair or a speck looks like that too), ``erasure`` (anything above
   3 noise and ``ERASURE_MIN`` 0.05 that is not read as a mark: residue, a
   smudge, a very light mark; or a mark of an even shade whose printed
@@ -297,7 +299,8 @@ class SheetLevels:
     marks (0 if none); ``mark_excess``: their typical excess (0 if none);
     ``peak_blind``: the unmarked bubbles' own peak already reaches the faint
     level (letters printed in them, a two-level scan), so the peak cannot tell
-    a faint mark and the excess must.
+    a faint mark and the excess must (without clear marks: the blanks' peak
+    reaches half of printed black).
     """
 
     base: np.ndarray
