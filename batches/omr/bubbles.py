@@ -417,12 +417,46 @@ def run_on(mk: np.ndarray, ex: np.ndarray, pairs: np.ndarray, gaps: np.ndarray) 
     return out
 
 
+def is_two_level(grey: np.ndarray) -> bool:
+    """Whether the image is a scanner's black & white mode (two grey levels),
+    where a light mark keeps only its darkest specks: in a sparse sample its
+    darkest values (1st percentile) are pure black and its paper (median) pure
+    white, and few pixels lie in the middle half of the way between them (the
+    edges of the print, once a reduced decode or JPEG has averaged them). A
+    grey scan or photo keeps its print above black or its paper below white
+    (scanner and camera noise, tint), and its shading in between."""
+    sample = np.ascontiguousarray(grey[::8, ::8]).ravel()
+    if sample.size == 0:
+        return False
+    cdf = np.cumsum(np.bincount(sample, minlength=256))
+    lo = int(np.searchsorted(cdf, 0.01 * sample.size))
+    hi = int(np.searchsorted(cdf, 0.5 * sample.size))
+    if lo > TWO_LEVEL_BLACK or hi < 255 - TWO_LEVEL_BLACK:
+        return False
+    a, b = lo + (hi - lo) // 4 + 1, hi - (hi - lo) // 4
+    return int(cdf[b - 1] - cdf[a - 1]) <= TWO_LEVEL_MIDDLE * sample.size
+
+
+#: A two-level image: its black and white within this of 0 and 255...
+TWO_LEVEL_BLACK = 8
+#: ...and at most this share of its pixels between them.
+TWO_LEVEL_MIDDLE = 0.06
+
+
+def light_marks_may_be_lost(lv: SheetLevels) -> bool:
+    """Whether this sheet's marks are light throughout on bubbles that hold
+    dark pixels blank (the case where ``is_two_level`` matters to the decision)."""
+    return lv.peak_blind and lv.threshold < MARK_MIN
+
+
 def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels,
-                  gaps: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[GroupReading], np.ndarray]:
+                  gaps: tuple[np.ndarray, np.ndarray] | None = None,
+                  two_level: bool = False) -> tuple[list[GroupReading], np.ndarray]:
     """Decide every group of ``lay``; returns the readings and the per-bubble
     marked booleans (``layout.bubbles`` order). ``gaps``: (``neighbour_pairs``,
-    their ``gap_darkness``), for a dash drawn across two bubbles. See the
-    module docstring."""
+    their ``gap_darkness``), for a dash drawn across two bubbles; ``two_level``:
+    the image is a black & white scan (``is_two_level``), which loses light marks.
+    See the module docstring."""
     t = lv.threshold
     g = max(0.03, min(max(GREY, 2.5 * lv.noise), 0.4 * t))
     lo, hi = t - g, t + g
@@ -462,17 +496,22 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels,
         # darker than its blank level it is, against this sheet's clear marks.
         weak = weak | (ex < FAINT_RELATIVE * lv.mark_excess)
     faint = np.logical_or.reduceat((mk & ~circled & weak) | (stroke & (ex < t)), starts)
-    if lv.peak_blind and t < MARK_MIN:
+    if light_marks_may_be_lost(lv):
         # Light marks on a sheet whose blank bubbles hold dark pixels (a
         # two-level scan keeps only a few pixels of a light mark): a group
         # read blank may hold a mark too light to tell from its letter.
-        # Where no mark stands clear at all, none read can be told from what a
-        # lost one beside it would leave: every group is in doubt.
-        faint |= (n_marked == 0) | (lv.mark_peak == 0)
-        # Beside a mark, a second light one shows as no more than a few black
-        # pixels over what its letter holds: an unmarked bubble above the noise
-        # with dark pixels of its own.
-        faint |= np.logical_or.reduceat(~mk & (ex >= 2.0 * lv.noise) & (m.dark > 0), starts)
+        faint |= n_marked == 0
+        # A two-level scan loses light marks beside the ones it keeps, where
+        # the marks it kept are specks (fewer dark pixels than a pen stroke
+        # leaves; ticks and crosses keep theirs): where no mark stands clear
+        # at all, none read can be told from what a lost one beside it would
+        # leave, so every group is in doubt; and beside a mark, a second
+        # light one shows as no more than a few black pixels over what its
+        # letter holds (an unmarked bubble above the noise with dark pixels
+        # of its own).
+        if two_level and (not mk.any() or float(np.median(m.dark[mk])) < 2 * STROKE_DARK):
+            faint |= lv.mark_peak == 0
+            faint |= np.logical_or.reduceat(~mk & (ex >= 2.0 * lv.noise) & (m.dark > 0), starts)
     residue = ((ex >= erase_at) & (ex < lo) & ~stroke & ~circled) | rubbed | rubbed_outline(m, mk, even)
     erasure = np.logical_or.reduceat(residue, starts)
     circ = np.logical_or.reduceat(circled, starts)

@@ -405,7 +405,10 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
     m = bub.without_letters(ev.m, _printed_keys(ev.lay))
     levels = bub.sheet_levels(m, ev.frame)
     pairs = bub.neighbour_pairs(ev.lay)
-    groups, marked = bub.decide_groups(ev.lay, m, levels, (pairs, bub.gap_darkness(grey, ev.frame, ev.m, pairs)))
+    # Only a sheet of light marks needs to know whether the scan kept them.
+    two_level = bub.light_marks_may_be_lost(levels) and bub.is_two_level(grey)
+    groups, marked = bub.decide_groups(ev.lay, m, levels, (pairs, bub.gap_darkness(grey, ev.frame, ev.m, pairs)),
+                                       two_level)
     out.answers, out.flags, out.confidence = bub.field_values(groups)
     # Every field of the template page, in the template's order.
     order = [f for f in chosen.field_names() if f in out.answers]

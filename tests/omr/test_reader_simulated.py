@@ -102,3 +102,22 @@ def test_a_two_level_scan_of_firm_marks_is_not_flooded_with_flags():
         d, s = _score(A4, "scan_bitonal", 55 * 100_003, style=style)
         assert s.right == s.fields, s.silent
         assert s.flagged <= 0.1 * s.fields, (style, s.flagged)
+
+
+def test_a_black_and_white_scan_is_told_from_a_grey_one():
+    import cv2
+    import numpy as np
+
+    from batches.omr.bubbles import is_two_level
+
+    def capture(preset):
+        sim = simulate.simulate_sheet(A4, {}, page=1, seed=5, preset=preset)
+        return cv2.imdecode(np.frombuffer(sim.encode_jpeg(), np.uint8), cv2.IMREAD_GRAYSCALE)
+
+    bitonal = capture("scan_bitonal")
+    assert is_two_level(bitonal)
+    # Still two-level once JPEG-compressed and decoded at half size.
+    assert is_two_level(cv2.resize(bitonal, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA))
+    for preset in ("clean", "scan_mild", "scan_letters", "photo_mild"):
+        assert not is_two_level(capture(preset)), preset
+    assert not is_two_level(np.full((64, 64), 255, np.uint8))
