@@ -39,9 +39,10 @@ Decision (``decide_groups``), per sheet and per group:
   under half this sheet's typical mark darkness (where blank bubbles are dark
   in places too, letters printed in them or a two-level scan: under half its
   typical mark excess; there, on a sheet marked lightly throughout, a group
-  read blank too, a group whose unmarked bubble beside a mark holds dark
-  pixels over its letter's, and every group where no mark stands clear at
-  all), or read on strokes alone
+  read blank too; on a black & white scan whose marks kept only specks, a
+  group whose unmarked bubble beside a mark holds dark pixels over its
+  letter's, and every group where no mark stands clear at all), or read on
+  strokes alone
   under ``T_mark``: a hair or a speck looks like that too), ``erasure`` (anything above
   3 noise and ``ERASURE_MIN`` 0.05 that is not read as a mark: residue, a
   smudge, a very light mark; or a mark of an even shade whose printed
