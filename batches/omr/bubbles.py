@@ -512,7 +512,7 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels,
         # of its own).
         if two_level and (not mk.any() or float(np.median(m.dark[mk])) < 2 * STROKE_DARK):
             faint |= lv.mark_peak == 0
-            faint |= np.logical_or.reduceat(~mk & (ex >= 2.0 * lv.noise) & (m.dark > 0), starts)
+            faint |= np.logical_or.reduceat(~mk & (ex >= 1.5 * lv.noise) & (m.dark > 0), starts)
     residue = ((ex >= erase_at) & (ex < lo) & ~stroke & ~circled) | rubbed | rubbed_outline(m, mk, even)
     erasure = np.logical_or.reduceat(residue, starts)
     circ = np.logical_or.reduceat(circled, starts)
