@@ -43,8 +43,19 @@ SURE_MARK_OVER = 1.4
 SURE_BLANK_UNDER = 0.7
 NOISE_SIGMAS = 5.0
 #: In a field read blank, a bubble over this share of the threshold, and as
-#: far above the field's next one, is doubt.
+#: far above the field's next one, is doubt...
 STANDS_OUT = 0.35
+#: ...and so is one this far over the field's next one (and over its blank
+#: level), or this many noise widths when the blanks are noisier: a tick or a
+#: half fill blurred by a rough capture, or a light mark a two-level scan
+#: nearly dropped, stays far under the threshold but stands out of its field.
+STANDS_OUT_MIN = 0.05
+STANDS_OUT_SIGMAS = 6.0
+#: A sheet without any clear mark where at least this many fields hold a
+#: bubble standing out: its marks are light, and a capture that kept only
+#: some of them (a two-level scan) may have lost others: every field read
+#: blank on it is doubt.
+LIGHT_SHEET_FIELDS = 2
 #: A circle drawn around a bubble shows in at least this share of the free directions.
 CIRCLED = 0.85
 #: A block with fewer bubbles on their printed outlines than this share is
@@ -128,9 +139,16 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
     per_field = np.bincount(geo.field, weights=marked.astype(np.float64), minlength=n_fields)
     # A field read blank with one bubble standing out from the others (a
     # partial fill, a small scribble): doubt, though under the blanks' limit.
-    for f in np.flatnonzero(per_field == 0):
+    stands_out = min(STANDS_OUT * thr, max(STANDS_OUT_MIN, STANDS_OUT_SIGMAS * noise))
+    blank_fields = np.flatnonzero(per_field == 0)
+    standing = 0
+    for f in blank_fields:
         ef = np.sort(e[geo.field == f])
-        if len(ef) > 1 and ef[-1] >= STANDS_OUT * thr and ef[-1] - ef[-2] >= STANDS_OUT * thr:
+        if len(ef) > 1 and ef[-1] >= stands_out and ef[-1] - ef[-2] >= stands_out:
+            _add(flags[f], "ambiguous")
+            standing += 1
+    if typical == 0 and standing >= LIGHT_SHEET_FIELDS:
+        for f in blank_fields:
             _add(flags[f], "ambiguous")
     for f in range(n_fields):
         if per_field[f] > 1:
@@ -142,6 +160,8 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
     # (One bubble off its outline in a tiny block is not a block off.)
     missed = np.bincount(geo.block, weights=(~pl.ok).astype(np.float64), minlength=len(pl.block_ok))
     bad_blocks = {b for b in range(len(pl.block_ok)) if (pl.block_ok[b] < BLOCK_OK and missed[b] >= 2) or grid_off}
+    # A block with an end line off its outlines (``grid.Placement``): a row or a column off.
+    bad_blocks |= set(np.flatnonzero(pl.end_line_off).tolist())
     for i in range(len(e)):
         if geo.block[i] in bad_blocks:
             _add(flags[geo.field[i]], "misaligned")
