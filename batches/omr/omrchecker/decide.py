@@ -17,7 +17,13 @@
   field is flagged (``faint`` when read marked, ``ambiguous`` when read
   blank), as are several marks in one field (``multiple``), a circle drawn
   around a bubble instead of filling it (``circled``, read as a mark) and a block whose
-  bubbles are not where the template puts them (``misaligned``).
+  bubbles are not where the template puts them (``misaligned``; also a block
+  with a first or last line off its outlines: placed a row off).
+* A field read blank with one bubble standing out of the others (a tick or a
+  half fill a rough capture blurred, a light mark a two-level scan nearly
+  dropped) is ``ambiguous``; on a sheet without any clear mark where several
+  fields hold one, every field read blank is (the capture may have dropped
+  other light marks whole).
 """
 
 from __future__ import annotations

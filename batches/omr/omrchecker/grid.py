@@ -66,7 +66,6 @@ class Geometry:
     block_pitch: np.ndarray  # (B,) smallest distance between two bubbles of each block
     border: np.ndarray  # (M, 2) page px one pitch outside the blocks' sides (nothing printed there)
     border_block: np.ndarray  # (M,)
-    border_side: np.ndarray  # (M,) which side of which block (0..): a grid a row off shows on one side
     free: np.ndarray  # (N, A) angles around each bubble where no other bubble is near (circle search)
 
     @property
@@ -98,8 +97,7 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
     blk_a = np.array(blk, np.int64)
     nb = len(block_ids)
     pitch = np.zeros(nb)
-    border, border_b, border_s = [], [], []
-    n_sides = 0
+    border, border_b = [], []
     for b in range(nb):
         idx = np.flatnonzero(blk_a == b)
         c = cen_a[idx]
@@ -133,8 +131,6 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
                     & clear)
             border += list(side[keep])
             border_b += [b] * int(keep.sum())
-            border_s += [n_sides] * int(keep.sum())
-            n_sides += 1
     # Directions around each bubble free of other bubbles out to the circle band:
     # every pair of a bubble and another as near in x as 3 reaches, at once.
     ang = np.linspace(0, 2 * np.pi, ANGLES, endpoint=False)
@@ -153,8 +149,7 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
     np.logical_or.at(blocked, me, diff < width[:, None] + 0.15)
     free = ~blocked
     g = Geometry(cen_a, half_a, blk_a, np.array(fld, np.int64), np.array(keys, np.int64), pitch,
-                 np.array(border, np.float64).reshape(-1, 2), np.array(border_b, np.int64),
-                 np.array(border_s, np.int64), free)
+                 np.array(border, np.float64).reshape(-1, 2), np.array(border_b, np.int64), free)
     _GEOMETRY[id(t)] = (t, g)
     return g
 
@@ -350,8 +345,7 @@ class Placement:
     score: float  # global evidence score (mean at bubbles minus mean one pitch outside)
     ok: np.ndarray  # (N,) outline best centred where read
     block_ok: np.ndarray  # (B,) share of ok per block
-    border: np.ndarray  # (B,) share of the points one pitch outside each block showing a centred outline
-    side_border: np.ndarray  # (B,) the same on the block's side showing most (one side: a row or column off)
+    border: np.ndarray  # (B,) mean evidence one pitch outside each block, over that at its bubbles
     shift: tuple[float, float]  # global shift applied, cut-out px
     end_line_off: np.ndarray  # (B,) bool: a first or last line of the block off its outlines
 
@@ -561,8 +555,8 @@ def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
     E = pe.E[pe.pad:-pe.pad, pe.pad:-pe.pad]
     gdx, gdy = (pos - base_r).mean(0).tolist()
     v = 0.0
-    ok, block_ok, border, side_border = _verify(E, pos, geo, s, bpos)
-    return Placement(pos + off, rr, v, ok, block_ok, border, side_border, (gdx, gdy),
+    ok, block_ok, border = _verify(E, pos, geo, s, bpos)
+    return Placement(pos + off, rr, v, ok, block_ok, border, (gdx, gdy),
                      blocks_with_an_end_line_off(ok, geo))
 
 
@@ -595,7 +589,6 @@ def _verify(E: np.ndarray, pos: np.ndarray, geo: Geometry, s: float, bpts: np.nd
     nb = len(geo.block_pitch)
     block_ok = np.array([ok[geo.block == b].mean() for b in range(nb)])
     border = np.zeros(nb)
-    side_border = np.zeros(nb)
     if len(bpts):
         # A bubble outline one pitch outside a block: as strong as the
         # block's own, and centred there (printed numbers and letters beside
@@ -608,16 +601,7 @@ def _verify(E: np.ndarray, pos: np.ndarray, geo: Geometry, s: float, bpts: np.nd
             sel = geo.border_block == b
             if sel.any():
                 border[b] = float(np.mean(shows[sel]))
-        # Per side, over sides of at least SIDE_POINTS points (one or two
-        # points beside a small block show printed labels as often as not).
-        count = np.bincount(geo.border_side, minlength=int(geo.border_side.max()) + 1)
-        shown = np.bincount(geo.border_side, weights=shows.astype(np.float64), minlength=len(count))
-        share = shown / np.maximum(count, 1)
-        side_block = np.zeros(len(count), np.int64)
-        side_block[geo.border_side] = geo.border_block
-        for k in np.flatnonzero(count >= SIDE_POINTS):
-            side_border[side_block[k]] = max(side_border[side_block[k]], share[k])
-    return ok, block_ok, border, side_border
+    return ok, block_ok, border
 
 
 #: A block whose first or last line of bubbles (a field, or the same value
@@ -625,14 +609,12 @@ def _verify(E: np.ndarray, pos: np.ndarray, geo: Geometry, s: float, bpts: np.nd
 #: off: a block placed a row or a column off has one end line on bare paper,
 #: though every other bubble sits on an outline (the next row's).
 END_LINE_OK = 0.5
-#: A side of a block is judged from at least this many points one pitch outside it.
-SIDE_POINTS = 3
 
 
 def blocks_with_an_end_line_off(ok: np.ndarray, geo: Geometry) -> np.ndarray:
-    """Blocks (of fields of one length) whose first or last field, or first
-    or last value across the fields, has fewer than ``END_LINE_OK`` of its
-    bubbles (at least two): (B,) bool on their printed outlines."""
+    """(B,) bool: the blocks (of fields of one length) whose first or last
+    field, or first or last value across the fields, has fewer than
+    ``END_LINE_OK`` of its bubbles (at least two) on their printed outlines."""
     out = np.zeros(len(geo.block_pitch), bool)
     for b in range(len(geo.block_pitch)):
         idx = np.flatnonzero(geo.block == b)
@@ -647,7 +629,6 @@ def blocks_with_an_end_line_off(ok: np.ndarray, geo: Geometry) -> np.ndarray:
         if any(len(line) >= 2 and float(line.mean()) < END_LINE_OK for line in lines):
             out[b] = True
     return out
-
 
 
 # ---------------------------------------------------------------- measurement
