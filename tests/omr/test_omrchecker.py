@@ -483,6 +483,9 @@ def bench_sheet(preset: str, style: str, seed: int):
     # A photo whose page is found a row off: each block's end row on bare
     # paper, never read silently.
     ("photo_hard", "half", 65001),
+    # "E" half filled in half the fields it is printed in: those half fills
+    # must not set E's blank level (read blank, silently, before).
+    ("photo_exif", "half", 105000),
 ])
 def test_marks_a_rough_capture_nearly_lost_and_a_grid_a_row_off_are_never_silently_wrong(preset, style, seed):
     out, expected = bench_sheet(preset, style, seed)

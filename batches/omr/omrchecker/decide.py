@@ -62,6 +62,10 @@ STANDS_OUT_SIGMAS = 6.0
 #: some of them (a two-level scan) may have lost others: every field read
 #: blank on it is doubt.
 LIGHT_SHEET_FIELDS = 2
+#: A value whose unmarked-looking bubbles' median lies this far over their
+#: lower quartile holds two groups (half of its bubbles lightly marked: half
+#: fills or ticks of the same letter): its blank level is the lower group's.
+SPLIT_LEVEL = 0.06
 #: A circle drawn around a bubble shows in at least this share of the free directions.
 CIRCLED = 0.85
 #: A block with fewer bubbles on their printed outlines than this share is
@@ -96,6 +100,24 @@ def _threshold(e: np.ndarray, *, noise_guard: bool = True) -> tuple[np.ndarray, 
     return e >= thr, thr, typical, noise
 
 
+def _lower_where_split(base: np.ndarray, score: np.ndarray, keys: np.ndarray, blankish: np.ndarray) -> np.ndarray:
+    """``base`` (the median of each value's unmarked-looking bubbles), or
+    their lower quartile where it lies ``SPLIT_LEVEL`` under the median: when
+    a letter is the answer of many fields, marked lightly (half fills), those
+    marks are not clear and would set that letter's blank level themselves,
+    reading every one of them blank. (Blank bubbles printing one letter on
+    one sheet differ far less.)"""
+    base = base.copy()
+    known = level_known(keys, blankish)
+    for k in sorted(set(keys[known].tolist())):
+        of_k = keys == k
+        q = float(percentile(score[of_k & blankish], 25))
+        level = float(base[of_k][0])
+        if level - q > SPLIT_LEVEL:
+            base[of_k] = q
+    return base
+
+
 def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision:
     # The mean and a low percentile of the inside: a letter printed in a blank
     # bubble darkens its mean, not its lightest part; a fill darkens both.
@@ -105,7 +127,7 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
     # (Before the letters are accounted for, their spread is not noise.)
     first = _threshold(score - float(median(score)), noise_guard=False)[0]
     blankish = ~first
-    base = blank_levels(score, geo.value_key, blankish)
+    base = _lower_where_split(blank_levels(score, geo.value_key, blankish), score, geo.value_key, blankish)
     e = score - base
     marked, thr, typical, noise = _threshold(e)
     sure_mark = SURE_MARK_OVER * thr
@@ -123,7 +145,8 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
     # that mark's stroke running on (a dash drawn across two bubbles), not a
     # second answer.
     unmarked = blankish & ~marked
-    dark = m.dark_share - blank_levels(m.dark_share, geo.value_key, unmarked)
+    dark = m.dark_share - _lower_where_split(blank_levels(m.dark_share, geo.value_key, unmarked), m.dark_share,
+                                             geo.value_key, unmarked)
     dark_in_field = dark - medians_by(dark, geo.field, n_fields)[geo.field]
     e_in_field = e - medians_by(e, geo.field, n_fields)[geo.field]
     has_mark = np.bincount(geo.field, weights=(marked | circled).astype(np.float64), minlength=n_fields) > 0
