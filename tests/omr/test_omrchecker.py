@@ -486,6 +486,10 @@ def bench_sheet(preset: str, style: str, seed: int):
     # "E" half filled in half the fields it is printed in: those half fills
     # must not set E's blank level (read blank, silently, before).
     ("photo_exif", "half", 105000),
+    # Upside down, one block out of focus (every bubble of it dark): that
+    # block must not set the blank level of the letters light marks elsewhere
+    # are compared with.
+    ("photo_hard", "light", 62000),
 ])
 def test_marks_a_rough_capture_nearly_lost_and_a_grid_a_row_off_are_never_silently_wrong(preset, style, seed):
     out, expected = bench_sheet(preset, style, seed)

@@ -66,6 +66,9 @@ LIGHT_SHEET_FIELDS = 2
 #: lower quartile holds two groups (half of its bubbles lightly marked: half
 #: fills or ticks of the same letter): its blank level is the lower group's.
 SPLIT_LEVEL = 0.06
+#: A block whose median bubble is this much darker than the sheet's does not
+#: set the blank levels of the letters it prints.
+DARK_BLOCK = 0.1
 #: A circle drawn around a bubble shows in at least this share of the free directions.
 CIRCLED = 0.85
 #: A block with fewer bubbles on their printed outlines than this share is
@@ -127,6 +130,12 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
     # (Before the letters are accounted for, their spread is not noise.)
     first = _threshold(score - float(median(score)), noise_guard=False)[0]
     blankish = ~first
+    # A block whose typical bubble is far darker than the sheet's (out of
+    # focus: its printed outlines spread into the bubbles) says nothing of
+    # what a blank letter holds elsewhere on the sheet.
+    n_blocks = len(geo.block_pitch)
+    block_level = medians_by(score, geo.block, n_blocks) - float(median(score))
+    blankish = blankish & (block_level[geo.block] <= DARK_BLOCK)
     base = _lower_where_split(blank_levels(score, geo.value_key, blankish), score, geo.value_key, blankish)
     e = score - base
     marked, thr, typical, noise = _threshold(e)
