@@ -460,3 +460,37 @@ def test_cli_reads_with_an_omrchecker_template(tmp_path):
     out = json.loads(result.stdout.splitlines()[0])
     assert out["format"] == "omrchecker" and out["file"] == str(image)
     assert out["answers"] == expected_response(t, answers)
+
+
+def bench_sheet(preset: str, style: str, seed: int):
+    """A sheet as ``bench/omr_accuracy.py --omrchecker`` draws it (answers and
+    capture from one seed), read back: (reading, expected response)."""
+    t = marker_template()
+    rng = np.random.default_rng(seed)
+    answers = {f.label: f.values[rng.integers(len(f.values))] for f in t.fields if rng.random() > 0.1}
+    return read_back(t, answers, preset, seed, style=style), expected_response(t, answers)
+
+
+@pytest.mark.parametrize("preset, style, seed", [
+    # Ticks blurred by a rough scan: far under the threshold, but each stands
+    # out of its field (read blank, they are flagged).
+    ("scan_hard", "tick", 44001),
+    ("scan_moderate", "tick", 33001),
+    # Light marks a two-level scan nearly dropped: the few left stand out of
+    # their fields, and on a sheet without any clear mark every blank field
+    # is doubt (others may have been dropped whole).
+    ("scan_bitonal", "light", 86001),
+    # A photo whose page is found a row off: each block's end row on bare
+    # paper, never read silently.
+    ("photo_hard", "half", 65001),
+    # "E" half filled in half the fields it is printed in: those half fills
+    # must not set E's blank level (read blank, silently, before).
+    ("photo_exif", "half", 105000),
+    # Upside down, one block out of focus (every bubble of it dark): that
+    # block must not set the blank level of the letters light marks elsewhere
+    # are compared with.
+    ("photo_hard", "light", 62000),
+])
+def test_marks_a_rough_capture_nearly_lost_and_a_grid_a_row_off_are_never_silently_wrong(preset, style, seed):
+    out, expected = bench_sheet(preset, style, seed)
+    assert_right_or_flagged(out, expected, must_read=False)

@@ -17,7 +17,13 @@
   field is flagged (``faint`` when read marked, ``ambiguous`` when read
   blank), as are several marks in one field (``multiple``), a circle drawn
   around a bubble instead of filling it (``circled``, read as a mark) and a block whose
-  bubbles are not where the template puts them (``misaligned``).
+  bubbles are not where the template puts them (``misaligned``; also a block
+  with a first or last line off its outlines: placed a row off).
+* A field read blank with one bubble standing out of the others (a tick or a
+  half fill a rough capture blurred, a light mark a two-level scan nearly
+  dropped) is ``ambiguous``; on a sheet without any clear mark where several
+  fields hold one, every field read blank is (the capture may have dropped
+  other light marks whole).
 """
 
 from __future__ import annotations
@@ -43,8 +49,26 @@ SURE_MARK_OVER = 1.4
 SURE_BLANK_UNDER = 0.7
 NOISE_SIGMAS = 5.0
 #: In a field read blank, a bubble over this share of the threshold, and as
-#: far above the field's next one, is doubt.
+#: far above the field's next one, is doubt...
 STANDS_OUT = 0.35
+#: ...and so is one this far over the field's next one (and over its blank
+#: level), or this many noise widths when the blanks are noisier: a tick or a
+#: half fill blurred by a rough capture, or a light mark a two-level scan
+#: nearly dropped, stays far under the threshold but stands out of its field.
+STANDS_OUT_MIN = 0.05
+STANDS_OUT_SIGMAS = 6.0
+#: A sheet without any clear mark where at least this many fields hold a
+#: bubble standing out: its marks are light, and a capture that kept only
+#: some of them (a two-level scan) may have lost others: every field read
+#: blank on it is doubt.
+LIGHT_SHEET_FIELDS = 2
+#: A value whose unmarked-looking bubbles' median lies this far over their
+#: lower quartile holds two groups (half of its bubbles lightly marked: half
+#: fills or ticks of the same letter): its blank level is the lower group's.
+SPLIT_LEVEL = 0.06
+#: A block whose median bubble is this much darker than the sheet's does not
+#: set the blank levels of the letters it prints.
+DARK_BLOCK = 0.1
 #: A circle drawn around a bubble shows in at least this share of the free directions.
 CIRCLED = 0.85
 #: A block with fewer bubbles on their printed outlines than this share is
@@ -79,6 +103,24 @@ def _threshold(e: np.ndarray, *, noise_guard: bool = True) -> tuple[np.ndarray, 
     return e >= thr, thr, typical, noise
 
 
+def _lower_where_split(base: np.ndarray, score: np.ndarray, keys: np.ndarray, blankish: np.ndarray) -> np.ndarray:
+    """``base`` (the median of each value's unmarked-looking bubbles), or
+    their lower quartile where it lies ``SPLIT_LEVEL`` under the median: when
+    a letter is the answer of many fields, marked lightly (half fills), those
+    marks are not clear and would set that letter's blank level themselves,
+    reading every one of them blank. (Blank bubbles printing one letter on
+    one sheet differ far less.)"""
+    base = base.copy()
+    known = level_known(keys, blankish)
+    for k in sorted(set(keys[known].tolist())):
+        of_k = keys == k
+        q = float(percentile(score[of_k & blankish], 25))
+        level = float(base[of_k][0])
+        if level - q > SPLIT_LEVEL:
+            base[of_k] = q
+    return base
+
+
 def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision:
     # The mean and a low percentile of the inside: a letter printed in a blank
     # bubble darkens its mean, not its lightest part; a fill darkens both.
@@ -88,7 +130,13 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
     # (Before the letters are accounted for, their spread is not noise.)
     first = _threshold(score - float(median(score)), noise_guard=False)[0]
     blankish = ~first
-    base = blank_levels(score, geo.value_key, blankish)
+    # A block whose typical bubble is far darker than the sheet's (out of
+    # focus: its printed outlines spread into the bubbles) says nothing of
+    # what a blank letter holds elsewhere on the sheet.
+    n_blocks = len(geo.block_pitch)
+    block_level = medians_by(score, geo.block, n_blocks) - float(median(score))
+    blankish = blankish & (block_level[geo.block] <= DARK_BLOCK)
+    base = _lower_where_split(blank_levels(score, geo.value_key, blankish), score, geo.value_key, blankish)
     e = score - base
     marked, thr, typical, noise = _threshold(e)
     sure_mark = SURE_MARK_OVER * thr
@@ -106,7 +154,8 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
     # that mark's stroke running on (a dash drawn across two bubbles), not a
     # second answer.
     unmarked = blankish & ~marked
-    dark = m.dark_share - blank_levels(m.dark_share, geo.value_key, unmarked)
+    dark = m.dark_share - _lower_where_split(blank_levels(m.dark_share, geo.value_key, unmarked), m.dark_share,
+                                             geo.value_key, unmarked)
     dark_in_field = dark - medians_by(dark, geo.field, n_fields)[geo.field]
     e_in_field = e - medians_by(e, geo.field, n_fields)[geo.field]
     has_mark = np.bincount(geo.field, weights=(marked | circled).astype(np.float64), minlength=n_fields) > 0
@@ -128,9 +177,16 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
     per_field = np.bincount(geo.field, weights=marked.astype(np.float64), minlength=n_fields)
     # A field read blank with one bubble standing out from the others (a
     # partial fill, a small scribble): doubt, though under the blanks' limit.
-    for f in np.flatnonzero(per_field == 0):
+    stands_out = min(STANDS_OUT * thr, max(STANDS_OUT_MIN, STANDS_OUT_SIGMAS * noise))
+    blank_fields = np.flatnonzero(per_field == 0)
+    standing = 0
+    for f in blank_fields:
         ef = np.sort(e[geo.field == f])
-        if len(ef) > 1 and ef[-1] >= STANDS_OUT * thr and ef[-1] - ef[-2] >= STANDS_OUT * thr:
+        if len(ef) > 1 and ef[-1] >= stands_out and ef[-1] - ef[-2] >= stands_out:
+            _add(flags[f], "ambiguous")
+            standing += 1
+    if typical == 0 and standing >= LIGHT_SHEET_FIELDS:
+        for f in blank_fields:
             _add(flags[f], "ambiguous")
     for f in range(n_fields):
         if per_field[f] > 1:
@@ -142,6 +198,8 @@ def decide(m: Measures, geo: Geometry, pl: Placement, n_fields: int) -> Decision
     # (One bubble off its outline in a tiny block is not a block off.)
     missed = np.bincount(geo.block, weights=(~pl.ok).astype(np.float64), minlength=len(pl.block_ok))
     bad_blocks = {b for b in range(len(pl.block_ok)) if (pl.block_ok[b] < BLOCK_OK and missed[b] >= 2) or grid_off}
+    # A block with an end line off its outlines (``grid.Placement``): a row or a column off.
+    bad_blocks |= set(np.flatnonzero(pl.end_line_off).tolist())
     for i in range(len(e)):
         if geo.block[i] in bad_blocks:
             _add(flags[geo.field[i]], "misaligned")

@@ -347,6 +347,7 @@ class Placement:
     block_ok: np.ndarray  # (B,) share of ok per block
     border: np.ndarray  # (B,) mean evidence one pitch outside each block, over that at its bubbles
     shift: tuple[float, float]  # global shift applied, cut-out px
+    end_line_off: np.ndarray  # (B,) bool: a first or last line of the block off its outlines
 
     @property
     def quality(self) -> float:
@@ -357,7 +358,7 @@ class Placement:
         # Blocks off their outlines (a page taken with its margin, an
         # outline found short): the page is not where this placement puts
         # it, though blocks shifted half a pitch find outlines.
-        bad = float(np.mean(self.block_ok < 0.8))
+        bad = float(np.mean((self.block_ok < 0.8) | self.end_line_off))
         return float(self.ok.mean()) - (0.5 if off else 0.0) - bad
 
 
@@ -555,7 +556,8 @@ def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
     gdx, gdy = (pos - base_r).mean(0).tolist()
     v = 0.0
     ok, block_ok, border = _verify(E, pos, geo, s, bpos)
-    return Placement(pos + off, rr, v, ok, block_ok, border, (gdx, gdy))
+    return Placement(pos + off, rr, v, ok, block_ok, border, (gdx, gdy),
+                     blocks_with_an_end_line_off(ok, geo))
 
 
 def _apply(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -600,6 +602,33 @@ def _verify(E: np.ndarray, pos: np.ndarray, geo: Geometry, s: float, bpts: np.nd
             if sel.any():
                 border[b] = float(np.mean(shows[sel]))
     return ok, block_ok, border
+
+
+#: A block whose first or last line of bubbles (a field, or the same value
+#: across its fields) has fewer than this share on their printed outlines is
+#: off: a block placed a row or a column off has one end line on bare paper,
+#: though every other bubble sits on an outline (the next row's).
+END_LINE_OK = 0.5
+
+
+def blocks_with_an_end_line_off(ok: np.ndarray, geo: Geometry) -> np.ndarray:
+    """(B,) bool: the blocks (of fields of one length) whose first or last
+    field, or first or last value across the fields, has fewer than
+    ``END_LINE_OK`` of its bubbles (at least two) on their printed outlines."""
+    out = np.zeros(len(geo.block_pitch), bool)
+    for b in range(len(geo.block_pitch)):
+        idx = np.flatnonzero(geo.block == b)
+        fields = geo.field[idx]
+        counts = np.bincount(fields - fields.min())
+        counts = counts[counts > 0]
+        if len(set(counts.tolist())) != 1:
+            continue
+        # Bubbles are stored field after field, values in order.
+        grid = ok[idx].reshape(len(counts), int(counts[0]))
+        lines = [grid[0], grid[-1], grid[:, 0], grid[:, -1]]
+        if any(len(line) >= 2 and float(line.mean()) < END_LINE_OK for line in lines):
+            out[b] = True
+    return out
 
 
 # ---------------------------------------------------------------- measurement
