@@ -418,7 +418,7 @@ def test_page_partly_on_a_white_paper_reads_right(monkeypatch):
     assert out["alignment"] in ("CropPage", "CropPage + bubble grid")
     assert out["answers"] == expected
     centres = np.array([c for f in t.fields for c in f.centres()], np.float64)
-    fitted, n = fit_on_grid(grey, rect_h(t.page_w, t.page_h, quad), centres, 16.0, 50.0)
+    fitted, n, _radius = fit_on_grid(grey, rect_h(t.page_w, t.page_h, quad), centres, 16.0, 50.0)
     err = cv2.perspectiveTransform(centres.reshape(-1, 1, 2), fitted) - cv2.perspectiveTransform(
         centres.reshape(-1, 1, 2), true_h)
     assert n >= 0.8 * len(centres) and np.abs(err).max() < 2.0

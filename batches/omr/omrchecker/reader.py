@@ -45,6 +45,9 @@ FAIL_FIT = 0.55
 MAX_TRIES = 10
 #: Rough placements the bubble grid is fitted from when none fits as found.
 GRID_TRIES = 3
+#: Placements closer than this (pitches, at every bubble) to one already
+#: tried (or the grid already fitted from) are not tried again.
+SAME_START = 0.25
 #: The whole grid is searched this far (share of the page's larger side)
 #: around where a placement puts it.
 SEARCH = 0.03
@@ -129,6 +132,7 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
     tries = 0
     most_outside = 0.0  # the largest share of bubbles a placement put outside the image
     tried: list[tuple[float, Candidate, np.ndarray]] = []
+    pitch = float(median(geo.block_pitch))
 
     def evaluate(cand: Candidate, H: np.ndarray) -> float:
         nonlocal best, most_outside
@@ -161,6 +165,8 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         # The page may lie any way round in the image: the two namings of its
         # corners that give it the template's proportions, the likelier first.
         for H in _namings(H0, t):
+            if any(_same_start(S, H, geo.centres, pitch) for _f, _c, S in tried):
+                continue  # placed as an earlier one was: it would be placed the same
             if evaluate(cand, H) >= GOOD_FIT:
                 break
         if best[0] >= GOOD_FIT or tries >= MAX_TRIES:
@@ -170,12 +176,20 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         # printed bubbles everywhere (a page merging with a white paper behind
         # it, found a pitch short along a side): the grid is fitted on the
         # printed outlines themselves from the likeliest rough placements.
-        pitch = float(median(geo.block_pitch))
         half_box = float(median(geo.half.min(1)))
+        starts: list[np.ndarray] = []
+        radius = None  # the printed radius, once a fit has found it on this sheet
         for _fit, cand, H in sorted(tried, key=lambda e: -e[0])[:GRID_TRIES]:
-            res = fit_on_grid(grey, H, geo.centres, half_box, pitch)
+            # A rough placement putting every bubble within a quarter pitch of
+            # where an earlier start put it would fit the same outlines again
+            # (the fit searches 0.45 pitch around each bubble).
+            if any(_same_start(S, H, geo.centres, pitch) for S in starts):
+                continue
+            starts.append(H)
+            res = fit_on_grid(grey, H, geo.centres, half_box, pitch, radius)
             if res is None:
                 continue
+            radius = res[2]
             grid_cand = Candidate(res[0], cand.how + " + bubble grid",
                                   cand.notes + ["placement fitted on the printed bubble outlines"])
             if evaluate(grid_cand, res[0]) >= GOOD_FIT:
@@ -224,6 +238,14 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
     out._bubble_data = (layout_of(t), np.round(d.excess, 3), d.marked, centres_img)
     out.timings_ms["bubbles"] = (time.perf_counter() - t0) * 1000
     return done()
+
+
+def _same_start(H0: np.ndarray, H: np.ndarray, centres: np.ndarray, pitch: float) -> bool:
+    """Whether ``H`` puts every bubble within ``SAME_START`` pitches of where
+    ``H0`` puts it (page px -> image px both): a search from either finds the
+    same outlines."""
+    back = _apply(np.linalg.inv(H0), _apply(H, centres))
+    return bool(np.abs(back - centres).max() < SAME_START * pitch)
 
 
 def _turn(t: OmrCheckerTemplate, roll: int) -> np.ndarray:

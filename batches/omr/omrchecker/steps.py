@@ -565,7 +565,7 @@ def _ring_kernel(r: float) -> np.ndarray:
 
 
 def fit_on_grid(grey: np.ndarray, H: np.ndarray, centres: np.ndarray, half_box: float, pitch: float,
-                ) -> tuple[np.ndarray, int] | None:
+                radius: float | None = None) -> tuple[np.ndarray, int, float] | None:
     """Place the template's bubble grid on the printed bubble outlines
     themselves, independent of where the page's edge seemed to be: the region
     of the bubbles is cut out through a rough placement ``H`` (page px ->
@@ -577,8 +577,10 @@ def fit_on_grid(grey: np.ndarray, H: np.ndarray, centres: np.ndarray, half_box: 
     homography is fitted to those (RANSAC), twice, the second time in
     narrower windows. ``centres``: template bubble centres (page px);
     ``half_box``: half the bubble box (page px); ``pitch``: the smallest
-    distance between neighbouring bubbles (page px). Returns (the homography,
-    how many bubbles it rests on) or None when too few outlines agree. The
+    distance between neighbouring bubbles (page px); ``radius``: the printed
+    radius (a share of the box half) when an earlier fit on this sheet found
+    it. Returns (the homography, how many bubbles it rests on, the printed
+    radius) or None when too few outlines agree. The
     caller verifies the placement (a grid fitted a row off sits on outlines
     too)."""
     n = len(centres)
@@ -587,9 +589,10 @@ def fit_on_grid(grey: np.ndarray, H: np.ndarray, centres: np.ndarray, half_box: 
     out = H
     inliers = 0
     lo, hi = centres.min(0) - 1.2 * pitch, centres.max(0) + 1.2 * pitch
-    s = 9.0 / max(half_box, 1e-6)  # cut-out px per page px: a box half is 9 px
-    radius: float | None = None
-    for window in (0.45, 0.25):
+    # Coarse to fine: the wide search (and the choice of the printed radius)
+    # where a box half is 6 px, the narrow one where it is 9 px.
+    for window, box_px in ((0.45, 6.0), (0.25, 9.0)):
+        s = box_px / max(half_box, 1e-6)  # cut-out px per page px
         fw, fh = int(round((hi[0] - lo[0]) * s)), int(round((hi[1] - lo[1]) * s))
         if fw < 30 or fh < 30 or fw * fh > 6_000_000:
             return None
@@ -608,7 +611,7 @@ def fit_on_grid(grey: np.ndarray, H: np.ndarray, centres: np.ndarray, half_box: 
         win = max(2, int(round(window * pitch * s)))
         best = None
         for rr in ((0.55, 0.7, 0.85, 1.0, 1.15, 1.3) if radius is None else (radius,)):
-            ker = _ring_kernel(rr * 9.0)
+            ker = _ring_kernel(rr * box_px)
             kh = ker.shape[0] // 2
             if ker.shape[0] >= min(fw, fh):
                 continue
@@ -644,7 +647,7 @@ def fit_on_grid(grey: np.ndarray, H: np.ndarray, centres: np.ndarray, half_box: 
         if ok.sum() < max(8, 0.3 * n):
             return None
         img_pts = apply_h(M, pts[ok])
-        tol = max(1.5, 0.3 * 9.0 * radius * px_per)  # image px
+        tol = max(1.5, 0.3 * box_px * radius * px_per)  # image px
         Hn, mask = cv2.findHomography(centres[ok].astype(np.float64), img_pts, cv2.RANSAC, tol)
         if Hn is None:
             return None
@@ -655,5 +658,5 @@ def fit_on_grid(grey: np.ndarray, H: np.ndarray, centres: np.ndarray, half_box: 
         if Hn is None:
             return None
         out, inliers = Hn, int(keep.sum())
-    return out, inliers
+    return out, inliers, float(radius)
 
