@@ -560,7 +560,8 @@ def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
                      blocks_with_an_end_line_off(ok, geo))
 
 
-def _apply(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
+def transform_points(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """(N, 2) points through the homography ``H`` (OpenCV's arithmetic)."""
     return cv2.perspectiveTransform(np.asarray(pts, np.float64).reshape(-1, 1, 2), H).reshape(-1, 2)
 
 

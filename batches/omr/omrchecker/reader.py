@@ -30,7 +30,7 @@ from ..layout import BubbleGeom, Group, PageLayout, Rect, Square
 from ..reading import SheetReading, read_pages
 from ..stats import median
 from .decide import Decision, decide
-from .grid import cut_out, geometry, local_scale, measure, measurement_scale, place
+from .grid import cut_out, geometry, local_scale, measure, measurement_scale, place, transform_points
 from .importer import OmrCheckerTemplate
 from .locate import Candidate, candidates, processing_image
 from .steps import StepError, fit_on_grid
@@ -100,10 +100,6 @@ def layout_of(t: OmrCheckerTemplate) -> PageLayout:
     return lay
 
 
-def _apply(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return cv2.perspectiveTransform(np.asarray(pts, np.float64).reshape(-1, 1, 2), H).reshape(-1, 2)
-
-
 def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: str = "") -> OmrCheckerReading:
     """Read one decoded image (grey or BGR) of a sheet laid out by ``t``."""
     t_start = time.perf_counter()
@@ -136,7 +132,7 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
 
     def evaluate(cand: Candidate, H: np.ndarray) -> float:
         nonlocal best, most_outside
-        where = _apply(H, geo.centres)
+        where = transform_points(H, geo.centres)
         outside = (where[:, 0] < 0) | (where[:, 1] < 0) | (where[:, 0] > w - 1) | (where[:, 1] > h - 1)
         most_outside = max(most_outside, float(outside.mean()))
         scale = measurement_scale(t, H, geo)
@@ -204,10 +200,10 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
     out.alignment = cand.how
     out.notes += cand.notes
     out.homography = H
-    out.marks_px = _apply(H, np.array([[0, 0], [t.page_w, 0], [t.page_w, t.page_h], [0, t.page_h]], np.float64))
+    out.marks_px = transform_points(H, page_corners(t))
     out.orientation = _orientation(out.marks_px)
     t0 = time.perf_counter()
-    centres_img = _apply(H, cut.to_page(pl.pos))
+    centres_img = transform_points(H, cut.to_page(pl.pos))
     outside = (centres_img[:, 0] < 0) | (centres_img[:, 1] < 0) | (centres_img[:, 0] > w - 1) | (centres_img[:, 1] > h - 1)
     if outside.any():
         out.flag("cut_off")
@@ -240,17 +236,22 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
     return done()
 
 
+def page_corners(t: OmrCheckerTemplate) -> np.ndarray:
+    """The page's corners in page px: TL, TR, BR, BL."""
+    return np.array([[0, 0], [t.page_w, 0], [t.page_w, t.page_h], [0, t.page_h]], np.float64)
+
+
 def _same_start(H0: np.ndarray, H: np.ndarray, centres: np.ndarray, pitch: float) -> bool:
     """Whether ``H`` puts every bubble within ``SAME_START`` pitches of where
     ``H0`` puts it (page px -> image px both): a search from either finds the
     same outlines."""
-    back = _apply(np.linalg.inv(H0), _apply(H, centres))
+    back = transform_points(np.linalg.inv(H0), transform_points(H, centres))
     return bool(np.abs(back - centres).max() < SAME_START * pitch)
 
 
 def _turn(t: OmrCheckerTemplate, roll: int) -> np.ndarray:
     """Page px -> page px, the corners renamed by ``roll`` quarter turns."""
-    c = np.array([[0, 0], [t.page_w, 0], [t.page_w, t.page_h], [0, t.page_h]], np.float32)
+    c = page_corners(t).astype(np.float32)
     return cv2.getPerspectiveTransform(c, np.roll(c, roll, 0)).astype(np.float64)
 
 
@@ -259,7 +260,7 @@ def _namings(H: np.ndarray, t: OmrCheckerTemplate) -> list[np.ndarray]:
     turned a half: or, when the page's sides in the image have the other
     proportion than the template's, turned a quarter either way. A square
     page tries all four."""
-    c = _apply(H, np.array([[0, 0], [t.page_w, 0], [t.page_w, t.page_h], [0, t.page_h]], np.float64))
+    c = transform_points(H, page_corners(t))
     w = (np.linalg.norm(c[1] - c[0]) + np.linalg.norm(c[2] - c[3])) / 2
     h = (np.linalg.norm(c[3] - c[0]) + np.linalg.norm(c[2] - c[1])) / 2
     same = math.log(max(w, 1e-6) / max(h, 1e-6)) * math.log(t.page_w / t.page_h)
