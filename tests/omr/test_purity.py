@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import batches.omr
+from tests.fresh_imports import modules_loaded
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -14,15 +15,8 @@ def test_engine_modules_import_without_django():
     # __main__ runs the command line when imported, so it is checked by the CLI tests instead.
     names = [m.name for m in pkgutil.iter_modules(batches.omr.__path__, "batches.omr.") if not m.name.endswith("__main__")]
     assert "batches.omr.template" in names
-    code = (
-        "import importlib, sys\n"
-        f"for n in {names!r}:\n"
-        "    importlib.import_module(n)\n"
-        "bad = sorted(m for m in sys.modules if m == 'django' or m.startswith('django.'))\n"
-        "print(','.join(bad))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"engine imports loaded Django: {out.stdout}"
+    loaded = modules_loaded(names, ("django",))
+    assert loaded == [], f"engine imports loaded Django: {loaded}"
 
 
 def test_engine_source_never_mentions_django():
@@ -37,14 +31,8 @@ def test_the_reading_path_never_loads_the_simulator():
              if not m.name.startswith("batches.omr.synthetic") and m.name not in {"batches.omr.__main__",
                                                                                   "batches.omr.cli"}]
     assert "batches.omr.reader" in names and "batches.omr.omrchecker.reader" in names
-    code = (
-        "import importlib, sys\n"
-        f"for n in {names!r}:\n"
-        "    importlib.import_module(n)\n"
-        "print(','.join(sorted(m for m in sys.modules if m.startswith('batches.omr.synthetic'))))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"the reading path loaded the simulator: {out.stdout}"
+    loaded = modules_loaded(names, ("batches.omr.synthetic",))
+    assert loaded == [], f"the reading path loaded the simulator: {loaded}"
 
 
 def test_reading_an_omrchecker_sheet_loads_neither_the_builtin_reader_nor_the_qr_decoder():
