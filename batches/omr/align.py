@@ -43,6 +43,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from .cache import per_object
 from .homography import apply_h
 from .imageio import to_grey
 from .layout import MM_PER_INCH, PageLayout, page_layout
@@ -671,19 +672,11 @@ class BubbleFrame:
         return cv2.getPerspectiveTransform(corners.astype(np.float32), moved.astype(np.float32)).astype(np.float64)
 
 
-_CENTRES: dict[int, tuple[PageLayout, np.ndarray]] = {}
-
-
+@per_object
 def bubble_centres_mm(lay: PageLayout) -> np.ndarray:
     """(N, 2) bubble centres of a layout in ``layout.bubbles`` order (cached)."""
-    hit = _CENTRES.get(id(lay))
-    if hit is not None and hit[0] is lay:
-        return hit[1]
     arr = np.array([[b.x, b.y] for g in lay.groups for b in g.bubbles], np.float64).reshape(-1, 2)
     arr.setflags(write=False)
-    if len(_CENTRES) > 256:
-        _CENTRES.clear()
-    _CENTRES[id(lay)] = (lay, arr)
     return arr
 
 

@@ -65,6 +65,7 @@ import numpy as np
 
 from .align import _DIRS16 as _DIRS
 from .align import BubbleFrame, PageFit, sample_offsets
+from .cache import per_object
 from .layout import PageLayout
 from .letter_levels import blank_levels
 from .strokes import STROKE_DARK, strokes
@@ -206,24 +207,17 @@ def measure(grey: np.ndarray, frame: BubbleFrame, fit: PageFit) -> Measures:
     return Measures(mean, dark, peak, score, ring_seen, circle, paper, ink_ratio, outline)
 
 
-_PAIRS: dict[int, tuple[PageLayout, np.ndarray]] = {}
 
 
+@per_object
 def neighbour_pairs(lay: PageLayout) -> np.ndarray:
     """(P, 2) indices (``layout.bubbles`` order) of each bubble and the next
     one of its group, once per layout."""
-    hit = _PAIRS.get(id(lay))
-    if hit is not None and hit[0] is lay:
-        return hit[1]
     pairs, i = [], 0
     for g in lay.groups:
         pairs += [(i + j, i + j + 1) for j in range(len(g.bubbles) - 1)]
         i += len(g.bubbles)
-    out = np.array(pairs, np.int64).reshape(-1, 2)
-    if len(_PAIRS) > 256:
-        _PAIRS.clear()
-    _PAIRS[id(lay)] = (lay, out)
-    return out
+    return np.array(pairs, np.int64).reshape(-1, 2)
 
 
 def gap_darkness(grey: np.ndarray, frame: BubbleFrame, m: Measures, pairs: np.ndarray) -> np.ndarray:

@@ -42,6 +42,7 @@ from .align import (
     to_grey,
     verify_frame,
 )
+from .cache import per_object
 from .imageio import MAX_PIXELS
 from .layout import PageLayout
 from .qr import read_qr, scan_region
@@ -102,21 +103,12 @@ class _Eval:
         return self.verified
 
 
-_PRINTED: dict[int, tuple[PageLayout, np.ndarray]] = {}
-
-
+@per_object
 def _printed_keys(lay: PageLayout) -> np.ndarray:
     """(N,) per bubble, an index of the value it prints (the same for the same
     letter or digit), once per layout."""
-    hit = _PRINTED.get(id(lay))
-    if hit is not None and hit[0] is lay:
-        return hit[1]
     printed = np.array([b.value for g in lay.groups for b in g.bubbles])
-    keys = np.unique(printed, return_inverse=True)[1].ravel()
-    if len(_PRINTED) > 256:
-        _PRINTED.clear()
-    _PRINTED[id(lay)] = (lay, keys)
-    return keys
+    return np.unique(printed, return_inverse=True)[1].ravel()
 
 
 def _evaluate(grey: np.ndarray, fit: PageFit, template: Template, page: int) -> _Eval:

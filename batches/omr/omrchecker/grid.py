@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..cache import per_object
 from ..stats import median, percentile
 from .importer import OmrCheckerTemplate
 
@@ -73,14 +74,11 @@ class Geometry:
         return float(median(self.block_pitch))
 
 
-_GEOMETRY: dict[int, tuple[OmrCheckerTemplate, Geometry]] = {}
 ANGLES = 24
 
 
+@per_object
 def geometry(t: OmrCheckerTemplate) -> Geometry:
-    hit = _GEOMETRY.get(id(t))
-    if hit is not None and hit[0] is t:
-        return hit[1]
     cen, half, blk, fld, keys = [], [], [], [], []
     block_ids: dict[str, int] = {}
     key_ids: dict[tuple, int] = {}
@@ -148,10 +146,8 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
     blocked = np.zeros((len(cen_a), ANGLES), bool)
     np.logical_or.at(blocked, me, diff < width[:, None] + 0.15)
     free = ~blocked
-    g = Geometry(cen_a, half_a, blk_a, np.array(fld, np.int64), np.array(keys, np.int64), pitch,
-                 np.array(border, np.float64).reshape(-1, 2), np.array(border_b, np.int64), free)
-    _GEOMETRY[id(t)] = (t, g)
-    return g
+    return Geometry(cen_a, half_a, blk_a, np.array(fld, np.int64), np.array(keys, np.int64), pitch,
+                    np.array(border, np.float64).reshape(-1, 2), np.array(border_b, np.int64), free)
 
 
 def _near_in_x(x: np.ndarray, within: np.ndarray | float, order: np.ndarray, xs: np.ndarray,

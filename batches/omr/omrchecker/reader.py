@@ -25,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..cache import per_object
 from ..imageio import MAX_PIXELS, ImageInfo, to_grey
 from ..layout import BubbleGeom, Group, PageLayout, Rect, Square
 from ..reading import SheetReading, read_pages
@@ -78,26 +79,19 @@ class OmrCheckerReading(SheetReading):
         return out
 
 
-_LAYOUTS: dict[int, tuple[OmrCheckerTemplate, PageLayout]] = {}
-
-
+@per_object
 def layout_of(t: OmrCheckerTemplate) -> PageLayout:
     """The template's bubbles as an engine ``PageLayout`` (page px), one group
     per field: what the reading's ``bubbles`` list is named after."""
-    hit = _LAYOUTS.get(id(t))
-    if hit is not None and hit[0] is t:
-        return hit[1]
     groups = []
     for f in t.fields:
         bubbles = tuple(BubbleGeom(f.label, v, cx, cy, min(f.bubble_w, f.bubble_h) / 2)
                         for v, (cx, cy) in zip(f.values, f.centres(), strict=True))
         groups.append(Group(f.label, f.label, "question", 0, bubbles))
     corners = ((0, 0), (t.page_w, 0), (t.page_w, t.page_h), (0, t.page_h))
-    lay = PageLayout(template=t.name, page=1, dpi=25.4, width=round(t.page_w), height=round(t.page_h),
-                     marks=tuple(Square(x, y, 0.0) for x, y in corners),
-                     key=Rect(0, 0, 0, 0), qr=Rect(0, 0, 0, 0), groups=tuple(groups))
-    _LAYOUTS[id(t)] = (t, lay)
-    return lay
+    return PageLayout(template=t.name, page=1, dpi=25.4, width=round(t.page_w), height=round(t.page_h),
+                      marks=tuple(Square(x, y, 0.0) for x, y in corners),
+                      key=Rect(0, 0, 0, 0), qr=Rect(0, 0, 0, 0), groups=tuple(groups))
 
 
 def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: str = "") -> OmrCheckerReading:
