@@ -1,7 +1,8 @@
 """Scoring on the server: a batch of simulated sheets scored for an exam,
 a reviewer's correction (the sheet re-scored, the statistics moved, the
-change logged) and a change of key (every sheet re-scored), timed through the
-services the pipeline, the review actions and ``PUT /api/exams/{id}`` call.
+change logged), the results page, and a change of key (every sheet
+re-scored), timed through the services the pipeline, the review actions, the
+page and ``PUT /api/exams/{id}`` call.
 
     .venv/bin/python bench/exam_scoring.py [--sheets 2000] [--questions 100]
 
@@ -113,6 +114,8 @@ def main() -> None:
     print(f"  statistics read   {(time.perf_counter() - started) * 1000:8.1f} ms ({stats.sheets} sheets, "
           f"KR-20 {stats.kr20() or 0:.3f})")
 
+    results_page(exam, user, args.sheets)
+
     changed = {**keys, "A": {**keys["A"], "q1": "E" if keys["A"]["q1"] != "E" else "A"}}
     started = time.perf_counter()
     with transaction.atomic():
@@ -120,6 +123,34 @@ def main() -> None:
                                                    "wrong": -0.25})
     print(f"  change of key     {(time.perf_counter() - started) * 1000:8.1f} ms ({update.rescored} sheets "
           f"re-scored and logged)")
+
+
+def results_page(exam, user, sheets: int) -> None:
+    """The results page as a browser gets it (whole page, then the table alone
+    as a sort asks for it with htmx), a page of rows at a time and, in the
+    same run, with every row on one page."""
+    from django.test import Client
+    from django.urls import reverse
+
+    from batches.exams import results
+
+    client = Client(HTTP_HOST="localhost")
+    client.force_login(user)
+    url = reverse("batches:exam-results", args=[exam.pk])
+    paged = results.ROWS_PER_PAGE
+    for label, per_page in ((f"{paged} rows a page", paged), ("every row", max(sheets, 1))):
+        results.ROWS_PER_PAGE = per_page
+        whole, table = [], []
+        for _ in range(3):
+            started = time.perf_counter()
+            assert client.get(url).status_code == 200
+            whole.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            assert client.get(url, {"sort": "q7"}, headers={"HX-Request": "true"}).status_code == 200
+            table.append(time.perf_counter() - started)
+        print(f"  results page      {median(whole) * 1000:8.1f} ms whole, {median(table) * 1000:.1f} ms the table "
+              f"sorted by a question (median of 3; {label})")
+    results.ROWS_PER_PAGE = paged
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 live test server. A staff user creates an exam in the form (after a mistake
 shown under its field), imports a roster from a CSV file (after a file with a
 bad row, refused by line), then opens the results of a batch of simulated
-sheets scored by the services, sorts them by score and filters a group with
-htmx, and reads the item analysis.
+sheets scored by the services, sorts them by score, filters a group and
+turns a page of the table with htmx, and reads the item analysis.
 
 Needs /usr/bin/chromium (``bin/setup --browser``) and the ``playwright`` package.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import playwright.sync_api as playwright_api
 import pytest
 
-from batches.exams import exports
+from batches.exams import exports, results
 from batches.exams.models import Exam, SheetScore
 
 from .conftest import CHROMIUM
@@ -130,6 +130,19 @@ def test_create_an_exam_import_a_roster_and_read_the_results(live_server, browse
     expect(page.locator("#row-count")).to_contain_text(f"{STUDENTS // 2} sheets in group North")
     shown = page.locator("#results tbody tr").evaluate_all("rows => rows.map(r => r.dataset.student)")
     assert set(shown) == {n for i, n in enumerate(numbers) if i % 2}
+    assert page.evaluate("window.__same_page") is True
+
+    # And a long table comes a page at a time: Next brings the next rows in place, in the same order
+    monkeypatch.setattr(results, "ROWS_PER_PAGE", 5)
+    page.locator("#group-filter").select_option("")
+    expect(page.locator("#page-number")).to_have_text(f"Page 1 of {-(-STUDENTS // 5)}")
+    first = page.locator("#results tbody tr").evaluate_all("rows => rows.map(r => r.dataset.student)")
+    page.locator("#results-pager a[rel=next]").click()
+    expect(page.locator("#page-number")).to_have_text(f"Page 2 of {-(-STUDENTS // 5)}")
+    expect(page.locator("#row-count")).to_contain_text(f"{STUDENTS} sheets; showing 6–10")
+    second = page.locator("#results tbody tr").evaluate_all("rows => rows.map(r => r.dataset.student)")
+    assert [scores[s] for s in first + second] == sorted(scores.values(), reverse=True)[:10]
+    assert "page=2" in page.url and "sort=score" in page.url
     assert page.evaluate("window.__same_page") is True
 
     # And the item analysis lists every question with the key marked

@@ -554,3 +554,45 @@ def test_a_version_with_missing_questions_is_named_when_typed_question_by_questi
         **exam_form(key_A="", key_B=""), "entry": "questions", **cells, "key_B__q1": "D"})
     assert response.status_code == 422
     assert "Version B: no key for q2–q20" in text_of(response.content.decode(), "form-errors")
+
+
+def test_a_long_results_table_comes_a_page_at_a_time_keeping_sort_and_filter(owner, monkeypatch):
+    from batches.exams import results
+
+    monkeypatch.setattr(results, "ROWS_PER_PAGE", 2)
+    exam = make_exam(owner)
+    scored_class(owner, exam)
+    client = logged_in(owner)
+    url = reverse("batches:exam-results", args=[exam.pk])
+
+    html = client.get(url, {"sort": "score", "order": "desc"}).content.decode()
+    assert student_order(html) == ["1001", "1003"]
+    assert text_of(html, "row-count") == "5 sheets; showing 1–2"
+    assert text_of(html, "page-number") == "Page 1 of 3"
+    pager = Tags(html)
+    (next_link,) = pager.find("a", rel="next")
+    assert next_link["href"] == "?sort=score&order=desc&page=2" == next_link["hx-get"]
+    assert not pager.find("a", rel="prev")
+    # every row is on some page, in the one sorted order
+    pages = [student_order(client.get(url, {"sort": "score", "order": "desc", "page": n}).content.decode())
+             for n in (1, 2, 3)]
+    assert pages == [["1001", "1003"], ["1004", "1002"], ["9999"]]
+    # a page past the end or not a number shows the nearest page
+    assert student_order(client.get(url, {"sort": "score", "order": "desc", "page": 9}).content.decode()) == ["9999"]
+    assert student_order(client.get(url, {"page": "x"}).content.decode()) == ["1001", "1002"]
+    # the filter's page links keep the group; htmx gets the table with its pager
+    monkeypatch.setattr(results, "ROWS_PER_PAGE", 1)
+    html = client.get(url, {"group": "G1", "page": 1}, headers={"HX-Request": "true"}).content.decode()
+    assert html.lstrip().startswith('<div id="results-table"') and student_order(html) == ["1001"]
+    (next_link,) = Tags(html).find("a", rel="next")
+    assert "group=G1" in next_link["href"] and "page=2" in next_link["href"]
+    # a sort link starts again at page 1
+    assert all("page=" not in h["href"] for h in Tags(html).find("a") if "sort=" in h.get("href", "")
+               and h.get("rel") is None)
+
+
+def test_a_table_that_fits_one_page_has_no_pager(owner):
+    exam = make_exam(owner)
+    scored_class(owner, exam)
+    html = logged_in(owner).get(reverse("batches:exam-results", args=[exam.pk])).content.decode()
+    assert 'id="results-pager"' not in html and text_of(html, "row-count") == "5 sheets"

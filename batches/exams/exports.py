@@ -13,6 +13,7 @@ workbook stores every text as text (never a formula) and scores as numbers.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +28,10 @@ from .services import compiled
 RESULT_COLUMNS = ["source_file", "student", "version", "score", "max_score"]
 
 
+@functools.lru_cache(maxsize=4096)
 def _answer(value: str, options: tuple[str, ...]) -> str:
+    # Cached: a results table asks this for every cell (200,000 for 2,000
+    # sheets of 100 questions), of a few dozen distinct answers.
     canonical = canonical_answer(value or "", options)
     return value if canonical is None else canonical
 

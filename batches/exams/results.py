@@ -6,11 +6,13 @@ question looks miskeyed."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
+from django.core.paginator import Page, Paginator
 from django.utils.safestring import mark_safe
 
 from ..models import Sheet
@@ -22,6 +24,9 @@ from .services import compiled
 COLUMNS = {"student": "Student", "name": "Name", "group": "Group", "version": "Version", "score": "Score",
            "source_file": "File"}
 DEFAULT_SORT = "student"
+#: Rows of the students' table per page: a class or two at once; the
+#: downloads hold every row. Thousands of rows on one page took seconds.
+ROWS_PER_PAGE = 200
 
 RIGHT, WRONG, BLANK, MULTIPLE = "right", "wrong", "blank", "multiple"
 # Symbol per result: right answers need no letter (the key says which), the
@@ -36,7 +41,10 @@ class Cell:
     title: str
 
 
+@functools.lru_cache(maxsize=1024)
 def cell(answer: str, right: bool | None) -> Cell:
+    # Cached for the same reason as the answers themselves: one per cell of
+    # the table, of a few dozen distinct values.
     if right:
         return Cell(RIGHT, "✓", f"right ({answer or 'dropped'})")
     if not answer:
@@ -72,17 +80,13 @@ def _has(sort: str):
 
 def table(exam: Exam, *, batch_id=None, group: str | None = None, sort: str = DEFAULT_SORT,
           descending: bool = False) -> list[dict[str, Any]]:
-    """The results rows of ``exports.result_rows`` with a ``cells`` list per
-    question, sorted (rows without the value last, either way)."""
+    """The results rows of ``exports.result_rows`` with a ``cells`` dict per
+    question, sorted (rows without the value last, either way). The page
+    shows them a page at a time (``page``)."""
     questions = list(compiled(exam).rules.questions)
     rows = []
     for row in exports.result_rows(exam, batch_id, group):
         row["cells"] = {q: cell(row["answers"].get(q, ""), row["right"].get(q)) for q in questions}
-        # One string per row: thousands of cells through the template
-        # language would cost most of the page's time.
-        row["cells_html"] = mark_safe("".join(
-            f'<td class="r {c.state}" title="{escape(c.title)}">{escape(c.text)}</td>'
-            for c in (row["cells"][q] for q in questions)))
         rows.append(row)
     doubtful = to_review(exam, batch_id)
     for row in rows:
@@ -90,6 +94,42 @@ def table(exam: Exam, *, batch_id=None, group: str | None = None, sort: str = DE
     has = _has(sort)
     present = sorted((r for r in rows if has(r)), key=_sort_key(sort), reverse=descending)
     return present + [r for r in rows if not has(r)]
+
+
+def page(rows: list[dict[str, Any]], questions: list[str], number) -> Page:
+    """One page of the sorted rows (``?page=``; out of range or not a number
+    gives the nearest page), its rows given their cells as HTML."""
+    page_obj = Paginator(rows, ROWS_PER_PAGE).get_page(number)
+    for row in page_obj.object_list:
+        # One string per row: thousands of cells through the template
+        # language would cost most of the page's time.
+        row["cells_html"] = mark_safe("".join(
+            f'<td class="r {c.state}" title="{escape(c.title)}">{escape(c.text)}</td>'
+            for c in (row["cells"][q] for q in questions)))
+    return page_obj
+
+
+def page_links(page_obj: Page, sort: str, descending: bool, *, batch_id=None, group: str | None = None):
+    """The pager's links (first, previous, next, last), keeping the sort and
+    the filter; ``None`` where there is no such page."""
+    params: dict[str, str] = {"sort": sort}
+    if descending:
+        params["order"] = "desc"
+    if batch_id:
+        params["batch"] = str(batch_id)
+    if group:
+        params["group"] = group
+
+    def link(number: int) -> str:
+        return "?" + urlencode({**params, "page": str(number)})
+
+    last = page_obj.paginator.num_pages
+    return {
+        "first": link(1) if page_obj.number > 1 else None,
+        "previous": link(page_obj.previous_page_number()) if page_obj.has_previous() else None,
+        "next": link(page_obj.next_page_number()) if page_obj.has_next() else None,
+        "last": link(last) if page_obj.number < last else None,
+    }
 
 
 def to_review(exam: Exam, batch_id=None) -> set[int]:

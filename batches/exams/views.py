@@ -176,7 +176,7 @@ def exam_roster(request, exam_id):
 @staff_required
 def exam_results(request, exam_id):
     """Results of the exam or of one batch (``?batch=``): the students'
-    table (``?sort=``, ``?order=desc``, ``?group=``), the histogram and the
+    table (``?sort=``, ``?order=desc``, ``?group=``, ``?page=``), the histogram and the
     item analysis. An htmx request gets only the table."""
     exam = services.get_exam_or_404(request.user, exam_id)
     batch = get_exam_batch_or_404(request, exam)
@@ -188,11 +188,13 @@ def exam_results(request, exam_id):
     if group not in all_groups:
         group = None
     rows = results.table(exam, batch_id=batch_id, group=group, sort=sort, descending=descending)
+    page_obj = results.page(rows, questions, request.GET.get("page"))
     context = {
-        "exam": exam, "batch": batch, "nav": "exams", "links": _exam_links(exam, batch_id), "rows": rows,
+        "exam": exam, "batch": batch, "nav": "exams", "links": _exam_links(exam, batch_id), "page_obj": page_obj,
         "questions": questions, "columns": results.COLUMNS, "sort": sort, "descending": descending,
         "groups": all_groups, "group": group or "",
         "headers": results.headers(sort, descending, questions, batch_id=batch_id, group=group),
+        "pager": results.page_links(page_obj, sort, descending, batch_id=batch_id, group=group),
     }
     if request.htmx:
         return render(request, "exams/results.html#results-table", context)
