@@ -580,6 +580,11 @@ def test_a_long_results_table_comes_a_page_at_a_time_keeping_sort_and_filter(own
     # a page past the end or not a number shows the nearest page
     assert student_order(client.get(url, {"sort": "score", "order": "desc", "page": 9}).content.decode()) == ["9999"]
     assert student_order(client.get(url, {"page": "x"}).content.decode()) == ["1001", "1002"]
+    # every row on one page, to print, in the same order
+    html = client.get(url, {"sort": "score", "order": "desc", "page": "all"}).content.decode()
+    assert student_order(html) == [s for p in pages for s in p] and 'id="results-pager"' not in html
+    (every_row,) = Tags(client.get(url, {"sort": "score", "order": "desc"}).content.decode()).find("a", id="every-row")
+    assert every_row["href"] == "?sort=score&order=desc&page=all"
     # the filter's page links keep the group; htmx gets the table with its pager
     monkeypatch.setattr(results, "ROWS_PER_PAGE", 1)
     html = client.get(url, {"group": "G1", "page": 1}, headers={"HX-Request": "true"}).content.decode()
@@ -587,8 +592,9 @@ def test_a_long_results_table_comes_a_page_at_a_time_keeping_sort_and_filter(own
     (next_link,) = Tags(html).find("a", rel="next")
     assert "group=G1" in next_link["href"] and "page=2" in next_link["href"]
     # a sort link starts again at page 1
-    assert all("page=" not in h["href"] for h in Tags(html).find("a") if "sort=" in h.get("href", "")
-               and h.get("rel") is None)
+    sort_links = [h["href"] for h in Tags(html).find("a") if "sort=" in h.get("href", "")
+                  and h.get("rel") is None and h.get("id") != "every-row"]
+    assert len(sort_links) == 6 + 20 and all("page=" not in h for h in sort_links)
 
 
 def test_a_table_that_fits_one_page_has_no_pager(owner):

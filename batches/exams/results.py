@@ -27,6 +27,8 @@ DEFAULT_SORT = "student"
 #: Rows of the students' table per page: a class or two at once; the
 #: downloads hold every row. Thousands of rows on one page took seconds.
 ROWS_PER_PAGE = 200
+#: ``?page=all``: every row on one page, to print the whole class.
+ALL_ROWS = "all"
 
 RIGHT, WRONG, BLANK, MULTIPLE = "right", "wrong", "blank", "multiple"
 # Symbol per result: right answers need no letter (the key says which), the
@@ -98,8 +100,10 @@ def table(exam: Exam, *, batch_id=None, group: str | None = None, sort: str = DE
 
 def page(rows: list[dict[str, Any]], questions: list[str], number) -> Page:
     """One page of the sorted rows (``?page=``; out of range or not a number
-    gives the nearest page), its rows given their cells as HTML."""
-    page_obj = Paginator(rows, ROWS_PER_PAGE).get_page(number)
+    gives the nearest page; ``all``, every row on one page, to print), its
+    rows given their cells as HTML."""
+    per_page = max(len(rows), 1) if number == ALL_ROWS else ROWS_PER_PAGE
+    page_obj = Paginator(rows, per_page).get_page(1 if number == ALL_ROWS else number)
     for row in page_obj.object_list:
         # One string per row: thousands of cells through the template
         # language would cost most of the page's time.
@@ -110,8 +114,9 @@ def page(rows: list[dict[str, Any]], questions: list[str], number) -> Page:
 
 
 def page_links(page_obj: Page, sort: str, descending: bool, *, batch_id=None, group: str | None = None):
-    """The pager's links (first, previous, next, last), keeping the sort and
-    the filter; ``None`` where there is no such page."""
+    """The pager's links (first, previous, next, last, and every row on one
+    page), keeping the sort and the filter; ``None`` where there is no such
+    page."""
     params: dict[str, str] = {"sort": sort}
     if descending:
         params["order"] = "desc"
@@ -120,7 +125,7 @@ def page_links(page_obj: Page, sort: str, descending: bool, *, batch_id=None, gr
     if group:
         params["group"] = group
 
-    def link(number: int) -> str:
+    def link(number: int | str) -> str:
         return "?" + urlencode({**params, "page": str(number)})
 
     last = page_obj.paginator.num_pages
@@ -129,6 +134,7 @@ def page_links(page_obj: Page, sort: str, descending: bool, *, batch_id=None, gr
         "previous": link(page_obj.previous_page_number()) if page_obj.has_previous() else None,
         "next": link(page_obj.next_page_number()) if page_obj.has_next() else None,
         "last": link(last) if page_obj.number < last else None,
+        "all": link(ALL_ROWS),
     }
 
 
