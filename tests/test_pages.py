@@ -404,6 +404,38 @@ def test_the_page_stream_follows_a_running_batch_to_the_end(owner, settings):
     assert 1 < len(announced) < len(partials)
     # And the partials escape what they show
     assert all("<script" not in p["data"] for p in partials)
+    # A batch of no exam has no exam report to bring
+    assert not any("exam-section" in p["data"] for p in partials)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_page_stream_brings_the_exam_report_when_the_batch_completes(owner, settings):
+    from batches.exams import roster
+
+    from .exam_helpers import make_exam
+
+    # Given a batch of an exam whose page was drawn while it ran: no report yet
+    settings.OMR_STREAM_POLL = 30.0
+    exam = make_exam(owner)
+    roster.import_roster_csv(exam, "number,name,group\n1001,Ada,G1\n1002,Ben,G1\n")
+    batch = make_batch(owner, exam=exam)
+    lifecycle.advance(batch, Stage.UPLOADING, "Receiving scans.zip")
+    page = logged_in(owner).get(reverse("batches:detail", args=[batch.pk])).content.decode()
+    assert '<div class="exam-section" id="exam-section"></div>' in page
+
+    async def run_batch():
+        await asyncio.sleep(0.1)
+        await sync_to_async(publish_run)(batch, 4, 0)
+
+    # When the batch completes while the page listens
+    _response, frames = async_to_sync(read_page_stream)(owner, batch, while_streaming=run_batch, timeout=5.0)
+
+    # Then the last partial swaps the report in (the two students on the roster have no sheet), and only it does
+    partials = [f["data"] for f in frames if f.get("event") == "progress"]
+    last = partials[-1]
+    assert '<div class="exam-section" id="exam-section" hx-swap-oob="true">' in last
+    assert re.search(r'id="count-absent">\s*2\s*<', last) and "Matching to the roster" in last
+    assert not any("exam-section" in p for p in partials[:-1])
 
 
 @pytest.mark.django_db(transaction=True)

@@ -158,10 +158,22 @@ def _sse(event: str, html: str, event_id: int | None = None) -> bytes:
     return ("\n".join(lines) + "\n\n").encode()
 
 
-def _progress_frame(batch, events, links, announce: bool) -> tuple[bytes, object]:
+def _progress_frame(batch, events, links, announce: bool, extra_html: str = "") -> tuple[bytes, object]:
     state = progress_state(batch, events, now=timezone.now())
     html = render_to_string("batches/detail.html#progress", {"state": state, "links": links, "announce": announce})
-    return _sse("progress", html, state.event_id), state
+    return _sse("progress", html + extra_html, state.event_id), state
+
+
+def _exam_report_oob(batch) -> str:
+    """The batch's exam report as an out-of-band swap of the page's
+    ``#exam-section``: a page drawn while the batch ran has none yet, and the
+    report exists once the batch completes (it is scored before cleanup)."""
+    try:
+        report = batch_report(batch)
+    finally:
+        streams.release_connection()
+    html = render_to_string("exams/report.html", {"report": report})
+    return f'<div class="exam-section" id="exam-section" hx-swap-oob="true">{html}</div>'
 
 
 def _load(user, batch_id):
@@ -205,10 +217,14 @@ async def _progress_frames(batch, events, last_event_id: int = 0):
                 yield streams.KEEPALIVE_FRAME
                 continue
             events.append(event)
+            report = ""
             if event.is_terminal:
                 # The final counts and the error live on the batch row.
                 await sync_to_async(_refresh)(batch)
-            frame, state = _progress_frame(batch, events, links, announce=event.stage != last_stage)
+                if batch.exam_id and batch.stage == Stage.COMPLETED:
+                    report = await sync_to_async(_exam_report_oob)(batch)
+            frame, state = _progress_frame(batch, events, links, announce=event.stage != last_stage,
+                                           extra_html=report)
             last_stage = event.stage
             yield frame
     # Named after the terminal stage; the page closes its EventSource on it.
