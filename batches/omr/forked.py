@@ -12,14 +12,13 @@ process, one after another.
 from __future__ import annotations
 
 import os
-import pickle
-import select
-import signal
 import struct
 import sys
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
+
+# select, pickle, signal and traceback are imported where they are used: a
+# command that reads one image (no workers) does not pay for them.
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -78,6 +77,8 @@ def _dispatch(workers: list[_Worker], n: int) -> Iterator:
 
     for w in workers:
         give(w)
+    import select
+
     while next_out < n:
         busy = {w.results.fileno(): w for w in workers if w.task is not None}
         if not busy:  # every worker ended without answering: nothing can do what is left
@@ -139,6 +140,8 @@ class _Worker:
     def receive(self) -> tuple[bool, object]:
         head = self.results.read(_LENGTH.size)
         self.task = None
+        import pickle
+
         if len(head) < _LENGTH.size:
             self.finished = True
             return False, "a worker process ended without an answer (killed, or out of memory?)"
@@ -153,6 +156,8 @@ class _Worker:
         """Close the task pipe (an idle worker then exits); a worker still
         busy when the results are no longer wanted is ended."""
         if self.task is not None and not self.finished:
+            import signal
+
             try:
                 os.kill(self.pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -166,6 +171,9 @@ class _Worker:
 
 
 def _serve(fn: Callable, items: Sequence, worker_setup: Callable[[], None] | None, tasks, results) -> None:
+    import pickle
+    import traceback
+
     if worker_setup is not None:
         worker_setup()
     while True:
