@@ -175,6 +175,16 @@ def cmd_read(args: argparse.Namespace) -> int:
         return None, [reading.to_dict() for reading in read(i, data, str(path))]
 
     jobs = args.jobs if args.jobs > 0 else usable_cores()
+    if jobs > 1 and len(images) > 1:
+        # Loaded once here, what each worker would otherwise load for its first image.
+        from .imageio import load_decoders
+
+        load_decoders()
+        if args.omrchecker_template:
+            from .omrchecker.reader import prepare
+
+            for t in {id(t): t for t in templates if t is not None}.values():
+                prepare(t)
     status = 0
     for i, (unopened, outs) in enumerate(ordered_map(read_file, range(len(images)), jobs, _one_thread_each)):
         if unopened is not None:
