@@ -168,6 +168,7 @@ def page_candidates(grey: np.ndarray, limit: int = 8) -> list[tuple[np.ndarray, 
     hi = float(percentile(blur, 97))
     # Otsu's level, then lower ones: a shadow across the page puts part of it
     # under Otsu's level; higher ones: bright clutter merged with the page.
+    sides: dict[bytes, np.ndarray | None] = {}
     for level in (otsu, 0.5 * (otsu + hi), 0.75 * otsu, 0.55 * otsu):
         _, bright = cv2.threshold(blur, level, 255, cv2.THRESH_BINARY)
         bright = cv2.morphologyEx(bright, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
@@ -181,7 +182,11 @@ def page_candidates(grey: np.ndarray, limit: int = 8) -> list[tuple[np.ndarray, 
                     if ko == 5:
                         full, _ = cv2.findContours(opened, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
                         big = max(full, key=cv2.contourArea)
-                        q2 = _quad_by_lines(big, np.random.default_rng(0))
+                        # The same outline at another level (a scan's paper
+                        # and ink): its sides are the same.
+                        if (key := big.tobytes()) not in sides:
+                            sides[key] = _quad_by_lines(big, np.random.default_rng(0))
+                        q2 = sides[key]
                         if q2 is not None and _valid_quad(q2, (h, w), 0.08):
                             add(q2)
                     break
