@@ -169,9 +169,13 @@ def page_candidates(grey: np.ndarray, limit: int = 8) -> list[tuple[np.ndarray, 
     # Otsu's level, then lower ones: a shadow across the page puts part of it
     # under Otsu's level; higher ones: bright clutter merged with the page.
     sides: dict[bytes, np.ndarray | None] = {}
+    regions: set[bytes] = set()
     for level in (otsu, 0.5 * (otsu + hi), 0.75 * otsu, 0.55 * otsu):
         _, bright = cv2.threshold(blur, level, 255, cv2.THRESH_BINARY)
         bright = cv2.morphologyEx(bright, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+        if (region := bright.tobytes()) in regions:
+            continue  # the same region as at a level before: the same outlines
+        regions.add(region)
         for ko in (5, k, 2 * k + 1):
             opened = cv2.morphologyEx(bright, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (ko, ko)))
             contours, _ = cv2.findContours(opened, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
