@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from .forked import ordered_map, usable_cores
+from .forked import idle_cores, ordered_map
 
 # Each command imports what it uses: ``read`` with an OMRChecker template needs
 # none of the built-in templates' machinery, and every process pays for what it imports.
@@ -174,7 +174,7 @@ def cmd_read(args: argparse.Namespace) -> int:
             return None, []
         return None, [reading.to_dict() for reading in read(i, data, str(path))]
 
-    jobs = args.jobs if args.jobs > 0 else usable_cores()
+    jobs = args.jobs if args.jobs > 0 else idle_cores()
     if jobs > 1 and len(images) > 1:
         # Loaded once here, what each worker would otherwise load for its first image.
         from .imageio import load_decoders
@@ -284,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--omrchecker-config", metavar="CONFIG_JSON", help="OMRChecker config.json, if not beside the template")
     p.add_argument("--json", action="store_true", help="JSON lines, one object per page")
     p.add_argument("--jobs", type=int, default=0, metavar="N",
-                   help="read up to N images at once, in worker processes (default: one per core; 1: one after "
-                        "another in this process); the output is the same, in the images' order")
+                   help="read up to N images at once, in worker processes (default: one per idle core, that is the "
+                        "cores less the load average; 1: one after another in this process); the output is the same, "
+                        "in the images' order")
     p.set_defaults(func=cmd_read)
 
     p = sub.add_parser("simulate", help="make a filled, scanned-looking sheet")

@@ -11,6 +11,7 @@ process, one after another.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import sys
@@ -38,6 +39,18 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def idle_cores() -> int:
+    """The usable cores not already busy: their number less the load average,
+    rounded up, at least 1. On a machine already busy, more workers would
+    only share the same cores (and each pays its own start)."""
+    cores = usable_cores()
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available: take the machine as idle
+        load = 0.0
+    return max(1, min(cores, math.ceil(cores - load)))
 
 
 def ordered_map(fn: Callable[[T], R], items: Sequence[T], jobs: int,

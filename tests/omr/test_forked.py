@@ -60,3 +60,12 @@ def test_the_workers_end_when_the_results_are_no_longer_wanted():
     assert next(results)[0] == 0
     results.close()  # stops and reaps the workers; a worker left behind would hang here
     assert list(ordered_map(_slow_first, [7], 2))[0][0] == 49
+
+
+def test_the_default_number_of_workers_is_the_idle_cores(monkeypatch):
+    from batches.omr import forked
+
+    monkeypatch.setattr(forked, "usable_cores", lambda: 4)
+    for load, workers in [(0.0, 4), (0.3, 4), (1.5, 3), (3.2, 1), (9.0, 1)]:
+        monkeypatch.setattr(forked.os, "getloadavg", lambda load=load: (load, load, load))
+        assert forked.idle_cores() == workers, load
