@@ -48,7 +48,7 @@ def idle_cores() -> int:
     cores = usable_cores()
     try:
         load = os.getloadavg()[0]
-    except OSError:  # not available: take the machine as idle
+    except (AttributeError, OSError):  # not available (Windows): take the machine as idle
         load = 0.0
     return max(1, min(cores, math.ceil(cores - load)))
 
