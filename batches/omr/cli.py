@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+from .forked import idle_cores, ordered_map
 
 # Each command imports what it uses: ``read`` with an OMRChecker template needs
 # none of the built-in templates' machinery, and every process pays for what it imports.
@@ -126,33 +129,70 @@ def _omrchecker_templates(args: argparse.Namespace):
 
 
 def cmd_read(args: argparse.Namespace) -> int:
+    missing = None  # (index, SystemExit): the first image for which no template is found
     if args.omrchecker_template:
         if args.template:
             raise SystemExit("error: give --template or --omrchecker-template, not both")
         from .omrchecker import read_omrchecker_image_bytes
 
         template_for = _omrchecker_templates(args)
+        # Each image's template is found here, before any image is read (in
+        # the images' order, as the reading would): the workers then share
+        # the loaded templates. An image without one ends the command when its
+        # turn comes, after the images before it are printed, as it always did.
+        templates: list = []
+        for name in args.images:
+            try:
+                templates.append(template_for(Path(name)))
+            except SystemExit as exc:
+                if not os.access(name, os.R_OK) or not Path(name).is_file():
+                    templates.append(None)  # the file cannot be read: that is what is said of it
+                    continue
+                missing = (len(templates), exc)
+                break
+        images = args.images[:len(templates) + 1]
 
-        def read(data: bytes, source: str):
-            return read_omrchecker_image_bytes(data, template_for(Path(source)), source=source)
+        def read(i: int, data: bytes, source: str):
+            return read_omrchecker_image_bytes(data, templates[i], source=source)
     else:
         from . import reader
 
         template = _template(args.template) if args.template else None
+        images = args.images
 
-        def read(data: bytes, source: str):
+        def read(i: int, data: bytes, source: str):
             return reader.read_image_bytes(data, template, source=source)
-    status = 0
-    for name in args.images:
-        path = Path(name)
+
+    def read_file(i: int) -> tuple[str | None, list[dict]]:
+        """(why the file cannot be opened, or None; its readings as dicts)."""
+        path = Path(images[i])
         try:
             data = path.read_bytes()
         except OSError as exc:
-            print(f"error: {name}: {exc.strerror}", file=sys.stderr)
-            status = 1
-            continue
-        for reading in read(data, str(path)):
-            out = reading.to_dict()
+            return exc.strerror, []
+        if missing and i == missing[0]:
+            return None, []
+        return None, [reading.to_dict() for reading in read(i, data, str(path))]
+
+    jobs = args.jobs if args.jobs > 0 else idle_cores()
+    if jobs > 1 and len(images) > 1:
+        # Loaded once here, what each worker would otherwise load for its first image.
+        from .imageio import load_decoders
+
+        load_decoders()
+        if args.omrchecker_template:
+            from .omrchecker.reader import prepare
+
+            for t in {id(t): t for t in templates if t is not None}.values():
+                prepare(t)
+    status = 0
+    for i, (unopened, outs) in enumerate(ordered_map(read_file, range(len(images)), jobs, _one_thread_each)):
+        if unopened is not None:
+            print(f"error: {images[i]}: {unopened}", file=sys.stderr)
+            status = max(status, 1)  # not lower than a sheet's error before it
+        elif missing and i == missing[0]:
+            raise missing[1]
+        for out in outs:
             if args.json:
                 print(json.dumps(out), flush=True)
             else:
@@ -160,6 +200,14 @@ def cmd_read(args: argparse.Namespace) -> int:
             if out.get("error"):
                 status = max(status, 2)
     return status
+
+
+def _one_thread_each() -> None:
+    """In a worker reading images beside others: OpenCV's own threads would
+    only compete with the other workers for the cores."""
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def _print_reading(out: dict) -> None:
@@ -235,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "each image is read with the nearest template.json in its folder or above, as OMRChecker does")
     p.add_argument("--omrchecker-config", metavar="CONFIG_JSON", help="OMRChecker config.json, if not beside the template")
     p.add_argument("--json", action="store_true", help="JSON lines, one object per page")
+    p.add_argument("--jobs", type=int, default=0, metavar="N",
+                   help="read up to N images at once, in worker processes (default: one per idle core, that is the "
+                        "cores less the load average; 1: one after another in this process); the output is the same, "
+                        "in the images' order")
     p.set_defaults(func=cmd_read)
 
     p = sub.add_parser("simulate", help="make a filled, scanned-looking sheet")

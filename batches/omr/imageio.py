@@ -194,6 +194,10 @@ def _scan_end(data: bytes, start: int) -> int | None:
 
 #: EXIF orientation (tag 0x0112) -> how to turn the stored pixels upright.
 _ORIENTATION_TAG = 0x0112
+#: Where a PNG can say its orientation (chunk types and text keys are stored
+#: uncompressed): an eXIf chunk, an "exif" or "Raw profile type exif" text,
+#: XMP ("XML:com.adobe.xmp").
+_PNG_ORIENTATION_KEYS = (b"eXIf", b"exif", b"xmp")
 
 
 def exif_orientation(data: bytes) -> int:
@@ -203,6 +207,10 @@ def exif_orientation(data: bytes) -> int:
     turn it for viewing; every viewer does, so a person sees the sheet upright.
     JPEG, PNG (eXIf chunk), WebP and TIFF carry it.
     """
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and not any(key in data for key in _PNG_ORIENTATION_KEYS):
+        # Pillow decodes a whole PNG to look for EXIF after its pixels; a PNG
+        # with no chunk or text key that can carry an orientation is upright.
+        return 1
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -331,6 +339,12 @@ def _decode(data: bytes, info: ImageInfo, flag: int, grey: bool) -> list[np.ndar
     if not pages:
         raise ImageError(f"damaged {info.format} file (no pages)")
     return pages
+
+
+def load_decoders() -> None:
+    """Load the image format decoders now (Pillow loads its common ones on the
+    first file it opens): worker processes forked afterwards share them."""
+    Image.preinit()
 
 
 def load_images(data: bytes, name: str = "", *, max_pixels: int = MAX_PIXELS, grey: bool = False) -> list[np.ndarray]:

@@ -113,3 +113,32 @@ def test_read_without_template_never_opens_a_file_a_qr_code_names(tmp_path):
     # An explicit --template path given by the user still works
     reading = json.loads(omr("read", scan, "--template", planted, "--json", check=False).stdout.splitlines()[0])
     assert reading["template"] == "planted"
+
+
+def _without_timings(stdout: str) -> list[dict]:
+    out = []
+    for line in stdout.splitlines():
+        reading = json.loads(line)
+        reading.pop("timings_ms")
+        out.append(reading)
+    return out
+
+
+def test_read_on_several_cores_prints_what_one_process_prints_in_the_same_order(tmp_path):
+    # Images read by worker processes at once: the same readings, to the
+    # byte (timings aside), in the order given; a file that is not an image
+    # and one that does not exist among them are reported as they are in one
+    # process, and the images after them are still read.
+    sheets = ROOT / "tests/data/real-sheets/omrchecker/community/Sandeep-1507"
+    bad = tmp_path / "notes.png"
+    bad.write_text("these are not pixels")
+    images = [sheets / "omr-1.png", bad, sheets / "omr-2.png", tmp_path / "absent.png", sheets / "omr-3.png"]
+    runs = {jobs: omr("read", "--omrchecker-template", sheets / "template.json", "--json", "--jobs", jobs, *images,
+                      check=False) for jobs in (1, 3)}
+    one, many = runs[1], runs[3]
+    assert [Path(r["file"]).name for r in _without_timings(one.stdout)] == [
+        "omr-1.png", "notes.png", "omr-2.png", "omr-3.png"]
+    assert _without_timings(many.stdout) == _without_timings(one.stdout)
+    assert "not an image" in _without_timings(many.stdout)[1]["error"]
+    assert many.returncode == one.returncode == 2
+    assert many.stderr == one.stderr and f"error: {tmp_path / 'absent.png'}:" in many.stderr

@@ -284,3 +284,25 @@ def test_real_sheets_decode_at_their_recorded_size():
         path = root / row["image"].removeprefix("omrchecker_samples/")
         (page,) = load_grey_for_reading(path.read_bytes(), path.name)
         assert (page.width, page.height) == (int(row["width"]), int(row["height"])), path
+
+
+def test_png_orientation_given_by_xmp_or_a_text_chunk_is_applied():
+    # A PNG may say its orientation elsewhere than in an eXIf chunk: XMP
+    # (tiff:Orientation) or a "Raw profile type exif" text, as viewers read them.
+    from PIL import ImageOps, PngImagePlugin
+
+    stored = _upright_test_page()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = exif.tobytes()[6:].hex()  # without the "Exif\0\0" header, as ImageMagick writes it
+    for key, value in [("XML:com.adobe.xmp", '<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'),
+                       ("Raw profile type exif", f"\nexif\n{len(raw) // 2}\n{raw}\n")]:
+        info = PngImagePlugin.PngInfo()
+        (info.add_itxt if key.startswith("XML") else info.add_text)(key, value)
+        out = io.BytesIO()
+        Image.fromarray(stored).save(out, "PNG", pnginfo=info)
+        data = out.getvalue()
+        shown = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("L"))
+        assert shown.shape == stored.shape[::-1], key  # the viewer turns it
+        (page,) = load_images(data, grey=True)
+        assert np.array_equal(page, shown), key

@@ -95,7 +95,7 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
     blk_a = np.array(blk, np.int64)
     nb = len(block_ids)
     pitch = np.zeros(nb)
-    border, border_b = [], []
+    side_list, side_blocks = [], []  # one pitch outside each block's sides
     for b in range(nb):
         idx = np.flatnonzero(blk_a == b)
         c = cen_a[idx]
@@ -119,16 +119,17 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
         if grid.shape[0] > 1:
             dl = grid[1] - grid[0]
             sides += [grid[0] - dl, grid[-1] + dl]
-        for side in sides:
-            # Nothing printed there: no bubble within the limit (only bubbles
-            # that near in x can be, so only those are measured).
-            near, bubble = _near_in_x(side[:, 0], 2 * limit, order, xs)
-            taken = np.hypot(cen_a[bubble, 0] - side[near, 0], cen_a[bubble, 1] - side[near, 1]) <= limit
-            clear = np.bincount(near[taken], minlength=len(side)) == 0
-            keep = ((side[:, 0] >= 0) & (side[:, 0] <= t.page_w) & (side[:, 1] >= 0) & (side[:, 1] <= t.page_h)
-                    & clear)
-            border += list(side[keep])
-            border_b += [b] * int(keep.sum())
+        side_list += sides
+        side_blocks += [np.full(len(side), b, np.int64) for side in sides]
+    side_pts = np.concatenate(side_list) if side_list else np.empty((0, 2))
+    side_b = np.concatenate(side_blocks) if side_blocks else np.empty(0, np.int64)
+    # Nothing printed there: no bubble within the limit (only bubbles that
+    # near in x can be, so only those are measured); every side at once.
+    near, bubble = _near_in_x(side_pts[:, 0], 2 * limit, order, xs)
+    taken = np.hypot(cen_a[bubble, 0] - side_pts[near, 0], cen_a[bubble, 1] - side_pts[near, 1]) <= limit
+    clear = np.bincount(near[taken], minlength=len(side_pts)) == 0
+    keep = ((side_pts[:, 0] >= 0) & (side_pts[:, 0] <= t.page_w) & (side_pts[:, 1] >= 0)
+            & (side_pts[:, 1] <= t.page_h) & clear)
     # Directions around each bubble free of other bubbles out to the circle band:
     # every pair of a bubble and another as near in x as 3 reaches, at once.
     ang = np.linspace(0, 2 * np.pi, ANGLES, endpoint=False)
@@ -147,7 +148,7 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
     np.logical_or.at(blocked, me, diff < width[:, None] + 0.15)
     free = ~blocked
     return Geometry(cen_a, half_a, blk_a, np.array(fld, np.int64), np.array(keys, np.int64), pitch,
-                    np.array(border, np.float64).reshape(-1, 2), np.array(border_b, np.int64), free)
+                    np.array(side_pts[keep], np.float64).reshape(-1, 2), side_b[keep], free)
 
 
 def _near_in_x(x: np.ndarray, within: np.ndarray | float, order: np.ndarray, xs: np.ndarray,

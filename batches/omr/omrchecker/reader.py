@@ -94,6 +94,14 @@ def layout_of(t: OmrCheckerTemplate) -> PageLayout:
                       key=Rect(0, 0, 0, 0), qr=Rect(0, 0, 0, 0), groups=tuple(groups))
 
 
+def prepare(t: OmrCheckerTemplate) -> None:
+    """Compute now what reading any sheet with ``t`` derives from the template
+    alone (it is kept per template): worker processes forked afterwards share
+    it instead of each computing it on its first sheet."""
+    geometry(t)
+    layout_of(t)
+
+
 def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: str = "") -> OmrCheckerReading:
     """Read one decoded image (grey or BGR) of a sheet laid out by ``t``."""
     t_start = time.perf_counter()

@@ -24,6 +24,7 @@ import math
 
 import cv2
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from ..homography import apply_h
 from ..stats import median, percentile
@@ -167,9 +168,14 @@ def page_candidates(grey: np.ndarray, limit: int = 8) -> list[tuple[np.ndarray, 
     hi = float(percentile(blur, 97))
     # Otsu's level, then lower ones: a shadow across the page puts part of it
     # under Otsu's level; higher ones: bright clutter merged with the page.
+    sides: dict[bytes, np.ndarray | None] = {}
+    regions: set[bytes] = set()
     for level in (otsu, 0.5 * (otsu + hi), 0.75 * otsu, 0.55 * otsu):
         _, bright = cv2.threshold(blur, level, 255, cv2.THRESH_BINARY)
         bright = cv2.morphologyEx(bright, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+        if (region := bright.tobytes()) in regions:
+            continue  # the same region as at a level before: the same outlines
+        regions.add(region)
         for ko in (5, k, 2 * k + 1):
             opened = cv2.morphologyEx(bright, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (ko, ko)))
             contours, _ = cv2.findContours(opened, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -180,7 +186,11 @@ def page_candidates(grey: np.ndarray, limit: int = 8) -> list[tuple[np.ndarray, 
                     if ko == 5:
                         full, _ = cv2.findContours(opened, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
                         big = max(full, key=cv2.contourArea)
-                        q2 = _quad_by_lines(big, np.random.default_rng(0))
+                        # The same outline at another level (a scan's paper
+                        # and ink): its sides are the same.
+                        if (key := big.tobytes()) not in sides:
+                            sides[key] = _quad_by_lines(big, np.random.default_rng(0))
+                        q2 = sides[key]
                         if q2 is not None and _valid_quad(q2, (h, w), 0.08):
                             add(q2)
                     break
@@ -616,27 +626,7 @@ def fit_on_grid(grey: np.ndarray, H: np.ndarray, centres: np.ndarray, half_box: 
             if ker.shape[0] >= min(fw, fh):
                 continue
             res = cv2.matchTemplate(cut, ker, cv2.TM_CCOEFF_NORMED)
-            rh, rw = res.shape
-            vals, pts = np.full(n, -1.0), np.zeros((n, 2))
-            for i, (px, py) in enumerate(pred):
-                x0, y0 = int(round(px)) - kh - win, int(round(py)) - kh - win
-                x1, y1 = x0 + 2 * win + 1, y0 + 2 * win + 1
-                xa, ya, xb, yb = max(0, x0), max(0, y0), min(rw, x1), min(rh, y1)
-                if xb - xa < 3 or yb - ya < 3:
-                    continue
-                _, mv, _, ml = cv2.minMaxLoc(res[ya:yb, xa:xb])
-                lx, ly = ml[0] + xa, ml[1] + ya
-                dx = dy = 0.0
-                if 0 < lx < rw - 1:
-                    a, b, c = res[ly, lx - 1], res[ly, lx], res[ly, lx + 1]
-                    den = a - 2 * b + c
-                    dx = 0.5 * (a - c) / den if den < 0 else 0.0
-                if 0 < ly < rh - 1:
-                    a, b, c = res[ly - 1, lx], res[ly, lx], res[ly + 1, lx]
-                    den = a - 2 * b + c
-                    dy = 0.5 * (a - c) / den if den < 0 else 0.0
-                vals[i] = mv
-                pts[i] = (lx + kh + dx, ly + kh + dy)
+            vals, pts = _best_rings(res, pred, kh, win)
             typical = float(median(vals))
             if best is None or typical > best[0]:
                 best = (typical, rr, vals, pts)
@@ -660,3 +650,46 @@ def fit_on_grid(grey: np.ndarray, H: np.ndarray, centres: np.ndarray, half_box: 
         out, inliers = Hn, int(keep.sum())
     return out, inliers, float(radius)
 
+
+
+def _best_rings(res: np.ndarray, pred: np.ndarray, kh: int, win: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each bubble, the best ring match (``res``: the ring kernel's
+    correlation, float32; ``kh`` its half side) within ``win`` px of where
+    ``pred`` puts its centre: (the match, -1 for a bubble whose window is
+    cut to under 3 px by the edge; the centre, sub-pixel by parabolas, at 0
+    for those). All windows at once; the first maximum in each window's rows,
+    and float32 arithmetic for the parabolas, as ``minMaxLoc`` and scalar
+    code would give."""
+    n = len(pred)
+    rh, rw = res.shape
+    side = 2 * win + 1
+    vals, pts = np.full(n, -1.0), np.zeros((n, 2))
+    x0 = np.rint(pred[:, 0]).astype(np.int64) - kh - win
+    y0 = np.rint(pred[:, 1]).astype(np.int64) - kh - win
+    ok = ((np.minimum(rw, x0 + side) - np.maximum(0, x0) >= 3)
+          & (np.minimum(rh, y0 + side) - np.maximum(0, y0) >= 3))
+    if not ok.any():
+        return vals, pts
+    x0, y0 = x0[ok], y0[ok]
+    # Outside the correlation reads -inf: a window's maximum is its part inside.
+    padded = np.full((rh + 2 * side, rw + 2 * side), -np.inf, np.float32)
+    padded[side:side + rh, side:side + rw] = res
+    windows = sliding_window_view(padded, (side, side))[y0 + side, x0 + side].reshape(len(x0), -1)
+    k = np.argmax(windows, 1)
+    ly, lx = y0 + k // side, x0 + k % side
+    b = res[ly, lx]
+
+    def offset(a: np.ndarray, c: np.ndarray, inside: np.ndarray) -> np.ndarray:
+        den = a - 2 * b + c
+        use = inside & (den < 0)
+        return np.where(use, 0.5 * (a - c) / np.where(use, den, np.float32(-1)), np.float32(0))
+
+    xin, yin = (lx > 0) & (lx < rw - 1), (ly > 0) & (ly < rh - 1)
+    xm, xp = np.clip(lx - 1, 0, rw - 1), np.clip(lx + 1, 0, rw - 1)
+    ym, yp = np.clip(ly - 1, 0, rh - 1), np.clip(ly + 1, 0, rh - 1)
+    dx = offset(res[ly, xm], res[ly, xp], xin)
+    dy = offset(res[ym, lx], res[yp, lx], yin)
+    vals[ok] = b
+    pts[ok, 0] = (lx + kh).astype(np.float32) + dx
+    pts[ok, 1] = (ly + kh).astype(np.float32) + dy
+    return vals, pts
