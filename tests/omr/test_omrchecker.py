@@ -494,3 +494,20 @@ def bench_sheet(preset: str, style: str, seed: int):
 def test_marks_a_rough_capture_nearly_lost_and_a_grid_a_row_off_are_never_silently_wrong(preset, style, seed):
     out, expected = bench_sheet(preset, style, seed)
     assert_right_or_flagged(out, expected, must_read=False)
+
+
+@pytest.mark.parametrize("style, seed", [
+    # Turned 188 degrees and tilted, the page off to one side among other
+    # papers: the marker in each quarter of the image is not the page's.
+    ("pencil", 63000),
+    # The page small in the photo's lower left, turned a few degrees more
+    # than a marker matched upright allows: one quarter's best match is 0.29.
+    ("pen", 69001),
+])
+def test_markers_of_a_page_off_centre_and_at_a_slant_are_found_by_their_layout(style, seed):
+    out, expected = bench_sheet("photo_hard", style, seed)
+    assert out["error"] is None, out["error"]
+    assert "markers searched over the whole image" in out["alignment"]
+    assert_right_or_flagged(out, expected, must_read=False)
+    right = [c for c, v in expected.items() if out["answers"][c] == v]
+    assert len(right) >= 0.9 * len(expected), (out["answers"], expected)
