@@ -31,7 +31,17 @@ from ..layout import BubbleGeom, Group, PageLayout, Rect, Square
 from ..reading import SheetReading, read_pages
 from ..stats import median
 from .decide import Decision, decide
-from .grid import cut_out, geometry, local_scale, measure, measurement_scale, place, transform_points
+from .grid import (
+    Geometry,
+    Placement,
+    cut_out,
+    geometry,
+    local_scale,
+    measure,
+    measurement_scale,
+    place,
+    transform_points,
+)
 from .importer import OmrCheckerTemplate
 from .locate import Candidate, candidates, processing_image
 from .steps import StepError, fit_on_grid
@@ -138,7 +148,7 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         else:
             cut = cut_out(grey, H, t, scale, geo)
         pl = place(cut, geo, SEARCH)
-        fit = pl.quality
+        fit = pl.as_found  # (placements are compared where the page put the blocks)
         tried.append((fit, cand, H))
         if best is None or fit > best[0]:
             best = (fit, cand, H, cut, pl)
@@ -190,7 +200,10 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         out.error = exc.reason
         out.flag(exc.flag)
         return done()
-    fit, cand, H, cut, pl = best
+    _fit, cand, H, cut, pl = best
+    # Refused only when the blocks are not on their outlines even where
+    # searched for further (``grid.replace_blocks``).
+    fit = pl.quality
     out.alignment = cand.how
     out.notes += cand.notes
     out.homography = H
@@ -222,12 +235,25 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         return done()
     m = measure(cut, geo, pl)
     d = decide(m, geo, pl, len(t.fields))
+    _flag_moved_blocks(d, geo, pl)
     if m.ink < 0.35:
         out.flag("low_contrast")
     _answers(out, t, d)
     out._bubble_data = (layout_of(t), np.round(d.excess, 3), d.marked, centres_img)
     out.timings_ms["bubbles"] = (time.perf_counter() - t0) * 1000
     return done()
+
+
+def _flag_moved_blocks(d: Decision, geo: Geometry, pl: Placement) -> None:
+    """The fields of a block found on its outlines more than half a pitch
+    from where the page put it are read there and flagged ``misaligned``: a
+    block printed otherwise than the template (a row off) is found so too."""
+    if pl.moved is None or not pl.moved.any():
+        return
+    for f in np.unique(geo.field[pl.moved[geo.block]]):
+        if "misaligned" not in d.field_flags[f]:
+            d.field_flags[f].append("misaligned")
+        d.confidence[f] = min(d.confidence[f], 0.5)
 
 
 def page_corners(t: OmrCheckerTemplate) -> np.ndarray:
