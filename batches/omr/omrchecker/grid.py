@@ -594,9 +594,9 @@ REPLACE_REACH = 1.5
 #: pitches apart at least).
 REPLACE_PEAKS = 3
 REPLACE_APART = 0.6
-#: A block re-placed there must have this share of its bubbles, and of
-#: each end line, centred on outlines of this strength (a share of the
-#: sheet's typical one), and show outlines one pitch outside it at fewer
+#: A block re-placed there must have this share of its bubbles (and
+#: ``END_LINE_OK`` of each end line) centred on outlines of this strength (a
+#: share of the block's typical one), and show outlines one pitch outside it at fewer
 #: than ``BORDER_CLEAR`` of the points around it (on the printed grid's
 #: edge, not inside a larger grid nor on the question numbers beside it).
 REPLACED_FITS = 0.8
@@ -707,8 +707,8 @@ def _nearest(a: np.ndarray, b: np.ndarray) -> float:
 def _block_fits(E: np.ndarray, pos: np.ndarray, bpos: np.ndarray, geo: Geometry, b: int, s: float,
                 typical: float) -> bool:
     """Whether block ``b`` at ``pos`` sits squarely on its printed outlines:
-    ``REPLACED_FITS`` of its bubbles, and of each end line, centred on an
-    outline half as strong as the block's typical one at least (printed
+    ``REPLACED_FITS`` of its bubbles, and ``END_LINE_OK`` of each end line,
+    centred on an outline half as strong as the block's typical one at least (printed
     question numbers beside a block show a trace; the block's own, for a
     part of the photo out of focus shows all its outlines weaker), and
     outlines at fewer than ``BORDER_CLEAR`` of the points one pitch outside
@@ -724,7 +724,7 @@ def _block_fits(E: np.ndarray, pos: np.ndarray, bpos: np.ndarray, geo: Geometry,
     counts = counts[counts > 0]
     if len(set(counts.tolist())) == 1:
         grid = ok.reshape(len(counts), int(counts[0]))
-        if any(len(line) >= 2 and line.mean() < REPLACED_FITS for line in (grid[0], grid[-1], grid[:, 0], grid[:, -1])):
+        if any(len(line) >= 2 and line.mean() < END_LINE_OK for line in (grid[0], grid[-1], grid[:, 0], grid[:, -1])):
             return False
     if len(bpos) and _shows(E, bpos, half, own).mean() >= BORDER_CLEAR:
         return False

@@ -128,14 +128,15 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         return done()
     to_image = np.array([[1 / f, 0, 0.5 / f - 0.5], [0, 1 / f, 0.5 / f - 0.5], [0, 0, 1.0]])
     failures: list[StepError] = []
-    best = None
+    best = None  # the placement that reads best (``_rank``)
+    best_found = -math.inf  # the best quality of a placement as found
     tries = 0
     most_outside = 0.0  # the largest share of bubbles a placement put outside the image
     tried: list[tuple[float, Candidate, np.ndarray]] = []
     pitch = float(median(geo.block_pitch))
 
     def evaluate(cand: Candidate, H: np.ndarray) -> float:
-        nonlocal best, most_outside
+        nonlocal best, best_found, most_outside
         where = transform_points(H, geo.centres)
         outside = (where[:, 0] < 0) | (where[:, 1] < 0) | (where[:, 0] > w - 1) | (where[:, 1] > h - 1)
         most_outside = max(most_outside, float(outside.mean()))
@@ -148,10 +149,12 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         else:
             cut = cut_out(grey, H, t, scale, geo)
         pl = place(cut, geo, SEARCH)
-        fit = pl.as_found  # (placements are compared where the page put the blocks)
+        fit = pl.as_found
+        best_found = max(best_found, fit)
         tried.append((fit, cand, H))
-        if best is None or fit > best[0]:
-            best = (fit, cand, H, cut, pl)
+        rank = _rank(pl)
+        if best is None or rank > best[0]:
+            best = (rank, cand, H, cut, pl)
         return fit
 
     for cand in candidates(work, t):
@@ -169,9 +172,11 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
                 continue  # placed as an earlier one was: it would be placed the same
             if evaluate(cand, H) >= GOOD_FIT:
                 break
-        if best[0] >= GOOD_FIT or tries >= MAX_TRIES:
+        # (Only a placement that fits as found ends the search: one whose
+        # blocks had to be moved further reads them flagged.)
+        if best_found >= GOOD_FIT or tries >= MAX_TRIES:
             break
-    if best is not None and best[0] < GOOD_FIT:
+    if best is not None and best_found < GOOD_FIT:
         # No page outline or step put the grid within half a pitch of the
         # printed bubbles everywhere (a page merging with a white paper behind
         # it, found a pitch short along a side): the grid is fitted on the
@@ -242,6 +247,20 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
     out._bubble_data = (layout_of(t), np.round(d.excess, 3), d.marked, centres_img)
     out.timings_ms["bubbles"] = (time.perf_counter() - t0) * 1000
     return done()
+
+
+#: A block found on its outlines only further than half a pitch from where
+#: a placement put it counts as this much of a block off its outlines when
+#: placements are compared: one that puts it there directly reads it unflagged.
+MOVED_COST = 0.5
+
+
+def _rank(pl: Placement) -> float:
+    """How well a placement fits, to compare placements: its quality with
+    every block where it was finally found on its outlines, less
+    ``MOVED_COST`` of the share of blocks that had to be moved there."""
+    moved = float(pl.moved.mean()) if pl.moved is not None and len(pl.moved) else 0.0
+    return pl.quality - MOVED_COST * moved
 
 
 def _flag_moved_blocks(d: Decision, geo: Geometry, pl: Placement) -> None:
