@@ -537,3 +537,14 @@ def test_placements_are_compared_with_their_blocks_found_again_on_their_outlines
     assert "markers searched over the whole image" in out["alignment"]
     assert_right_or_flagged(out, expected, must_read=False)
     assert sum(out["answers"][c] == v for c, v in expected.items()) >= 0.9 * len(expected)
+
+
+def test_on_a_bent_page_a_block_that_passed_where_the_page_put_it_but_not_squarely_is_flagged():
+    # A curled photo turned 114 degrees: the roll number block had to be
+    # found again a row away; the two-digit block, two fields wide, passed
+    # where the page put it a value off (its last value line keeps one of
+    # two bubbles on something past the grid) and read 1 for 0.
+    out, expected = bench_sheet("photo_hard", "pencil", 22001)
+    assert out["error"] is None, out["error"]
+    assert "misaligned" in out["flags"]["Roll"]
+    assert_right_or_flagged(out, expected, must_read=False)

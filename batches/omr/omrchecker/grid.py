@@ -349,6 +349,9 @@ class Placement:
     moved: np.ndarray | None = None
     #: ``quality`` where the page put the blocks, before any was moved further.
     as_found: float | None = None
+    #: (B,) bool: on a sheet where a block was moved, the blocks not moved
+    #: that do not sit squarely on their outlines either.
+    unsure: np.ndarray | None = None
 
     @property
     def quality(self) -> float:
@@ -581,7 +584,17 @@ def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
         ok, block_ok, border = _verify(E, pos, geo, s, bpos)
         end_off = blocks_with_an_end_line_off(ok, geo)
         off_blocks = ((block_ok < BLOCK_FITS) | end_off) & ~tried
-    return Placement(pos + off, rr, v, ok, block_ok, border, (gdx, gdy), end_off, moved, as_found)
+    unsure = np.zeros(len(block_ok), bool)
+    if moved.any():
+        # A block had to be moved further than half a pitch: the page is bent
+        # under the bubbles (or printed otherwise than the template), so the
+        # place of a block that passed where the page put it is not sure
+        # either unless it sits there squarely (a block two fields wide a
+        # value off keeps half of its end line on something past the grid).
+        typical = float(median(_sample(E, pos)))
+        unsure = np.array([not moved[b] and not _block_fits(E, pos[geo.block == b], bpos[geo.border_block == b],
+                                                            geo, b, s, typical) for b in range(len(block_ok))])
+    return Placement(pos + off, rr, v, ok, block_ok, border, (gdx, gdy), end_off, moved, as_found, unsure)
 
 
 #: A block with fewer of its bubbles on their outlines than this is off them.

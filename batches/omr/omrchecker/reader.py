@@ -266,10 +266,12 @@ def _rank(pl: Placement) -> float:
 def _flag_moved_blocks(d: Decision, geo: Geometry, pl: Placement) -> None:
     """The fields of a block found on its outlines more than half a pitch
     from where the page put it are read there and flagged ``misaligned``: a
-    block printed otherwise than the template (a row off) is found so too."""
+    block printed otherwise than the template (a row off) is found so too;
+    so are those of a block not squarely on its outlines on such a sheet."""
     if pl.moved is None or not pl.moved.any():
         return
-    for f in np.unique(geo.field[pl.moved[geo.block]]):
+    doubt = pl.moved | pl.unsure if pl.unsure is not None else pl.moved
+    for f in np.unique(geo.field[doubt[geo.block]]):
         if "misaligned" not in d.field_flags[f]:
             d.field_flags[f].append("misaligned")
         d.confidence[f] = min(d.confidence[f], 0.5)
