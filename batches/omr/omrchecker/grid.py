@@ -472,10 +472,12 @@ def _outline_radius(dark: np.ndarray, pos: np.ndarray, hx: float, hy: float) -> 
     return float(np.clip(rs[j] / 0.95, min(RADII), max(RADII)))
 
 
-def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
+def place(cut: Cutout, geo: Geometry, search: float, replace_above: float = -math.inf) -> Placement:
     """Fit the grid on the printed bubbles: a global shift within ``search``
     (share of the page's larger side, at most half a pitch), then each block
-    within half its pitch; the printed radius chosen among ``RADII``."""
+    within half its pitch; the printed radius chosen among ``RADII``. Blocks
+    off their outlines are searched for further (``replace_blocks``) when the
+    placement's quality as found is ``replace_above`` at least."""
     s = cut.scale
     base = cut.to_cut(geo.centres)
     bpts = cut.to_cut(geo.border)
@@ -568,19 +570,23 @@ def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
     end_off = blocks_with_an_end_line_off(ok, geo)
     as_found = _quality(ok, block_ok, border, end_off)
     moved = np.zeros(len(block_ok), bool)
-    off_blocks = (block_ok < BLOCK_FITS) | end_off
+    off_blocks = ((block_ok < BLOCK_FITS) | end_off) & (as_found >= replace_above)
     tried = np.zeros(len(block_ok), bool)
     while off_blocks.any():
         # (Blocks placed again raise the sheet's typical outline: a block
         # that passed against the old one, between two columns of outlines,
         # may show as off against the new one, and is searched for then.)
         tried |= off_blocks
-        pos_c, bpos_c, changed, now_moved, E_w, o_w = replace_blocks(
-            cut.dark, pos + off, bpos + off, base, bpts, geo, s, (rr * hx, rr * hy, pitch), off_blocks)
+        ring = (rr * hx, rr * hy, pitch)
+        pos_c, bpos_c, changed, now_moved = replace_blocks(
+            cut.dark, pos + off, bpos + off, base, bpts, geo, s, ring, off_blocks, float(median(_sample(E, pos))))
         if not changed.any():
             break
         moved |= now_moved
-        pos, bpos, off, E = pos_c - o_w, bpos_c - o_w, o_w, E_w
+        # Verified again on the evidence around every block where it is now.
+        allp = np.vstack([pos_c, bpos_c]) if len(bpos_c) else pos_c
+        E, off = _wide_evidence(cut.dark, allp, ring, 2)
+        pos, bpos = pos_c - off, bpos_c - off
         ok, block_ok, border = _verify(E, pos, geo, s, bpos)
         end_off = blocks_with_an_end_line_off(ok, geo)
         off_blocks = ((block_ok < BLOCK_FITS) | end_off) & ~tried
@@ -619,7 +625,7 @@ BORDER_CLEAR = 0.25
 
 def replace_blocks(dark: np.ndarray, pos: np.ndarray, bpos: np.ndarray, base: np.ndarray, bpts: np.ndarray,
                    geo: Geometry, s: float, ring: tuple[float, float, float], off_blocks: np.ndarray,
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                   typical: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The blocks ``off_blocks`` placed again on their printed outlines,
     searched ``REPLACE_REACH`` pitches around where the page put them
     (``base``, ``bpts``: the bubbles and the points one pitch outside the
@@ -630,24 +636,19 @@ def replace_blocks(dark: np.ndarray, pos: np.ndarray, bpos: np.ndarray, base: np
     too) with none showing one pitch outside it, clear of the other blocks,
     and no other registration a row or more away does the same (a printed
     grid larger than the block, or two alike side by side, leave the block
-    where it was). ``ring``: the printed outline's radii and the pitch (px).
+    where it was). ``ring``: the printed outline's radii and the pitch (px);
+    ``typical``: the sheet's typical outline evidence at its bubbles.
     Returns (positions, border positions, the blocks changed, those moved
-    more than half a pitch from where the page put them, the evidence the
-    search used, its origin in the cut-out)."""
+    more than half a pitch from where the page put them)."""
     rx, ry, pitch = ring
     nb = len(geo.block_pitch)
     far = int(math.ceil(REPLACE_REACH * float(geo.block_pitch.max()) * s)) + 2
-    margin = far + int(math.ceil(2 * max(rx, ry))) + int(math.ceil(pitch)) + 2
-    pts = np.vstack([pos, base, bpts]) if len(bpts) else np.vstack([pos, base])
-    h, w = dark.shape
-    x0, y0 = max(0, int(pts[:, 0].min()) - margin), max(0, int(pts[:, 1].min()) - margin)
-    x1, y1 = min(w, int(pts[:, 0].max()) + margin + 1), min(h, int(pts[:, 1].max()) + margin + 1)
-    o = np.array([x0, y0], np.float64)
-    E = evidence_of(dark[y0:y1, x0:x1], rx, ry, pitch)
+    # The evidence only around the blocks searched for.
+    mine, bmine = off_blocks[geo.block], off_blocks[geo.border_block]
+    E, o = _wide_evidence(dark, np.vstack([pos[mine], base[mine], bpts[bmine]]), ring, far)
     pos, bpos, base, bpts = pos - o, bpos - o, base - o, bpts - o
     wide = _Padded(E, far + 2)
     near = _Padded(E, int(math.ceil(0.5 * pitch)) + 3)
-    typical = float(median(_sample(E, pos)))
     changed = np.zeros(nb, bool)
     moved = np.zeros(nb, bool)
     for b in np.flatnonzero(off_blocks):
@@ -664,7 +665,7 @@ def replace_blocks(dark: np.ndarray, pos: np.ndarray, bpos: np.ndarray, base: np
         fits = []
         for dx, dy in _maxima(score, REPLACE_PEAKS, max(1, int(REPLACE_APART * pb))):
             p, bp = _settle(near, E, base[idx] + [dx, dy], bpts[bi] + [dx, dy], pb)
-            if len(others) and _nearest(p, pos[others]) < 0.5 * pb:
+            if len(others) and _any_near(p, pos[others], 0.5 * pb):
                 continue  # onto another block's bubbles
             if _block_fits(E, p, bp, geo, b, s, typical):
                 fits.append((p, bp))
@@ -675,7 +676,20 @@ def replace_blocks(dark: np.ndarray, pos: np.ndarray, bpos: np.ndarray, base: np
         pos[idx], bpos[bi] = p, bp
         changed[b] = True
         moved[b] = bool(np.abs(p - base[idx]).max() > 0.5 * pb)
-    return pos + o, bpos + o, changed, moved, E, o
+    return pos + o, bpos + o, changed, moved
+
+
+def _wide_evidence(dark: np.ndarray, pts: np.ndarray, ring: tuple[float, float, float], far: int,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Outline evidence (``evidence_of``) over the part of ``dark`` around
+    ``pts`` where a block moved ``far`` px from them can be verified, and
+    that part's origin."""
+    rx, ry, pitch = ring
+    margin = far + int(math.ceil(2 * max(rx, ry))) + int(math.ceil(pitch)) + 2
+    h, w = dark.shape
+    x0, y0 = max(0, int(pts[:, 0].min()) - margin), max(0, int(pts[:, 1].min()) - margin)
+    x1, y1 = min(w, int(pts[:, 0].max()) + margin + 1), min(h, int(pts[:, 1].max()) + margin + 1)
+    return evidence_of(dark[y0:y1, x0:x1], rx, ry, pitch), np.array([x0, y0], np.float64)
 
 
 def _maxima(score: np.ndarray, count: int, apart: int) -> list[tuple[float, float]]:
@@ -711,10 +725,13 @@ def _settle(pe: _Padded, E: np.ndarray, pos: np.ndarray, bpos: np.ndarray, pb: f
     return pos, bpos
 
 
-def _nearest(a: np.ndarray, b: np.ndarray) -> float:
-    """The smallest distance between a point of ``a`` and one of ``b``."""
+def _any_near(a: np.ndarray, b: np.ndarray, within: float) -> bool:
+    """Whether a point of ``b`` lies within ``within`` of one of ``a``."""
+    b = b[np.all((b >= a.min(0) - within) & (b <= a.max(0) + within), axis=1)]
+    if not len(b):
+        return False
     d = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
-    return float(d.min())
+    return bool(d.min() < within)
 
 
 def _block_fits(E: np.ndarray, pos: np.ndarray, bpos: np.ndarray, geo: Geometry, b: int, s: float,

@@ -56,6 +56,9 @@ FAIL_FIT = 0.55
 MAX_TRIES = 10
 #: Rough placements the bubble grid is fitted from when none fits as found.
 GRID_TRIES = 3
+#: Blocks off their outlines are searched for further on a placement whose
+#: quality as found is no further than this under the best one's yet.
+REPLACE_MARGIN = 0.15
 #: Placements closer than this (pitches, at every bubble) to one already
 #: tried (or the grid already fitted from) are not tried again.
 SAME_START = 0.25
@@ -148,7 +151,10 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
             cut = cut_out(plain, H_plain, t, scale, geo)
         else:
             cut = cut_out(grey, H, t, scale, geo)
-        pl = place(cut, geo, SEARCH)
+        # Blocks are searched for further only on a placement nearly as good
+        # as found as the best yet (the same page bent, not one turned
+        # wrong, whose every block is off).
+        pl = place(cut, geo, SEARCH, best_found - REPLACE_MARGIN)
         fit = pl.as_found
         best_found = max(best_found, fit)
         tried.append((fit, cand, H))
