@@ -494,3 +494,57 @@ def bench_sheet(preset: str, style: str, seed: int):
 def test_marks_a_rough_capture_nearly_lost_and_a_grid_a_row_off_are_never_silently_wrong(preset, style, seed):
     out, expected = bench_sheet(preset, style, seed)
     assert_right_or_flagged(out, expected, must_read=False)
+
+
+@pytest.mark.parametrize("style, seed", [
+    # Turned 188 degrees and tilted, the page off to one side among other
+    # papers: the marker in each quarter of the image is not the page's.
+    ("pencil", 63000),
+    # The page small in the photo's lower left, turned a few degrees more
+    # than a marker matched upright allows: one quarter's best match is 0.29.
+    ("pen", 69001),
+])
+def test_markers_of_a_page_off_centre_and_at_a_slant_are_found_by_their_layout(style, seed):
+    out, expected = bench_sheet("photo_hard", style, seed)
+    assert out["error"] is None, out["error"]
+    assert "markers searched over the whole image" in out["alignment"]
+    assert_right_or_flagged(out, expected, must_read=False)
+    right = [c for c, v in expected.items() if out["answers"][c] == v]
+    assert len(right) >= 0.9 * len(expected), (out["answers"], expected)
+
+
+def test_blocks_a_curled_photo_bends_off_their_place_are_found_on_their_outlines_and_flagged():
+    # Paper curled 12 mm off the desk, photographed at a slant: the corner
+    # markers are found, but the middle of the sheet is bent most of a
+    # pitch off where they put it (each block's outlines were a row or a
+    # column from where the page put the block: refused before). Each block
+    # is found again as a whole on its printed outlines, read there, and
+    # flagged: a block printed otherwise than the template is found so too.
+    out, expected = bench_sheet("photo_hard", "mixed", 68001)
+    assert out["error"] is None, out["error"]
+    assert out["answers"] == expected
+    assert all("misaligned" in out["flags"][c] for c in ("q1", "q6", "q13", "q5", "Roll")), out["flags"]
+
+
+def test_placements_are_compared_with_their_blocks_found_again_on_their_outlines():
+    # The curled photo above with other marks: the corner markers put most
+    # blocks a row off their outlines (each found again there), while a page
+    # outline merged with a paper beside it puts the bubbles less far off in
+    # sum but nowhere on the printed grid. The markers' placement is the one
+    # that reads.
+    out, expected = bench_sheet("photo_hard", "scribble", 68001)
+    assert out["error"] is None, out["error"]
+    assert "markers searched over the whole image" in out["alignment"]
+    assert_right_or_flagged(out, expected, must_read=False)
+    assert sum(out["answers"][c] == v for c, v in expected.items()) >= 0.9 * len(expected)
+
+
+def test_on_a_bent_page_a_block_that_passed_where_the_page_put_it_but_not_squarely_is_flagged():
+    # A curled photo turned 114 degrees: the roll number block had to be
+    # found again a row away; the two-digit block, two fields wide, passed
+    # where the page put it a value off (its last value line keeps one of
+    # two bubbles on something past the grid) and read 1 for 0.
+    out, expected = bench_sheet("photo_hard", "pencil", 22001)
+    assert out["error"] is None, out["error"]
+    assert "misaligned" in out["flags"]["Roll"]
+    assert_right_or_flagged(out, expected, must_read=False)

@@ -345,18 +345,30 @@ class Placement:
     border: np.ndarray  # (B,) mean evidence one pitch outside each block, over that at its bubbles
     shift: tuple[float, float]  # global shift applied, cut-out px
     end_line_off: np.ndarray  # (B,) bool: a first or last line of the block off its outlines
+    #: (B,) bool: blocks found on their own outlines more than half a pitch
+    #: from where the page put them (``replace_blocks``).
+    moved: np.ndarray | None = None
+    #: ``quality`` where the page put the blocks, before any was moved further.
+    as_found: float | None = None
+    #: (B,) bool: on a sheet where a block was moved, the blocks not moved
+    #: that do not sit squarely on their outlines either.
+    unsure: np.ndarray | None = None
 
     @property
     def quality(self) -> float:
         """Share of bubbles on their printed outlines, less a half when most
         blocks show outlines one pitch outside them (the grid a row off), less
         the share of blocks off their outlines."""
-        off = len(self.border) > 0 and float(median(self.border)) > 0.95
-        # Blocks off their outlines (a page taken with its margin, an
-        # outline found short): the page is not where this placement puts
-        # it, though blocks shifted half a pitch find outlines.
-        bad = float(np.mean((self.block_ok < 0.8) | self.end_line_off))
-        return float(self.ok.mean()) - (0.5 if off else 0.0) - bad
+        return _quality(self.ok, self.block_ok, self.border, self.end_line_off)
+
+
+def _quality(ok: np.ndarray, block_ok: np.ndarray, border: np.ndarray, end_line_off: np.ndarray) -> float:
+    off = len(border) > 0 and float(median(border)) > 0.95
+    # Blocks off their outlines (a page taken with its margin, an outline
+    # found short): the page is not where this placement puts it, though
+    # blocks shifted half a pitch find outlines.
+    bad = float(np.mean((block_ok < BLOCK_FITS) | end_line_off))
+    return float(ok.mean()) - (0.5 if off else 0.0) - bad
 
 
 def _peaks(pe: _Padded, pos: np.ndarray, reach: float) -> tuple[np.ndarray, np.ndarray]:
@@ -392,11 +404,12 @@ def _peaks(pe: _Padded, pos: np.ndarray, reach: float) -> tuple[np.ndarray, np.n
     return found, strength
 
 
-def _fit_block(pe: _Padded, pos: np.ndarray, reach: float) -> np.ndarray | None:
+def _fit_block(pe: _Padded, pos: np.ndarray, reach: float, limit: float | None = None) -> np.ndarray | None:
     """The affine map (2 x 3) that best takes a block's bubbles onto the
     printed outlines found within ``reach`` of each (RANSAC): the gaps an
     author measured on one warped photo, or a curled page, stretch a block by
-    a fraction of a pitch along its length. None when too few agree."""
+    a fraction of a pitch along its length. None when too few agree, or when
+    it moves a bubble further than ``limit`` (default ``reach``)."""
     if len(pos) < 6 or reach < 1:
         return None
     found_a, strength = _peaks(pe, pos, reach)
@@ -409,7 +422,7 @@ def _fit_block(pe: _Padded, pos: np.ndarray, reach: float) -> np.ndarray | None:
     if A is None or inl is None or int(inl.sum()) < max(4, len(pos) // 2):
         return None
     moved = pos @ A[:, :2].T + A[:, 2]
-    if np.abs(moved - pos).max() > reach:
+    if np.abs(moved - pos).max() > (reach if limit is None else limit):
         return None
     return A
 
@@ -460,10 +473,12 @@ def _outline_radius(dark: np.ndarray, pos: np.ndarray, hx: float, hy: float) -> 
     return float(np.clip(rs[j] / 0.95, min(RADII), max(RADII)))
 
 
-def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
+def place(cut: Cutout, geo: Geometry, search: float, replace_above: float = -math.inf) -> Placement:
     """Fit the grid on the printed bubbles: a global shift within ``search``
     (share of the page's larger side, at most half a pitch), then each block
-    within half its pitch; the printed radius chosen among ``RADII``."""
+    within half its pitch; the printed radius chosen among ``RADII``. Blocks
+    off their outlines are searched for further (``replace_blocks``) when the
+    placement's quality as found is ``replace_above`` at least."""
     s = cut.scale
     base = cut.to_cut(geo.centres)
     bpts = cut.to_cut(geo.border)
@@ -553,8 +568,198 @@ def place(cut: Cutout, geo: Geometry, search: float) -> Placement:
     gdx, gdy = (pos - base_r).mean(0).tolist()
     v = 0.0
     ok, block_ok, border = _verify(E, pos, geo, s, bpos)
-    return Placement(pos + off, rr, v, ok, block_ok, border, (gdx, gdy),
-                     blocks_with_an_end_line_off(ok, geo))
+    end_off = blocks_with_an_end_line_off(ok, geo)
+    as_found = _quality(ok, block_ok, border, end_off)
+    moved = np.zeros(len(block_ok), bool)
+    off_blocks = ((block_ok < BLOCK_FITS) | end_off) & (as_found >= replace_above)
+    tried = np.zeros(len(block_ok), bool)
+    while off_blocks.any():
+        # (Blocks placed again raise the sheet's typical outline: a block
+        # that passed against the old one, between two columns of outlines,
+        # may show as off against the new one, and is searched for then.)
+        tried |= off_blocks
+        ring = (rr * hx, rr * hy, pitch)
+        pos_c, bpos_c, changed, now_moved = replace_blocks(
+            cut.dark, pos + off, bpos + off, base, bpts, geo, s, ring, off_blocks, float(median(_sample(E, pos))))
+        if not changed.any():
+            break
+        moved |= now_moved
+        # Verified again on the evidence around every block where it is now.
+        allp = np.vstack([pos_c, bpos_c]) if len(bpos_c) else pos_c
+        E, off = _wide_evidence(cut.dark, allp, ring, 2)
+        pos, bpos = pos_c - off, bpos_c - off
+        ok, block_ok, border = _verify(E, pos, geo, s, bpos)
+        end_off = blocks_with_an_end_line_off(ok, geo)
+        off_blocks = ((block_ok < BLOCK_FITS) | end_off) & ~tried
+    unsure = np.zeros(len(block_ok), bool)
+    if moved.any():
+        # A block had to be moved further than half a pitch: the page is bent
+        # under the bubbles (or printed otherwise than the template), so the
+        # place of a block that passed where the page put it is not sure
+        # either unless it sits there squarely (a block two fields wide a
+        # value off keeps half of its end line on something past the grid).
+        typical = float(median(_sample(E, pos)))
+        unsure = np.array([not moved[b] and not _block_fits(E, pos[geo.block == b], bpos[geo.border_block == b],
+                                                            geo, b, s, typical) for b in range(len(block_ok))])
+    return Placement(pos + off, rr, v, ok, block_ok, border, (gdx, gdy), end_off, moved, as_found, unsure)
+
+
+#: A block with fewer of its bubbles on their outlines than this is off them.
+BLOCK_FITS = 0.8
+#: A block off its outlines where the page put it (a curled photo bends the
+#: paper under the bubbles by more than half a pitch) is looked for this many
+#: of its pitches around that place, as a whole: its outline as printed.
+REPLACE_REACH = 1.5
+#: Registrations of a block tried from that search (the best few, this many
+#: pitches apart at least).
+REPLACE_PEAKS = 3
+REPLACE_APART = 0.6
+#: A block re-placed there must have this share of its bubbles (and
+#: ``END_LINE_OK`` of each end line) centred on outlines of this strength (a
+#: share of the block's typical one), and show outlines one pitch outside it at fewer
+#: than ``BORDER_CLEAR`` of the points around it (on the printed grid's
+#: edge, not inside a larger grid nor on the question numbers beside it).
+REPLACED_FITS = 0.8
+REPLACED_STRENGTH = 0.5
+BORDER_CLEAR = 0.25
+
+
+def replace_blocks(dark: np.ndarray, pos: np.ndarray, bpos: np.ndarray, base: np.ndarray, bpts: np.ndarray,
+                   geo: Geometry, s: float, ring: tuple[float, float, float], off_blocks: np.ndarray,
+                   typical: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The blocks ``off_blocks`` placed again on their printed outlines,
+    searched ``REPLACE_REACH`` pitches around where the page put them
+    (``base``, ``bpts``: the bubbles and the points one pitch outside the
+    blocks; ``pos``, ``bpos``: where they are now; cut-out px). A person
+    finds a block by its outline as a whole: the grid of printed circles
+    the block's size, with bare paper around it. So a registration is
+    taken only when the block then sits on outlines everywhere (its end lines
+    too) with none showing one pitch outside it, clear of the other blocks,
+    and no other registration a row or more away does the same (a printed
+    grid larger than the block, or two alike side by side, leave the block
+    where it was). ``ring``: the printed outline's radii and the pitch (px);
+    ``typical``: the sheet's typical outline evidence at its bubbles.
+    Returns (positions, border positions, the blocks changed, those moved
+    more than half a pitch from where the page put them)."""
+    rx, ry, pitch = ring
+    nb = len(geo.block_pitch)
+    far = int(math.ceil(REPLACE_REACH * float(geo.block_pitch.max()) * s)) + 2
+    # The evidence only around the blocks searched for.
+    mine, bmine = off_blocks[geo.block], off_blocks[geo.border_block]
+    E, o = _wide_evidence(dark, np.vstack([pos[mine], base[mine], bpts[bmine]]), ring, far)
+    pos, bpos, base, bpts = pos - o, bpos - o, base - o, bpts - o
+    wide = _Padded(E, far + 2)
+    near = _Padded(E, int(math.ceil(0.5 * pitch)) + 3)
+    changed = np.zeros(nb, bool)
+    moved = np.zeros(nb, bool)
+    for b in np.flatnonzero(off_blocks):
+        idx = np.flatnonzero(geo.block == b)
+        bi = np.flatnonzero(geo.border_block == b)
+        pb = float(geo.block_pitch[b]) * s
+        reach = min(int(math.ceil(REPLACE_REACH * pb)), far)
+        # Every shift of the block at once: its bubbles' evidence less what
+        # shows one pitch outside it.
+        score = wide.window_sum(base[idx], reach) / len(idx)
+        if len(bi):
+            score -= wide.window_sum(bpts[bi], reach) / len(bi)
+        others = np.flatnonzero(geo.block != b)
+        fits = []
+        for dx, dy in _maxima(score, REPLACE_PEAKS, max(1, int(REPLACE_APART * pb))):
+            p, bp = _settle(near, E, base[idx] + [dx, dy], bpts[bi] + [dx, dy], pb)
+            if len(others) and _any_near(p, pos[others], 0.5 * pb):
+                continue  # onto another block's bubbles
+            if _block_fits(E, p, bp, geo, b, s, typical):
+                fits.append((p, bp))
+        distinct = [f for f in fits if np.abs(f[0] - fits[0][0]).max() >= 0.5 * pb] if fits else []
+        if len(fits) == 0 or distinct:
+            continue  # nowhere, or more than one place: left where it was (and flagged)
+        p, bp = fits[0]
+        pos[idx], bpos[bi] = p, bp
+        changed[b] = True
+        moved[b] = bool(np.abs(p - base[idx]).max() > 0.5 * pb)
+    return pos + o, bpos + o, changed, moved
+
+
+def _wide_evidence(dark: np.ndarray, pts: np.ndarray, ring: tuple[float, float, float], far: int,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Outline evidence (``evidence_of``) over the part of ``dark`` around
+    ``pts`` where a block moved ``far`` px from them can be verified, and
+    that part's origin."""
+    rx, ry, pitch = ring
+    margin = far + int(math.ceil(2 * max(rx, ry))) + int(math.ceil(pitch)) + 2
+    h, w = dark.shape
+    x0, y0 = max(0, int(pts[:, 0].min()) - margin), max(0, int(pts[:, 1].min()) - margin)
+    x1, y1 = min(w, int(pts[:, 0].max()) + margin + 1), min(h, int(pts[:, 1].max()) + margin + 1)
+    return evidence_of(dark[y0:y1, x0:x1], rx, ry, pitch), np.array([x0, y0], np.float64)
+
+
+def _maxima(score: np.ndarray, count: int, apart: int) -> list[tuple[float, float]]:
+    """The ``count`` highest maxima of ``score`` (a square of shifts centred
+    on 0), at least ``apart`` px from each other, as shifts."""
+    sc = score.astype(np.float32).copy()
+    r = score.shape[0] // 2
+    out = []
+    for _ in range(count):
+        _, mv, _, (x, y) = cv2.minMaxLoc(sc)
+        if not np.isfinite(mv) or mv <= -1e8:
+            break
+        out.append((float(x - r), float(y - r)))
+        sc[max(0, y - apart):y + apart + 1, max(0, x - apart):x + apart + 1] = -1e9
+    return out
+
+
+def _settle(pe: _Padded, E: np.ndarray, pos: np.ndarray, bpos: np.ndarray, pb: float) -> tuple[np.ndarray, np.ndarray]:
+    """A block started at ``pos`` moved onto the evidence peak within a
+    quarter pitch, then stretched and turned onto its outlines (those found
+    within 0.4 pitch of each bubble, then a quarter pitch: on a curled page
+    the far corners of a large block lie further off than its middle, which
+    the map is fitted on first)."""
+    r = min(max(1, int(math.floor(0.25 * pb))), pe.pad - 2)
+    dx, dy, _ = _peak(pe.window_sum(pos, r) / len(pos))
+    pos, bpos = pos + [dx, dy], bpos + [dx, dy]
+    for reach in (0.4 * pb, 0.25 * pb):
+        A = _fit_block(pe, pos, min(reach, pe.pad - 2), limit=0.75 * pb)
+        if A is not None:
+            p2, b2 = pos @ A[:, :2].T + A[:, 2], bpos @ A[:, :2].T + A[:, 2]
+            if _block_score(E, p2, b2) >= _block_score(E, pos, bpos):
+                pos, bpos = p2, b2
+    return pos, bpos
+
+
+def _any_near(a: np.ndarray, b: np.ndarray, within: float) -> bool:
+    """Whether a point of ``b`` lies within ``within`` of one of ``a``."""
+    b = b[np.all((b >= a.min(0) - within) & (b <= a.max(0) + within), axis=1)]
+    if not len(b):
+        return False
+    d = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
+    return bool(d.min() < within)
+
+
+def _block_fits(E: np.ndarray, pos: np.ndarray, bpos: np.ndarray, geo: Geometry, b: int, s: float,
+                typical: float) -> bool:
+    """Whether block ``b`` at ``pos`` sits squarely on its printed outlines:
+    ``REPLACED_FITS`` of its bubbles, and ``END_LINE_OK`` of each end line,
+    centred on an outline half as strong as the block's typical one at least (printed
+    question numbers beside a block show a trace; the block's own, for a
+    part of the photo out of focus shows all its outlines weaker), and
+    outlines at fewer than ``BORDER_CLEAR`` of the points one pitch outside
+    it."""
+    half = 0.5 * float(geo.block_pitch[b]) * s
+    here = _sample(E, pos)
+    own = float(median(here))
+    ok = _centred(E, pos, half, typical) & (here > REPLACED_STRENGTH * own)
+    if ok.mean() < REPLACED_FITS:
+        return False
+    fields = geo.field[geo.block == b]
+    counts = np.bincount(fields - fields.min())
+    counts = counts[counts > 0]
+    if len(set(counts.tolist())) == 1:
+        grid = ok.reshape(len(counts), int(counts[0]))
+        if any(len(line) >= 2 and line.mean() < END_LINE_OK for line in (grid[0], grid[-1], grid[:, 0], grid[:, -1])):
+            return False
+    if len(bpos) and _shows(E, bpos, half, own).mean() >= BORDER_CLEAR:
+        return False
+    return True
 
 
 def transform_points(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -577,24 +782,38 @@ def _sample(img: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return out.ravel()[:n].reshape(shape)
 
 
+_AROUND = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], np.float64)
+
+
+def _centred(E: np.ndarray, pts: np.ndarray, half: np.ndarray | float, typical: float) -> np.ndarray:
+    """Per point: an outline centred there, its evidence over the mean half
+    a pitch (``half``) away along either axis, and not a trace of one."""
+    half = np.broadcast_to(np.asarray(half, np.float64), (len(pts),))
+    here = _sample(E, pts)
+    around = _sample(E, pts[:, None, :] + _AROUND[None] * half[:, None, None]).mean(1)
+    return (here > around) & (here > 0.25 * typical)
+
+
+def _shows(E: np.ndarray, pts: np.ndarray, half: np.ndarray | float, typical: float) -> np.ndarray:
+    """Per point: a bubble outline there, as strong as the sheet's typical
+    one and centred (printed numbers and letters beside a block show some
+    evidence, not a centred ring)."""
+    half = np.broadcast_to(np.asarray(half, np.float64), (len(pts),))
+    here = _sample(E, pts)
+    around = _sample(E, pts[:, None, :] + _AROUND[None] * half[:, None, None]).mean(1)
+    return (here > 0.7 * typical) & (here > around)
+
+
 def _verify(E: np.ndarray, pos: np.ndarray, geo: Geometry, s: float, bpts: np.ndarray):
     half = 0.5 * geo.block_pitch[geo.block] * s
-    offs = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], np.float64)
-    here = _sample(E, pos)
-    around = _sample(E, pos[:, None, :] + offs[None] * half[:, None, None]).mean(1)
-    typical = float(median(here))
-    ok = (here > around) & (here > 0.25 * typical)
+    typical = float(median(_sample(E, pos)))
+    ok = _centred(E, pos, half, typical)
     nb = len(geo.block_pitch)
     block_ok = np.array([ok[geo.block == b].mean() for b in range(nb)])
     border = np.zeros(nb)
     if len(bpts):
-        # A bubble outline one pitch outside a block: as strong as the
-        # block's own, and centred there (printed numbers and letters beside
-        # a block show some evidence, not a centred ring).
-        bhalf = 0.5 * geo.block_pitch[geo.border_block] * s
-        at_border = _sample(E, bpts)
-        b_around = _sample(E, bpts[:, None, :] + offs[None] * bhalf[:, None, None]).mean(1)
-        shows = (at_border > 0.7 * typical) & (at_border > b_around)
+        # A bubble outline one pitch outside a block.
+        shows = _shows(E, bpts, 0.5 * geo.block_pitch[geo.border_block] * s, typical)
         for b in range(nb):
             sel = geo.border_block == b
             if sel.any():

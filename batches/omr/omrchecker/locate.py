@@ -29,6 +29,7 @@ from .steps import (
     ecc_to_reference,
     filter_image,
     find_markers,
+    markers_anywhere,
     match_reference,
     order_corners,
     page_candidates,
@@ -217,6 +218,58 @@ def run_steps(work: np.ndarray, t: OmrCheckerTemplate, quad: np.ndarray | None) 
     return Candidate(H @ np.diag([fw / t.page_w, fh / t.page_h, 1.0]), " + ".join(how), notes)
 
 
+def _marker_share(t: OmrCheckerTemplate, options: dict, marker: np.ndarray) -> float:
+    """The marker's width as a share of the page's (OMRChecker's ``sheetToMarkerWidthRatio``, else its
+    pixel width in the processing image)."""
+    if "sheetToMarkerWidthRatio" in options:
+        return 1.0 / float(options["sheetToMarkerWidthRatio"])
+    return marker.shape[1] / t.processing[0]
+
+
+def markers_over_the_image(work: np.ndarray, t: OmrCheckerTemplate) -> Candidate | StepError | None:
+    """The page placed on its corner markers searched for over the whole
+    image by their shape (``steps.markers_anywhere``: four matches of one
+    size at the corners of a page), each then found again in its corner of
+    a frame around them, as ``CropOnMarkers`` finds them on a cropped page
+    (the light divided out, the page's slant undone). None for a template
+    without ``CropOnMarkers``."""
+    step = next((s for s in t.steps if s.name == "CropOnMarkers"), None)
+    if step is None:
+        return None
+    o = step.options
+    marker = t.images[o.get("relativePath", "omr_marker.jpg")]
+    share = _marker_share(t, o, marker)
+    try:
+        centres, _scores = markers_anywhere(work, marker, share, t.page_w, t.page_h)
+    except StepError as exc:
+        return exc
+    how = "CropOnMarkers (markers searched over the whole image)"
+    # A frame a marker's width wider than the markers on every side.
+    across = (np.linalg.norm(centres[1] - centres[0]) + np.linalg.norm(centres[2] - centres[3])) / 2
+    down = (np.linalg.norm(centres[3] - centres[0]) + np.linalg.norm(centres[2] - centres[1])) / 2
+    side = share * across
+    ex, ey = side / max(across, 1.0), side / max(down, 1.0)
+    unit = rect_h(1.0, 1.0, centres)
+    frame = cv2.perspectiveTransform(np.array([[[-ex, -ey]], [[1 + ex, -ey]], [[1 + ex, 1 + ey]], [[-ex, 1 + ey]]]),
+                                     unit).reshape(4, 2)
+    fw, fh = across + 2 * side, down + 2 * side
+    H_frame = rect_h(fw, fh, frame)
+    kw = dict(min_match=float(o.get("min_matching_threshold", 0.3)),
+              max_variation=float(o.get("max_matching_variation", 0.41)))
+    notes: list[str] = []
+    try:
+        try:
+            found, _ = find_markers(work, H_frame, fw, fh, marker, side / fw, **kw)
+        except StepError as exc:
+            found, _ = find_markers(work, H_frame, fw, fh, marker, side / fw, lenient=True, **kw)
+            notes.append(f"{exc.reason}: accepted, the bubble outlines confirm the placement")
+        centres = cv2.perspectiveTransform(found.reshape(-1, 1, 2).astype(np.float64), H_frame).reshape(4, 2)
+    except StepError as exc:
+        # Where the shape search put them: the bubble outlines confirm it or not.
+        notes.append(f"{exc.reason} in the frame around the markers: their centres taken as first found")
+    return Candidate(rect_h(t.page_w, t.page_h, centres), how, notes)
+
+
 def candidates(work: np.ndarray, t: OmrCheckerTemplate) -> Iterator[Candidate | StepError]:
     """Placements to try, likeliest first (a ``StepError`` for one that
     failed, so the reader can tell why when none is left)."""
@@ -239,6 +292,11 @@ def candidates(work: np.ndarray, t: OmrCheckerTemplate) -> Iterator[Candidate | 
             yield run_steps(work, t, None)
         except StepError as exc:
             yield exc
+        # One marker per quarter of the image is not where a page lies off
+        # centre or at a slant: the markers by their shape and layout.
+        found = markers_over_the_image(work, t)
+        if found is not None:
+            yield found
     else:
         q = omrchecker_outline(work, t)
         if q is not None:

@@ -31,7 +31,17 @@ from ..layout import BubbleGeom, Group, PageLayout, Rect, Square
 from ..reading import SheetReading, read_pages
 from ..stats import median
 from .decide import Decision, decide
-from .grid import cut_out, geometry, local_scale, measure, measurement_scale, place, transform_points
+from .grid import (
+    Geometry,
+    Placement,
+    cut_out,
+    geometry,
+    local_scale,
+    measure,
+    measurement_scale,
+    place,
+    transform_points,
+)
 from .importer import OmrCheckerTemplate
 from .locate import Candidate, candidates, processing_image
 from .steps import StepError, fit_on_grid
@@ -46,6 +56,9 @@ FAIL_FIT = 0.55
 MAX_TRIES = 10
 #: Rough placements the bubble grid is fitted from when none fits as found.
 GRID_TRIES = 3
+#: Blocks off their outlines are searched for further on a placement whose
+#: quality as found is no further than this under the best one's yet.
+REPLACE_MARGIN = 0.15
 #: Placements closer than this (pitches, at every bubble) to one already
 #: tried (or the grid already fitted from) are not tried again.
 SAME_START = 0.25
@@ -126,14 +139,15 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         return done()
     to_image = np.array([[1 / f, 0, 0.5 / f - 0.5], [0, 1 / f, 0.5 / f - 0.5], [0, 0, 1.0]])
     failures: list[StepError] = []
-    best = None
+    best = None  # the placement that reads best (``_rank``)
+    best_found = -math.inf  # the best quality of a placement as found
     tries = 0
     most_outside = 0.0  # the largest share of bubbles a placement put outside the image
     tried: list[tuple[float, Candidate, np.ndarray]] = []
     pitch = float(median(geo.block_pitch))
 
     def evaluate(cand: Candidate, H: np.ndarray) -> float:
-        nonlocal best, most_outside
+        nonlocal best, best_found, most_outside
         where = transform_points(H, geo.centres)
         outside = (where[:, 0] < 0) | (where[:, 1] < 0) | (where[:, 0] > w - 1) | (where[:, 1] > h - 1)
         most_outside = max(most_outside, float(outside.mean()))
@@ -145,11 +159,16 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
             cut = cut_out(plain, H_plain, t, scale, geo)
         else:
             cut = cut_out(grey, H, t, scale, geo)
-        pl = place(cut, geo, SEARCH)
-        fit = pl.quality
+        # Blocks are searched for further only on a placement nearly as good
+        # as found as the best yet (the same page bent, not one turned
+        # wrong, whose every block is off).
+        pl = place(cut, geo, SEARCH, best_found - REPLACE_MARGIN)
+        fit = pl.as_found
+        best_found = max(best_found, fit)
         tried.append((fit, cand, H))
-        if best is None or fit > best[0]:
-            best = (fit, cand, H, cut, pl)
+        rank = _rank(pl)
+        if best is None or rank > best[0]:
+            best = (rank, cand, H, cut, pl)
         return fit
 
     for cand in candidates(work, t):
@@ -167,9 +186,11 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
                 continue  # placed as an earlier one was: it would be placed the same
             if evaluate(cand, H) >= GOOD_FIT:
                 break
-        if best[0] >= GOOD_FIT or tries >= MAX_TRIES:
+        # (Only a placement that fits as found ends the search: one whose
+        # blocks had to be moved further reads them flagged.)
+        if best_found >= GOOD_FIT or tries >= MAX_TRIES:
             break
-    if best is not None and best[0] < GOOD_FIT:
+    if best is not None and best_found < GOOD_FIT:
         # No page outline or step put the grid within half a pitch of the
         # printed bubbles everywhere (a page merging with a white paper behind
         # it, found a pitch short along a side): the grid is fitted on the
@@ -198,7 +219,10 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         out.error = exc.reason
         out.flag(exc.flag)
         return done()
-    fit, cand, H, cut, pl = best
+    _fit, cand, H, cut, pl = best
+    # Refused only when the blocks are not on their outlines even where
+    # searched for further (``grid.replace_blocks``).
+    fit = pl.quality
     out.alignment = cand.how
     out.notes += cand.notes
     out.homography = H
@@ -230,12 +254,41 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         return done()
     m = measure(cut, geo, pl)
     d = decide(m, geo, pl, len(t.fields))
+    _flag_moved_blocks(d, geo, pl)
     if m.ink < 0.35:
         out.flag("low_contrast")
     _answers(out, t, d)
     out._bubble_data = (layout_of(t), np.round(d.excess, 3), d.marked, centres_img)
     out.timings_ms["bubbles"] = (time.perf_counter() - t0) * 1000
     return done()
+
+
+#: A block found on its outlines only further than half a pitch from where
+#: a placement put it counts as this much of a block off its outlines when
+#: placements are compared: one that puts it there directly reads it unflagged.
+MOVED_COST = 0.5
+
+
+def _rank(pl: Placement) -> float:
+    """How well a placement fits, to compare placements: its quality with
+    every block where it was finally found on its outlines, less
+    ``MOVED_COST`` of the share of blocks that had to be moved there."""
+    moved = float(pl.moved.mean()) if pl.moved is not None and len(pl.moved) else 0.0
+    return pl.quality - MOVED_COST * moved
+
+
+def _flag_moved_blocks(d: Decision, geo: Geometry, pl: Placement) -> None:
+    """The fields of a block found on its outlines more than half a pitch
+    from where the page put it are read there and flagged ``misaligned``: a
+    block printed otherwise than the template (a row off) is found so too;
+    so are those of a block not squarely on its outlines on such a sheet."""
+    if pl.moved is None or not pl.moved.any():
+        return
+    doubt = pl.moved | pl.unsure if pl.unsure is not None else pl.moved
+    for f in np.unique(geo.field[doubt[geo.block]]):
+        if "misaligned" not in d.field_flags[f]:
+            d.field_flags[f].append("misaligned")
+        d.confidence[f] = min(d.confidence[f], 0.5)
 
 
 def page_corners(t: OmrCheckerTemplate) -> np.ndarray:

@@ -20,6 +20,7 @@ itself (``reader.py``), never from a warped copy.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import cv2
@@ -453,6 +454,118 @@ def find_markers(grey: np.ndarray, H_frame: np.ndarray, frame_w: float, frame_h:
         raise StepError("corner markers found do not form the page's corners")
     # work px (centres at whole numbers) -> frame px (continuous)
     return (c + 0.5) / s, [q[0] for q in quads]
+
+
+#: The whole-image marker search: marker sides tried, as shares of
+#: ``width_share`` times the image's long side (the page fills that share of it).
+ANYWHERE_SIZES = (0.25, 1.1)
+ANYWHERE_STEPS = 9
+#: A marker is matched this many px across (on a copy of the image shrunk to it).
+ANYWHERE_PX = 12.0
+#: The marker turned by these angles too (degrees): a photo taken at a slant
+#: turns the markers with the page, and a square ring turned 20 degrees
+#: matches an upright one poorly.
+ANYWHERE_ANGLES = (0.0, 22.5, -22.5)
+#: Peaks kept per size, and over neighbouring sizes for the choice of four.
+ANYWHERE_PEAKS = 6
+ANYWHERE_POOL = 8
+#: A marker is black on paper: its match counts in full where the spread of
+#: grey under it reaches this share of the paper's brightness around it (a
+#: pattern of noise or a bubble's letter matches the shape, not the contrast).
+ANYWHERE_CONTRAST = 0.3
+#: How far the four markers may depart from the page they mark: the page's
+#: proportions, and the marker's size against the page's width (log ratio
+#: bounds); opposite sides of the quadrilateral (perspective).
+ANYWHERE_ASPECT = (0.65, 1.55)
+ANYWHERE_MARKER = (0.6, 1.6)
+ANYWHERE_SIDES = 1.8
+
+
+def _turned(marker: np.ndarray, side: int, angle: float) -> np.ndarray:
+    """``marker`` at ``side`` px, turned by ``angle`` degrees (on white)."""
+    if not angle:
+        return cv2.resize(marker, (side, side), interpolation=cv2.INTER_AREA)
+    big = cv2.resize(marker, (side * 4, side * 4), interpolation=cv2.INTER_AREA)
+    R = cv2.getRotationMatrix2D(((big.shape[1] - 1) / 2, (big.shape[0] - 1) / 2), angle, 1)
+    big = cv2.warpAffine(big, R, (big.shape[1], big.shape[0]), flags=cv2.INTER_LINEAR, borderValue=255)
+    return cv2.resize(big, (side, side), interpolation=cv2.INTER_AREA)
+
+
+def _strongest(score: np.ndarray, count: int, apart: int, floor: float) -> list[tuple[float, int, int]]:
+    """Up to ``count`` maxima of ``score`` (value, x, y), at least ``apart`` px from each other."""
+    s = score.copy()
+    out = []
+    for _ in range(count):
+        _, mv, _, (x, y) = cv2.minMaxLoc(s)
+        if mv < floor:
+            break
+        out.append((float(mv), x, y))
+        s[max(0, y - apart):y + apart + 1, max(0, x - apart):x + apart + 1] = -1.0
+    return out
+
+
+def markers_anywhere(grey: np.ndarray, marker: np.ndarray, width_share: float, page_w: float, page_h: float,
+                     ) -> tuple[np.ndarray, list[float]]:
+    """The four corner markers found anywhere in ``grey`` (a whole photo), by
+    what makes them a page's markers rather than by where they lie: four
+    matches of the marker (at any size, turned a little) of one size, at the
+    corners of a quadrilateral with the page's proportions, the marker
+    ``width_share`` of its width. For a page small or off-centre in the photo,
+    turned at a slant, or lying beside other papers, where one marker per
+    quarter of the image (``find_markers(wide=True)``) picks the wrong ones.
+    Returns the centres (``grey`` px, clockwise in the image, the first two
+    along the page's width) and their match scores; raises ``StepError`` when no four fit together."""
+    h, w = grey.shape
+    mk = prepare_marker(marker)
+    aspect = page_w / page_h
+    hits: list[list[tuple[float, float, float, float]]] = []  # per size: (score, x, y, side)
+    sizes = width_share * max(h, w) * np.geomspace(*ANYWHERE_SIZES, ANYWHERE_STEPS)
+    for side in sizes:
+        f = max(1.0, side / ANYWHERE_PX)
+        small = cv2.resize(grey, (max(1, round(w / f)), max(1, round(h / f))), interpolation=cv2.INTER_AREA)
+        small = cv2.GaussianBlur(small, (3, 3), 0)
+        m = max(6, int(round(side / f)))
+        if m >= min(small.shape) // 2:
+            hits.append([])
+            continue
+        match = np.max([cv2.matchTemplate(small, _turned(mk, m, a), cv2.TM_CCOEFF_NORMED) for a in ANYWHERE_ANGLES], 0)
+        rh, rw = match.shape
+        s32 = small.astype(np.float32)
+        mean = cv2.boxFilter(s32, -1, (m, m), anchor=(0, 0))[:rh, :rw]
+        spread = np.sqrt(np.maximum(cv2.boxFilter(s32 * s32, -1, (m, m), anchor=(0, 0))[:rh, :rw] - mean * mean, 0))
+        c = (m - 1) // 2
+        paper = cv2.dilate(s32, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * m + 1, 2 * m + 1)))[c:c + rh, c:c + rw]
+        score = match * np.minimum(1.0, spread / (ANYWHERE_CONTRAST * np.maximum(paper, 20.0)))
+        hits.append([(v, (x + (m - 1) / 2 + 0.5) * f - 0.5, (y + (m - 1) / 2 + 0.5) * f - 0.5, side)
+                     for v, x, y in _strongest(score, ANYWHERE_PEAKS, m, 0.2)])
+    best = None
+    for i in range(len(sizes)):
+        # Four markers of about one size: the hits at this size and its neighbours.
+        pool: list[tuple[float, float, float, float]] = []
+        for p in sorted((p for hs in hits[max(0, i - 1):i + 2] for p in hs), key=lambda p: -p[0]):
+            if all(math.hypot(p[1] - q[1], p[2] - q[2]) > max(p[3], q[3]) for q in pool):
+                pool.append(p)
+        for four in itertools.combinations(pool[:ANYWHERE_POOL], 4):
+            total = sum(p[0] for p in four)
+            if best is not None and total <= best[0]:
+                continue
+            pts = order_corners(np.array([(p[1], p[2]) for p in four]))
+            if not cv2.isContourConvex(pts.astype(np.float32).reshape(-1, 1, 2)):
+                continue
+            s = np.linalg.norm(np.roll(pts, -1, 0) - pts, axis=1)  # TL-TR, TR-BR, BR-BL, BL-TL
+            if max(s[0] / s[2], s[2] / s[0], s[1] / s[3], s[3] / s[1]) > ANYWHERE_SIDES:
+                continue
+            across, down = (s[0] + s[2]) / 2, (s[1] + s[3]) / 2
+            side = float(np.mean([p[3] for p in four]))
+            for roll, (pw, ph) in ((0, (across, down)), (1, (down, across))):
+                if (ANYWHERE_ASPECT[0] < pw / ph / aspect < ANYWHERE_ASPECT[1]
+                        and ANYWHERE_MARKER[0] < side / pw / width_share < ANYWHERE_MARKER[1]):
+                    scores = [p[0] for p in four]
+                    best = (total, np.roll(pts, -roll, 0), scores)
+                    break
+    if best is None:
+        raise StepError("corner markers not found (no four matches of the marker make a page's corners)")
+    return best[1], best[2]
 
 
 def match_reference(grey: np.ndarray, ref: np.ndarray) -> np.ndarray:
