@@ -236,8 +236,10 @@ def sheet_levels(m: Measures, page_mm: np.ndarray, lay: PageLayout | None = None
     if low.sum() < 5:
         low = s <= percentile(s, 40)
     w = _neighbour_weights(np.ascontiguousarray(page_mm, np.float64).tobytes(), n)
-    wl = w @ low.astype(np.float32)
-    base_local = (w @ (s * low).astype(np.float32)) / np.maximum(wl, 1e-6)
+    # (einsum, not BLAS: a BLAS call this size wakes its worker threads,
+    # which cost more than the sum itself on a busy machine.)
+    wl = np.einsum("ij,j->i", w, low.astype(np.float32))
+    base_local = np.einsum("ij,j->i", w, (s * low).astype(np.float32)) / np.maximum(wl, 1e-6)
     g_low = float(median(s[low]))
     # Few unmarked neighbours (a corner, a crowded grid): lean on the sheet's median.
     k = np.clip(wl / 3.0, 0.0, 1.0)
