@@ -18,6 +18,9 @@ MIN_BLANKS = 3
 #: ...and this share of all the bubbles printing it (when most of a value's
 #: bubbles look marked, its blank level is not known: the sheet's is used).
 MIN_BLANK_SHARE = 0.3
+#: A value's blank bubbles whose median lies this far over their lower
+#: quartile hold light marks too: its level is the lower quartile.
+SPLIT_LEVEL = 0.06
 
 
 def _per_value(keys: np.ndarray, blankish: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,10 +63,32 @@ def medians_by(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndar
     return np.where(count > 0, med, 0).astype(np.float64)
 
 
-def blank_levels(values: np.ndarray, keys: np.ndarray, blankish: np.ndarray) -> np.ndarray:
+def lower_quartiles_by(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """(n_groups,) the 25th percentile of ``values`` in each group (linear
+    interpolation, as ``np.percentile`` takes it); 0 for an empty group."""
+    values = np.asarray(values, np.float64)
+    count = np.bincount(groups, minlength=n_groups)
+    if len(values) == 0:
+        return np.zeros(n_groups)
+    ordered = values[np.lexsort((values, groups))]
+    start = np.concatenate([[0], np.cumsum(count)[:-1]])
+    at = 0.25 * np.maximum(count - 1, 0)
+    lo = np.floor(at).astype(np.int64)
+    last = len(ordered) - 1
+    below = ordered[np.clip(start + lo, 0, last)]
+    above = ordered[np.clip(start + np.minimum(lo + 1, np.maximum(count - 1, 0)), 0, last)]
+    return np.where(count > 0, below + (at - lo) * (above - below), 0.0)
+
+
+def blank_levels(values: np.ndarray, keys: np.ndarray, blankish: np.ndarray, *,
+                 unknown_darkest: bool = False, split: bool = False) -> np.ndarray:
     """(N,) blank level per bubble: the median of ``values`` over the
     ``blankish`` bubbles with the same ``keys`` (the printed value), or over
-    all ``blankish`` bubbles where too few print that value."""
+    all ``blankish`` bubbles where too few print that value; with
+    ``unknown_darkest``, there the darkest known value's level instead (a
+    letter printed once may be as dark as the darkest blank letter); with
+    ``split``, a value's lower quartile where its bubbles hold two groups
+    (``SPLIT_LEVEL``)."""
     n = len(values)
     values = np.asarray(values)
     glob = float(median(values[blankish])) if blankish.any() else 0.0
@@ -73,4 +98,14 @@ def blank_levels(values: np.ndarray, keys: np.ndarray, blankish: np.ndarray) -> 
     if not known.any():
         return np.full(n, glob)
     med = medians_by(values[blankish], inv[blankish], len(count))
+    # A value whose unmarked-looking bubbles' median lies SPLIT_LEVEL over
+    # their lower quartile holds two groups: it is the answer of many groups,
+    # marked lightly (half fills, ticks), and those marks would set its blank
+    # level themselves and read blank. Its level is the lower group's.
+    # (Blank bubbles printing one value on one sheet differ far less.)
+    if split:
+        q = lower_quartiles_by(values[blankish], inv[blankish], len(count))
+        med = np.where(known & (med - q > SPLIT_LEVEL), q, med)
+    if unknown_darkest:
+        glob = max(glob, float(med[known].max()))
     return np.where(known[inv], med[inv], glob)

@@ -27,6 +27,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import bubbles as bub
+from . import decide
 from .align import (
     AlignError,
     BubbleFrame,
@@ -93,7 +94,7 @@ def _same_geometry(a: MarkGeometry, b: MarkGeometry) -> bool:
 class _Eval:
     lay: PageLayout
     frame: BubbleFrame
-    m: bub.Measures
+    m: decide.Measures
     ring_fit: float  # share of unfilled bubbles whose outline shows where they are read
     verified: float  # share of bubbles whose outline is best centred where they are read
 
@@ -116,7 +117,7 @@ def _evaluate(grey: np.ndarray, fit: PageFit, template: Template, page: int) -> 
     frame = refine_on_bubbles(grey, fit, lay)
     m = bub.measure(grey, frame, fit)
     unfilled = m.score < 0.3
-    ring_fit = float(np.mean(m.ring[unfilled] >= bub.RING_MIN)) if unfilled.any() else 0.0
+    ring_fit = float(np.mean(m.ring[unfilled] >= decide.RING_MIN)) if unfilled.any() else 0.0
     return _Eval(lay, frame, m, ring_fit, verify_frame(grey, fit, frame))
 
 
@@ -125,7 +126,7 @@ def _missing_option(ev: _Eval) -> str | None:
     while the others show: the sheet has fewer options than the template."""
     by_option: dict[str, list[bool]] = {}
     unfilled = (ev.m.score < 0.3).tolist()  # a filled bubble hides its outline
-    shows = (ev.m.ring >= bub.RING_MIN).tolist()
+    shows = (ev.m.ring >= decide.RING_MIN).tolist()
     i = 0
     for g in ev.lay.groups:
         n = len(g.bubbles)
@@ -392,16 +393,11 @@ def _read_fit(grey: np.ndarray, fit: PageFit, template: Template | None,
     if 1.0 - ev.m.ink_ratio < MIN_CONTRAST:
         out.flag("low_contrast")
 
-    # 5. Decide.
-    # Letters printed inside the bubbles are compared with their own blank level.
-    m = bub.without_letters(ev.m, _printed_keys(ev.lay))
-    levels = bub.sheet_levels(m, ev.frame)
-    pairs = bub.neighbour_pairs(ev.lay)
-    # Only a sheet of light marks needs to know whether the scan kept them.
-    two_level = bub.light_marks_may_be_lost(levels) and bub.is_two_level(grey)
-    groups, marked = bub.decide_groups(ev.lay, m, levels, (pairs, bub.gap_darkness(grey, ev.frame, ev.m, pairs)),
-                                       two_level)
-    out.answers, out.flags, out.confidence = bub.field_values(groups)
+    # 5. Decide (the stage OMRChecker sheets share).
+    pairs = decide.neighbour_pairs(ev.lay)
+    groups, marked, _levels = decide.decide_sheet(ev.lay, ev.m, _printed_keys(ev.lay), ev.frame.page_mm,
+                                                  (pairs, bub.gap_darkness(grey, ev.frame, ev.m, pairs)), grey)
+    out.answers, out.flags, out.confidence = decide.field_values(groups)
     # Every field of the template page, in the template's order.
     order = [f for f in chosen.field_names() if f in out.answers]
     out.answers = {f: out.answers[f] for f in order}

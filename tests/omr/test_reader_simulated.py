@@ -108,7 +108,7 @@ def test_a_black_and_white_scan_is_told_from_a_grey_one():
     import cv2
     import numpy as np
 
-    from batches.omr.bubbles import is_two_level
+    from batches.omr.decide import is_two_level
 
     def capture(preset):
         sim = simulate.simulate_sheet(A4, {}, page=1, seed=5, preset=preset)

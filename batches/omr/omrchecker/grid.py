@@ -31,6 +31,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..cache import per_object
+from ..decide import CIRCLE_MIN, Measures, score_of
 from ..stats import median, percentile
 from .importer import OmrCheckerTemplate
 
@@ -851,17 +852,29 @@ def blocks_with_an_end_line_off(ok: np.ndarray, geo: Geometry) -> np.ndarray:
 # ---------------------------------------------------------------- measurement
 
 
-@dataclass
-class Measures:
-    fill: np.ndarray  # (N,) mean darkness inside the printed outline
-    dark_share: np.ndarray  # (N,) share of the inside darker than 0.5
-    circle: np.ndarray  # (N,) share of the free directions with a dark ring outside the outline
-    ink: float  # typical darkness of print on this sheet
-    low: np.ndarray  # (N,) the inside's 30th percentile darkness: a letter printed in a blank bubble leaves it light
-    peak: np.ndarray  # (N,) the inside's 90th percentile darkness: how dark a stroke through it is
+#: OMRChecker templates give no page size in mm: their page px are taken as
+#: mm with the bubbles as large as this project's (4.4 mm across), for the
+#: neighbourhood a blank level is taken over (``decide.sheet_levels``, a few
+#: bubbles wide either way).
+BUBBLE_MM = 4.4
+#: A circle drawn around a bubble here: dark in this share of the free
+#: directions (three radii looked at, where the engine's own sheets take the
+#: darkest of a band: reported on that scale, ``decide.CIRCLE_MIN``).
+CIRCLED = 0.85
+
+
+def page_mm(geo: Geometry) -> np.ndarray:
+    """(N, 2) the bubbles' centres as mm (see ``BUBBLE_MM``)."""
+    return np.ascontiguousarray(geo.centres * (BUBBLE_MM / (2.0 * float(median(geo.half.min(1))))))
 
 
 def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
+    """Every bubble measured in the cut-out, as the engine's own sheets are
+    (``decide.Measures``): the inside's mean darkness, its share darker than
+    0.5 and its 90th percentile, and how much of a ring outside the outline
+    is dark (a circle drawn around it). Darkness is against the local paper,
+    not stretched to printed black (there are no registration marks to
+    measure black in); ``ink_ratio`` is 1 less this sheet's print darkness."""
     s = cut.scale
     n = len(pl.pos)
     # Inside: a disc of sample points (polar grid, even in area), within the
@@ -877,9 +890,9 @@ def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
     fill = inside.mean(1)
     share = (inside > 0.5).mean(1)
     k30 = int(0.3 * (inside.shape[1] - 1))
-    low = np.partition(inside, k30, axis=1)[:, k30]
     k90 = int(0.9 * (inside.shape[1] - 1))
-    peak = np.partition(inside, k90, axis=1)[:, k90]
+    part = np.partition(inside, (k30, k90), axis=1)
+    low, peak = part[:, k30], part[:, k90]
     # Outside: a ring where a drawn circle would be, in the free directions.
     rx = geo.half[:, 0] * s * pl.radius
     ry = geo.half[:, 1] * s * pl.radius
@@ -895,6 +908,31 @@ def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
     ring = rings.max(2) if len(tight) and float(median(tight)) <= TIGHT_CLEAR else rings[:, :, 1:].max(2)  # (N, A)
     dark_dirs = ring > dark_at
     circle = np.where(nfree >= ANGLES // 3, (dark_dirs & geo.free).sum(1) / np.maximum(nfree, 1), 0.0)
-    del n
-    return Measures(fill.astype(np.float64), share.astype(np.float64), circle.astype(np.float64), ink,
-                    low.astype(np.float64), peak.astype(np.float64))
+    fill, share = fill.astype(np.float64), share.astype(np.float64)
+    # The placement has checked each outline (``Placement.ok``): no outline
+    # per bubble here, and the paper is 1 (darkness is against the local paper).
+    ones = np.ones(n)
+    # Scored by the mean and a low percentile of the inside (``decide.score_of``).
+    low = low.astype(np.float64)
+    return Measures(fill, share, peak.astype(np.float64), score_of(fill, share, low), ones,
+                    circle.astype(np.float64) * (CIRCLE_MIN / CIRCLED), ones, 1.0 - ink, low=low)
+
+
+def gap_darkness(cut: Cutout, geo: Geometry, pl: Placement, pairs: np.ndarray) -> np.ndarray:
+    """(P, 3) darkness for each pair of neighbouring bubbles of a field, as
+    ``bubbles.gap_darkness`` takes it on the engine's own sheets: of the paper
+    halfway between the two (a stroke running from one into the other), and
+    of each one's far side (half a radius past its centre, away from the
+    other; second column for the pair's second bubble, third for its first)."""
+    if len(pairs) == 0:
+        return np.zeros((0, 3))
+    a, b = pairs[:, 0], pairs[:, 1]
+    pa, pb = pl.pos[a], pl.pos[b]
+    t = np.array([0.45, 0.5, 0.55])
+    mid = pa[:, None, :] + t[None, :, None] * (pb - pa)[:, None, :]
+    u = pb - pa
+    u = u / np.maximum(np.hypot(u[:, 0], u[:, 1]), 1e-9)[:, None]
+    r = (geo.half[a].min(1) * cut.scale * pl.radius)[:, None]
+    pts = np.concatenate([mid, (pb + 0.5 * r * u)[:, None, :], (pa - 0.5 * r * u)[:, None, :]], 1)
+    vals = _sample(cut.dark, pts)
+    return np.stack([vals[:, :3].mean(1), vals[:, 3], vals[:, 4]], 1).astype(np.float64)

@@ -6,7 +6,8 @@ is located by the template's own pre-processors at a modest processing size
 bubble size, the template's bubbles are placed on the printed bubbles (the
 whole grid, then each block by at most half a pitch) and checked there, and
 each bubble's darkness is measured (``grid.py``); the decisions come from this
-sheet's own levels, with every doubt flagged (``decide.py``). When a
+sheet's own levels, with every doubt flagged, by the decision stage this
+engine's own templates go through (``batches/omr/decide.py``). When a
 placement does not sit on the printed bubbles, the next one is tried (other
 page outlines, the whole image) before the sheet is refused.
 
@@ -26,19 +27,21 @@ import cv2
 import numpy as np
 
 from ..cache import per_object
+from ..decide import decide_sheet, neighbour_pairs
 from ..imageio import MAX_PIXELS, ImageInfo, to_grey
 from ..layout import BubbleGeom, Group, PageLayout, Rect, Square
 from ..reading import SheetReading, read_pages
 from ..stats import median
-from .decide import Decision, decide
 from .grid import (
     Geometry,
     Placement,
     cut_out,
+    gap_darkness,
     geometry,
     local_scale,
     measure,
     measurement_scale,
+    page_mm,
     place,
     transform_points,
 )
@@ -71,6 +74,13 @@ PLAIN_MARGIN = 1.3
 #: Share of the template's bubbles that may fall outside the image before the
 #: sheet is refused as cut off (any at all is flagged).
 CUT_OFF_LIMIT = 0.02
+#: Printed black must be at least this much darker than paper (0..1).
+MIN_CONTRAST = 0.35
+#: A block with fewer bubbles on their printed outlines than this share (and
+#: at least two off) is misaligned; so are all when most blocks show outlines
+#: one pitch outside them more often than ``BORDER_FLAG``.
+BLOCK_OK = 0.8
+BORDER_FLAG = 0.95
 
 
 @dataclass
@@ -253,12 +263,20 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         out.flag("misaligned")
         return done()
     m = measure(cut, geo, pl)
-    d = decide(m, geo, pl, len(t.fields))
-    _flag_moved_blocks(d, geo, pl)
-    if m.ink < 0.35:
+    # The decision stage the engine's own sheets go through.
+    lay = layout_of(t)
+    pairs = neighbour_pairs(lay)
+    groups, marked, levels = decide_sheet(lay, m, geo.value_key, page_mm(geo),
+                                          (pairs, gap_darkness(cut, geo, pl, pairs)), grey)
+    if 1.0 - m.ink_ratio < MIN_CONTRAST:
         out.flag("low_contrast")
-    _answers(out, t, d)
-    out._bubble_data = (layout_of(t), np.round(d.excess, 3), d.marked, centres_img)
+    flags = [[f for f in g.flags if f != "blank"] for g in groups]
+    for f in misaligned_fields(geo, pl):
+        if "misaligned" not in flags[f]:
+            flags[f].append("misaligned")
+    confidence = [min(g.confidence, 0.5) if flags[k] else g.confidence for k, g in enumerate(groups)]
+    _answers(out, t, marked, flags, confidence)
+    out._bubble_data = (lay, np.round(levels.excess, 3), marked, centres_img)
     out.timings_ms["bubbles"] = (time.perf_counter() - t0) * 1000
     return done()
 
@@ -277,18 +295,26 @@ def _rank(pl: Placement) -> float:
     return pl.quality - MOVED_COST * moved
 
 
-def _flag_moved_blocks(d: Decision, geo: Geometry, pl: Placement) -> None:
-    """The fields of a block found on its outlines more than half a pitch
-    from where the page put it are read there and flagged ``misaligned``: a
-    block printed otherwise than the template (a row off) is found so too;
-    so are those of a block not squarely on its outlines on such a sheet."""
-    if pl.moved is None or not pl.moved.any():
-        return
-    doubt = pl.moved | pl.unsure if pl.unsure is not None else pl.moved
-    for f in np.unique(geo.field[doubt[geo.block]]):
-        if "misaligned" not in d.field_flags[f]:
-            d.field_flags[f].append("misaligned")
-        d.confidence[f] = min(d.confidence[f], 0.5)
+def misaligned_fields(geo: Geometry, pl: Placement) -> list[int]:
+    """The fields (indices) of every block the placement did not put on its
+    printed outlines: a block with bubbles off them, or an end line off (a
+    row or a column off, ``grid.Placement``); every block when most show
+    outlines one pitch outside them (printed numbers and letters beside a
+    block look alike there, so only most blocks showing them make the whole
+    grid a row or column off); and every block moved onto its outlines
+    (``grid.replace_blocks``), with the blocks not squarely on them on such a
+    sheet."""
+    grid_off = len(pl.border) > 0 and float(median(pl.border)) > BORDER_FLAG
+    # (One bubble off its outline in a tiny block is not a block off.)
+    missed = np.bincount(geo.block, weights=(~pl.ok).astype(np.float64), minlength=len(pl.block_ok))
+    bad = ((pl.block_ok < BLOCK_OK) & (missed >= 2)) | pl.end_line_off | grid_off
+    if pl.moved is not None and pl.moved.any():
+        # Blocks found on their outlines over half a pitch from where the page
+        # put them (read there), and on such a sheet those not squarely on
+        # their outlines: a block printed otherwise than the template (a row
+        # off) is found so too, and one image cannot tell the two apart.
+        bad = bad | pl.moved | (pl.unsure if pl.unsure is not None else False)
+    return sorted(set(geo.field[bad[geo.block]].tolist()))
 
 
 def page_corners(t: OmrCheckerTemplate) -> np.ndarray:
@@ -333,17 +359,18 @@ def _orientation(corners: np.ndarray) -> int:
     return int(round((math.degrees(math.atan2(v[1], v[0])) % 360) / 90.0)) % 4 * 90
 
 
-def _answers(out: OmrCheckerReading, t: OmrCheckerTemplate, d: Decision) -> None:
+def _answers(out: OmrCheckerReading, t: OmrCheckerTemplate, marked_bubbles: np.ndarray,
+             field_flags: list[list[str]], confidence: list[float]) -> None:
     """OMRChecker's response: fields, then custom labels and output columns."""
     marked: dict[str, list[str]] = {f.label: [] for f in t.fields}
     i = 0
     for f in t.fields:
         for v in f.values:
-            if d.marked[i]:
+            if marked_bubbles[i]:
                 marked[f.label].append(v)
             i += 1
-    flags = {f.label: d.field_flags[k] for k, f in enumerate(t.fields)}
-    conf = {f.label: d.confidence[k] for k, f in enumerate(t.fields)}
+    flags = {f.label: field_flags[k] for k, f in enumerate(t.fields)}
+    conf = {f.label: confidence[k] for k, f in enumerate(t.fields)}
     resp = {f.label: "".join(marked[f.label]) if marked[f.label] else f.empty_value for f in t.fields}
     out.fields = resp
     for col in t.output_columns:
