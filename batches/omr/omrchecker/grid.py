@@ -437,24 +437,6 @@ def _block_score(E: np.ndarray, pos: np.ndarray, border: np.ndarray) -> float:
 
 def _outline_radius(dark: np.ndarray, pos: np.ndarray, hx: float, hy: float) -> float:
     """The printed outline's radius, as a share of the box half sizes: where
-    the mean radial darkness profile of the unfilled bubbles peaks (letters
-    printed inside stay inside 0.6 of it)."""
-    a = np.linspace(0, 2 * np.pi, 16, endpoint=False)
-    rs = np.linspace(0.0, 1.6, 17)
-    px = pos[:, 0, None, None] + hx * rs[None, None, :] * np.cos(a)[None, :, None]
-    py = pos[:, 1, None, None] + hy * rs[None, None, :] * np.sin(a)[None, :, None]
-    prof = _sample(dark, np.stack([px, py], -1)).mean(1)  # (N, R)
-    unfilled = prof[:, :4].mean(1) < 0.3
-    if unfilled.sum() < 3:
-        return 1.0
-    mean = prof[unfilled].mean(0)
-    lo = int(np.searchsorted(rs, 0.6))
-    j = lo + int(np.argmax(mean[lo:]))
-    return float(np.clip(rs[j] / 0.95, min(RADII), max(RADII)))
-
-
-def _outline_radius(dark: np.ndarray, pos: np.ndarray, hx: float, hy: float) -> float:
-    """The printed outline's radius, as a share of the box half sizes: where
     the mean radial darkness profile of the unfilled bubbles peaks (a letter
     printed inside stays well inside it)."""
     if len(pos) > 160:  # a spread of them is plenty
