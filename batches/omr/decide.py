@@ -543,8 +543,11 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels,
             faint |= np.logical_or.reduceat(~mk & (ex >= 1.5 * lv.noise) & (m.dark > 0), starts)
     # Residue stands out of its group: a tint, a shadow or a band printed
     # under a whole group lifts all its bubbles alike (its floor: the median
-    # of its unmarked bubbles, or its lightest bubble in a group of few).
-    residue = ((ex - group_floor(ex, mk, starts, sizes) >= erase_at) & (ex < lo) & ~stroke & ~circled & ~speck)
+    # of its unmarked bubbles, or its lightest bubble in a group of few). A
+    # floor within two noise widths of the blank level is noise, not a lift:
+    # taking it off would hide residue as light as an erased scribble.
+    lifted = np.maximum(group_floor(ex, mk, starts, sizes) - 2.0 * lv.noise, 0.0)
+    residue = ((ex - lifted >= erase_at) & (ex < lo) & ~stroke & ~circled & ~speck)
     residue |= rubbed | rubbed_outline(m, mk, even)
     erasure = np.logical_or.reduceat(residue, starts)
     circ = np.logical_or.reduceat(circled, starts)

@@ -102,3 +102,18 @@ def test_omrchecker_sheets_read_a_dash_across_two_bubbles_as_the_engine_does():
                                         if out["answers"][k] != v}
     for k, v in expected.items():
         assert out["answers"][k] == v or out["flags"][k], (k, out["answers"][k], v)
+
+
+def test_a_light_scribble_in_a_group_lying_at_the_blank_level_is_flagged_not_read_blank_silently():
+    # A rough 150-dpi scan of real paper: one answer is a light pencil
+    # scribble (q79 D, 0.09 over its blank level, just under the grey zone,
+    # too few dark pixels for a stroke). Its group lies within the noise of
+    # the blank level, so the scribble is residue to flag, not a band lifting
+    # the group: read blank, it must be flagged, never passed as blank.
+    rng = random.Random(56 * 100_003)
+    answers = simulate.random_answers(A4, 1, rng)
+    sim = simulate.simulate_sheet(A4, answers, page=1, seed=56 * 100_003, preset="scan_hard", style="paper")
+    assert sim.truth["answers"]["q79"] == "D" and sim.truth["styles"]["q79"] == "scribble"
+    (first,) = read_image_bytes(sim.encode_jpeg(), A4)
+    out = first.to_dict()
+    assert out["answers"]["q79"] == "D" or set(out["flags"]["q79"]) - {"blank"}, out["flags"]["q79"]
