@@ -114,9 +114,6 @@ def measure(grey: np.ndarray, frame: BubbleFrame, fit: PageFit) -> Measures:
     return Measures(mean, dark, peak, score, ring_seen, circle, paper, ink_ratio, outline)
 
 
-
-
-
 def gap_darkness(grey: np.ndarray, frame: BubbleFrame, m: Measures, pairs: np.ndarray) -> np.ndarray:
     """(P, 3) darkness (0 paper .. 1 printed black) for each pair: of the
     paper halfway between the two bubbles (nothing is printed there, so ink

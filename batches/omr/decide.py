@@ -54,7 +54,7 @@ Per sheet and per group:
   ``erasure`` (anything above 3 noise and ``ERASURE_MIN`` 0.05 over the
   rest of its group that is not read as a mark: residue, a smudge, a very
   light mark; a tint or a band printed under a whole group lifts all its
-  bubbles alike, ``group_floor``; or a mark of an even shade whose printed
+  bubbles alike, ``group_level`` of its unmarked ones; or a mark of an even shade whose printed
   outline is rubbed fainter than this sheet's marks keep theirs,
   ``rubbed_outline``: an eraser rubs the print too), ``circled``,
   ``misaligned`` (the printed outline is not where the model puts it; on
@@ -375,22 +375,14 @@ TWO_LEVEL_BLACK = 8
 TWO_LEVEL_MIDDLE = 0.06
 
 
-def group_level(ex: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+def group_level(ex: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
+                marked: np.ndarray | None = None) -> np.ndarray:
     """(N,) per bubble, how far its group as a whole lies over the blank
-    level (never under 0): the group's median excess, or its lowest in a
-    group of fewer than three (where the median would be half a mark)."""
+    level (never under 0): the median excess of the group's bubbles (only
+    its unmarked ones when ``marked`` is given) where there are at least
+    three, else its lowest excess (the median of fewer would be half a mark)."""
     gid = np.repeat(np.arange(len(sizes)), sizes)
-    med = medians_by(ex, gid, len(sizes))
-    level = np.where(sizes >= 3, med, np.minimum.reduceat(ex, starts))
-    return np.repeat(np.maximum(level, 0.0), sizes)
-
-
-def group_floor(ex: np.ndarray, mk: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """(N,) per bubble, how far its group as a whole lies over the blank
-    level (never under 0): the median excess of the group's unmarked bubbles
-    where it has at least three, else its lowest excess."""
-    gid = np.repeat(np.arange(len(sizes)), sizes)
-    free = ~mk
+    free = np.ones(len(ex), bool) if marked is None else ~marked
     count = np.bincount(gid[free], minlength=len(sizes))
     med = medians_by(ex[free], gid[free], len(sizes))
     level = np.where(count >= 3, med, np.minimum.reduceat(ex, starts))
@@ -546,7 +538,7 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels,
     # of its unmarked bubbles, or its lightest bubble in a group of few). A
     # floor within two noise widths of the blank level is noise, not a lift:
     # taking it off would hide residue as light as an erased scribble.
-    lifted = np.maximum(group_floor(ex, mk, starts, sizes) - 2.0 * lv.noise, 0.0)
+    lifted = np.maximum(group_level(ex, starts, sizes, marked=mk) - 2.0 * lv.noise, 0.0)
     residue = ((ex - lifted >= erase_at) & (ex < lo) & ~stroke & ~circled & ~speck)
     residue |= rubbed | rubbed_outline(m, mk, even)
     erasure = np.logical_or.reduceat(residue, starts)
@@ -561,7 +553,9 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels,
     mk_list = mk.tolist()
     starts_l, conf_l, n_marked_l = starts.tolist(), conf.tolist(), n_marked.tolist()
     ambiguous, faint, erasure = ambiguous.tolist(), faint.tolist(), erasure.tolist()
-    circ, misaligned = circ.tolist(), misaligned.tolist()
+    # Each doubt's flag, in the order flags are listed, and the confidence it leaves at most.
+    doubts = (("ambiguous", 0.5, ambiguous), ("faint", 0.7, faint), ("erasure", 0.7, erasure),
+              ("circled", 0.7, circ.tolist()), ("misaligned", 0.5, misaligned.tolist()))
     out: list[GroupReading] = []
     for gi, gr in enumerate(lay.groups):
         s0 = starts_l[gi]
@@ -573,21 +567,10 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels,
             c = min(c, 0.6)
         if n_marked_l[gi] == 0:
             flags.append("blank")
-        if ambiguous[gi]:
-            flags.append("ambiguous")
-            c = min(c, 0.5)
-        if faint[gi]:
-            flags.append("faint")
-            c = min(c, 0.7)
-        if erasure[gi]:
-            flags.append("erasure")
-            c = min(c, 0.7)
-        if circ[gi]:
-            flags.append("circled")
-            c = min(c, 0.7)
-        if misaligned[gi]:
-            flags.append("misaligned")
-            c = min(c, 0.5)
+        for flag, cap, raised in doubts:
+            if raised[gi]:
+                flags.append(flag)
+                c = min(c, cap)
         out.append(GroupReading(gr.key, gr.field, gr.kind, gr.position, gr.values, marked, flags, round(c, 3)))
     return out, mk
 
