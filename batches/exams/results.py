@@ -117,13 +117,7 @@ def page_links(page_obj: Page, sort: str, descending: bool, *, batch_id=None, gr
     """The pager's links (first, previous, next, last, and every row on one
     page), keeping the sort and the filter; ``None`` where there is no such
     page."""
-    params: dict[str, str] = {"sort": sort}
-    if descending:
-        params["order"] = "desc"
-    if batch_id:
-        params["batch"] = str(batch_id)
-    if group:
-        params["group"] = group
+    params = _query(sort, descending, batch_id, group)
 
     def link(number: int | str) -> str:
         return "?" + urlencode({**params, "page": str(number)})
@@ -204,14 +198,21 @@ def headers(sort: str, descending: bool, questions: list[str], *, batch_id=None,
     out = []
     for key in [*COLUMNS, *questions]:
         current = key == sort
-        params = {"sort": key}
-        if current and not descending:
-            params["order"] = "desc"
-        if batch_id:
-            params["batch"] = str(batch_id)
-        if group:
-            params["group"] = group
+        params = _query(key, current and not descending, batch_id, group)
         out.append({"key": key, "label": COLUMNS.get(key, key), "query": "?" + urlencode(params),
                     "question": key not in COLUMNS,
                     "aria_sort": ("descending" if descending else "ascending") if current else "none"})
     return out
+
+
+def _query(sort: str, descending: bool, batch_id, group: str | None) -> dict[str, str]:
+    """The table's parameters in a link: its sort, its order, the batch and
+    the group filter."""
+    params = {"sort": sort}
+    if descending:
+        params["order"] = "desc"
+    if batch_id:
+        params["batch"] = str(batch_id)
+    if group:
+        params["group"] = group
+    return params
