@@ -34,6 +34,7 @@ from ..cache import per_object
 from ..decide import CIRCLE_MIN, Measures, score_of
 from ..stats import median, percentile
 from .importer import OmrCheckerTemplate
+from .steps import strongest_peaks
 
 #: A bubble box is cut out at about this many pixels across.
 BOX_PX = 12.0
@@ -679,16 +680,8 @@ def _wide_evidence(dark: np.ndarray, pts: np.ndarray, ring: tuple[float, float, 
 def _maxima(score: np.ndarray, count: int, apart: int) -> list[tuple[float, float]]:
     """The ``count`` highest maxima of ``score`` (a square of shifts centred
     on 0), at least ``apart`` px from each other, as shifts."""
-    sc = score.astype(np.float32).copy()
     r = score.shape[0] // 2
-    out = []
-    for _ in range(count):
-        _, mv, _, (x, y) = cv2.minMaxLoc(sc)
-        if not np.isfinite(mv) or mv <= -1e8:
-            break
-        out.append((float(x - r), float(y - r)))
-        sc[max(0, y - apart):y + apart + 1, max(0, x - apart):x + apart + 1] = -1e9
-    return out
+    return [(float(x - r), float(y - r)) for _v, x, y in strongest_peaks(score.astype(np.float32), count, apart, -1e8)]
 
 
 def _settle(pe: _Padded, E: np.ndarray, pos: np.ndarray, bpos: np.ndarray, pb: float) -> tuple[np.ndarray, np.ndarray]:

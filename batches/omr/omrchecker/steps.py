@@ -491,16 +491,17 @@ def _turned(marker: np.ndarray, side: int, angle: float) -> np.ndarray:
     return cv2.resize(big, (side, side), interpolation=cv2.INTER_AREA)
 
 
-def _strongest(score: np.ndarray, count: int, apart: int, floor: float) -> list[tuple[float, int, int]]:
-    """Up to ``count`` maxima of ``score`` (value, x, y), at least ``apart`` px from each other."""
+def strongest_peaks(score: np.ndarray, count: int, apart: int, floor: float) -> list[tuple[float, int, int]]:
+    """Up to ``count`` maxima of ``score`` (value, x, y) over ``floor``, each
+    at least ``apart`` px from those before it (the highest first)."""
     s = score.copy()
     out = []
     for _ in range(count):
         _, mv, _, (x, y) = cv2.minMaxLoc(s)
-        if mv < floor:
+        if not np.isfinite(mv) or mv < floor:
             break
         out.append((float(mv), x, y))
-        s[max(0, y - apart):y + apart + 1, max(0, x - apart):x + apart + 1] = -1.0
+        s[max(0, y - apart):y + apart + 1, max(0, x - apart):x + apart + 1] = -np.inf
     return out
 
 
@@ -537,7 +538,7 @@ def markers_anywhere(grey: np.ndarray, marker: np.ndarray, width_share: float, p
         paper = cv2.dilate(s32, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * m + 1, 2 * m + 1)))[c:c + rh, c:c + rw]
         score = match * np.minimum(1.0, spread / (ANYWHERE_CONTRAST * np.maximum(paper, 20.0)))
         hits.append([(v, (x + (m - 1) / 2 + 0.5) * f - 0.5, (y + (m - 1) / 2 + 0.5) * f - 0.5, side)
-                     for v, x, y in _strongest(score, ANYWHERE_PEAKS, m, 0.2)])
+                     for v, x, y in strongest_peaks(score, ANYWHERE_PEAKS, m, 0.2)])
     best = None
     for i in range(len(sizes)):
         # Four markers of about one size: the hits at this size and its neighbours.
@@ -762,7 +763,6 @@ def fit_on_grid(grey: np.ndarray, H: np.ndarray, centres: np.ndarray, half_box: 
             return None
         out, inliers = Hn, int(keep.sum())
     return out, inliers, float(radius)
-
 
 
 def _best_rings(res: np.ndarray, pred: np.ndarray, kh: int, win: int) -> tuple[np.ndarray, np.ndarray]:
