@@ -102,7 +102,13 @@
   }
 
   document.addEventListener("keydown", (event) => {
-    if (!$("#queue")) return;
+    const queue = $("#queue");
+    if (!queue) return;
+    // Between the swap of the next sheet and its settle (20 ms, longer on a busy
+    // machine) htmx has not wired its fields yet and has given the focus back to
+    // the element of the old sheet's id (Accept): a key then would accept a sheet
+    // nobody saw, or type into a field whose change is never saved. Such keys are dropped.
+    if (!queue.dataset.settled) { event.preventDefault(); return; }
     const dialog = $("#shortcuts");
     if (dialog && dialog.open) {
       if (event.key === "?") { event.preventDefault(); dialog.close(); }
