@@ -138,3 +138,74 @@ def test_an_unfilled_sheet_of_each_sample_template_reads_blank(set_path):
     assert out["fields"] == empty
     assert all(flags == ["blank"] for flags in out["flags"].values()), out["flags"]
     assert out["needs_review"] is False
+
+
+# Other captures of the same sheets, made from these: what a second scan or
+# photo of them brings (a slant in the feeder, a wider frame, a covered marker).
+
+def _reading_of(set_path: str, name: str, image) -> dict:
+    data = cv2.imencode(".png", image)[1].tobytes()
+    return read_omrchecker_image_bytes(data, _template(set_path), source=name)[0].to_dict()
+
+
+def _answers(set_path: str, name: str) -> dict:
+    return read_omrchecker_image_bytes((ROOT / set_path / name).read_bytes(), _template(set_path),
+                                       source=name)[0].to_dict()["answers"]
+
+
+@pytest.mark.parametrize("set_path, name", [("community/dxuian", "omrcollegesheet.jpg"),
+                                            ("sample6", "doc-scans/sample_roll_02.jpg"),
+                                            ("community/Sandeep-1507", "omr-2.png")])
+@pytest.mark.parametrize("angle", [2.0, -2.5])
+def test_a_scan_fed_at_a_slant_reads_as_the_straight_one(set_path, name, angle):
+    # A template without a page-finding step takes the image as the page: a
+    # page fed at a slant is turned back as its printed rows lie.
+    image = cv2.imread(str(ROOT / set_path / name))
+    h, w = image.shape[:2]
+    turned = cv2.warpAffine(image, cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0), (w, h),
+                            borderMode=cv2.BORDER_REPLICATE)
+    reading = _reading_of(set_path, name, turned)
+    assert reading["error"] is None
+    assert "turned" in reading["alignment"], reading["alignment"]
+    assert reading["answers"] == _answers(set_path, name)
+
+
+def test_the_skew_of_a_page_is_measured_from_its_printed_rows():
+    from batches.omr.omrchecker.locate import processing_image, skew
+
+    t = _template("community/dxuian")
+    grey = cv2.imread(str(ROOT / "community/dxuian/omrcollegesheet.jpg"), cv2.IMREAD_GRAYSCALE)
+    h, w = grey.shape
+    level = skew(processing_image(grey, t)[0])
+    assert abs(level) < 0.3
+    for angle in (-3.5, -1.2, 0.8, 4.0):
+        turned = cv2.warpAffine(grey, cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0), (w, h),
+                                borderMode=cv2.BORDER_REPLICATE)
+        assert abs(skew(processing_image(turned, t)[0]) - level - angle) < 0.25, angle
+
+
+@pytest.mark.parametrize("corner", range(4))
+def test_a_covered_corner_marker_is_placed_from_the_other_three(corner):
+    set_path, name = "community/UmarFarootAPS", "scans/scan-type-1.jpg"
+    image = cv2.imread(str(ROOT / set_path / name))
+    original = read_omrchecker_image_bytes((ROOT / set_path / name).read_bytes(), _template(set_path),
+                                           source=name)[0]
+    x, y = original.marks_px[corner]  # the markers' centres
+    r = int(0.045 * image.shape[1])
+    cv2.rectangle(image, (int(x - r), int(y - r)), (int(x + r), int(y + r)), (235, 235, 235), -1)
+    reading = _reading_of(set_path, name, image)
+    assert reading["error"] is None
+    assert any("placed from the other three" in n for n in reading["template_notes"])
+    assert reading["answers"] == original.to_dict()["answers"]
+
+
+@pytest.mark.parametrize("border", [(7, 132, 20, 60), (0, 150, 0, 0), (100, 100, 100, 100)])
+def test_markers_of_a_page_photographed_in_a_wider_frame_are_found(border):
+    # The paper is larger than the template's page (a slip below it): framed
+    # more widely, its outline's corners are not where the markers are.
+    set_path, name = "sample1", "MobileCamera/sheet1.jpg"
+    image = cv2.copyMakeBorder(cv2.imread(str(ROOT / set_path / name)), *border, cv2.BORDER_CONSTANT,
+                               value=(120, 120, 120))
+    reading = _reading_of(set_path, name, image)
+    assert reading["error"] is None
+    assert reading["answers"] == _answers(set_path, name)

@@ -159,10 +159,12 @@ def _page_h(quad: np.ndarray) -> tuple[np.ndarray, float, float]:
     return rect_h(fw, fh, quad), fw, fh
 
 
-def run_steps(work: np.ndarray, t: OmrCheckerTemplate, quad: np.ndarray | None) -> Candidate:
+def run_steps(work: np.ndarray, t: OmrCheckerTemplate, quad: np.ndarray | None, complete: bool = False) -> Candidate:
     """The template's alignment steps as one homography, template page px ->
     ``work`` px. ``quad``: the page outline to use for ``CropPage`` (and, for
-    a template without one, to search markers in); None: the whole image."""
+    a template without one, to search markers in); None: the whole image.
+    ``complete``: a corner marker not found is placed from the other three
+    (``steps.find_markers``)."""
     h, w = work.shape
     H, fw, fh = np.eye(3), float(w), float(h)
     how: list[str] = []
@@ -191,8 +193,21 @@ def run_steps(work: np.ndarray, t: OmrCheckerTemplate, quad: np.ndarray | None) 
             try:
                 centres, _ = find_markers(work, Hs, sw, sh, marker, share, **kw)
             except StepError as exc:
-                centres, _ = find_markers(work, Hs, sw, sh, marker, share, lenient=True, **kw)
-                notes.append(f"{exc.reason}: accepted, the bubble outlines confirm the placement")
+                # A weak match accepted (``complete``: one missing, off the
+                # image's edge, placed from the other three instead).
+                try:
+                    centres, _ = find_markers(work, Hs, sw, sh, marker, share, lenient=True, complete=complete,
+                                              **kw)
+                except StepError:
+                    if not cropped:
+                        raise
+                    # On a paper larger than the template's page (a slip
+                    # below it) the markers are not in the outline's corners:
+                    # over the whole of each quarter, at more sizes.
+                    centres, _ = find_markers(work, Hs, sw, sh, marker, share, lenient=True, complete=complete,
+                                              **{**kw, "wide": True})
+                notes.append(f"{exc.reason}: {'placed from the other three' if complete else 'accepted'}, "
+                             "the bubble outlines confirm the placement")
             corners = cv2.perspectiveTransform(centres.reshape(-1, 1, 2).astype(np.float64), Hs).reshape(4, 2)
             H, fw, fh = rect_h(t.page_w, t.page_h, corners), t.page_w, t.page_h
             cropped = True
@@ -270,6 +285,53 @@ def markers_over_the_image(work: np.ndarray, t: OmrCheckerTemplate) -> Candidate
     return Candidate(rect_h(t.page_w, t.page_h, centres), how, notes)
 
 
+#: The skew of a page's printed lines is looked for within this many degrees
+#: (in steps of a half, then of a tenth around the best); under ``SKEW_MIN``
+#: it is left to the grid's fit.
+SKEW_RANGE = 5.0
+SKEW_MIN = 0.4
+
+
+def _row_spread(ink: np.ndarray, angle: float) -> float:
+    """How much the row sums of ``ink`` turned back by ``angle`` vary."""
+    h, w = ink.shape
+    M = cv2.getRotationMatrix2D((w / 2, h / 2), -angle, 1.0)
+    return float(np.var(cv2.warpAffine(ink, M, (w, h), flags=cv2.INTER_LINEAR).sum(1)))
+
+
+def skew(work: np.ndarray) -> float:
+    """The angle (degrees, counter-clockwise in the image) by which the
+    page's printed rows lie turned: the one at which the dark pixels' row
+    sums vary most (rows of bubbles, of text and rules line up then), as a
+    scanner that fed a page at a slant turns it."""
+    ink = cv2.adaptiveThreshold(work, 1, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY_INV, 25, 10)
+    ink = ink.astype(np.float32)
+    h, w = ink.shape
+    f = min(1.0, 400.0 / max(h, w))
+    small = cv2.resize(ink, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    coarse = np.arange(-SKEW_RANGE, SKEW_RANGE + 1e-9, 0.5)
+    a0 = float(coarse[int(np.argmax([_row_spread(small, a) for a in coarse]))])
+    fine = a0 + np.arange(-0.5, 0.5 + 1e-9, 0.1)
+    v = [_row_spread(ink, a) for a in fine]
+    k = int(np.argmax(v))
+    if 0 < k < len(v) - 1:  # the peak between the steps, by a parabola
+        den = v[k - 1] - 2 * v[k] + v[k + 1]
+        return float(fine[k] + (0.05 * (v[k - 1] - v[k + 1]) / den if den < 0 else 0.0))
+    return float(fine[k])
+
+
+def deskewed(work: np.ndarray, c: Candidate) -> Candidate | None:
+    """``c`` turned about the image's centre by the page's ``skew``: a scan
+    whose page fills the image, fed at a slant (the template's page is the
+    image, so its corners tell nothing). None when the page lies square."""
+    a = skew(work)
+    if abs(a) < SKEW_MIN:
+        return None
+    h, w = work.shape
+    R = np.vstack([cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), a, 1.0), [0, 0, 1]])
+    return Candidate(R @ c.H, f"{c.how}, turned {a:+.2f} degrees as its printed rows lie", list(c.notes))
+
+
 def candidates(work: np.ndarray, t: OmrCheckerTemplate) -> Iterator[Candidate | StepError]:
     """Placements to try, likeliest first (a ``StepError`` for one that
     failed, so the reader can tell why when none is left)."""
@@ -287,9 +349,23 @@ def candidates(work: np.ndarray, t: OmrCheckerTemplate) -> Iterator[Candidate | 
             c.how += " (page outline first)"
         return c
 
+    def completed(q: np.ndarray | None) -> Iterator[Candidate]:
+        # A marker off the image's edge (or matched wrongly where a weak
+        # match was accepted): the fourth corner of the other three.
+        if "CropOnMarkers" in align:
+            try:
+                yield run_steps(work, t, q, complete=True)
+            except StepError:
+                pass
+
     if not outlines_first:
         try:
-            yield run_steps(work, t, None)
+            first = run_steps(work, t, None)
+            yield first
+            if not align:
+                turned = deskewed(work, first)
+                if turned is not None:
+                    yield turned
         except StepError as exc:
             yield exc
         # One marker per quarter of the image is not where a page lies off
@@ -297,13 +373,22 @@ def candidates(work: np.ndarray, t: OmrCheckerTemplate) -> Iterator[Candidate | 
         found = markers_over_the_image(work, t)
         if found is not None:
             yield found
+        yield from completed(None)
     else:
         q = omrchecker_outline(work, t)
         if q is not None:
             yield from_outline(q)
+            yield from completed(q)
     quick = quick_outlines(work)
     for q in itertools.islice(quick, 2):  # Otsu's level, as found and refined
         yield from_outline(q)
+    if outlines_first:
+        # Markers inside a page outline are looked for in its corners: on a
+        # paper larger than the template's page (a slip below it, a fold) they
+        # are not there. The markers by their shape and layout instead.
+        found = markers_over_the_image(work, t)
+        if found is not None:
+            yield found
     # The slower, wider search: outlines at more levels, opened harder (a
     # pen or a hand over the page), from their straight runs, and from edges;
     # then what is left of the quick ones.

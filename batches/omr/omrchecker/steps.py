@@ -322,7 +322,7 @@ def prepare_marker(marker: np.ndarray) -> np.ndarray:
 
 def find_markers(grey: np.ndarray, H_frame: np.ndarray, frame_w: float, frame_h: float, marker: np.ndarray,
                  width_share: float, *, min_match: float = 0.3, max_variation: float = 0.41,
-                 wide: bool = False, lenient: bool = False) -> tuple[np.ndarray, list[float]]:
+                 wide: bool = False, lenient: bool = False, complete: bool = False) -> tuple[np.ndarray, list[float]]:
     """Centres of the four corner markers, in frame px (TL, TR, BR, BL).
 
     ``H_frame``: frame px -> image px (the frame is the image itself, or the
@@ -333,7 +333,10 @@ def find_markers(grey: np.ndarray, H_frame: np.ndarray, frame_w: float, frame_h:
     marker matches at least ``min_match`` or where the match is
     ``max_variation`` below the best one (``lenient``: only the first test; a
     shadow over one marker lowers its match, and the caller checks the placement
-    on the bubbles anyway).
+    on the bubbles anyway); ``complete``: the weakest marker, when it alone
+    fails either test (off the image's edge, under a thumb), is placed where
+    the other three put it, as the fourth corner of their parallelogram (the
+    caller checks that on the bubbles too).
     """
     work_w = 900.0
     s = work_w / frame_w
@@ -431,9 +434,13 @@ def find_markers(grey: np.ndarray, H_frame: np.ndarray, frame_w: float, frame_h:
     quads = [(q[0], q[1], q[2]) for q in qs]
     top = max(q[0] for q in quads)
     names = ("top-left", "top-right", "bottom-right", "bottom-left")
-    for (v, _, _), nm in zip(quads, names, strict=True):
-        if v < min_match or (top - v >= max_variation and not lenient):
-            raise StepError(f"corner marker not found in the {nm} quarter "
+    weak = [k for k, (v, _, _) in enumerate(quads)
+            if v < min_match or (top - v >= max_variation and not (lenient and not complete))]
+    missing = weak[0] if complete and len(weak) == 1 else None
+    for k in weak:
+        if k != missing:
+            v = quads[k][0]
+            raise StepError(f"corner marker not found in the {names[k]} quarter "
                             f"(match {v:.2f}, needs {min_match:.2f} and within {max_variation:.2f} of the best, {top:.2f})")
     centres = []
     for _v, x, y, res, lx, ly in qs:
@@ -449,6 +456,8 @@ def find_markers(grey: np.ndarray, H_frame: np.ndarray, frame_w: float, frame_h:
         # Match top-left corner -> the marker's centre, work px (pixel centres at whole numbers)
         centres.append((x + dx + (mw - 1) / 2, y + dy + (mh - 1) / 2))
     c = np.array(centres)
+    if missing is not None:
+        c[missing] = c[(missing - 1) % 4] + c[(missing + 1) % 4] - c[(missing + 2) % 4]
     q = c.astype(np.float32)
     if not cv2.isContourConvex(q.reshape(-1, 1, 2)) or cv2.contourArea(q) < 0.2 * ww * wh:
         raise StepError("corner markers found do not form the page's corners")
