@@ -1,0 +1,221 @@
+"""The real OMRChecker sample sheets (``tests/data/real-sheets/``) read again
+after changes a second capture of them could bring, with what goes wrong.
+
+    python bench/real_sheet_variants.py [--kinds skew,rotate,...] [--n 2] [--strength 1.0] [--seed 1] [-v]
+
+Per kind of change, every real image is changed ``--n`` times at random (the
+same for one ``--seed``), saved as a JPEG of random quality (50-95) and read
+with its template. Per kind it prints: readings, refused, the share of answer
+columns right (the truth of ``ground_truth.csv`` or an accepted alternative),
+wrong columns read silently (neither the field nor the sheet flagged: the
+figure that must stay 0), wrong columns flagged, and sheets sent to review
+that carry no doubtful mark. ``-v`` names each refused, silent or flagged
+reading. The kinds:
+
+- ``skew``: turned up to 3 degrees within the same frame (a scanner's feeder);
+- ``rotate``: turned up to 4 degrees, the frame widened to hold it all;
+- ``scale``: 0.6 to 1.4 times the resolution;
+- ``persp``: each corner moved up to 4 % of the image (a photo at an angle);
+- ``light``: gamma, contrast and a light gradient across the page;
+- ``blur``, ``noise``: a Gaussian blur of 0.3-1.6 px, grain of 8 levels;
+- ``pad``: a grey border up to 12 % of a side (framed more widely);
+- ``crop``: up to 2 % of each side cut off;
+- ``flip180``: upside down;
+- ``mix``: several of the above at once.
+
+Templates whose page is the whole image (no page-finding step) cannot be
+placed by OMRChecker itself after ``crop``, ``pad`` or ``persp``; the figures
+show what this reader makes of them: read, flagged, or refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHEETS = ROOT / "tests" / "data" / "real-sheets" / "omrchecker"
+sys.path.insert(0, str(ROOT))
+
+from batches.omr.omrchecker import load_omrchecker_template, read_omrchecker_image_bytes  # noqa: E402
+
+
+def _set_id(set_path: str) -> str:
+    return "sample3" if set_path.startswith("sample3") else set_path
+
+
+def truth() -> tuple[list, dict, set]:
+    """(set path, image, template, emptyValue, truth row) per real image; the
+    accepted alternatives; the sheets with a doubtful mark."""
+    alternatives: dict[tuple, set[str]] = {}
+    doubtful: set[tuple] = set()
+    with open(SHEETS / "ground_truth_long.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            key = (r["set_id"], Path(r["image"]).name)
+            if r["accepted_alternatives"]:
+                alternatives.setdefault(key + (r["output_column"],), set()).update(
+                    a.upper() for a in r["accepted_alternatives"].split("|"))
+            e = r["expected"]
+            if r["ambiguous"] == "1" or (len(e) > 1 and not e.isdigit()):
+                doubtful.add(key)
+    with open(SHEETS / "manifest.csv", newline="") as f:
+        real = {(r["set_id"], Path(r["image"]).name): r["real_capture"] == "yes" for r in csv.DictReader(f)}
+    items = []
+    for gt in sorted(SHEETS.glob("**/ground_truth.csv")):
+        set_path = gt.parent.relative_to(SHEETS).as_posix()
+        t = load_omrchecker_template(gt.parent / "template.json")
+        empty = json.loads((gt.parent / "template.json").read_text()).get("emptyValue", "")
+        with open(gt, newline="") as f:
+            for row in csv.DictReader(f):
+                image = gt.parent / row["file"]
+                if real.get((_set_id(set_path), image.name), True):
+                    items.append((set_path, image, t, empty, row))
+    return items, alternatives, doubtful
+
+
+def _norm(value: str | None, empty: str) -> str:
+    value = (value or "").strip()
+    if empty and not empty.isdigit():
+        value = value.replace(empty, "")
+    return value.upper()
+
+
+def _turn(img, angle: float, widen: bool):
+    h, w = img.shape[:2]
+    M = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+    if widen:
+        c, s = abs(np.cos(np.radians(angle))), abs(np.sin(np.radians(angle)))
+        W, H = int(w * c + h * s) + 1, int(h * c + w * s) + 1
+        M[:, 2] += ((W - w) / 2, (H - h) / 2)
+        w, h = W, H
+    return cv2.warpAffine(img, M, (w, h), borderMode=cv2.BORDER_REPLICATE)
+
+
+def skew(img, rng, s):
+    a = rng.uniform(-3, 3) * s
+    return _turn(img, a, False), f"skew {a:+.1f}"
+
+
+def rotate(img, rng, s):
+    a = rng.uniform(-4, 4) * s
+    return _turn(img, a, True), f"rotate {a:+.1f}"
+
+
+def scale(img, rng, s):
+    f = float(np.exp(rng.uniform(-0.5, 0.35) * s))
+    return cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR), f"scale {f:.2f}"
+
+
+def persp(img, rng, s):
+    h, w = img.shape[:2]
+    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    moved = src + np.float32([[rng.uniform(-1, 1) * 0.04 * s * w, rng.uniform(-1, 1) * 0.04 * s * h] for _ in range(4)])
+    M = cv2.getPerspectiveTransform(src, moved)
+    return cv2.warpPerspective(img, M, (w, h), borderMode=cv2.BORDER_REPLICATE), "persp"
+
+
+def light(img, rng, s):
+    g, c = float(np.exp(rng.uniform(-0.5, 0.5) * s)), 1 - rng.uniform(0, 0.3) * s
+    h, w = img.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = rng.uniform(0, 2 * np.pi)
+    gradient = 1 - 0.35 * s * (np.cos(a) * (xx / w - 0.5) + np.sin(a) * (yy / h - 0.5) + 0.7) / 1.4
+    x = ((img.astype(np.float32) / 255) ** g - 0.5) * c + 0.5
+    return np.clip(x * gradient[..., None] * 255, 0, 255).astype(np.uint8), f"gamma {g:.2f} contrast {c:.2f}"
+
+
+def blur(img, rng, s):
+    sigma = rng.uniform(0.3, 1.6) * s
+    return cv2.GaussianBlur(img, (0, 0), sigma), f"blur {sigma:.2f}"
+
+
+def noise(img, rng, s):
+    return np.clip(img + rng.normal(0, 8 * s, img.shape), 0, 255).astype(np.uint8), "noise"
+
+
+def pad(img, rng, s):
+    h, w = img.shape[:2]
+    t, b, left, right = (int(rng.uniform(0, 0.12 * s) * d) for d in (h, h, w, w))
+    grey = int(rng.integers(40, 200))
+    return cv2.copyMakeBorder(img, t, b, left, right, cv2.BORDER_CONSTANT, value=(grey,) * 3), f"pad {t},{b},{left},{right}"
+
+
+def crop(img, rng, s):
+    h, w = img.shape[:2]
+    t, b, left, right = (int(rng.uniform(0, 0.02 * s) * d) for d in (h, h, w, w))
+    return img[t:h - b, left:w - right], f"crop {t},{b},{left},{right}"
+
+
+def flip180(img, rng, s):
+    return cv2.rotate(img, cv2.ROTATE_180), "180"
+
+
+def mix(img, rng, s):
+    done = []
+    for change in rng.permutation([rotate, scale, persp, light, blur]):
+        if rng.random() < 0.6:
+            img, d = change(img, rng, s)
+            done.append(d)
+    return img, "; ".join(done)
+
+
+KINDS = {f.__name__: f for f in (skew, rotate, scale, persp, light, blur, noise, pad, crop, flip180, mix)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--n", type=int, default=2, help="changed copies of each image per kind")
+    ap.add_argument("--strength", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    a = ap.parse_args()
+    items, alternatives, doubtful = truth()
+    for kind in a.kinds.split(","):
+        n = refused = cols = right = silent = flagged_wrong = needless = 0
+        for i, (set_path, image, t, empty, row) in enumerate(items):
+            img = cv2.imread(str(image), cv2.IMREAD_COLOR)
+            for k in range(a.n):
+                rng = np.random.default_rng([a.seed, i, k, zlib.crc32(kind.encode())])
+                changed, what = KINDS[kind](img, rng, a.strength)
+                quality = int(rng.integers(50, 95))
+                data = cv2.imencode(".jpg", changed, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+                r = read_omrchecker_image_bytes(data, t, source=image.name)[0].to_dict()
+                label = f"{kind} {set_path}/{image.name} [{what}; JPEG {quality}]"
+                n += 1
+                if r.get("error") or not r.get("answers"):
+                    refused += 1
+                    if a.verbose:
+                        print(f"  refused  {label}: {r.get('error')}")
+                    continue
+                key = (_set_id(set_path), image.name)
+                needless += bool(r["needs_review"]) and key not in doubtful
+                wrong = 0
+                for col, expected in row.items():
+                    if col == "file":
+                        continue
+                    got = _norm(r["answers"].get(col), empty)
+                    cols += 1
+                    if got == expected.upper() or got in alternatives.get(key + (col,), set()):
+                        right += 1
+                    elif r["needs_review"] or set(r["flags"].get(col, [])) - {"blank"}:
+                        flagged_wrong += 1
+                        wrong += 1
+                    else:
+                        silent += 1
+                        print(f"  SILENT   {label} {col}: read {got!r}, truth {expected!r}")
+                if a.verbose and wrong:
+                    print(f"  flagged  {label}: {wrong} columns wrong ({r['alignment']})")
+        print(f"{kind:8} readings={n} refused={refused} right={100 * right / max(cols, 1):.2f}% "
+              f"silent={silent} wrong_flagged={flagged_wrong} needless_review={needless}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
