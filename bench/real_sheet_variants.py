@@ -176,6 +176,7 @@ def main() -> None:
     ap.add_argument("--strength", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--save", type=Path, help="keep each changed image here, as KIND-N-K.jpg")
     a = ap.parse_args()
     items, alternatives, doubtful = truth()
     for kind in a.kinds.split(","):
@@ -187,8 +188,11 @@ def main() -> None:
                 changed, what = KINDS[kind](img, rng, a.strength)
                 quality = int(rng.integers(50, 95))
                 data = cv2.imencode(".jpg", changed, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+                if a.save:
+                    a.save.mkdir(parents=True, exist_ok=True)
+                    (a.save / f"{kind}-{i}-{k}.jpg").write_bytes(data)
                 r = read_omrchecker_image_bytes(data, t, source=image.name)[0].to_dict()
-                label = f"{kind} {set_path}/{image.name} [{what}; JPEG {quality}]"
+                label = f"{kind}-{i}-{k} {set_path}/{image.name} [{what}; JPEG {quality}]"
                 n += 1
                 if r.get("error") or not r.get("answers"):
                     refused += 1
