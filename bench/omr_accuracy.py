@@ -7,7 +7,8 @@ read, accuracy, silent errors (wrong and not flagged) and flag rate.
 ``--omrchecker`` reads sheets of an OMRChecker-format template instead (corner
 markers, a roll number, MCQ blocks; the one the engine's tests read), drawn by
 the same simulator with the same presets and mark styles, so the two kinds of
-template are measured alike. Accuracy there is per output column.
+template are measured alike. Accuracy there is per output column; ``--shape
+square`` or ``oval`` prints its bubbles so instead of as circles.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ STYLES = ["filled", "pencil", "light", "half", "tick", "cross", "mixed", "pen", 
 
 
 def run_cell(args):
-    template_name, preset, style, sheets, seed = args
+    template_name, preset, style, sheets, seed, _shape = args
     from batches.omr import load_template, page_layout, reader
     from batches.omr.synthetic import accuracy
 
@@ -41,7 +42,7 @@ def run_cell(args):
 
 
 def run_omrchecker_cell(args):
-    _template_name, preset, style, sheets, seed = args
+    _template_name, preset, style, sheets, seed, shape = args
     import numpy as np
     from _common import cv2
 
@@ -58,7 +59,7 @@ def run_omrchecker_cell(args):
     for i in range(sheets):
         rng = np.random.default_rng(seed * 1000 + i)
         answers = {f.label: f.values[rng.integers(len(f.values))] for f in t.fields if rng.random() > 0.1}
-        sim = simulate_omrchecker_sheet(t, answers, preset=preset, seed=seed * 1000 + i, style=style)
+        sim = simulate_omrchecker_sheet(t, answers, preset=preset, seed=seed * 1000 + i, style=style, shape=shape)
         reading = read_omrchecker_image_bytes(sim.encode_jpeg(), t)[0].to_dict()
         truth = {"answers": expected_response(t, answers), "source": f"{preset}/{style}#{i}"}
         total.add(accuracy.score_sheet(reading, truth, bubbles, joined))
@@ -74,9 +75,11 @@ def main() -> int:
     parser.add_argument("--style", action="append")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--omrchecker", action="store_true", help="an OMRChecker-format template's sheets")
+    parser.add_argument("--shape", default="circle", choices=("circle", "square", "oval"),
+                        help="with --omrchecker: the printed bubbles' shape")
     args = parser.parse_args()
     run = run_omrchecker_cell if args.omrchecker else run_cell
-    cells = [(args.template, p, s, args.sheets, args.seed + i)
+    cells = [(args.template, p, s, args.sheets, args.seed + i, args.shape)
              for i, (p, s) in enumerate(itertools.product(args.preset or PRESETS, args.style or STYLES))]
     print(f"{'preset':14} {'style':8} {'sheets':>6} {'failed':>6} {'bubbles':>8} {'accuracy':>9} "
           f"{'silent':>6} {'flagged':>8} {'needless':>8}")

@@ -283,6 +283,23 @@ def test_printed_bubbles_larger_or_smaller_than_the_template_boxes():
         assert_right_or_flagged(out, expected_response(t, answers))
 
 
+@pytest.mark.parametrize("shape", ["square", "oval"])
+def test_bubbles_printed_as_squares_or_ovals(shape):
+    # Forms other than OMRChecker's print boxes or ovals: the outline evidence
+    # is a ring, and still finds them; a fill reads as in a circle.
+    t = marker_template()
+    answers = some_answers(t, seed=11)
+    for preset, seed in (("scan_mild", 3), ("photo_mild", 4)):
+        # (No erased earlier answers nor stray marks: nothing to flag on these.)
+        quiet = dataclasses.replace(PRESETS[preset], erasure_rate=0.0, stray_marks=0)
+        out = read_back(t, answers, quiet, seed=seed, shape=shape)
+        assert out["alignment"] == "CropOnMarkers" or "CropOnMarkers" in out["alignment"]
+        assert_right_or_flagged(out, expected_response(t, answers))
+        assert not out["needs_review"], (preset, out["sheet_flags"], {k: v for k, v in out["flags"].items() if v})
+    with pytest.raises(ValueError, match="unknown bubble shape"):
+        read_back(t, answers, "clean", shape="hexagon")
+
+
 def test_filters_and_no_preprocessors():
     answers = some_answers(page_template(), seed=5)
     for kind, preset in (("filters", "photo_mild"), ("none", "clean")):

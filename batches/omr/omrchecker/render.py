@@ -22,6 +22,8 @@ from ..layout import MM_PER_INCH, BubbleGeom, Group, PageLayout, Rect, Square
 from ..template import Box, Mark, Template
 from .importer import OmrCheckerTemplate
 
+#: The printed bubbles ``render_sheet`` draws.
+SHAPES = ("circle", "square", "oval")
 #: Printed circle diameter as a share of the bubble box's smaller side.
 CIRCLE_SHARE = 0.82
 OUTLINE_MM = 0.28
@@ -84,13 +86,19 @@ def sheet_template(t: OmrCheckerTemplate) -> Template:
 
 
 def render_sheet(t: OmrCheckerTemplate, dpi: float = 200.0, *, letters: bool = True,
-                 decor: bool = True, circle_share: float = CIRCLE_SHARE) -> tuple[np.ndarray, PageLayout]:
+                 decor: bool = True, circle_share: float = CIRCLE_SHARE,
+                 shape: str = "circle") -> tuple[np.ndarray, PageLayout]:
     """The printed sheet at ``dpi`` (grey uint8) and its bubbles as a
     ``PageLayout`` in that raster's pixels (one group per OMRChecker field).
     ``letters``: each bubble's value printed in it; ``decor``: a crest and
     instructions above the bubbles when there is room; ``circle_share``: the
     printed circle's diameter over the box's smaller side (templates are often
-    drawn with boxes larger or smaller than the printed bubbles)."""
+    drawn with boxes larger or smaller than the printed bubbles); ``shape``:
+    the printed bubble, a ``circle``, a ``square`` (a box with its side the
+    circle's diameter) or an ``oval`` (as wide, two thirds as tall), as forms
+    other than OMRChecker's print them."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown bubble shape {shape!r}: one of {', '.join(SHAPES)}")
     g = sheet_geometry(t)
     px = dpi / MM_PER_INCH  # px per mm
     W, H = int(round(g.width * px)), int(round(g.height * px))
@@ -107,8 +115,14 @@ def render_sheet(t: OmrCheckerTemplate, dpi: float = 200.0, *, letters: bool = T
         for v, (cx, cy) in zip(f.values, f.centres(), strict=True):
             x, y = (ox + cx * k) * px, (oy + cy * k) * px
             # A pixel centre is at i + 0.5: cv2 draws at integer coordinates.
-            cv2.circle(img, (int(round((x - 0.5) * sub)), int(round((y - 0.5) * sub))), int(round(r_mm * px * sub)),
-                       40, thick, cv2.LINE_AA, 4)
+            centre, r = (int(round((x - 0.5) * sub)), int(round((y - 0.5) * sub))), int(round(r_mm * px * sub))
+            if shape == "circle":
+                cv2.circle(img, centre, r, 40, thick, cv2.LINE_AA, 4)
+            elif shape == "square":
+                cv2.rectangle(img, (centre[0] - r, centre[1] - r), (centre[0] + r, centre[1] + r), 40, thick,
+                              cv2.LINE_AA, 4)
+            else:
+                cv2.ellipse(img, centre, (r, r * 2 // 3), 0, 0, 360, 40, thick, cv2.LINE_AA, 4)
             if letters and len(v) <= 2:
                 scale = r_mm * px / 22.0 * (1.0 if len(v) == 1 else 0.7)
                 (tw, th), _ = cv2.getTextSize(v, font, scale, 1)
@@ -167,7 +181,7 @@ def render_sheet(t: OmrCheckerTemplate, dpi: float = 200.0, *, letters: bool = T
 
 def simulate_omrchecker_sheet(t: OmrCheckerTemplate, answers: dict[str, str], *, preset="clean", seed: int = 0,
                               style=None, letters: bool = True, decor: bool = True,
-                              circle_share: float = CIRCLE_SHARE):
+                              circle_share: float = CIRCLE_SHARE, shape: str = "circle"):
     """A filled-in sheet for ``t``, captured as ``preset`` (``simulate.PRESETS``)
     delivers it. ``answers``: {OMRChecker field label: values marked, e.g. "B",
     "AC"}; labels left out are blank. Returns a ``simulate.Simulated``."""
@@ -175,7 +189,7 @@ def simulate_omrchecker_sheet(t: OmrCheckerTemplate, answers: dict[str, str], *,
 
     return simulate_sheet(sheet_template(t), answers, preset=preset, seed=seed, style=style,
                           printed=lambda dpi: render_sheet(t, dpi, letters=letters, decor=decor,
-                                                           circle_share=circle_share))
+                                                           circle_share=circle_share, shape=shape))
 
 
 def expected_response(t: OmrCheckerTemplate, answers: dict[str, str]) -> dict[str, str]:
