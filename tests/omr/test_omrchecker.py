@@ -300,6 +300,19 @@ def test_bubbles_printed_as_squares_or_ovals(shape):
         read_back(t, answers, "clean", shape="hexagon")
 
 
+def test_a_scan_framed_to_the_page_and_fed_at_a_slant_is_turned_back():
+    # No page-finding step: the image is the page. A feeder that skews the
+    # page and frames the image to it leaves no edge to find.
+    t = page_template("none")
+    answers = some_answers(t, seed=5)
+    for seed in (1, 2):
+        opts = dataclasses.replace(PRESETS["scan_mild"], framed_to_page=True, skew_deg=(2.0, 3.0), lid_grey=252,
+                                   erasure_rate=0.0)
+        out = read_back(t, answers, opts, seed=seed)
+        assert "turned" in out["alignment"], out["alignment"]
+        assert_right_or_flagged(out, expected_response(t, answers))
+
+
 def test_filters_and_no_preprocessors():
     answers = some_answers(page_template(), seed=5)
     for kind, preset in (("filters", "photo_mild"), ("none", "clean")):

@@ -153,6 +153,26 @@ def test_quarter_turns_swap_dimensions_exactly(template, answers):
         assert turned.truth["params"]["quarter_turns"] == k
 
 
+def test_a_page_framed_to_its_own_size_is_turned_within_it(template, answers):
+    # A sheet feeder or a scanning app frames the page: the image is the
+    # page's size however the page lies, its corners cut, no edge around it.
+    opts = dataclasses.replace(PRESETS["clean"], framed_to_page=True, skew_deg=3.0, lid_grey=252)
+    sim = simulate_sheet(template, answers, seed=6, preset=opts)
+    h, w = sim.image.shape[:2]
+    px = sim.truth["geometry"]["dpi"] / 25.4
+    assert (w, h) == (round(template.page_width * px), round(template.page_height * px))
+    H = np.array(sim.truth["geometry"]["page_mm_to_image"])
+    pw, ph = template.page_width, template.page_height
+    corners = np.array([H @ [x, y, 1.0] for x, y in ((0, 0), (pw, 0), (pw, ph), (0, ph))])
+    corners = corners[:, :2] / corners[:, 2:]
+    # Turned 3 degrees about the image's centre: every corner falls outside it.
+    outside = (corners[:, 0] < 0) | (corners[:, 1] < 0) | (corners[:, 0] > w) | (corners[:, 1] > h)
+    assert outside.all()
+    assert np.allclose(corners.mean(0), (w / 2, h / 2), atol=1.0)
+    upright = dataclasses.replace(opts, skew_deg=0.0)
+    assert simulate_sheet(template, answers, seed=6, preset=upright).image.shape[:2] == (h, w)
+
+
 @pytest.mark.parametrize("name", ["scan_moderate", "scan_hard", "photo_mild", "photo_hard"])
 def test_truth_geometry_finds_the_registration_marks(preset_sims, template, name):
     sim = preset_sims[name]

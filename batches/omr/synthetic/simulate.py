@@ -96,7 +96,10 @@ class SimOptions:
     (printer "fit to page", scanner calibration); ``perspective`` corner jitter
     as a fraction of the page's long side; ``crop_mm`` at most this much cut off
     one or more page edges; ``lid_border_mm`` background visible around the page,
-    of grey ``lid_grey``; ``noise`` Gaussian sigma in grey levels.
+    of grey ``lid_grey``; ``noise`` Gaussian sigma in grey levels;
+    ``framed_to_page``: the image is the page's own size, centred on it, as a
+    sheet feeder or a scanning app frames it: a skewed page has its corners cut
+    and the lid in the triangles it leaves, and shows no edge to find.
 
     Light and dirt (both modes): ``paper`` name in ``PAPERS``, ``"random"`` (a
     light one), ``"any"`` (tinted ones too) or a BGR tuple; ``colour_cast``
@@ -145,6 +148,7 @@ class SimOptions:
     crop_mm: Range = 0.0
     lid_border_mm: Range = 0.0
     lid_grey: Range = 235
+    framed_to_page: bool = False
     # light and sensor
     paper: Any = "white"
     colour_cast: Range = 0.0
@@ -1467,9 +1471,16 @@ def _capture_scan(ink: _Ink, t: Template, opts: SimOptions, rg: np.random.Genera
             sides[int(rg.integers(4))] = True
         crops = np.where(sides, rg.uniform(0.4, 1.0, 4) * crop_max * px, 0.0)
     ext = np.where(crops > 0, -crops, margins)  # left, top, right, bottom
-    q -= lo - ext[:2]
-    out_w = max(16, int(round(hi[0] - lo[0] + ext[0] + ext[2])))
-    out_h = max(16, int(round(hi[1] - lo[1] + ext[1] + ext[3])))
+    if opts.framed_to_page:
+        # The page's own size (upright or on its side), centred on the page.
+        upright = abs(math.cos(a)) >= abs(math.sin(a))
+        out_w = max(16, int(round((pw if upright else ph) * scale)))
+        out_h = max(16, int(round((ph if upright else pw) * scale)))
+        q += (out_w / 2, out_h / 2)
+    else:
+        q -= lo - ext[:2]
+        out_w = max(16, int(round(hi[0] - lo[0] + ext[0] + ext[2])))
+        out_h = max(16, int(round(hi[1] - lo[1] + ext[1] + ext[3])))
     H = cv2.getPerspectiveTransform(corners.astype(np.float32), q.astype(np.float32)).astype(np.float64)
     identity = np.allclose(H, np.eye(3), atol=1e-9) and (out_w, out_h) == (pw, ph)
     page_in, pen_in = ink.page, ink.pen_layer
