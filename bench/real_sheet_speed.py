@@ -17,7 +17,6 @@ CPU times are the figures to compare.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import resource
 import statistics
@@ -33,20 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 def real_images() -> list[tuple[Path, Path]]:
     """(image, its template.json) for every real capture with hand-checked truth."""
-    real = {}
-    with open(SHEETS / "manifest.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            real[(r["set_id"], Path(r["image"]).name)] = r["real_capture"] == "yes"
-    out = []
-    for truth in sorted(SHEETS.glob("**/ground_truth.csv")):
-        set_path = truth.parent.relative_to(SHEETS).as_posix()
-        set_id = "sample3" if set_path.startswith("sample3") else set_path
-        with open(truth, newline="") as f:
-            for row in csv.DictReader(f):
-                image = truth.parent / row["file"]
-                if real.get((set_id, image.name), True):
-                    out.append((image, truth.parent / "template.json"))
-    return out
+    from tests.omr.real_sheets import SETS, real_captures
+
+    return [(image, SHEETS / set_path / "template.json") for set_path in SETS for _row, image in real_captures(set_path)]
 
 
 def load() -> str:

@@ -31,7 +31,6 @@ show what this reader makes of them: read, flagged, or refused.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import zlib
@@ -45,46 +44,18 @@ SHEETS = ROOT / "tests" / "data" / "real-sheets" / "omrchecker"
 sys.path.insert(0, str(ROOT))
 
 from batches.omr.omrchecker import load_omrchecker_template, read_omrchecker_image_bytes  # noqa: E402
+from tests.omr.real_sheets import SETS, long_truth, norm, real_captures, set_id  # noqa: E402
 
 
-def _set_id(set_path: str) -> str:
-    return "sample3" if set_path.startswith("sample3") else set_path
-
-
-def truth() -> tuple[list, dict, set]:
-    """(set path, image, template, emptyValue, truth row) per real image; the
-    accepted alternatives; the sheets with a doubtful mark."""
-    alternatives: dict[tuple, set[str]] = {}
-    doubtful: set[tuple] = set()
-    with open(SHEETS / "ground_truth_long.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            key = (r["set_id"], Path(r["image"]).name)
-            if r["accepted_alternatives"]:
-                alternatives.setdefault(key + (r["output_column"],), set()).update(
-                    a.upper() for a in r["accepted_alternatives"].split("|"))
-            e = r["expected"]
-            if r["ambiguous"] == "1" or (len(e) > 1 and not e.isdigit()):
-                doubtful.add(key)
-    with open(SHEETS / "manifest.csv", newline="") as f:
-        real = {(r["set_id"], Path(r["image"]).name): r["real_capture"] == "yes" for r in csv.DictReader(f)}
+def truth() -> list:
+    """(set path, image, template, emptyValue, truth row) per real image."""
     items = []
-    for gt in sorted(SHEETS.glob("**/ground_truth.csv")):
-        set_path = gt.parent.relative_to(SHEETS).as_posix()
-        t = load_omrchecker_template(gt.parent / "template.json")
-        empty = json.loads((gt.parent / "template.json").read_text()).get("emptyValue", "")
-        with open(gt, newline="") as f:
-            for row in csv.DictReader(f):
-                image = gt.parent / row["file"]
-                if real.get((_set_id(set_path), image.name), True):
-                    items.append((set_path, image, t, empty, row))
-    return items, alternatives, doubtful
-
-
-def _norm(value: str | None, empty: str) -> str:
-    value = (value or "").strip()
-    if empty and not empty.isdigit():
-        value = value.replace(empty, "")
-    return value.upper()
+    for set_path in SETS:
+        tj = SHEETS / set_path / "template.json"
+        t = load_omrchecker_template(tj)
+        empty = json.loads(tj.read_text()).get("emptyValue", "")
+        items += [(set_path, image, t, empty, row) for row, image in real_captures(set_path)]
+    return items
 
 
 def _turn(img, angle: float, widen: bool):
@@ -178,7 +149,8 @@ def main() -> None:
     ap.add_argument("-v", "--verbose", action="store_true")
     ap.add_argument("--save", type=Path, help="keep each changed image here, as KIND-N-K.jpg")
     a = ap.parse_args()
-    items, alternatives, doubtful = truth()
+    items = truth()
+    alternatives, doubtful = long_truth()
     for kind in a.kinds.split(","):
         n = refused = cols = right = silent = flagged_wrong = needless = 0
         for i, (set_path, image, t, empty, row) in enumerate(items):
@@ -199,13 +171,13 @@ def main() -> None:
                     if a.verbose:
                         print(f"  refused  {label}: {r.get('error')}")
                     continue
-                key = (_set_id(set_path), image.name)
+                key = (set_id(set_path), image.name)
                 needless += bool(r["needs_review"]) and key not in doubtful
                 wrong = 0
                 for col, expected in row.items():
                     if col == "file":
                         continue
-                    got = _norm(r["answers"].get(col), empty)
+                    got = norm(r["answers"].get(col), empty)
                     cols += 1
                     if got == expected.upper() or got in alternatives.get(key + (col,), set()):
                         right += 1

@@ -6,9 +6,8 @@ sheet of every sample template reads blank."""
 
 from __future__ import annotations
 
-import csv
 import json
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 
 import cv2
@@ -17,8 +16,7 @@ import pytest
 from batches.omr.omrchecker import load_omrchecker_template, read_omrchecker_image_bytes, read_omrchecker_sheet
 from batches.omr.omrchecker.render import render_sheet
 
-ROOT = Path(__file__).resolve().parent.parent / "data" / "real-sheets" / "omrchecker"
-SETS = sorted(p.parent.relative_to(ROOT).as_posix() for p in ROOT.glob("**/ground_truth.csv"))
+from .real_sheets import ROOT, SETS, long_truth, norm, real_captures, set_id
 
 #: Sheets with no doubtful mark that are still sent to review, and why (see
 #: docs/omrchecker.md, "What still fails"). A sheet leaving this list must be
@@ -32,25 +30,6 @@ KNOWN_NEEDLESS = {
 }
 
 
-def _set_id(set_path: str) -> str:
-    return "sample3" if set_path.startswith("sample3") else set_path
-
-
-@lru_cache(maxsize=1)
-def _long_truth() -> tuple[dict, set]:
-    alternatives: dict[tuple, set[str]] = {}
-    doubtful: set[tuple] = set()
-    with open(ROOT / "ground_truth_long.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            key = (r["set_id"], Path(r["image"]).name)
-            if r["accepted_alternatives"]:
-                alternatives.setdefault(key + (r["output_column"],), set()).update(r["accepted_alternatives"].split("|"))
-            e = r["expected"]
-            if r["ambiguous"] == "1" or (len(e) > 1 and not e.isdigit()):
-                doubtful.add(key)
-    return alternatives, doubtful
-
-
 @cache
 def _template(set_path: str):
     return load_omrchecker_template(ROOT / set_path / "template.json")
@@ -59,32 +38,14 @@ def _template(set_path: str):
 @cache
 def _readings(set_path: str) -> list[tuple[dict, dict]]:
     """(truth row, reading) per real image of the set."""
-    real = {}
-    with open(ROOT / "manifest.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            real[(r["set_id"], Path(r["image"]).name)] = r["real_capture"] == "yes"
     t = _template(set_path)
-    out = []
-    with open(ROOT / set_path / "ground_truth.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            path = ROOT / set_path / row["file"]
-            if not real.get((_set_id(set_path), path.name), True):
-                continue
-            reading = read_omrchecker_image_bytes(path.read_bytes(), t, source=path.name)[0].to_dict()
-            out.append((row, reading))
-    return out
-
-
-def _norm(value: str | None, empty: str) -> str:
-    value = (value or "").strip()
-    if empty and not empty.isdigit():
-        value = value.replace(empty, "")
-    return value.upper()
+    return [(row, read_omrchecker_image_bytes(path.read_bytes(), t, source=path.name)[0].to_dict())
+            for row, path in real_captures(set_path)]
 
 
 @pytest.mark.parametrize("set_path", SETS)
 def test_every_answer_is_right_or_flagged(set_path):
-    alternatives, _ = _long_truth()
+    alternatives, _ = long_truth()
     empty = json.loads((ROOT / set_path / "template.json").read_text()).get("emptyValue", "")
     silent = []
     for row, reading in _readings(set_path):
@@ -92,8 +53,8 @@ def test_every_answer_is_right_or_flagged(set_path):
         for col, truth in row.items():
             if col == "file":
                 continue
-            got = _norm(reading["answers"].get(col), empty)
-            if got == truth.upper() or got in alternatives.get((_set_id(set_path), name, col), set()):
+            got = norm(reading["answers"].get(col), empty)
+            if got == truth.upper() or got in alternatives.get((set_id(set_path), name, col), set()):
                 continue
             flagged = reading["needs_review"] or set(reading["flags"].get(col, [])) - {"blank"}
             if not flagged:
@@ -103,10 +64,10 @@ def test_every_answer_is_right_or_flagged(set_path):
 
 @pytest.mark.parametrize("set_path", SETS)
 def test_sheets_without_doubtful_marks_are_not_sent_to_review(set_path):
-    _, doubtful = _long_truth()
+    _, doubtful = long_truth()
     needless = set()
     for row, reading in _readings(set_path):
-        key = (_set_id(set_path), Path(row["file"]).name)
+        key = (set_id(set_path), Path(row["file"]).name)
         if key not in doubtful and reading["needs_review"]:
             needless.add((set_path, key[1]))
     known = {k for k in KNOWN_NEEDLESS if k[0] == set_path}
