@@ -31,7 +31,9 @@ Per sheet and per group:
   darker than 0.5, reaching 0.45), an excess >= ``STROKE_MIN`` 0.07 over
   its group's own level (``group_level``: print or a shadow over a whole
   group is not a stroke; ``strokes.py``); or a
-  circle drawn around the bubble. Beside a clear mark in the same group, a
+  circle drawn around the bubble (dark in ``CIRCLE_MIN`` of its free
+  directions, or, in a group with nothing else marked, ``CIRCLE_PARTIAL``
+  above its group's: a hand's ring left open). Beside a clear mark in the same group, a
   light even shade just over ``T_mark`` is taken for erasure residue; and
   the weaker of two adjacent marks joined by ink across the paper between
   them (``run_on``: a dash drawn through one bubble into the next) is that
@@ -95,6 +97,11 @@ ERASURE_MIN = 0.05
 RING_MIN = 0.45
 #: A drawn circle: dark in at least this share of the free directions around.
 CIRCLE_MIN = 0.7
+#: In a group with nothing else marked, a bubble whose ``circle`` stands this
+#: far above its group's (the median) is circled too: a hand's ring is often
+#: open or off-centre. (Print beside a grid's edge lifts a whole group's
+#: ``circle``: on the real scans an unmarked bubble stands out at most 0.14.)
+CIRCLE_PARTIAL = 0.3
 #: Before the letters printed in bubbles are taken out, a bubble this far above
 #: the sheet's median is a clear mark (sets how far the unmarked ones reach).
 LETTER_CLEAR_MARK = 0.3
@@ -111,7 +118,11 @@ class Measures:
     free directions (not towards a neighbour) dark just outside the outline;
     ``paper``: local paper grey level; ``outline``: how dark the printed
     outline is (median over directions), over the typical outline of this
-    sheet's unfilled bubbles (~1; an eraser leaves it fainter).
+    sheet's unfilled bubbles (~1; an eraser leaves it fainter);
+    ``circle_apart``: ``circle`` counting only directions darker than
+    bubbles placed alike show them (print beside a row's end bubble is
+    beside every row's); None where the measure has no such bubbles to
+    compare with (then ``circle``).
     """
 
     mean: np.ndarray
@@ -124,6 +135,7 @@ class Measures:
     ink_ratio: float  # printed black / paper on this sheet (0 black .. 1 no contrast)
     outline: np.ndarray | None = None  # how dark the printed outline is, over the sheet's typical outline
     low: np.ndarray | None = None  # where the score is the mean and this low percentile of the disc (``score_of``)
+    circle_apart: np.ndarray | None = None
 
 
 @per_object
@@ -459,6 +471,13 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels,
     level = group_level(ex, starts, sizes)
     stroke = strokes(m.dark - group_level(m.dark, starts, sizes), m.peak, ex - level, lv.noise)
     circled = (m.circle >= CIRCLE_MIN) & (ex < lo)
+    # A hand's ring less closed than that (round two thirds of the free
+    # directions), standing out of a group with nothing else marked: a
+    # person reads it as the answer, circled.
+    alone = ~np.repeat(np.logical_or.reduceat((ex >= t) | stroke | circled, starts), sizes)
+    apart = m.circle if m.circle_apart is None else m.circle_apart
+    circled |= (alone & (ex < lo) & (m.circle - group_level(m.circle, starts, sizes) >= CIRCLE_PARTIAL)
+                & (apart - group_level(apart, starts, sizes) >= CIRCLE_PARTIAL))
     mk = (ex >= t) | stroke | circled
     # Anything clearly above the noise that is not read as a mark is flagged.
     erase_at = max(ERASURE_MIN, 3.0 * lv.noise)

@@ -117,3 +117,32 @@ def test_a_light_scribble_in_a_group_lying_at_the_blank_level_is_flagged_not_rea
     (first,) = read_image_bytes(sim.encode_jpeg(), A4)
     out = first.to_dict()
     assert out["answers"]["q79"] == "D" or set(out["flags"]["q79"]) - {"blank"}, out["flags"]["q79"]
+
+
+def test_an_answer_circled_by_a_ring_left_open_is_read_circled_not_blank():
+    # A hand's ring round the chosen bubble often covers two thirds of its
+    # free directions, under what a drawn circle needs; in a group with
+    # nothing else marked it stands out, and a person reads the answer.
+    from batches.omr import page_layout
+    from batches.omr.synthetic import accuracy
+
+    bubbles = len(page_layout(A4, 1).bubbles)
+    digits = [b.name for b in A4.digit_grids]
+    silent = []
+    for preset, seed in (("photo_hard", 12), ("scan_hard", 10)):
+        for i in range(2):
+            s = seed * 100_003 + i
+            answers = simulate.random_answers(A4, 1, random.Random(s))
+            sim = simulate.simulate_sheet(A4, answers, page=1, seed=s, preset=preset, style="circled")
+            (reading,) = read_image_bytes(sim.encode_jpeg(), A4)
+            silent += accuracy.score_sheet(reading.to_dict(), sim.truth, bubbles, digits).silent
+    t = marker_template()
+    for preset, seed, i in (("clean", 7, 1), ("scan_hard", 10, 0), ("scan_hard", 10, 1), ("photo_mild", 11, 1)):
+        rng = np.random.default_rng(seed * 1000 + i)
+        answers = {f.label: f.values[rng.integers(len(f.values))] for f in t.fields if rng.random() > 0.1}
+        sim = simulate_omrchecker_sheet(t, answers, preset=preset, seed=seed * 1000 + i, style="circled")
+        out = read_omrchecker_image_bytes(sim.encode_jpeg(), t)[0].to_dict()
+        for col, value in expected_response(t, answers).items():
+            if out["answers"][col] != value and not (set(out["flags"][col]) - {"blank"}) and not out["sheet_flags"]:
+                silent.append(f"{preset}#{i} {col}: read {out['answers'][col]!r}, truth {value!r}")
+    assert silent == []

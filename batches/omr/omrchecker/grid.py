@@ -883,6 +883,11 @@ def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
     ring = rings.max(2) if len(tight) and float(median(tight)) <= TIGHT_CLEAR else rings[:, :, 1:].max(2)  # (N, A)
     dark_dirs = ring > dark_at
     circle = np.where(nfree >= ANGLES // 3, (dark_dirs & geo.free).sum(1) / np.maximum(nfree, 1), 0.0)
+    # Only where darker than bubbles placed alike show it: print beside a
+    # bubble (a row's label, a grid's frame) is beside all of them. (A
+    # bubble placed like no other has nothing to stand out of: none.)
+    apart_dirs = dark_dirs & (ring - _peer_rings(ring, geo) > 0.5 * dark_at)
+    apart = np.where(nfree >= ANGLES // 3, (apart_dirs & geo.free).sum(1) / np.maximum(nfree, 1), 0.0)
     fill, share = fill.astype(np.float64), share.astype(np.float64)
     # The placement has checked each outline (``Placement.ok``): no outline
     # per bubble here, and the paper is 1 (darkness is against the local paper).
@@ -890,7 +895,44 @@ def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
     # Scored by the mean and a low percentile of the inside (``decide.score_of``).
     low = low.astype(np.float64)
     return Measures(fill, share, peak.astype(np.float64), score_of(fill, share, low), ones,
-                    circle.astype(np.float64) * (CIRCLE_MIN / CIRCLED), ones, 1.0 - ink, low=low)
+                    circle.astype(np.float64) * (CIRCLE_MIN / CIRCLED), ones, 1.0 - ink, low=low,
+                    circle_apart=apart.astype(np.float64) * (CIRCLE_MIN / CIRCLED))
+
+
+#: Bubbles placed alike (``peers``) are compared only in groups of at least
+#: this many, with what the darker ``PEERS_SHARE`` percent of them show (a
+#: low share: where many answers are circled, a neighbour's circle crosses
+#: many peers' rings).
+PEERS_MIN = 3
+PEERS_SHARE = 20
+
+
+@per_object
+def peers(geo: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """The bubbles placed alike: of one block, with the same directions free
+    of other bubbles (a column's inner bubbles, a grid's top row, every
+    row's end bubble). (order, starts) of the groups of at least
+    ``PEERS_MIN``, a group's bubbles consecutive in ``order``."""
+    ids: dict[tuple[int, bytes], int] = {}
+    group = np.array([ids.setdefault((int(b), f.tobytes()), len(ids)) for b, f in zip(geo.block, geo.free, strict=True)],
+                     np.int64)
+    keep = np.bincount(group, minlength=len(ids))[group] >= PEERS_MIN
+    order = np.flatnonzero(keep)[np.argsort(group[keep], kind="stable")]
+    starts = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0]) if len(order) else np.zeros(0, np.int64)
+    return order, starts
+
+
+def _peer_rings(ring: np.ndarray, geo: Geometry) -> np.ndarray:
+    """(N, A) what each bubble's peers (``peers``) show in each direction of
+    their rings, at their ``PEERS_SHARE`` percentile; for a bubble without
+    enough peers, its own ring (nothing stands out of it)."""
+    out = ring.copy()
+    order, starts = peers(geo)
+    ends = np.r_[starts[1:], len(order)]
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        idx = order[a:b]
+        out[idx] = np.sort(ring[idx], axis=0)[int(PEERS_SHARE / 100 * (len(idx) - 1))]
+    return out
 
 
 def gap_darkness(cut: Cutout, geo: Geometry, pl: Placement, pairs: np.ndarray) -> np.ndarray:
