@@ -172,7 +172,7 @@ def test_the_upload_page_sends_the_exam_with_the_file(live_server, browser, djan
 
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     # The batch page's stream would follow a batch that no worker runs here.
-    page.route("**/progress-stream", lambda route: route.abort())
+    page.route("**/progress-stream*", lambda route: route.abort())  # with or without ?last_event_id
     tus_requests = []
     page.on("request", lambda r: tus_requests.append(r.method) if "/api/uploads/" in r.url else None)
     page.goto(f"{live_server.url}/accounts/login/")
