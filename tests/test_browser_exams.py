@@ -46,6 +46,9 @@ def test_create_an_exam_import_a_roster_and_read_the_results(live_server, browse
     keys = make_keys(rng, 10)
     key_a = "".join(keys["A"].values())
     page = browser.new_page(viewport={"width": 1280, "height": 900})
+    # Batches here are made by the services, finished: their page has no stream to follow.
+    streams = []
+    page.on("request", lambda r: streams.append(r.url) if "progress-stream" in r.url else None)
 
     # Given a staff user who logs in and opens the exams
     page.goto(f"{live_server.url}/exams/")
@@ -151,6 +154,7 @@ def test_create_an_exam_import_a_roster_and_read_the_results(live_server, browse
     for q in ("q1", "q10"):
         key = keys["A"][q]
         expect(page.locator(f'#items tr[data-question="{q}"] .option.key[data-option="{key}"]')).to_have_count(1)
+    assert streams == [], streams
 
 
 def test_the_upload_page_sends_the_exam_with_the_file(live_server, browser, django_user_model, tmp_path, monkeypatch,
