@@ -471,14 +471,16 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels,
     level = group_level(ex, starts, sizes)
     stroke = strokes(m.dark - group_level(m.dark, starts, sizes), m.peak, ex - level, lv.noise)
     circled = (m.circle >= CIRCLE_MIN) & (ex < lo)
+    mk = (ex >= t) | stroke | circled
     # A hand's ring less closed than that (round two thirds of the free
     # directions), standing out of a group with nothing else marked: a
     # person reads it as the answer, circled.
-    alone = ~np.repeat(np.logical_or.reduceat((ex >= t) | stroke | circled, starts), sizes)
-    apart = m.circle if m.circle_apart is None else m.circle_apart
-    circled |= (alone & (ex < lo) & (m.circle - group_level(m.circle, starts, sizes) >= CIRCLE_PARTIAL)
-                & (apart - group_level(apart, starts, sizes) >= CIRCLE_PARTIAL))
-    mk = (ex >= t) | stroke | circled
+    alone = ~np.repeat(np.logical_or.reduceat(mk, starts), sizes)
+    partial = alone & (ex < lo) & (m.circle - group_level(m.circle, starts, sizes) >= CIRCLE_PARTIAL)
+    if m.circle_apart is not None:
+        partial &= m.circle_apart - group_level(m.circle_apart, starts, sizes) >= CIRCLE_PARTIAL
+    circled |= partial
+    mk |= partial
     # Anything clearly above the noise that is not read as a mark is flagged.
     erase_at = max(ERASURE_MIN, 3.0 * lv.noise)
     faint_at = FAINT_RELATIVE * lv.mark_peak

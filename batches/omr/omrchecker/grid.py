@@ -882,21 +882,24 @@ def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
     tight = ((rings[:, :, 0] > dark_at) & geo.free).sum(1) / np.maximum(nfree, 1)
     ring = rings.max(2) if len(tight) and float(median(tight)) <= TIGHT_CLEAR else rings[:, :, 1:].max(2)  # (N, A)
     dark_dirs = ring > dark_at
-    circle = np.where(nfree >= ANGLES // 3, (dark_dirs & geo.free).sum(1) / np.maximum(nfree, 1), 0.0)
-    # Only where darker than bubbles placed alike show it: print beside a
-    # bubble (a row's label, a grid's frame) is beside all of them. (A
-    # bubble placed like no other has nothing to stand out of: none.)
+
+    def circle_of(dirs: np.ndarray) -> np.ndarray:
+        # The share of the free directions dark, on ``decide.CIRCLE_MIN``'s scale.
+        dark_share = np.where(nfree >= ANGLES // 3, (dirs & geo.free).sum(1) / np.maximum(nfree, 1), 0.0)
+        return dark_share.astype(np.float64) * (CIRCLE_MIN / CIRCLED)
+
+    # ``circle_apart``: only where darker than bubbles placed alike show it:
+    # print beside a bubble (a row's label, a grid's frame) is beside all of
+    # them. (A bubble placed like no other has nothing to stand out of: none.)
     apart_dirs = dark_dirs & (ring - _peer_rings(ring, geo) > 0.5 * dark_at)
-    apart = np.where(nfree >= ANGLES // 3, (apart_dirs & geo.free).sum(1) / np.maximum(nfree, 1), 0.0)
     fill, share = fill.astype(np.float64), share.astype(np.float64)
     # The placement has checked each outline (``Placement.ok``): no outline
     # per bubble here, and the paper is 1 (darkness is against the local paper).
     ones = np.ones(n)
     # Scored by the mean and a low percentile of the inside (``decide.score_of``).
     low = low.astype(np.float64)
-    return Measures(fill, share, peak.astype(np.float64), score_of(fill, share, low), ones,
-                    circle.astype(np.float64) * (CIRCLE_MIN / CIRCLED), ones, 1.0 - ink, low=low,
-                    circle_apart=apart.astype(np.float64) * (CIRCLE_MIN / CIRCLED))
+    return Measures(fill, share, peak.astype(np.float64), score_of(fill, share, low), ones, circle_of(dark_dirs),
+                    ones, 1.0 - ink, low=low, circle_apart=circle_of(apart_dirs))
 
 
 #: Bubbles placed alike (``peers``) are compared only in groups of at least

@@ -434,8 +434,10 @@ def find_markers(grey: np.ndarray, H_frame: np.ndarray, frame_w: float, frame_h:
     quads = [(q[0], q[1], q[2]) for q in qs]
     top = max(q[0] for q in quads)
     names = ("top-left", "top-right", "bottom-right", "bottom-left")
-    weak = [k for k, (v, _, _) in enumerate(quads)
-            if v < min_match or (top - v >= max_variation and not (lenient and not complete))]
+    # ``complete`` judges by both tests: the marker it replaces may be a weak
+    # match accepted in the wrong place.
+    both = complete or not lenient
+    weak = [k for k, (v, _, _) in enumerate(quads) if v < min_match or (both and top - v >= max_variation)]
     missing = weak[0] if complete and len(weak) == 1 else None
     for k in weak:
         if k != missing:
