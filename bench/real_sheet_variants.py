@@ -10,7 +10,7 @@ columns right (the truth of ``ground_truth.csv`` or an accepted alternative),
 wrong columns read silently (neither the field nor the sheet flagged: the
 figure that must stay 0), wrong columns flagged, and sheets sent to review
 that carry no doubtful mark. ``-v`` names each refused, silent or flagged
-reading. The kinds:
+reading, and each needless review with the flags that sent it there. The kinds:
 
 - ``skew``: turned up to 3 degrees within the same frame (a scanner's feeder);
 - ``rotate``: turned up to 4 degrees, the frame widened to hold it all;
@@ -34,6 +34,7 @@ import argparse
 import json
 import sys
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -43,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHEETS = ROOT / "tests" / "data" / "real-sheets" / "omrchecker"
 sys.path.insert(0, str(ROOT))
 
+from batches.omr.flags import NOT_REVIEW  # noqa: E402
 from batches.omr.omrchecker import load_omrchecker_template, read_omrchecker_image_bytes  # noqa: E402
 from tests.omr.real_sheets import SETS, long_truth, norm, real_captures, set_id  # noqa: E402
 
@@ -137,6 +139,14 @@ def mix(img, rng, s):
     return img, "; ".join(done)
 
 
+def _flag_counts(r: dict) -> str:
+    """What sent a reading to review: each flag with the number of fields
+    carrying it, and the sheet's flags."""
+    counts = Counter(f for flags in r["flags"].values() for f in flags if f not in NOT_REVIEW)
+    parts = [f"{f} x{n}" for f, n in counts.most_common()] + [f"sheet {f}" for f in r["sheet_flags"]]
+    return ", ".join(parts) or "no flag named"
+
+
 KINDS = {f.__name__: f for f in (skew, rotate, scale, persp, light, blur, noise, pad, crop, flip180, mix)}
 
 
@@ -172,7 +182,10 @@ def main() -> None:
                         print(f"  refused  {label}: {r.get('error')}")
                     continue
                 key = (set_id(set_path), image.name)
-                needless += bool(r["needs_review"]) and key not in doubtful
+                if r["needs_review"] and key not in doubtful:
+                    needless += 1
+                    if a.verbose:
+                        print(f"  needless {label}: {_flag_counts(r)} ({r['alignment']})")
                 wrong = 0
                 for col, expected in row.items():
                     if col == "file":

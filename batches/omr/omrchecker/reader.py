@@ -33,6 +33,7 @@ from ..layout import BubbleGeom, Group, PageLayout, Rect, Square
 from ..reading import SheetReading, read_pages
 from ..stats import median
 from .grid import (
+    Cutout,
     Geometry,
     Placement,
     cut_out,
@@ -47,6 +48,7 @@ from .grid import (
 )
 from .importer import OmrCheckerTemplate
 from .locate import Candidate, candidates, processing_image
+from .register import register_layout
 from .steps import StepError, fit_on_grid
 
 #: A placement whose quality (``grid.Placement.quality``: the share of its
@@ -55,6 +57,17 @@ from .steps import StepError, fit_on_grid
 GOOD_FIT = 0.75
 #: Under this share for the best placement, the sheet is refused as misaligned.
 FAIL_FIT = 0.55
+#: A fit of the whole bubble layout (``register.register_layout``) replaces
+#: the best placement only when it fits as found this much better; another
+#: fit placed within ``AMBIGUOUS_FIT`` of it (or with as many bubbles near
+#: an outline) that puts a bubble ``RIVAL_APART`` pitches or more elsewhere
+#: (a row or a column off) makes it ambiguous: neither is taken.
+BETTER_FIT = 0.05
+AMBIGUOUS_FIT = 0.15
+RIVAL_APART = 0.6
+#: A block whose bubbles sit this far (pitches, on average) from the
+#: outlines the layout's fit found nearest them is flagged ``misaligned``.
+REGISTERED_OFF = 0.12
 #: At most this many placements are tried.
 MAX_TRIES = 10
 #: Rough placements the bubble grid is fitted from when none fits as found.
@@ -155,9 +168,12 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
     most_outside = 0.0  # the largest share of bubbles a placement put outside the image
     tried: list[tuple[float, Candidate, np.ndarray]] = []
     pitch = float(median(geo.block_pitch))
+    off_template = np.zeros(len(geo.block_pitch), bool)  # blocks flagged as placed off the template
 
-    def evaluate(cand: Candidate, H: np.ndarray) -> float:
-        nonlocal best, best_found, most_outside
+    def placed(H: np.ndarray, replace_above: float) -> tuple[Cutout, Placement]:
+        """The grid placed through ``H`` (page px -> image px), its blocks
+        searched for further when ``replace_above`` allows (``grid.place``)."""
+        nonlocal most_outside
         where = transform_points(H, geo.centres)
         outside = (where[:, 0] < 0) | (where[:, 1] < 0) | (where[:, 0] > w - 1) | (where[:, 1] > h - 1)
         most_outside = max(most_outside, float(outside.mean()))
@@ -169,10 +185,14 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
             cut = cut_out(plain, H_plain, t, scale, geo)
         else:
             cut = cut_out(grey, H, t, scale, geo)
+        return cut, place(cut, geo, SEARCH, replace_above)
+
+    def evaluate(cand: Candidate, H: np.ndarray) -> float:
+        nonlocal best, best_found
         # Blocks are searched for further only on a placement nearly as good
         # as found as the best yet (the same page bent, not one turned
         # wrong, whose every block is off).
-        pl = place(cut, geo, SEARCH, best_found - REPLACE_MARGIN)
+        cut, pl = placed(H, best_found - REPLACE_MARGIN)
         fit = pl.as_found
         best_found = max(best_found, fit)
         tried.append((fit, cand, H))
@@ -223,6 +243,30 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
                                   cand.notes + ["placement fitted on the printed bubble outlines"])
             if evaluate(grid_cand, res[0]) >= GOOD_FIT:
                 break
+    if best is not None and (best[0] < FAIL_FIT or _moved_any(best[4])):
+        # The best placement would be refused, or fits only with a block
+        # moved further than half a pitch (then every block not squarely on
+        # its outlines is flagged): the page is placed a pitch or more off
+        # somewhere, as a photo framed otherwise than a whole-image template
+        # is. The layout as a whole is fitted on the outlines found around
+        # that placement; taken only when one such fit, and no other, puts
+        # every block on its outlines where it places them (a layout a row or
+        # a column off may sit on printed outlines as well: then neither is
+        # taken).
+        rank0, cand, H, _cut, pl0 = best
+        fits = [_LayoutFit(Hr, count, off, *placed(Hr, math.inf))
+                for Hr, count, off in register_layout(grey, H, geo.centres, geo.block,
+                                                      float(median(geo.half.min(1))), pitch)
+                if not any(_same_start(S, Hr, geo.centres, pitch) for _f, _c, S in tried)]
+        fit = _unrivalled(fits, pl0, rank0, geo, pitch)
+        if fit is not None:
+            best = (_rank(fit.pl), Candidate(fit.H, cand.how + " + bubble layout", cand.notes + [
+                "placement fitted on the printed bubble layout as a whole"]), fit.H, fit.cut, fit.pl)
+            # A block the layout's fit leaves off its outlines by a steady
+            # offset is described otherwise than printed (``Sandeep-1507``'s
+            # booklet grid, labelled 0..9 and printed 1..9, 0), or the paper
+            # is bent there: read where its outlines are, flagged.
+            off_template = fit.off > REGISTERED_OFF
     out.timings_ms["align"] = (time.perf_counter() - t_start) * 1000
     if best is None:
         exc = failures[0] if failures else StepError("page not found")
@@ -271,7 +315,7 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
     if 1.0 - m.ink_ratio < MIN_CONTRAST:
         out.flag("low_contrast")
     flags = [[f for f in g.flags if f != "blank"] for g in groups]
-    for f in misaligned_fields(geo, pl):
+    for f in misaligned_fields(geo, pl) + sorted(set(geo.field[off_template[geo.block]].tolist())):
         if "misaligned" not in flags[f]:
             flags[f].append("misaligned")
     confidence = [min(g.confidence, 0.5) if flags[k] else g.confidence for k, g in enumerate(groups)]
@@ -293,6 +337,44 @@ def _rank(pl: Placement) -> float:
     ``MOVED_COST`` of the share of blocks that had to be moved there."""
     moved = float(pl.moved.mean()) if pl.moved is not None and len(pl.moved) else 0.0
     return pl.quality - MOVED_COST * moved
+
+
+def _moved_any(pl: Placement) -> bool:
+    return pl.moved is not None and bool(pl.moved.any())
+
+
+@dataclass
+class _LayoutFit:
+    """A fit of the whole bubble layout (``register.register_layout``),
+    placed: the homography, its bubbles near an outline, each block's
+    offset from its outlines (pitches), the cut-out and the placement."""
+
+    H: np.ndarray
+    count: int
+    off: np.ndarray
+    cut: Cutout
+    pl: Placement
+
+
+def _unrivalled(fits: list[_LayoutFit], replaced: Placement, replaced_rank: float, geo: Geometry,
+                pitch: float) -> _LayoutFit | None:
+    """The fit of the whole layout to take instead of the placement
+    ``replaced`` (ranked ``replaced_rank``), if any: the one placed best,
+    when it fits as found at ``GOOD_FIT`` and ``BETTER_FIT`` better than
+    ``replaced``, ranks above it, and has no rival: another fit putting a
+    bubble ``RIVAL_APART`` pitches or more elsewhere (a row or a column off)
+    that is placed within ``AMBIGUOUS_FIT`` of it or has as many bubbles
+    near an outline."""
+    if not fits:
+        return None
+    top = max(fits, key=lambda f: f.pl.as_found)
+    if (top.pl.as_found < max(GOOD_FIT, replaced.as_found + BETTER_FIT) or _rank(top.pl) <= replaced_rank):
+        return None
+    for f in fits:
+        if f is not top and _apart(top.H, f.H, geo.centres) >= RIVAL_APART * pitch and (
+                f.pl.as_found >= top.pl.as_found - AMBIGUOUS_FIT or f.count >= top.count):
+            return None
+    return top
 
 
 def misaligned_fields(geo: Geometry, pl: Placement) -> list[int]:
@@ -328,6 +410,12 @@ def _same_start(H0: np.ndarray, H: np.ndarray, centres: np.ndarray, pitch: float
     same outlines."""
     back = transform_points(np.linalg.inv(H0), transform_points(H, centres))
     return bool(np.abs(back - centres).max() < SAME_START * pitch)
+
+
+def _apart(H0: np.ndarray, H: np.ndarray, centres: np.ndarray) -> float:
+    """How far apart (page px) two placements put the bubbles furthest apart."""
+    back = transform_points(np.linalg.inv(H0), transform_points(H, centres))
+    return float(np.hypot(*(back - centres).T).max())
 
 
 def _turn(t: OmrCheckerTemplate, roll: int) -> np.ndarray:

@@ -688,7 +688,7 @@ def ecc_to_reference(grey: np.ndarray, H: np.ndarray, ref: np.ndarray) -> np.nda
     return out
 
 
-def _ring_kernel(r: float) -> np.ndarray:
+def ring_template(r: float) -> np.ndarray:
     """A printed bubble outline of radius ``r`` px as matched: a dark ring on
     white, blurred a little (float32, odd side ~2.7 r)."""
     half = int(math.ceil(1.35 * r)) + 1
@@ -697,6 +697,27 @@ def _ring_kernel(r: float) -> np.ndarray:
     img = np.full((side, side), 255, np.uint8)
     cv2.circle(img, (half * sub, half * sub), int(round(r * sub)), 0, max(1, int(round(0.18 * r + 0.8))), cv2.LINE_AA, 4)
     return cv2.GaussianBlur(img, (0, 0), 0.8).astype(np.float32)
+
+
+def page_cut(grey: np.ndarray, H: np.ndarray, lo: np.ndarray, s: float, size: tuple[int, int],
+             ) -> tuple[np.ndarray, np.ndarray, float]:
+    """The page region from ``lo`` (page px), ``s`` cut-out px per page px and
+    ``size`` (w, h) cut-out px, taken out of ``grey`` through ``H`` (page px ->
+    image px), float32; the image shrunk first when it is more than 1.6 times
+    finer (area averaging, not aliasing). Returns (the cut-out, cut-out px
+    -> image px, image px per cut-out px)."""
+    # cut-out px (pixel centres at whole numbers) -> page px -> image px
+    C = np.array([[1 / s, 0, lo[0] + 0.5 / s], [0, 1 / s, lo[1] + 0.5 / s], [0, 0, 1.0]])
+    M = H @ C
+    px_per = math.sqrt(abs(np.linalg.det((M / M[2, 2])[:2, :2])))
+    src, Mi = grey, M
+    if px_per > 1.6:
+        f = 1.0 / px_per
+        src = cv2.resize(grey, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        Mi = np.array([[f, 0, 0.5 * f - 0.5], [0, f, 0.5 * f - 0.5], [0, 0, 1.0]]) @ M
+    cut = cv2.warpPerspective(src, Mi, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+    return cut, M, px_per
 
 
 def fit_on_grid(grey: np.ndarray, H: np.ndarray, centres: np.ndarray, half_box: float, pitch: float,
@@ -731,22 +752,12 @@ def fit_on_grid(grey: np.ndarray, H: np.ndarray, centres: np.ndarray, half_box: 
         fw, fh = int(round((hi[0] - lo[0]) * s)), int(round((hi[1] - lo[1]) * s))
         if fw < 30 or fh < 30 or fw * fh > 6_000_000:
             return None
-        # cut-out px (pixel centres at whole numbers) -> page px -> image px
-        C = np.array([[1 / s, 0, lo[0] + 0.5 / s], [0, 1 / s, lo[1] + 0.5 / s], [0, 0, 1.0]])
-        M = out @ C
-        px_per = math.sqrt(abs(np.linalg.det((M / M[2, 2])[:2, :2])))
-        src, Mi = grey, M
-        if px_per > 1.6:
-            f = 1.0 / px_per
-            src = cv2.resize(grey, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-            Mi = np.array([[f, 0, 0.5 * f - 0.5], [0, f, 0.5 * f - 0.5], [0, 0, 1.0]]) @ M
-        cut = cv2.warpPerspective(src, Mi, (fw, fh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                  borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        cut, M, px_per = page_cut(grey, out, lo, s, (fw, fh))
         pred = (centres - lo) * s - 0.5  # cut-out px
         win = max(2, int(round(window * pitch * s)))
         best = None
         for rr in ((0.55, 0.7, 0.85, 1.0, 1.15, 1.3) if radius is None else (radius,)):
-            ker = _ring_kernel(rr * box_px)
+            ker = ring_template(rr * box_px)
             kh = ker.shape[0] // 2
             if ker.shape[0] >= min(fw, fh):
                 continue
