@@ -76,6 +76,19 @@ def test_a_broken_template_is_refused_naming_each_problem_and_nothing_is_stored(
     assert not SheetTemplate.objects.exists()
 
 
+def test_a_template_file_of_the_other_kind_is_refused_with_the_kind_to_choose(admin_client):
+    # An OMRChecker template.json uploaded as this project's format: one
+    # sentence naming the kind to choose, not this format's missing keys.
+    text = add_template(admin_client, kind="omr-template/1").content.decode()
+    assert "an OMRChecker template.json (it has fieldBlocks): choose the kind" in text
+    assert "OMRChecker template.json”" in text
+    assert "marks: is required" not in text
+    native = {"format": "omr-template/1", "page": {}}
+    text = add_template(admin_client, template_file=json_file(native)).content.decode()
+    assert "in this project&#x27;s format (omr-template/1): choose the kind" in text
+    assert not SheetTemplate.objects.exists()
+
+
 def test_names_of_built_in_templates_and_odd_names_are_refused(admin_client):
     assert "built-in template" in add_template(admin_client, name="a4-100q-5").content.decode()
     assert "lower-case letters" in add_template(admin_client, name="../x").content.decode()

@@ -64,6 +64,22 @@ def import_template(name: str, kind: str, template: dict, *, marker: bytes | Non
     return definition, resolved
 
 
+def _other_kind(kind: str, template) -> tuple[str, str] | None:
+    """(the other kind's label, what the file is) when an uploaded template
+    is plainly of the other kind than the one chosen: an OMRChecker
+    template.json (``fieldBlocks``, no ``format``) as this project's, or
+    this project's (``format``) as OMRChecker's. Its own parser would only
+    list what the file lacks."""
+    if not isinstance(template, dict):
+        return None
+    labels = dict(SheetTemplate.KIND_CHOICES)
+    if kind == sheet_templates.NATIVE and "fieldBlocks" in template and "format" not in template:
+        return labels[sheet_templates.OMRCHECKER], "an OMRChecker template.json (it has fieldBlocks)"
+    if kind == sheet_templates.OMRCHECKER and template.get("format") == sheet_templates.NATIVE:
+        return labels[sheet_templates.NATIVE], f"in this project's format ({sheet_templates.NATIVE})"
+    return None
+
+
 class SheetTemplateForm(forms.ModelForm):
     template_file = forms.FileField(
         label="Template file", required=False,
@@ -110,6 +126,10 @@ class SheetTemplateForm(forms.ModelForm):
                 return data
             else:
                 self.add_error("template_file", "upload the template file for the new kind")
+                return data
+            other = _other_kind(kind, template)
+            if other is not None:
+                self.add_error("kind", f"the template file is {other[1]}: choose the kind “{other[0]}”")
                 return data
             marker = _read(data["marker_image"], "the marker image") if data.get("marker_image") else None
             reference = (_read(data["reference_image"], "the reference image")

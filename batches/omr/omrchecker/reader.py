@@ -59,7 +59,7 @@ GOOD_FIT = 0.75
 FAIL_FIT = 0.55
 #: A fit of the whole bubble layout (``register.register_layout``) replaces
 #: the best placement only when it fits as found this much better; another
-#: fit placed within ``AMBIGUOUS_FIT`` of it (or with as many bubbles near
+#: fit placed within ``AMBIGUOUS_FIT`` of it (or with more bubbles near
 #: an outline) that puts a bubble ``RIVAL_APART`` pitches or more elsewhere
 #: (a row or a column off) makes it ambiguous: neither is taken.
 BETTER_FIT = 0.05
@@ -363,7 +363,7 @@ def _unrivalled(fits: list[_LayoutFit], replaced: Placement, replaced_rank: floa
     when it fits as found at ``GOOD_FIT`` and ``BETTER_FIT`` better than
     ``replaced``, ranks above it, and has no rival: another fit putting a
     bubble ``RIVAL_APART`` pitches or more elsewhere (a row or a column off)
-    that is placed within ``AMBIGUOUS_FIT`` of it or has as many bubbles
+    that is placed within ``AMBIGUOUS_FIT`` of it or has more bubbles
     near an outline."""
     if not fits:
         return None
@@ -372,7 +372,7 @@ def _unrivalled(fits: list[_LayoutFit], replaced: Placement, replaced_rank: floa
         return None
     for f in fits:
         if f is not top and _apart(top.H, f.H, geo.centres) >= RIVAL_APART * pitch and (
-                f.pl.as_found >= top.pl.as_found - AMBIGUOUS_FIT or f.count >= top.count):
+                f.pl.as_found >= top.pl.as_found - AMBIGUOUS_FIT or f.count > top.count):
             return None
     return top
 

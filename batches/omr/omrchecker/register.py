@@ -77,6 +77,16 @@ def outline_points(cut: np.ndarray, box_px: float, pitch_px: float) -> np.ndarra
     return np.stack([xs[strong], ys[strong]], 1).astype(np.float64)
 
 
+def _plausible(G: np.ndarray) -> bool:
+    """Whether ``G`` (the rough placement's cut-out px -> cut-out px) is a
+    correction of a placement, not a collapse: finite, scaling by 0.6-1.6
+    (pairs all along one row fit a degenerate map)."""
+    if not np.isfinite(G).all() or abs(G[2, 2]) < 1e-9:
+        return False
+    scale = math.sqrt(abs(np.linalg.det(G[:2, :2] / G[2, 2])))
+    return 0.6 < scale < 1.6
+
+
 def _px_per(H: np.ndarray, centres: np.ndarray, s: float) -> float:
     """Image px per cut-out px at the layout's middle, through ``H`` at ``s``
     cut-out px per page px."""
@@ -147,7 +157,7 @@ def register_layout(grey: np.ndarray, H: np.ndarray, centres: np.ndarray, block:
             if pair.sum() < enough:
                 return None
             G, mask = cv2.findHomography(base[pair], near[pair], cv2.RANSAC, 0.15 * pitch_px)
-            if G is None or mask.sum() < enough:
+            if G is None or mask.sum() < enough or not _plausible(G):
                 return None
         return G
 
