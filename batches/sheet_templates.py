@@ -153,6 +153,17 @@ def resolve(name: str) -> Resolved:
     return resolved
 
 
+def reads_qr(template: str, has_qr: bool) -> bool:
+    """Whether a batch with ``template`` and ``has_qr`` identifies its pages by
+    their QR codes: OMRChecker sheets carry none, whatever ``has_qr`` says."""
+    if not has_qr:
+        return False
+    try:
+        return resolve(template).uses_qr
+    except (FileNotFoundError, ValueError):
+        return True  # (the reading reports the template's trouble)
+
+
 def resolve_for_qr(name: str):
     """Template lookup for the name a QR code gives: built-in names and this
     project's own custom templates only (a QR code is untrusted input and never

@@ -131,6 +131,11 @@ def test_a_batch_with_an_omrchecker_template_reads_in_omrcheckers_conventions(ad
     first = Answer.objects.get(sheet__batch=batch, sheet__index=1, field="q3")
     assert first.value == "BD" and "multiple" in first.flags
     assert rows[0]["needs_review"] == "true"
+    # The pages were read in file order, and the batch says so (not "by QR code")
+    organizing = batch.events.filter(stage=Stage.ORGANIZING_QR).last()
+    assert "read as school-10q" in organizing.message and "QR code" not in organizing.message
+    page = admin_client.get(reverse("batches:detail", args=[batch.pk])).content.decode()
+    assert "pages in file order" in page and "pages identified by QR code" not in page
 
 
 def test_a_custom_template_in_this_projects_format_is_named_by_the_qr_codes(admin_client, owner):

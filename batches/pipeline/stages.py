@@ -268,7 +268,7 @@ def organize_qr(batch: Batch) -> None:
         return
     lifecycle.advance(batch, Stage.ORGANIZING_QR, "Planning the reading order")
     count = len(_manifest(batch))
-    if batch.has_qr:
+    if sheet_templates.reads_qr(batch.template, batch.has_qr):
         message = f"{count} pages in file order; each page's QR code is read with its answers"
     else:
         message = f"{count} pages in file order, read as {batch.template}; students found by their number grid"

@@ -24,7 +24,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from .. import stream_limits, streams
+from .. import sheet_templates, stream_limits, streams
 from ..exams.report import batch_report
 from ..models import ProgressEvent, Sheet, Stage
 from ..omr.imageio import ImageError
@@ -133,7 +133,8 @@ def batch_detail(request, batch_id):
     exam_report = batch_report(batch) if batch.exam_id and state.is_completed else None
     retry_sheets = len(fanout.server_failures(batch.pk)) if batch.stage == Stage.COMPLETED else 0
     return render(request, "batches/detail.html", {"batch": batch, "state": state, "links": page_links(batch),
-                                                   "report": exam_report, "retry_sheets": retry_sheets})
+                                                   "report": exam_report, "retry_sheets": retry_sheets,
+                                                   "reads_qr": sheet_templates.reads_qr(batch.template, batch.has_qr)})
 
 
 @require_POST
