@@ -8,7 +8,9 @@ same for one ``--seed``), saved as a JPEG of random quality (50-95) and read
 with its template. Per kind it prints: readings, refused, the share of answer
 columns right (the truth of ``ground_truth.csv`` or an accepted alternative),
 wrong columns read silently (neither the field nor the sheet flagged: the
-figure that must stay 0), wrong columns flagged, and sheets sent to review
+figure that must stay 0), wrong columns flagged (of which in fields that
+carry no flag of their own, on a sheet sent to review for others: a
+reviewer led by the flagged fields may pass them), and sheets sent to review
 that carry no doubtful mark. ``-v`` names each refused, silent or flagged
 reading, and each needless review with the flags that sent it there. The kinds:
 
@@ -162,7 +164,7 @@ def main() -> None:
     items = truth()
     alternatives, doubtful = long_truth()
     for kind in a.kinds.split(","):
-        n = refused = cols = right = silent = flagged_wrong = needless = 0
+        n = refused = cols = right = silent = flagged_wrong = unflagged_field = needless = 0
         for i, (set_path, image, t, empty, row) in enumerate(items):
             img = cv2.imread(str(image), cv2.IMREAD_COLOR)
             for k in range(a.n):
@@ -197,13 +199,17 @@ def main() -> None:
                     elif r["needs_review"] or set(r["flags"].get(col, [])) - {"blank"}:
                         flagged_wrong += 1
                         wrong += 1
+                        # On a sheet sent to review for other fields: a reviewer
+                        # led by the flagged fields may pass this one.
+                        unflagged_field += not set(r["flags"].get(col, [])) - {"blank"}
                     else:
                         silent += 1
                         print(f"  SILENT   {label} {col}: read {got!r}, truth {expected!r}")
                 if a.verbose and wrong:
                     print(f"  flagged  {label}: {wrong} columns wrong ({r['alignment']})")
         print(f"{kind:8} readings={n} refused={refused} right={100 * right / max(cols, 1):.2f}% "
-              f"silent={silent} wrong_flagged={flagged_wrong} needless_review={needless}", flush=True)
+              f"silent={silent} wrong_flagged={flagged_wrong} (in unflagged fields {unflagged_field}) "
+              f"needless_review={needless}", flush=True)
 
 
 if __name__ == "__main__":
