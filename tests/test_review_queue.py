@@ -102,6 +102,18 @@ def test_the_queue_leaves_out_running_batches_and_other_users(owner, colleague):
 # ---------------------------------------------------------------- leases
 
 
+def test_a_sheet_with_a_block_placed_apart_asks_for_every_answer_to_be_checked(owner):
+    # A block found apart from the rest of the page may have neighbours read
+    # a row or a column off without a flag of their own: the page says so.
+    _batch, (apart, faint) = hand_batch(owner, [{"fields": {"q1": (["misaligned"], 0.5)}},
+                                                {"fields": {"q1": (["faint"], 0.5)}}])
+    client = logged_in(owner)
+    page = client.get(reverse("batches:review-sheet", args=[apart.pk])).content.decode()
+    assert "check every answer on the picture" in page
+    page = client.get(reverse("batches:review-sheet", args=[faint.pk])).content.decode()
+    assert "check every answer on the picture" not in page
+
+
 def doubtful_rows(owner, count: int) -> tuple[Batch, list[Sheet]]:
     return hand_batch(owner, [{"fields": {"q1": (["multiple"], 0.5 + i / 100)}} for i in range(count)])
 

@@ -23,7 +23,7 @@ from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_GET, require_POST
 
 from ..models import Answer, Correction, Sheet, SheetScore
-from ..omr.flags import NOT_REVIEW
+from ..omr.flags import NOT_REVIEW, Flag
 from ..omr.imageio import ImageError
 from ..review import actions, queue, zoom
 from .auth import batches_for, get_batch_or_404
@@ -329,6 +329,11 @@ def _context(request, scope: Scope, items, sheet: Sheet | None, error: str = "",
     return context
 
 
+#: Said on a sheet with a field flagged misaligned.
+PLACED_APART = ("Part of this page was found apart from the rest (fields marked misaligned): check every answer "
+                "on the picture, not only the fields listed.")
+
+
 def sheet_context(sheet: Sheet, posted: dict, only_fields: list[str] | None = None) -> dict:
     """The sheet's flags in words, its doubtful fields (with their zoom box and
     what each accepts) and its history."""
@@ -357,6 +362,10 @@ def sheet_context(sheet: Sheet, posted: dict, only_fields: list[str] | None = No
             "zoom": _zoom_style(boxes.get(a.field), geometry),
         })
     flags = [queue.SHEET_FLAG_WORDS.get(f, f.replace("_", " ")) for f in (sheet.flags or [])]
+    if any(Flag.MISALIGNED in (a.flags or []) for a in answers):
+        # A block placed apart from the rest of the page may have neighbours
+        # placed a row or a column off without a flag of their own.
+        flags.append(PLACED_APART)
     picture = picture_url(sheet) if sheet.image else None
     return {
         "sheet": sheet,
