@@ -194,14 +194,15 @@ def main() -> None:
                         continue
                     got = norm(r["answers"].get(col), empty)
                     cols += 1
+                    field_flagged = bool(set(r["flags"].get(col, [])) - NOT_REVIEW)
                     if got == expected.upper() or got in alternatives.get(key + (col,), set()):
                         right += 1
-                    elif r["needs_review"] or set(r["flags"].get(col, [])) - {"blank"}:
+                    elif r["needs_review"] or field_flagged:
                         flagged_wrong += 1
                         wrong += 1
                         # On a sheet sent to review for other fields: a reviewer
                         # led by the flagged fields may pass this one.
-                        unflagged_field += not set(r["flags"].get(col, [])) - {"blank"}
+                        unflagged_field += not field_flagged
                     else:
                         silent += 1
                         print(f"  SILENT   {label} {col}: read {got!r}, truth {expected!r}")

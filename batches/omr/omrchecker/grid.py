@@ -208,8 +208,6 @@ def measurement_scale(t: OmrCheckerTemplate, H: np.ndarray, geo: Geometry) -> fl
 
 
 def _local_scale(H: np.ndarray, pts: np.ndarray) -> float:
-    p = np.hstack([pts, np.ones((len(pts), 1))]) @ H.T
-    w = p[:, 2:3]
     # Jacobian determinant of the projective map at the point.
     x, y = pts[0]
     a = H
@@ -218,7 +216,6 @@ def _local_scale(H: np.ndarray, pts: np.ndarray) -> float:
     v = (a[1, 0] * x + a[1, 1] * y + a[1, 2]) / den
     J = np.array([[(a[0, 0] - u * a[2, 0]) / den, (a[0, 1] - u * a[2, 1]) / den],
                   [(a[1, 0] - v * a[2, 0]) / den, (a[1, 1] - v * a[2, 1]) / den]])
-    del w
     return math.sqrt(abs(np.linalg.det(J)))
 
 

@@ -168,6 +168,7 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
     most_outside = 0.0  # the largest share of bubbles a placement put outside the image
     tried: list[tuple[float, Candidate, np.ndarray]] = []
     pitch = float(median(geo.block_pitch))
+    half_box = float(median(geo.half.min(1)))
     off_template = np.zeros(len(geo.block_pitch), bool)  # blocks flagged as placed off the template
 
     def placed(H: np.ndarray, replace_above: float) -> tuple[Cutout, Placement]:
@@ -225,7 +226,6 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         # printed bubbles everywhere (a page merging with a white paper behind
         # it, found a pitch short along a side): the grid is fitted on the
         # printed outlines themselves from the likeliest rough placements.
-        half_box = float(median(geo.half.min(1)))
         starts: list[np.ndarray] = []
         radius = None  # the printed radius, once a fit has found it on this sheet
         for _fit, cand, H in sorted(tried, key=lambda e: -e[0])[:GRID_TRIES]:
@@ -255,8 +255,7 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         # taken).
         rank0, cand, H, _cut, pl0 = best
         fits = [_LayoutFit(Hr, count, off, *placed(Hr, math.inf))
-                for Hr, count, off in register_layout(grey, H, geo.centres, geo.block,
-                                                      float(median(geo.half.min(1))), pitch)
+                for Hr, count, off in register_layout(grey, H, geo.centres, geo.block, half_box, pitch)
                 if not any(_same_start(S, Hr, geo.centres, pitch) for _f, _c, S in tried)]
         fit = _unrivalled(fits, pl0, rank0, geo, pitch)
         if fit is not None:
@@ -408,14 +407,18 @@ def _same_start(H0: np.ndarray, H: np.ndarray, centres: np.ndarray, pitch: float
     """Whether ``H`` puts every bubble within ``SAME_START`` pitches of where
     ``H0`` puts it (page px -> image px both): a search from either finds the
     same outlines."""
-    back = transform_points(np.linalg.inv(H0), transform_points(H, centres))
-    return bool(np.abs(back - centres).max() < SAME_START * pitch)
+    return bool(np.abs(_displaced(H0, H, centres)).max() < SAME_START * pitch)
 
 
 def _apart(H0: np.ndarray, H: np.ndarray, centres: np.ndarray) -> float:
     """How far apart (page px) two placements put the bubbles furthest apart."""
-    back = transform_points(np.linalg.inv(H0), transform_points(H, centres))
-    return float(np.hypot(*(back - centres).T).max())
+    return float(np.hypot(*_displaced(H0, H, centres).T).max())
+
+
+def _displaced(H0: np.ndarray, H: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """(N, 2) page px: where ``H`` puts each bubble, seen through ``H0``,
+    less where ``H0`` puts it (both page px -> image px)."""
+    return transform_points(np.linalg.inv(H0), transform_points(H, centres)) - centres
 
 
 def _turn(t: OmrCheckerTemplate, roll: int) -> np.ndarray:
