@@ -10,7 +10,9 @@ columns right (the truth of ``ground_truth.csv`` or an accepted alternative),
 wrong columns read silently (neither the field nor the sheet flagged: the
 figure that must stay 0), wrong columns flagged (of which in fields that
 carry no flag of their own, on a sheet sent to review for others: a
-reviewer led by the flagged fields may pass them), and sheets sent to review
+reviewer led by the flagged fields may pass them; and of those, on sheets
+with no field flagged misaligned, whose review page does not ask for every
+answer to be checked), and sheets sent to review
 that carry no doubtful mark. ``-v`` names each refused, silent or flagged
 reading, and each needless review with the flags that sent it there. The kinds:
 
@@ -164,7 +166,7 @@ def main() -> None:
     items = truth()
     alternatives, doubtful = long_truth()
     for kind in a.kinds.split(","):
-        n = refused = cols = right = silent = flagged_wrong = unflagged_field = needless = 0
+        n = refused = cols = right = silent = flagged_wrong = unflagged_field = unnoticed = needless = 0
         for i, (set_path, image, t, empty, row) in enumerate(items):
             img = cv2.imread(str(image), cv2.IMREAD_COLOR)
             for k in range(a.n):
@@ -189,6 +191,9 @@ def main() -> None:
                     if a.verbose:
                         print(f"  needless {label}: {_flag_counts(r)} ({r['alignment']})")
                 wrong = 0
+                # The review page asks for every answer to be checked on a
+                # sheet with a field flagged misaligned (a block placed apart).
+                placed_apart = any("misaligned" in fl for fl in r["flags"].values())
                 for col, expected in row.items():
                     if col == "file":
                         continue
@@ -203,13 +208,15 @@ def main() -> None:
                         # On a sheet sent to review for other fields: a reviewer
                         # led by the flagged fields may pass this one.
                         unflagged_field += not field_flagged
+                        unnoticed += not field_flagged and not placed_apart
                     else:
                         silent += 1
                         print(f"  SILENT   {label} {col}: read {got!r}, truth {expected!r}")
                 if a.verbose and wrong:
                     print(f"  flagged  {label}: {wrong} columns wrong ({r['alignment']})")
         print(f"{kind:8} readings={n} refused={refused} right={100 * right / max(cols, 1):.2f}% "
-              f"silent={silent} wrong_flagged={flagged_wrong} (in unflagged fields {unflagged_field}) "
+              f"silent={silent} wrong_flagged={flagged_wrong} (in unflagged fields {unflagged_field}, "
+              f"on sheets with no field misaligned {unnoticed}) "
               f"needless_review={needless}", flush=True)
 
 

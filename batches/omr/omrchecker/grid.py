@@ -69,6 +69,12 @@ class Geometry:
     block_pitch: np.ndarray  # (B,) smallest distance between two bubbles of each block
     border: np.ndarray  # (M, 2) page px one pitch outside the blocks' sides (nothing printed there)
     border_block: np.ndarray  # (M,)
+    border_side: np.ndarray  # (M,) which side of which block (one id per block's side)
+    #: (M,) the field a point is beside (a point before a field's first value
+    #: or after its last); -1 on a line parallel to the fields (before the
+    #: block's first field or after its last).
+    border_field: np.ndarray
+    border_step: np.ndarray  # (M, 2) page px from a point's line in the block out to it (a pitch)
     free: np.ndarray  # (N, A) angles around each bubble where no other bubble is near (circle search)
 
     @property
@@ -97,7 +103,8 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
     blk_a = np.array(blk, np.int64)
     nb = len(block_ids)
     pitch = np.zeros(nb)
-    side_list, side_blocks = [], []  # one pitch outside each block's sides
+    side_list, side_blocks, side_ids, side_fields, side_steps = [], [], [], [], []  # one pitch outside each block's sides
+    field_index = {id(f): i for i, f in enumerate(t.fields)}
     for b in range(nb):
         idx = np.flatnonzero(blk_a == b)
         c = cen_a[idx]
@@ -115,16 +122,25 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
         grid = np.array([f.centres() for f in fields], np.float64)  # (fields, values, 2)
         b = block_ids[fields[0].block]
         sides = []
+        beside = np.array([field_index[id(f)] for f in fields], np.int64)
         if grid.shape[1] > 1:
             dv = grid[:, 1] - grid[:, 0]
             sides += [grid[:, 0] - dv, grid[:, -1] + dv]
+            side_fields += [beside, beside]
+            side_steps += [-dv, dv]
         if grid.shape[0] > 1:
             dl = grid[1] - grid[0]
             sides += [grid[0] - dl, grid[-1] + dl]
+            side_fields += [np.full(grid.shape[1], -1, np.int64)] * 2
+            side_steps += [-dl, dl]
+        side_ids += [np.full(len(side), len(side_blocks) + k, np.int64) for k, side in enumerate(sides)]
         side_list += sides
         side_blocks += [np.full(len(side), b, np.int64) for side in sides]
     side_pts = np.concatenate(side_list) if side_list else np.empty((0, 2))
     side_b = np.concatenate(side_blocks) if side_blocks else np.empty(0, np.int64)
+    side_id = np.concatenate(side_ids) if side_ids else np.empty(0, np.int64)
+    side_field = np.concatenate(side_fields) if side_fields else np.empty(0, np.int64)
+    side_step = np.concatenate(side_steps).reshape(-1, 2) if side_steps else np.empty((0, 2))
     # Nothing printed there: no bubble within the limit (only bubbles that
     # near in x can be, so only those are measured); every side at once.
     near, bubble = _near_in_x(side_pts[:, 0], 2 * limit, order, xs)
@@ -150,7 +166,8 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
     np.logical_or.at(blocked, me, diff < width[:, None] + 0.15)
     free = ~blocked
     return Geometry(cen_a, half_a, blk_a, np.array(fld, np.int64), np.array(keys, np.int64), pitch,
-                    np.array(side_pts[keep], np.float64).reshape(-1, 2), side_b[keep], free)
+                    np.array(side_pts[keep], np.float64).reshape(-1, 2), side_b[keep], side_id[keep],
+                    side_field[keep], side_step[keep], free)
 
 
 def _near_in_x(x: np.ndarray, within: np.ndarray | float, order: np.ndarray, xs: np.ndarray,
@@ -352,6 +369,9 @@ class Placement:
     #: (B,) bool: on a sheet where a block was moved, the blocks not moved
     #: that do not sit squarely on their outlines either.
     unsure: np.ndarray | None = None
+    #: (M, 2) the points one pitch outside the blocks (``Geometry.border``),
+    #: where the placement puts them (cut-out px).
+    bpos: np.ndarray | None = None
 
     @property
     def quality(self) -> float:
@@ -582,7 +602,8 @@ def place(cut: Cutout, geo: Geometry, search: float, replace_above: float = -mat
         typical = float(median(_sample(E, pos)))
         unsure = np.array([not moved[b] and not _block_fits(E, pos[geo.block == b], bpos[geo.border_block == b],
                                                             geo, b, s, typical) for b in range(len(block_ok))])
-    return Placement(pos + off, rr, v, ok, block_ok, border, (gdx, gdy), end_off, moved, as_found, unsure)
+    return Placement(pos + off, rr, v, ok, block_ok, border, (gdx, gdy), end_off, moved, as_found, unsure,
+                     bpos + off)
 
 
 #: A block with fewer of its bubbles on their outlines than this is off them.
@@ -840,6 +861,22 @@ def page_mm(geo: Geometry) -> np.ndarray:
     return np.ascontiguousarray(geo.centres * (BUBBLE_MM / (2.0 * float(median(geo.half.min(1))))))
 
 
+_DISC_RADII = np.sqrt(np.linspace(0.0, 1.0, 5)[1:]) * INNER
+_DISC_ANGLES = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+_DISC_X = np.concatenate([[0.0], (_DISC_RADII[:, None] * np.cos(_DISC_ANGLES)[None]).ravel()])
+_DISC_Y = np.concatenate([[0.0], (_DISC_RADII[:, None] * np.sin(_DISC_ANGLES)[None]).ravel()])
+
+
+def _inside(cut: Cutout, pos: np.ndarray, half: np.ndarray, radius: float) -> np.ndarray:
+    """(N, 49) darkness samples of the inside of a bubble at each of ``pos``
+    (cut-out px; ``half``: (N, 2) box half sizes, page px): a disc of points
+    (polar grid, even in area) within the printed outline and the box both."""
+    rx = half[:, 0] * cut.scale * min(radius, 1.0)
+    ry = half[:, 1] * cut.scale * min(radius, 1.0)
+    pts = np.stack([pos[:, 0:1] + rx[:, None] * _DISC_X[None], pos[:, 1:2] + ry[:, None] * _DISC_Y[None]], -1)
+    return _sample(cut.dark, pts)
+
+
 def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
     """Every bubble measured in the cut-out, as the engine's own sheets are
     (``decide.Measures``): the inside's mean darkness, its share darker than
@@ -849,16 +886,7 @@ def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
     measure black in); ``ink_ratio`` is 1 less this sheet's print darkness."""
     s = cut.scale
     n = len(pl.pos)
-    # Inside: a disc of sample points (polar grid, even in area), within the
-    # printed outline and the box both.
-    rx = geo.half[:, 0] * s * min(pl.radius, 1.0)
-    ry = geo.half[:, 1] * s * min(pl.radius, 1.0)
-    rad = np.sqrt(np.linspace(0.0, 1.0, 5)[1:]) * INNER
-    ang = np.linspace(0, 2 * np.pi, 12, endpoint=False)
-    ux = np.concatenate([[0.0], (rad[:, None] * np.cos(ang)[None]).ravel()])
-    uy = np.concatenate([[0.0], (rad[:, None] * np.sin(ang)[None]).ravel()])
-    pts = np.stack([pl.pos[:, 0:1] + rx[:, None] * ux[None], pl.pos[:, 1:2] + ry[:, None] * uy[None]], -1)
-    inside = _sample(cut.dark, pts)
+    inside = _inside(cut, pl.pos, geo.half, pl.radius)
     fill = inside.mean(1)
     share = (inside > 0.5).mean(1)
     k30 = int(0.3 * (inside.shape[1] - 1))
@@ -897,6 +925,93 @@ def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
     low = low.astype(np.float64)
     return Measures(fill, share, peak.astype(np.float64), score_of(fill, share, low), ones, circle_of(dark_dirs),
                     ones, 1.0 - ink, low=low, circle_apart=circle_of(apart_dirs))
+
+
+#: A mark outside a block (``marks_outside``): at a point one pitch outside
+#: it, where the template has no bubble, the inside of a bubble as dark as
+#: this sheet's marks: its mean darkness at least ``OUTSIDE_DARK`` of the
+#: marked bubbles' median and ``OUTSIDE_BETWEEN`` of the way up to it from
+#: the unmarked ones'; as solid (its 10th percentile at least
+#: ``OUTSIDE_SOLID`` of theirs: a printed word or number there, as dark,
+#: leaves paper between its strokes); darker than the side's other points
+#: by ``OUTSIDE_STANDS`` of the step from unmarked to marked (print along a
+#: block's side is along all of it); and a pitch further out, not past
+#: ``OUTSIDE_BEYOND`` of the way from unmarked to marked (a dark area there,
+#: the table beyond the paper or a printed bar, is not a mark; paper is
+#: taken locally, so deep inside a dark area it reads lighter than at its
+#: edge). Looked for only where marks stand ``OUTSIDE_STEP`` or more above
+#: the unmarked bubbles.
+OUTSIDE_DARK = 0.75
+OUTSIDE_BETWEEN = 0.6
+OUTSIDE_SOLID = 0.7
+OUTSIDE_STANDS = 0.5
+OUTSIDE_BEYOND = 0.5
+OUTSIDE_STEP = 0.15
+
+
+def marks_outside(cut: Cutout, geo: Geometry, pl: Placement, mean: np.ndarray, marked: np.ndarray) -> np.ndarray:
+    """(M,) bool: which points one pitch outside the blocks
+    (``Geometry.border``, where ``pl`` puts them) hold a mark like this
+    sheet's marks (``mean``: each bubble's mean darkness, ``marked``: the
+    bubbles read as marked). A block placed a row or a column off leaves
+    the marks of its first or last line there, unread, where its outlines
+    alone cannot tell (the printed question numbers beside a block are
+    ring-like, and the next block's outlines continue its grid)."""
+    out = np.zeros(len(geo.border), bool)
+    if not len(out) or pl.bpos is None or int(marked.sum()) < 2 or marked.all():
+        return out
+    mark, blank = float(median(mean[marked])), float(median(mean[~marked]))
+    step = mark - blank
+    if step < OUTSIDE_STEP:
+        return out
+    solid = float(median(_tenth(_inside(cut, pl.pos[marked], geo.half[marked], pl.radius))))
+    half = block_half(geo)[geo.border_block]
+    inside = _inside(cut, pl.bpos, half, pl.radius)
+    fill = inside.mean(1)
+    beyond = _inside(cut, pl.bpos + geo.border_step * cut.scale, half, pl.radius).mean(1)
+    side_median = np.zeros(len(fill))
+    for idx in border_sides(geo):
+        side_median[idx] = float(median(fill[idx]))
+    dark = max(OUTSIDE_DARK * mark, blank + OUTSIDE_BETWEEN * step)
+    return ((fill >= dark) & (_tenth(inside) >= OUTSIDE_SOLID * solid)
+            & (fill - side_median >= OUTSIDE_STANDS * step) & (beyond < blank + OUTSIDE_BEYOND * step))
+
+
+def _tenth(samples: np.ndarray) -> np.ndarray:
+    """(N,) each row's 10th percentile (the nearest sample below it, as
+    ``measure`` takes its 30th: no interpolation)."""
+    k = int(0.1 * (samples.shape[1] - 1))
+    return np.partition(samples, k, axis=1)[:, k]
+
+
+def fields_beside_marks(geo: Geometry, outside: np.ndarray) -> list[int]:
+    """The fields (indices) of every block the marks ``outside`` it
+    (``marks_outside``) show placed a row or a column off: a mark on the
+    line before its first field or after its last, or marks beside two of
+    its fields or more. (A single mark beside one field is not taken: a
+    printed square or the table beyond a page's edge can look like one.)"""
+    blocks: set[int] = set()
+    for idx in border_sides(geo):
+        at = idx[outside[idx]]
+        if len(at) >= 2 or (len(at) and geo.border_field[at[0]] < 0):
+            blocks.add(int(geo.border_block[at[0]]))
+    return sorted(set(geo.field[np.isin(geo.block, sorted(blocks))].tolist())) if blocks else []
+
+
+@per_object
+def border_sides(geo: Geometry) -> list[np.ndarray]:
+    """The points one pitch outside the blocks (indices into
+    ``Geometry.border``), one array per side of a block."""
+    order = np.argsort(geo.border_side, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(geo.border_side[order]) != 0]) if len(order) else []
+    return np.split(order, starts[1:]) if len(order) else []
+
+
+@per_object
+def block_half(geo: Geometry) -> np.ndarray:
+    """(B, 2) each block's median box half size (page px)."""
+    halves = [geo.half[geo.block == b] for b in range(len(geo.block_pitch))]
+    return np.array([[float(median(h[:, 0])), float(median(h[:, 1]))] for h in halves]).reshape(-1, 2)
 
 
 #: Bubbles placed alike (``peers``) are compared only in groups of at least

@@ -37,9 +37,11 @@ from .grid import (
     Geometry,
     Placement,
     cut_out,
+    fields_beside_marks,
     gap_darkness,
     geometry,
     local_scale,
+    marks_outside,
     measure,
     measurement_scale,
     page_mm,
@@ -314,7 +316,12 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
     if 1.0 - m.ink_ratio < MIN_CONTRAST:
         out.flag("low_contrast")
     flags = [[f for f in g.flags if f != "blank"] for g in groups]
-    for f in misaligned_fields(geo, pl) + sorted(set(geo.field[off_template[geo.block]].tolist())):
+    # Marks one pitch outside a block, where the template has no bubble: the
+    # block is read a row or a column off (its outlines cannot tell, where
+    # the next block's continue its grid), or a printed bubble the template
+    # leaves out is filled in.
+    beside_marks = fields_beside_marks(geo, marks_outside(cut, geo, pl, m.mean, marked))
+    for f in misaligned_fields(geo, pl) + sorted(set(geo.field[off_template[geo.block]].tolist())) + beside_marks:
         if "misaligned" not in flags[f]:
             flags[f].append("misaligned")
     confidence = [min(g.confidence, 0.5) if flags[k] else g.confidence for k, g in enumerate(groups)]
