@@ -100,3 +100,26 @@ def test_a_sheet_whose_page_is_placed_a_pitch_off_in_one_block_is_not_flagged_ev
     assert "Booklet_No" in flagged
     assert len(flagged) <= 20, flagged
     assert all(out.answers[q] == row[q] for q in row if q.startswith("q"))
+
+
+def test_a_fit_is_not_refused_for_a_rival_placed_far_worse_with_more_bubbles_near_outlines():
+    # sample6 turned 3.8 degrees in a frame widened to hold it (JPEG 51):
+    # the whole-image template puts its far bubbles pitches off. The layout's
+    # fit places at 1.00; another, a pitch or more off, places at 0.04 but
+    # has one more bubble near an outline (printed digits count as outlines
+    # there). It is no rival: the sheet reads, where it was refused.
+    set_path, name = "sample6", "sample_roll_02.jpg"
+    row = dict(next(r for r, p in real_captures(set_path) if p.name == name))
+    image = cv2.imread(str(ROOT / set_path / "doc-scans" / name))
+    h, w = image.shape[:2]
+    angle = -3.8036631129606926
+    M = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+    c, s = abs(np.cos(np.radians(angle))), abs(np.sin(np.radians(angle)))
+    W, H = int(w * c + h * s) + 1, int(h * c + w * s) + 1
+    M[:, 2] += ((W - w) / 2, (H - h) / 2)
+    turned = cv2.warpAffine(image, M, (W, H), borderMode=cv2.BORDER_REPLICATE)
+    data = cv2.imencode(".jpg", turned, [cv2.IMWRITE_JPEG_QUALITY, 51])[1].tobytes()
+    out = read_omrchecker_image_bytes(data, _template(set_path), source=name)[0]
+    assert out.error is None
+    assert "bubble layout" in out.alignment
+    assert out.answers["Roll"] == row["Roll"]

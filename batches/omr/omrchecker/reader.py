@@ -61,9 +61,12 @@ GOOD_FIT = 0.75
 FAIL_FIT = 0.55
 #: A fit of the whole bubble layout (``register.register_layout``) replaces
 #: the best placement only when it fits as found this much better; another
-#: fit placed within ``AMBIGUOUS_FIT`` of it (or with more bubbles near
-#: an outline) that puts a bubble ``RIVAL_APART`` pitches or more elsewhere
-#: (a row or a column off) makes it ambiguous: neither is taken.
+#: fit placed within ``AMBIGUOUS_FIT`` of it that puts a bubble
+#: ``RIVAL_APART`` pitches or more elsewhere (a row or a column off) makes it
+#: ambiguous: neither is taken. (How many bubbles a fit puts near an outline
+#: does not rival a placement: printed question numbers count as outlines
+#: there, and a fit placed at 0.04, a pitch or more off, had one more on a
+#: turned ``sample6`` photo.)
 BETTER_FIT = 0.05
 AMBIGUOUS_FIT = 0.15
 RIVAL_APART = 0.6
@@ -256,8 +259,8 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         # a column off may sit on printed outlines as well: then neither is
         # taken).
         rank0, cand, H, _cut, pl0 = best
-        fits = [_LayoutFit(Hr, count, off, *placed(Hr, math.inf))
-                for Hr, count, off in register_layout(grey, H, geo.centres, geo.block, half_box, pitch)
+        fits = [_LayoutFit(Hr, off, *placed(Hr, math.inf))
+                for Hr, _count, off in register_layout(grey, H, geo.centres, geo.block, half_box, pitch)
                 if not any(_same_start(S, Hr, geo.centres, pitch) for _f, _c, S in tried)]
         fit = _unrivalled(fits, pl0, rank0, geo, pitch)
         if fit is not None:
@@ -352,11 +355,10 @@ def _moved_any(pl: Placement) -> bool:
 @dataclass
 class _LayoutFit:
     """A fit of the whole bubble layout (``register.register_layout``),
-    placed: the homography, its bubbles near an outline, each block's
-    offset from its outlines (pitches), the cut-out and the placement."""
+    placed: the homography, each block's offset from its outlines
+    (pitches), the cut-out and the placement."""
 
     H: np.ndarray
-    count: int
     off: np.ndarray
     cut: Cutout
     pl: Placement
@@ -369,8 +371,7 @@ def _unrivalled(fits: list[_LayoutFit], replaced: Placement, replaced_rank: floa
     when it fits as found at ``GOOD_FIT`` and ``BETTER_FIT`` better than
     ``replaced``, ranks above it, and has no rival: another fit putting a
     bubble ``RIVAL_APART`` pitches or more elsewhere (a row or a column off)
-    that is placed within ``AMBIGUOUS_FIT`` of it or has more bubbles
-    near an outline."""
+    that is placed within ``AMBIGUOUS_FIT`` of it."""
     if not fits:
         return None
     top = max(fits, key=lambda f: f.pl.as_found)
@@ -378,7 +379,7 @@ def _unrivalled(fits: list[_LayoutFit], replaced: Placement, replaced_rank: floa
         return None
     for f in fits:
         if f is not top and _apart(top.H, f.H, geo.centres) >= RIVAL_APART * pitch and (
-                f.pl.as_found >= top.pl.as_found - AMBIGUOUS_FIT or f.count > top.count):
+                f.pl.as_found >= top.pl.as_found - AMBIGUOUS_FIT):
             return None
     return top
 
