@@ -108,18 +108,36 @@ def test_a_fit_is_not_refused_for_a_rival_placed_far_worse_with_more_bubbles_nea
     # fit places at 1.00; another, a pitch or more off, places at 0.04 but
     # has one more bubble near an outline (printed digits count as outlines
     # there). It is no rival: the sheet reads, where it was refused.
-    set_path, name = "sample6", "sample_roll_02.jpg"
-    row = dict(next(r for r, p in real_captures(set_path) if p.name == name))
-    image = cv2.imread(str(ROOT / set_path / "doc-scans" / name))
+    name = "sample_roll_02.jpg"
+    row = dict(next(r for r, p in real_captures("sample6") if p.name == name))
+    out = read_omrchecker_image_bytes(_sample6_turned(name, -3.8036631129606926, 51), _template("sample6"),
+                                      source=name)[0]
+    assert out.error is None
+    assert "bubble layout" in out.alignment
+    assert out.answers["Roll"] == row["Roll"]
+
+
+def test_a_whole_image_template_refusing_a_turned_photo_says_why_and_not_that_it_is_cut_off():
+    # sample6 turned 3.6 degrees in a widened frame (JPEG 80): no fit of the
+    # layout is taken. The page taken as the whole image lies along the
+    # image's border by itself: that is no sign of a sheet cut off.
+    name = "sample_roll_01.jpg"
+    out = read_omrchecker_image_bytes(_sample6_turned(name, 3.61433871833356, 80), _template("sample6"),
+                                      source=name)[0]
+    assert out.error is not None
+    assert "cut off" not in out.error and "cut_off" not in out.sheet_flags
+    assert "misaligned" in out.sheet_flags
+    assert "the template's page is the whole image" in out.error
+
+
+def _sample6_turned(name: str, angle: float, quality: int) -> bytes:
+    """A sample6 scan turned ``angle`` degrees in a frame widened to hold
+    it (``bench/real_sheet_variants.py``'s ``rotate``), as a JPEG."""
+    image = cv2.imread(str(ROOT / "sample6" / "doc-scans" / name))
     h, w = image.shape[:2]
-    angle = -3.8036631129606926
     M = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
     c, s = abs(np.cos(np.radians(angle))), abs(np.sin(np.radians(angle)))
     W, H = int(w * c + h * s) + 1, int(h * c + w * s) + 1
     M[:, 2] += ((W - w) / 2, (H - h) / 2)
     turned = cv2.warpAffine(image, M, (W, H), borderMode=cv2.BORDER_REPLICATE)
-    data = cv2.imencode(".jpg", turned, [cv2.IMWRITE_JPEG_QUALITY, 51])[1].tobytes()
-    out = read_omrchecker_image_bytes(data, _template(set_path), source=name)[0]
-    assert out.error is None
-    assert "bubble layout" in out.alignment
-    assert out.answers["Roll"] == row["Roll"]
+    return cv2.imencode(".jpg", turned, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()

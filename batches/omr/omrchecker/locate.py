@@ -44,6 +44,11 @@ OUTLINE_LONG = 500
 MARGIN = 0.1
 
 
+#: How a placement that takes the whole image as the page is named (its
+#: ``Candidate.how`` starts so, whatever steps follow).
+WHOLE_IMAGE = "whole image"
+
+
 @dataclass
 class Candidate:
     H: np.ndarray  # template page px -> processing image px
@@ -229,7 +234,7 @@ def run_steps(work: np.ndarray, t: OmrCheckerTemplate, quad: np.ndarray | None, 
             cropped = True
             how.append("FeatureBasedAlignment")
     if not how:
-        how.append("whole image")
+        how.append(WHOLE_IMAGE)
     return Candidate(H @ np.diag([fw / t.page_w, fh / t.page_h, 1.0]), " + ".join(how), notes)
 
 

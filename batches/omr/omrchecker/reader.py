@@ -49,7 +49,7 @@ from .grid import (
     transform_points,
 )
 from .importer import OmrCheckerTemplate
-from .locate import Candidate, candidates, processing_image
+from .locate import WHOLE_IMAGE, Candidate, candidates, processing_image
 from .register import register_layout
 from .steps import StepError, fit_on_grid
 
@@ -299,7 +299,11 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         margin = 0.01 * max(w, h)
         on_border = int(np.sum((c[:, 0] < margin) | (c[:, 1] < margin) | (c[:, 0] > w - 1 - margin)
                                | (c[:, 1] > h - 1 - margin)))
-        if most_outside > CUT_OFF_LIMIT or on_border >= 2:
+        # A page taken as the whole image lies along the border by itself,
+        # and turned placements of it run off the image: neither says the
+        # sheet is cut off.
+        whole = cand.how.startswith(WHOLE_IMAGE)
+        if not whole and (most_outside > CUT_OFF_LIMIT or on_border >= 2):
             # The page found runs off the image, or along its border: part
             # of the sheet is missing.
             out.error = ("the sheet is cut off: the page found runs off or along the image's border, and no "
@@ -308,6 +312,9 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
             return done()
         out.error = (f"the bubbles are not where the template puts them ({max(fit, 0.0) * 100:.0f} % of outlines "
                      f"centred; page located by {cand.how})")
+        if whole and not t.alignment():
+            out.error += (": the template's page is the whole image, and this one is framed or turned "
+                          "otherwise; a template that finds the page (CropPage, CropOnMarkers) would place it")
         out.flag("misaligned")
         return done()
     m = measure(cut, geo, pl)
