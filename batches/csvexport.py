@@ -9,7 +9,9 @@ rows, so reviewers' corrections show when the file is generated again.
 
 Spreadsheets run cells that start with ``=``, ``+``, ``-``, ``@``, tab or CR
 as formulas; such cells, and such column names in the header row (an imported
-template names the columns), are prefixed with ``'`` unless they are plain numbers.
+template names the columns), are prefixed with ``'`` unless they are plain
+numbers or a lone ``-`` or ``+`` (nothing to run: an OMRChecker template's
+``emptyValue`` is often ``-``, and its users' spreadsheets look for it).
 Control characters other than tab and line breaks are removed from every cell.
 """
 
@@ -31,6 +33,7 @@ from .storage import csv_name, replace
 FIXED_COLUMNS = ["sheet", "source_file", "source_page", "template", "template_page", "student", "exam", "status",
                  "needs_review", "flags", "error"]
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_LONE_SIGNS = ("-", "+")
 _NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _CHUNK = 500
 
@@ -39,7 +42,7 @@ _CHUNK = 500
 def _safe_text(text: str) -> str:
     """``safe_cell`` of a string; answers repeat (A, B, ..., blank), so it is cached."""
     text = strip_controls(text, multiline=True)  # a NUL or bell in a cell breaks spreadsheets
-    if text.startswith(_FORMULA_START) and not _NUMBER_RE.match(text):
+    if text.startswith(_FORMULA_START) and not _NUMBER_RE.match(text) and text not in _LONE_SIGNS:
         return "'" + text
     return text
 

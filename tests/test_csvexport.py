@@ -24,6 +24,9 @@ pytestmark = pytest.mark.django_db
     ("\tTAB", "'\tTAB"),
     ("\rCR", "'\rCR"),
     ("-12", "-12"),
+    ("-", "-"),  # a blank answer as OMRChecker templates write it
+    ("+", "+"),
+    ("--", "'--"),
     ("+3.5", "+3.5"),
     ("0123456", "0123456"),
     ("BD", "BD"),

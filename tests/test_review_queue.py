@@ -110,6 +110,8 @@ def test_a_sheet_with_a_block_placed_apart_asks_for_every_answer_to_be_checked(o
     client = logged_in(owner)
     page = client.get(reverse("batches:review-sheet", args=[apart.pk])).content.decode()
     assert "check every answer on the picture" in page
+    # It names the fields as their cards do.
+    assert "fields marked “bubbles not where expected”" in page
     page = client.get(reverse("batches:review-sheet", args=[faint.pk])).content.decode()
     assert "check every answer on the picture" not in page
 

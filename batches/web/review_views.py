@@ -329,9 +329,10 @@ def _context(request, scope: Scope, items, sheet: Sheet | None, error: str = "",
     return context
 
 
-#: Said on a sheet with a field flagged misaligned.
-PLACED_APART = ("Part of this page was found apart from the rest (fields marked misaligned): check every answer "
-                "on the picture, not only the fields listed.")
+#: Said on a sheet with a field flagged misaligned (named as its cards name it).
+PLACED_APART = ("Part of this page was found apart from the rest (fields marked "
+                f"“{queue.FIELD_FLAG_WORDS['misaligned']}”): check every answer on the picture, not only "
+                "the fields listed.")
 
 
 def sheet_context(sheet: Sheet, posted: dict, only_fields: list[str] | None = None) -> dict:
