@@ -871,3 +871,14 @@ def test_a_single_image_upload_over_the_per_image_cap_is_refused(owner, sandbox,
     big = JPEG + b"\0" * (2 * 1024 * 1024)
     assert_failed(run(owner, big, name="scan.jpg"), sandbox,
                   "'scan.jpg': an image of 2 MB; the limit is 1 MB per image (OMR_MAX_IMAGE_ENTRY_MB)")
+
+
+def test_the_validating_message_names_the_files_an_archive_holds_that_are_not_read(owner, sandbox):
+    # A template.json (or anything else) put in the ZIP by mistake is not
+    # read: the validating stage's message says which files those are.
+    batch = run(owner, make_zip([("scan1.jpg", sheet(0)), ("template.json", b"{}")]))
+    said = list(ProgressEvent.objects.filter(batch=batch, stage=Stage.VALIDATING).values_list("message", flat=True))
+    assert "Archive is valid: 1 image/PDF files, 1 other file skipped (template.json)" in said
+    many = run(owner, make_zip([("scan1.jpg", sheet(0))] + [(f"note{i}.txt", b"x") for i in range(5)]))
+    said = list(ProgressEvent.objects.filter(batch=many, stage=Stage.VALIDATING).values_list("message", flat=True))
+    assert "Archive is valid: 1 image/PDF files, 5 other files skipped (note0.txt, note1.txt, note2.txt and 2 more)" in said

@@ -149,12 +149,25 @@ def validate(batch: Batch) -> None:
                 raise BatchError("the archive holds no images or PDF files")
             message = f"Archive is valid: {len(plan.members)} image/PDF files"
             if plan.skipped:
-                message += f", {len(plan.skipped)} other files skipped"
+                message += ", " + _skipped_words(plan.skipped)
         elif batch.extension == ".pdf" and kind != "pdf":
             raise BatchError(f"{shown} is not a PDF file")
         elif kind in {"zip", "gzip", "7z", "rar"}:
             raise BatchError(f"{shown} is an archive; upload it as .zip")
     lifecycle.advance(batch, Stage.VALIDATING, message, progress=100)
+
+
+#: At most this many skipped files are named in the validation message.
+SKIPPED_NAMED = 3
+
+
+def _skipped_words(skipped: list[str]) -> str:
+    """``1 other file skipped (template.json)``: the files of an archive
+    that are not read, named (a few), so one put there by mistake is seen."""
+    names = ", ".join(display_name(n) for n in skipped[:SKIPPED_NAMED])
+    more = f" and {len(skipped) - SKIPPED_NAMED} more" if len(skipped) > SKIPPED_NAMED else ""
+    files = "file" if len(skipped) == 1 else "files"
+    return f"{len(skipped)} other {files} skipped ({names}{more})"
 
 
 def extract(batch: Batch) -> None:
