@@ -134,6 +134,8 @@ def test_a_batch_with_an_omrchecker_template_reads_in_omrcheckers_conventions(ad
     # The pages were read in file order, and the batch says so (not "by QR code")
     organizing = batch.events.filter(stage=Stage.ORGANIZING_QR).last()
     assert "read as school-10q" in organizing.message and "QR code" not in organizing.message
+    # ... and matched to students by the template's Roll grid
+    assert "students found by their number grid (Roll)" in organizing.message
     page = admin_client.get(reverse("batches:detail", args=[batch.pk])).content.decode()
     assert "pages in file order" in page and "pages identified by QR code" not in page
 
@@ -169,3 +171,14 @@ def test_a_custom_template_in_this_projects_format_is_named_by_the_qr_codes(admi
     stored = dict(Answer.objects.filter(sheet=sheet).values_list("field", "value"))
     assert {k: v for k, v in stored.items() if k.startswith("q")} == {
         k: v for k, v in sim.truth["answers"].items() if k.startswith("q")}
+
+
+def test_a_batch_says_when_its_template_has_no_student_number_to_match_sheets_by(admin_client):
+    from batches.pipeline.stages import _students_by
+
+    no_roll = {k: v for k, v in OMRCHECKER_TEMPLATE.items() if k != "customLabels"}
+    no_roll["fieldBlocks"] = {"MCQ": OMRCHECKER_TEMPLATE["fieldBlocks"]["MCQ"]}
+    assert add_template(admin_client, name="quiz-10q", template_file=json_file(no_roll)).status_code == 302
+    assert _students_by("quiz-10q") == "the template has no student number field: sheets are not matched to students"
+    assert add_template(admin_client).status_code == 302
+    assert _students_by("school-10q") == "students found by their number grid (Roll)"

@@ -284,8 +284,21 @@ def organize_qr(batch: Batch) -> None:
     if sheet_templates.reads_qr(batch.template, batch.has_qr):
         message = f"{count} pages in file order; each page's QR code is read with its answers"
     else:
-        message = f"{count} pages in file order, read as {batch.template}; students found by their number grid"
+        message = f"{count} pages in file order, read as {batch.template}; {_students_by(batch.template)}"
     lifecycle.advance(batch, Stage.ORGANIZING_QR, message, progress=100)
+
+
+def _students_by(template: str) -> str:
+    """How the pages of a batch read without QR codes are matched to students."""
+    from ..exams.templates import exam_template
+
+    try:
+        field = exam_template(template).student_field
+    except (FileNotFoundError, ValueError):
+        field = None  # (the reading reports the template's trouble)
+    if field is None:
+        return "the template has no student number field: sheets are not matched to students"
+    return f"students found by their number grid ({field})"
 
 
 def create_sheets(batch: Batch) -> None:
