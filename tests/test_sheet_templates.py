@@ -182,3 +182,22 @@ def test_a_batch_says_when_its_template_has_no_student_number_to_match_sheets_by
     assert _students_by("quiz-10q") == "the template has no student number field: sheets are not matched to students"
     assert add_template(admin_client).status_code == 302
     assert _students_by("school-10q") == "students found by their number grid (Roll)"
+
+
+def test_a_custom_labels_fields_are_drawn_and_zoomed_as_its_column(admin_client):
+    # An OMRChecker custom label (Roll: r1..3) is one answer column, and the
+    # column carries the flags: its fields' bubbles are drawn as in doubt
+    # (not green, "read as marked") and zoomed in together.
+    from batches.review import overlay, zoom
+
+    assert add_template(admin_client).status_code == 302
+    rows = [["r1", "1", 0.8, True, 600.0, 400.0], ["r1", "2", 0.0, False, 650.0, 400.0],
+            ["r2", "1", 0.0, False, 600.0, 456.0], ["r2", "2", 0.9, True, 650.0, 456.0],
+            ["q1", "A", 0.9, True, 120.0, 400.0], ["q1", "B", 0.0, False, 176.0, 400.0]]
+    reading = {"template": "school-10q", "page": 1, "image_size": [1000, 1200], "bubbles": rows,
+               "flags": {"Roll": ["misaligned"], "q1": []}}
+    kinds = [m.kind for m in overlay.bubble_marks(reading)]
+    assert kinds == ["doubt-marked", "blank", "blank", "doubt-marked", "marked", "blank"]
+    boxes = zoom.field_boxes(reading, ["Roll"])
+    assert set(boxes) == {"Roll"}
+    assert boxes["Roll"].h > 56  # both rows of the grid

@@ -81,16 +81,31 @@ def bubble_marks(reading: dict, scale: float = 1.0) -> list[Mark]:
     return marks
 
 
-def _layout(reading: dict):
+def _resolved(reading: dict):
     from ..sheet_templates import resolve
 
     try:
-        return resolve(reading["template"]).layout(reading.get("page"))
+        return resolve(reading["template"])
+    except (KeyError, TypeError, ValueError, FileNotFoundError, OSError):
+        return None
+
+
+def _layout(reading: dict):
+    resolved = _resolved(reading)
+    try:
+        return resolved.layout(reading.get("page")) if resolved is not None else None
     except (KeyError, TypeError, ValueError, FileNotFoundError, OSError):
         return None
 
 
 def group_fields(reading: dict) -> dict[str, str]:
+    """{bubble group: the answer field (column) it is read into}. An
+    OMRChecker template's custom label joins several fields into one column
+    (``Roll``: ``roll1..7`` and a check letter), and the column carries the
+    flags: its fields' bubbles are drawn and zoomed as that column's."""
+    resolved = _resolved(reading)
+    if resolved is not None and resolved.is_omrchecker:
+        return {label: column for column, labels in resolved.template.custom_labels.items() for label in labels}
     lay = _layout(reading)
     return {g.key: g.field for g in lay.groups} if lay else {}
 
