@@ -133,3 +133,21 @@ def test_a_photo_read_a_value_off_has_every_wrong_answer_in_a_flagged_field():
     assert len(wrong) > 20  # read a value off: the case this test is about
     unflagged = [col for col in wrong if "misaligned" not in out["flags"][col]]
     assert unflagged == []
+
+
+def test_a_bold_word_one_pitch_above_a_block_is_no_mark():
+    # A heading printed one pitch above a block (the "we" of a bold "Answer",
+    # blurred) is as dark and solid as a mark over one point of the line
+    # before the block's first field; it runs on half a pitch either way,
+    # where a line of bubbles has paper between them.
+    t, image = _mcq_sheet()
+    image = image.copy()
+    h, w = image.shape
+    sx, sy = w / t.page_w, h / t.page_h
+    # Over option C (x 166 + 2 * 48) one field above q1 (y 776 - 40).
+    x, y = 166 + 2 * 48, 776 - 40
+    cv2.rectangle(image, (round((x - 38) * sx), round((y - 14) * sy)), (round((x + 38) * sx), round((y + 14) * sy)),
+                  30, -1)
+    outside, fields, _ = _read_at(t, image)
+    assert not outside.any()
+    assert fields == []

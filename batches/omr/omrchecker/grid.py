@@ -75,6 +75,7 @@ class Geometry:
     #: block's first field or after its last).
     border_field: np.ndarray
     border_step: np.ndarray  # (M, 2) page px from a point's line in the block out to it (a pitch)
+    border_along: np.ndarray  # (M, 2) page px to the next point along its side (a pitch)
     free: np.ndarray  # (N, A) angles around each bubble where no other bubble is near (circle search)
 
     @property
@@ -103,7 +104,8 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
     blk_a = np.array(blk, np.int64)
     nb = len(block_ids)
     pitch = np.zeros(nb)
-    side_list, side_blocks, side_ids, side_fields, side_steps = [], [], [], [], []  # one pitch outside each block's sides
+    side_list, side_blocks, side_ids, side_fields, side_steps, side_along = [], [], [], [], [], []
+    # (the points one pitch outside each block's sides, and what each is: block, side, field, steps)
     field_index = {id(f): i for i, f in enumerate(t.fields)}
     for b in range(nb):
         idx = np.flatnonzero(blk_a == b)
@@ -128,11 +130,14 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
             sides += [grid[:, 0] - dv, grid[:, -1] + dv]
             side_fields += [beside, beside]
             side_steps += [-dv, dv]
+            along = np.gradient(grid[:, 0], axis=0) if grid.shape[0] > 1 else np.zeros_like(dv)
+            side_along += [along, along]
         if grid.shape[0] > 1:
             dl = grid[1] - grid[0]
             sides += [grid[0] - dl, grid[-1] + dl]
             side_fields += [np.full(grid.shape[1], -1, np.int64)] * 2
             side_steps += [-dl, dl]
+            side_along += [np.gradient(grid[0], axis=0)] * 2
         side_ids += [np.full(len(side), len(side_blocks) + k, np.int64) for k, side in enumerate(sides)]
         side_list += sides
         side_blocks += [np.full(len(side), b, np.int64) for side in sides]
@@ -141,6 +146,7 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
     side_id = np.concatenate(side_ids) if side_ids else np.empty(0, np.int64)
     side_field = np.concatenate(side_fields) if side_fields else np.empty(0, np.int64)
     side_step = np.concatenate(side_steps).reshape(-1, 2) if side_steps else np.empty((0, 2))
+    side_al = np.concatenate(side_along).reshape(-1, 2) if side_along else np.empty((0, 2))
     # Nothing printed there: no bubble within the limit (only bubbles that
     # near in x can be, so only those are measured); every side at once.
     near, bubble = _near_in_x(side_pts[:, 0], 2 * limit, order, xs)
@@ -167,7 +173,7 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
     free = ~blocked
     return Geometry(cen_a, half_a, blk_a, np.array(fld, np.int64), np.array(keys, np.int64), pitch,
                     np.array(side_pts[keep], np.float64).reshape(-1, 2), side_b[keep], side_id[keep],
-                    side_field[keep], side_step[keep], free)
+                    side_field[keep], side_step[keep], side_al[keep], free)
 
 
 def _near_in_x(x: np.ndarray, within: np.ndarray | float, order: np.ndarray, xs: np.ndarray,
@@ -939,13 +945,18 @@ def measure(cut: Cutout, geo: Geometry, pl: Placement) -> Measures:
 #: ``OUTSIDE_BEYOND`` of the way from unmarked to marked (a dark area there,
 #: the table beyond the paper or a printed bar, is not a mark; paper is
 #: taken locally, so deep inside a dark area it reads lighter than at its
-#: edge). Looked for only where marks stand ``OUTSIDE_STEP`` or more above
-#: the unmarked bubbles.
+#: edge); and half a pitch either way along its side, the lighter no more
+#: than ``OUTSIDE_APART`` of the step above the unmarked bubbles (paper
+#: between two bubbles of a line; a bold printed word there, a heading one
+#: pitch above a block, runs on: "we" of a blurred "Answer" read 0.42-0.47,
+#: marks outside shifted blocks at most 0.06). Looked for only where marks
+#: stand ``OUTSIDE_STEP`` or more above the unmarked bubbles.
 OUTSIDE_DARK = 0.75
 OUTSIDE_BETWEEN = 0.6
 OUTSIDE_SOLID = 0.7
 OUTSIDE_STANDS = 0.5
 OUTSIDE_BEYOND = 0.5
+OUTSIDE_APART = 0.25
 OUTSIDE_STEP = 0.15
 
 
@@ -974,7 +985,16 @@ def marks_outside(cut: Cutout, geo: Geometry, pl: Placement, mean: np.ndarray, m
         side_median[idx] = float(median(fill[idx]))
     dark = max(OUTSIDE_DARK * mark, blank + OUTSIDE_BETWEEN * step)
     return ((fill >= dark) & (_tenth(inside) >= OUTSIDE_SOLID * solid)
-            & (fill - side_median >= OUTSIDE_STANDS * step) & (beyond < blank + OUTSIDE_BEYOND * step))
+            & (fill - side_median >= OUTSIDE_STANDS * step) & (beyond < blank + OUTSIDE_BEYOND * step)
+            & (_between(cut, pl.bpos, geo.border_along, half, pl.radius) < blank + OUTSIDE_APART * step))
+
+
+def _between(cut: Cutout, pos: np.ndarray, along: np.ndarray, half: np.ndarray, radius: float) -> np.ndarray:
+    """(M,) the lighter of the two points half a pitch either way along each
+    point's side: between two bubbles of a line (paper), or inside a printed
+    word (as dark as the point itself)."""
+    step = 0.5 * along * cut.scale
+    return np.minimum(_inside(cut, pos - step, half, radius).mean(1), _inside(cut, pos + step, half, radius).mean(1))
 
 
 def _tenth(samples: np.ndarray) -> np.ndarray:
