@@ -130,14 +130,13 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
             sides += [grid[:, 0] - dv, grid[:, -1] + dv]
             side_fields += [beside, beside]
             side_steps += [-dv, dv]
-            along = np.gradient(grid[:, 0], axis=0) if grid.shape[0] > 1 else np.zeros_like(dv)
-            side_along += [along, along]
+            side_along += [_along(grid[:, 0])] * 2
         if grid.shape[0] > 1:
             dl = grid[1] - grid[0]
             sides += [grid[0] - dl, grid[-1] + dl]
             side_fields += [np.full(grid.shape[1], -1, np.int64)] * 2
             side_steps += [-dl, dl]
-            side_along += [np.gradient(grid[0], axis=0)] * 2
+            side_along += [_along(grid[0])] * 2
         side_ids += [np.full(len(side), len(side_blocks) + k, np.int64) for k, side in enumerate(sides)]
         side_list += sides
         side_blocks += [np.full(len(side), b, np.int64) for side in sides]
@@ -174,6 +173,12 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
     return Geometry(cen_a, half_a, blk_a, np.array(fld, np.int64), np.array(keys, np.int64), pitch,
                     np.array(side_pts[keep], np.float64).reshape(-1, 2), side_b[keep], side_id[keep],
                     side_field[keep], side_step[keep], side_al[keep], free)
+
+
+def _along(line: np.ndarray) -> np.ndarray:
+    """(K, 2) from each of a line's points to the next (a pitch; a line of
+    one point has none: zero)."""
+    return np.gradient(line, axis=0) if len(line) > 1 else np.zeros_like(line)
 
 
 def _near_in_x(x: np.ndarray, within: np.ndarray | float, order: np.ndarray, xs: np.ndarray,
