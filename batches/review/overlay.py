@@ -90,8 +90,8 @@ def _resolved(reading: dict):
         return None
 
 
-def _layout(reading: dict):
-    resolved = _resolved(reading)
+def _layout(reading: dict, resolved=None):
+    resolved = resolved or _resolved(reading)
     try:
         return resolved.layout(reading.get("page")) if resolved is not None else None
     except (KeyError, TypeError, ValueError, FileNotFoundError, OSError):
@@ -104,9 +104,11 @@ def group_fields(reading: dict) -> dict[str, str]:
     (``Roll``: ``roll1..7`` and a check letter), and the column carries the
     flags: its fields' bubbles are drawn and zoomed as that column's."""
     resolved = _resolved(reading)
-    if resolved is not None and resolved.is_omrchecker:
+    if resolved is None:
+        return {}
+    if resolved.is_omrchecker:
         return {label: column for column, labels in resolved.template.custom_labels.items() for label in labels}
-    lay = _layout(reading)
+    lay = _layout(reading, resolved)
     return {g.key: g.field for g in lay.groups} if lay else {}
 
 

@@ -70,10 +70,10 @@ class Geometry:
     border: np.ndarray  # (M, 2) page px one pitch outside the blocks' sides (nothing printed there)
     border_block: np.ndarray  # (M,)
     border_side: np.ndarray  # (M,) which side of which block (one id per block's side)
-    #: (M,) the field a point is beside (a point before a field's first value
-    #: or after its last); -1 on a line parallel to the fields (before the
-    #: block's first field or after its last).
-    border_field: np.ndarray
+    #: (M,) bool: on a line parallel to the fields (before the block's first
+    #: field or after its last), not beside one field (before its first
+    #: value or after its last).
+    border_across: np.ndarray
     border_step: np.ndarray  # (M, 2) page px from a point's line in the block out to it (a pitch)
     border_along: np.ndarray  # (M, 2) page px to the next point along its side (a pitch)
     free: np.ndarray  # (N, A) angles around each bubble where no other bubble is near (circle search)
@@ -104,9 +104,8 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
     blk_a = np.array(blk, np.int64)
     nb = len(block_ids)
     pitch = np.zeros(nb)
-    side_list, side_blocks, side_ids, side_fields, side_steps, side_along = [], [], [], [], [], []
-    # (the points one pitch outside each block's sides, and what each is: block, side, field, steps)
-    field_index = {id(f): i for i, f in enumerate(t.fields)}
+    side_list, side_blocks, side_ids, side_across, side_steps, side_along = [], [], [], [], [], []
+    # (the points one pitch outside each block's sides, and what each is: block, side, its line, steps)
     for b in range(nb):
         idx = np.flatnonzero(blk_a == b)
         c = cen_a[idx]
@@ -124,17 +123,16 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
         grid = np.array([f.centres() for f in fields], np.float64)  # (fields, values, 2)
         b = block_ids[fields[0].block]
         sides = []
-        beside = np.array([field_index[id(f)] for f in fields], np.int64)
         if grid.shape[1] > 1:
             dv = grid[:, 1] - grid[:, 0]
             sides += [grid[:, 0] - dv, grid[:, -1] + dv]
-            side_fields += [beside, beside]
+            side_across += [np.zeros(grid.shape[0], bool)] * 2
             side_steps += [-dv, dv]
             side_along += [_along(grid[:, 0])] * 2
         if grid.shape[0] > 1:
             dl = grid[1] - grid[0]
             sides += [grid[0] - dl, grid[-1] + dl]
-            side_fields += [np.full(grid.shape[1], -1, np.int64)] * 2
+            side_across += [np.ones(grid.shape[1], bool)] * 2
             side_steps += [-dl, dl]
             side_along += [_along(grid[0])] * 2
         side_ids += [np.full(len(side), len(side_blocks) + k, np.int64) for k, side in enumerate(sides)]
@@ -143,7 +141,7 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
     side_pts = np.concatenate(side_list) if side_list else np.empty((0, 2))
     side_b = np.concatenate(side_blocks) if side_blocks else np.empty(0, np.int64)
     side_id = np.concatenate(side_ids) if side_ids else np.empty(0, np.int64)
-    side_field = np.concatenate(side_fields) if side_fields else np.empty(0, np.int64)
+    side_acr = np.concatenate(side_across) if side_across else np.empty(0, bool)
     side_step = np.concatenate(side_steps).reshape(-1, 2) if side_steps else np.empty((0, 2))
     side_al = np.concatenate(side_along).reshape(-1, 2) if side_along else np.empty((0, 2))
     # Nothing printed there: no bubble within the limit (only bubbles that
@@ -172,7 +170,7 @@ def geometry(t: OmrCheckerTemplate) -> Geometry:
     free = ~blocked
     return Geometry(cen_a, half_a, blk_a, np.array(fld, np.int64), np.array(keys, np.int64), pitch,
                     np.array(side_pts[keep], np.float64).reshape(-1, 2), side_b[keep], side_id[keep],
-                    side_field[keep], side_step[keep], side_al[keep], free)
+                    side_acr[keep], side_step[keep], side_al[keep], free)
 
 
 def _along(line: np.ndarray) -> np.ndarray:
@@ -1018,7 +1016,7 @@ def fields_beside_marks(geo: Geometry, outside: np.ndarray) -> list[int]:
     blocks: set[int] = set()
     for idx in border_sides(geo):
         at = idx[outside[idx]]
-        if len(at) >= 2 or (len(at) and geo.border_field[at[0]] < 0):
+        if len(at) >= 2 or (len(at) and geo.border_across[at[0]]):
             blocks.add(int(geo.border_block[at[0]]))
     return sorted(set(geo.field[np.isin(geo.block, sorted(blocks))].tolist())) if blocks else []
 
