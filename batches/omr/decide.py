@@ -55,7 +55,8 @@ Per sheet and per group:
   strokes alone under ``T_mark``: a hair or a speck looks like that too),
   ``erasure`` (anything above 3 noise and ``ERASURE_MIN`` 0.05 over the
   rest of its group that is not read as a mark: residue, a smudge, a very
-  light mark; a tint or a band printed under a whole group lifts all its
+  light mark; for a letter printed once, whose blank level is not known,
+  more by ``letter_levels.unknown_margin``; a tint or a band printed under a whole group lifts all its
   bubbles alike, ``group_level`` of its unmarked ones; or a mark of an even shade whose printed
   outline is rubbed fainter than this sheet's marks keep theirs,
   ``rubbed_outline``: an eraser rubs the print too), ``circled``,
@@ -77,7 +78,7 @@ import numpy as np
 
 from .cache import per_object
 from .layout import PageLayout
-from .letter_levels import blank_levels, medians_by
+from .letter_levels import blank_levels, medians_by, unknown_margin
 from .stats import median, percentile
 from .strokes import STROKE_DARK, STROKE_MIN, strokes
 
@@ -102,6 +103,11 @@ CIRCLE_MIN = 0.7
 #: open or off-centre. (Print beside a grid's edge lifts a whole group's
 #: ``circle``: on the real scans an unmarked bubble stands out at most 0.14.)
 CIRCLE_PARTIAL = 0.3
+#: A bubble with this share of its disc darker than half black or more is
+#: filled: never taken for a blank one, whatever the other bubbles are like
+#: (a letter printed in a blank bubble darkens a third of it at most, on a
+#: dark scan; a firm fill nearly all of it, a light one about half).
+SOLID = 0.6
 #: Before the letters printed in bubbles are taken out, a bubble this far above
 #: the sheet's median is a clear mark (sets how far the unmarked ones reach).
 LETTER_CLEAR_MARK = 0.3
@@ -136,6 +142,9 @@ class Measures:
     outline: np.ndarray | None = None  # how dark the printed outline is, over the sheet's typical outline
     low: np.ndarray | None = None  # where the score is the mean and this low percentile of the disc (``score_of``)
     circle_apart: np.ndarray | None = None
+    #: How much darker than its blank level a blank bubble may be, its
+    #: printed letter's own level not being known (``without_letters``).
+    letter_margin: np.ndarray | None = None
 
 
 @per_object
@@ -166,7 +175,9 @@ def without_letters(m: Measures, keys: np.ndarray) -> Measures:
     e0 = m.score - float(median(m.score))
     clear = e0[e0 >= LETTER_CLEAR_MARK]
     cut = float(np.clip(0.33 * median(clear), 0.18, 0.3)) if len(clear) else 0.3
-    blankish = e0 < cut
+    # (A solid fill is no blank bubble, however many bubbles are filled: on
+    # a form of a few yes/no boxes, all of them may be.)
+    blankish = (e0 < cut) & (m.dark < SOLID)
     if blankish.sum() < 5:
         return m
     # A value whose blank level this sheet does not show (a letter printed
@@ -180,7 +191,8 @@ def without_letters(m: Measures, keys: np.ndarray) -> Measures:
     low = m.low
     if low is not None:
         low = low - (blank_levels(low, keys, blankish, unknown_darkest=True, split=True) - float(median(low[blankish])))
-    return replace(m, mean=mean, dark=dark, low=low, score=score_of(mean, dark, low))
+    return replace(m, mean=mean, dark=dark, low=low, score=score_of(mean, dark, low),
+                   letter_margin=unknown_margin(m.score, keys, blankish))
 
 
 def score_of(mean: np.ndarray, dark: np.ndarray, low: np.ndarray | None = None) -> np.ndarray:
@@ -246,13 +258,16 @@ def sheet_levels(m: Measures, page_mm: np.ndarray, lay: PageLayout | None = None
     g = float(percentile(s, 25))
     low = (s < g + 0.1) & (m.dark < 0.05)
     if low.sum() < 5:
-        low = s <= percentile(s, 40)
+        # Few bubbles (a form of a few boxes), or most of them marked; never
+        # a solid fill: where every bubble is filled, the blank level is the
+        # paper's (0).
+        low = (s <= percentile(s, 40)) & (m.dark < SOLID)
     w = _neighbour_weights(np.ascontiguousarray(page_mm, np.float64).tobytes(), n)
     # (einsum, not BLAS: a BLAS call this size wakes its worker threads,
     # which cost more than the sum itself on a busy machine.)
     wl = np.einsum("ij,j->i", w, low.astype(np.float32))
     base_local = np.einsum("ij,j->i", w, (s * low).astype(np.float32)) / np.maximum(wl, 1e-6)
-    g_low = float(median(s[low]))
+    g_low = float(median(s[low])) if low.any() else 0.0
     # Few unmarked neighbours (a corner, a crowded grid): lean on the sheet's median.
     k = np.clip(wl / 3.0, 0.0, 1.0)
     base = k * base_local + (1 - k) * g_low
@@ -283,7 +298,7 @@ def sheet_levels(m: Measures, page_mm: np.ndarray, lay: PageLayout | None = None
     # throughout that no mark stands clear is peak-blind all the same when its
     # blank bubbles already hold dark pixels (a two-level scan, where what is
     # left of a light mark is a few black pixels like the letter's).
-    blank_peak = float(median(m.peak[low]))
+    blank_peak = float(median(m.peak[low])) if low.any() else 0.0
     peak_blind = blank_peak >= FAINT_RELATIVE * (mark_peak if mark_peak > 0 else 1.0)
     return SheetLevels(base, ex, noise, threshold, mark_peak, int((ex >= threshold).sum()), mark_excess, peak_blind,
                        lift)
@@ -560,6 +575,9 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels,
     # floor within two noise widths of the blank level is noise, not a lift:
     # taking it off would hide residue as light as an erased scribble.
     lifted = np.maximum(group_level(ex, starts, sizes, marked=mk) - 2.0 * lv.noise, 0.0)
+    # (A letter printed once may be darker blank than the level it is set against.)
+    if m.letter_margin is not None:
+        erase_at = erase_at + m.letter_margin
     residue = ((ex - lifted >= erase_at) & (ex < lo) & ~stroke & ~circled & ~speck)
     residue |= rubbed | rubbed_outline(m, mk, even)
     erasure = np.logical_or.reduceat(residue, starts)

@@ -21,6 +21,13 @@ MIN_BLANK_SHARE = 0.3
 #: A value's blank bubbles whose median lies this far over their lower
 #: quartile hold light marks too: its level is the lower quartile.
 SPLIT_LEVEL = 0.06
+#: A value without a level of its own (a letter printed once) is set against
+#: the darkest known value's; it may be darker still, by about this share of
+#: the spread between the lightest and the darkest known values' levels
+#: (OMRChecker's sample6, check letters printed once beside a roll number's
+#: digits: blank ones score up to 0.2-0.5 of that spread over the darkest
+#: digit, on the scans and on copies of them). ``unknown_margin``.
+UNKNOWN_SPREAD = 0.5
 
 
 def _per_value(keys: np.ndarray, blankish: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -44,6 +51,23 @@ def level_known(keys: np.ndarray, blankish: np.ndarray) -> np.ndarray:
         return np.zeros(0, bool)
     inv, _, known = _per_value(keys, blankish)
     return known[inv]
+
+
+def unknown_margin(values: np.ndarray, keys: np.ndarray, blankish: np.ndarray) -> np.ndarray:
+    """(N,) how much darker than the level it is set against
+    (``blank_levels`` with ``unknown_darkest``) a blank bubble of a value
+    without a level of its own may be: ``UNKNOWN_SPREAD`` of the known
+    values' spread; 0 for a bubble of a known value, and where fewer than
+    two values are known (nothing shows how letters differ)."""
+    out = np.zeros(len(values))
+    if len(values) == 0:
+        return out
+    inv, count, known = _per_value(keys, blankish)
+    if int(known.sum()) < 2 or known.all():
+        return out
+    levels = medians_by(np.asarray(values)[blankish], inv[blankish], len(count))[known]
+    out[~known[inv]] = UNKNOWN_SPREAD * float(levels.max() - levels.min())
+    return out
 
 
 def medians_by(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:

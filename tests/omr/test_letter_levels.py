@@ -80,3 +80,17 @@ def test_medians_by_group_as_numpy_takes_them():
     for g in range(9):
         assert med[g] == np.median(values[groups == g])
     assert med[9] == 0
+
+
+def test_a_value_printed_once_may_be_darker_than_the_darkest_known_by_half_their_spread():
+    from batches.omr.letter_levels import UNKNOWN_SPREAD, unknown_margin
+
+    # Values 0 and 1 printed five times each (blank levels 0.10 and 0.30); value 2 once.
+    keys = np.array([0] * 5 + [1] * 5 + [2])
+    values = np.array([0.10] * 5 + [0.30] * 5 + [0.33])
+    blankish = np.ones(len(keys), bool)
+    margin = unknown_margin(values, keys, blankish)
+    assert np.allclose(margin[:10], 0.0)
+    assert np.isclose(margin[10], UNKNOWN_SPREAD * 0.20)
+    # With a single value known nothing shows how letters differ: no margin.
+    assert not unknown_margin(values[5:], keys[5:], blankish[5:]).any()

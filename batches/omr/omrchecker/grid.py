@@ -510,28 +510,54 @@ def place(cut: Cutout, geo: Geometry, search: float, replace_above: float = -mat
     pitch = float(median(geo.block_pitch)) * s
     pad = int(math.ceil(0.5 * pitch)) + 3
 
+    def fit_block(pe: _Padded, E: np.ndarray, b: int, start: np.ndarray, affine: bool,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Block ``b`` on its own within half its pitch of ``start`` (a
+        shift of where the page puts it)."""
+        idx = np.flatnonzero(geo.block == b)
+        bi = np.flatnonzero(geo.border_block == b)
+        p, bp = base_r[idx] + start, bpts_r[bi] + start
+        r = min(max(1, int(math.floor(0.45 * geo.block_pitch[b] * s))), pe.pad - 2)
+        dx, dy, _ = _peak(pe.window_sum(p, r) / len(idx))
+        p, bp = p + [dx, dy], bp + [dx, dy]
+        A = _fit_block(pe, p, 0.25 * geo.block_pitch[b] * s) if affine else None
+        if A is not None:
+            # Kept only when the block sits better on its outlines,
+            # counting what then shows one pitch outside it (a block
+            # stretched onto the next row shows a row of outlines past its
+            # end), and stays within half a pitch of where it started.
+            moved, bmoved = p @ A[:, :2].T + A[:, 2], bp @ A[:, :2].T + A[:, 2]
+            if (np.abs(moved - base_r[idx] - start).max() < 0.5 * geo.block_pitch[b] * s
+                    and _block_score(E, moved, bmoved) >= _block_score(E, p, bp)):
+                p, bp = moved, bmoved
+        return p, bp
+
     def fit_blocks(pe: _Padded, affine: bool) -> tuple[np.ndarray, np.ndarray]:
         """Each block on its own within half its pitch of where the page puts
         it (never further: a block moved a whole row reads the wrong row)."""
         E = pe.E[pe.pad:-pe.pad, pe.pad:-pe.pad]
         pos, bpos = base_r.copy(), bpts_r.copy()
-        for b in range(len(geo.block_pitch)):
-            idx = np.flatnonzero(geo.block == b)
-            bi = np.flatnonzero(geo.border_block == b)
-            r = min(max(1, int(math.floor(0.45 * geo.block_pitch[b] * s))), pe.pad - 2)
-            dx, dy, _ = _peak(pe.window_sum(pos[idx], r) / len(idx))
-            pos[idx] += [dx, dy]
-            bpos[bi] += [dx, dy]
-            A = _fit_block(pe, pos[idx], 0.25 * geo.block_pitch[b] * s) if affine else None
-            if A is not None:
-                # Kept only when the block sits better on its outlines,
-                # counting what then shows one pitch outside it (a block
-                # stretched onto the next row shows a row of outlines past its
-                # end), and stays within half a pitch of where the page put it.
-                moved, bmoved = pos[idx] @ A[:, :2].T + A[:, 2], bpos[bi] @ A[:, :2].T + A[:, 2]
-                if (np.abs(moved - base_r[idx]).max() < 0.5 * geo.block_pitch[b] * s
-                        and _block_score(E, moved, bmoved) >= _block_score(E, pos[idx], bpos[bi])):
-                    pos[idx], bpos[bi] = moved, bmoved
+        nb = len(geo.block_pitch)
+        for b in range(nb):
+            pos[geo.block == b], bpos[geo.border_block == b] = fit_block(pe, E, b, np.zeros(2), affine)
+        crowded = crowded_blocks(pos, geo, s)
+        if crowded.any() and not crowded.all():
+            # Two blocks on the same printed bubbles: where the page is put
+            # nearly half a pitch off, a block a pitch from its neighbour
+            # (sample6's single columns of check letters) can take the
+            # neighbour's bubbles as well as its own. The one shifted
+            # otherwise than the blocks not in conflict is searched for
+            # again around their shift, and kept there when it is clear.
+            shift = np.array([(pos[geo.block == b] - base_r[geo.block == b]).mean(0) for b in range(nb)])
+            common = np.array([median(shift[~crowded, 0]), median(shift[~crowded, 1])])
+            for b in sorted(np.flatnonzero(crowded).tolist(), key=lambda k: -np.hypot(*(shift[k] - common))):
+                if not crowded_blocks(pos, geo, s)[b]:
+                    continue
+                idx, bi = geo.block == b, geo.border_block == b
+                keep = pos[idx].copy(), bpos[bi].copy()
+                pos[idx], bpos[bi] = fit_block(pe, E, b, common, affine)
+                if crowded_blocks(pos, geo, s)[b]:
+                    pos[idx], bpos[bi] = keep
         return pos, bpos
 
     # With a box-sized ring first (the template's author drew the boxes over
@@ -810,7 +836,8 @@ def _shows(E: np.ndarray, pts: np.ndarray, half: np.ndarray | float, typical: fl
 def _verify(E: np.ndarray, pos: np.ndarray, geo: Geometry, s: float, bpts: np.ndarray):
     half = 0.5 * geo.block_pitch[geo.block] * s
     typical = float(median(_sample(E, pos)))
-    ok = _centred(E, pos, half, typical)
+    # (A block on another's bubbles is on outlines, but not its own.)
+    ok = _centred(E, pos, half, typical) & ~crowded_blocks(pos, geo, s)[geo.block]
     nb = len(geo.block_pitch)
     block_ok = np.array([ok[geo.block == b].mean() for b in range(nb)])
     border = np.zeros(nb)
@@ -822,6 +849,42 @@ def _verify(E: np.ndarray, pos: np.ndarray, geo: Geometry, s: float, bpts: np.nd
             if sel.any():
                 border[b] = float(np.mean(shows[sel]))
     return ok, block_ok, border
+
+
+def crowded_blocks(pos: np.ndarray, geo: Geometry, s: float) -> np.ndarray:
+    """(B,) bool: blocks placed at ``pos`` (cut-out px, ``s`` per page px)
+    with a bubble within half its pitch of another block's, where the
+    template keeps the two further apart."""
+    out = np.zeros(len(geo.block_pitch), bool)
+    for b, others in enumerate(_neighbour_blocks(geo)):
+        if len(others):
+            out[b] = _any_near(pos[geo.block == b], pos[others], 0.5 * float(geo.block_pitch[b]) * s)
+    return out
+
+
+#: Blocks are checked against the bubbles of blocks this many pitches away at
+#: most in the template (a block is placed at most ``REPLACE_REACH`` pitches
+#: from where the page puts it, and so is its neighbour).
+CROWD_REACH = 4.0
+
+
+@per_object
+def _neighbour_blocks(geo: Geometry) -> list[np.ndarray]:
+    """Per block, the indices of the bubbles of the other blocks that come
+    within ``CROWD_REACH`` pitches of it in the template, though no nearer
+    than half a pitch (of either)."""
+    nb = len(geo.block_pitch)
+    members = [np.flatnonzero(geo.block == b) for b in range(nb)]
+    out: list[list[np.ndarray]] = [[] for _ in range(nb)]
+    for b in range(nb):
+        for c in range(b + 1, nb):
+            pb, pc = geo.centres[members[b]], geo.centres[members[c]]
+            reach = CROWD_REACH * float(max(geo.block_pitch[b], geo.block_pitch[c]))
+            within = 0.5 * float(min(geo.block_pitch[b], geo.block_pitch[c]))
+            if _any_near(pb, pc, reach) and not _any_near(pb, pc, within):
+                out[b].append(members[c])
+                out[c].append(members[b])
+    return [np.concatenate(o) if o else np.zeros(0, np.int64) for o in out]
 
 
 #: A block whose first or last line of bubbles (a field, or the same value
