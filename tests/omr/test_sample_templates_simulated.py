@@ -53,3 +53,36 @@ def test_a_form_of_a_few_yes_boxes_all_filled_reads_all_yes():
         out, expected = _read_back(path, answers, "scan_mild", 3)
         assert out["answers"] == expected, (marked, out["answers"], out["flags"])
         assert out["needs_review"] is False, out["flags"]
+
+
+def test_a_long_block_on_a_page_scaled_otherwise_than_its_template_is_stretched_onto_its_rows():
+    # dxuian's blocks are twenty rows long. This scan's page is 2 % shorter
+    # than the whole-image template puts it: a block shifted onto its middle
+    # rows leaves its last rows nearly half a pitch off, where a stretch
+    # limited to a quarter pitch could not reach; they read blank, with no
+    # flag of their own (the sheet was flagged for other fields).
+    t = _template("real-sheets/omrchecker/community/dxuian")
+    rng = np.random.default_rng(1)
+    answers = {f.label: f.values[rng.integers(len(f.values))] for f in t.fields if rng.random() < 0.9}
+    out, expected = _read_back("real-sheets/omrchecker/community/dxuian", answers, "scan_mild", 1)
+    wrong = {k: (out["answers"][k], v) for k, v in expected.items() if out["answers"][k] != v}
+    assert wrong == {}, wrong
+
+
+def test_a_block_read_with_several_marks_in_many_fields_is_flagged_whole():
+    # A block placed a value off onto the printed question numbers beside it
+    # reads a number as a mark in many fields, beside the real one; in the
+    # others the real mark a value off, with no flag of its own.
+    from batches.omr.omrchecker.grid import geometry
+    from batches.omr.omrchecker.reader import DOUBLED_SHARE, doubled_blocks
+
+    t = _template("real-sheets/omrchecker/community/dxuian")
+    geo = geometry(t)
+    fields = [f for f in range(len(t.fields)) if geo.block[geo.field == f][0] == 3]
+    assert len(fields) == 20
+    flags: list[list[str]] = [[] for _ in t.fields]
+    for f in fields[: int(DOUBLED_SHARE * len(fields)) - 1]:
+        flags[f] = ["multiple"]
+    assert doubled_blocks(geo, flags) == []
+    flags[fields[-1]] = ["multiple"]
+    assert doubled_blocks(geo, flags) == fields

@@ -521,6 +521,20 @@ def place(cut: Cutout, geo: Geometry, search: float, replace_above: float = -mat
         dx, dy, _ = _peak(pe.window_sum(p, r) / len(idx))
         p, bp = p + [dx, dy], bp + [dx, dy]
         A = _fit_block(pe, p, 0.25 * geo.block_pitch[b] * s) if affine else None
+        if affine and A is None:
+            # A long block stretched (a page scaled otherwise than its
+            # template): its far end lies further off than a quarter pitch,
+            # where its near part shows the stretch. Taken that far only
+            # along the block's length, neither turned nor sheared (a block
+            # a few values wide fits a turn, or a stretch across, on noise
+            # and on the printed numbers beside it).
+            A = _fit_block(pe, p, 0.25 * geo.block_pitch[b] * s, limit=0.45 * geo.block_pitch[b] * s)
+            if A is not None:
+                across = int(np.ptp(p[:, 0]) >= np.ptp(p[:, 1]))  # the axis across the block's length
+                shift = p @ A[:, :2].T + A[:, 2] - p
+                if (max(abs(A[0, 1]), abs(A[1, 0])) > STRETCH_TURN
+                        or np.abs(shift[:, across]).max() > 0.25 * geo.block_pitch[b] * s):
+                    A = None
         if A is not None:
             # Kept only when the block sits better on its outlines,
             # counting what then shows one pitch outside it (a block
@@ -641,6 +655,9 @@ def place(cut: Cutout, geo: Geometry, search: float, replace_above: float = -mat
                      bpos + off)
 
 
+#: A block's stretch that moves a bubble further than a quarter pitch is
+#: taken only when it turns or shears it by less than this (radians).
+STRETCH_TURN = 0.01
 #: A block with fewer of its bubbles on their outlines than this is off them.
 BLOCK_FITS = 0.8
 #: A block off its outlines where the page put it (a curled photo bends the

@@ -331,7 +331,8 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
     # the next block's continue its grid), or a printed bubble the template
     # leaves out is filled in.
     beside_marks = fields_beside_marks(geo, marks_outside(cut, geo, pl, m.mean, marked))
-    for f in misaligned_fields(geo, pl) + sorted(set(geo.field[off_template[geo.block]].tolist())) + beside_marks:
+    for f in (misaligned_fields(geo, pl) + sorted(set(geo.field[off_template[geo.block]].tolist())) + beside_marks
+              + doubled_blocks(geo, flags)):
         if "misaligned" not in flags[f]:
             flags[f].append("misaligned")
     confidence = [min(g.confidence, 0.5) if flags[k] else g.confidence for k, g in enumerate(groups)]
@@ -411,6 +412,28 @@ def misaligned_fields(geo: Geometry, pl: Placement) -> list[int]:
         # off) is found so too, and one image cannot tell the two apart.
         bad = bad | pl.moved | (pl.unsure if pl.unsure is not None else False)
     return sorted(set(geo.field[bad[geo.block]].tolist()))
+
+
+#: A block with this share of its fields (four at least) read with several
+#: marks is placed a value off (on the printed question numbers beside it,
+#: which read as a mark in many fields, beside each real one), not filled
+#: in twice throughout.
+DOUBLED_SHARE = 0.4
+
+
+def doubled_blocks(geo: Geometry, flags: list[list[str]]) -> list[int]:
+    """The fields (indices) of every block where ``DOUBLED_SHARE`` of the
+    fields or more carry ``multiple``: a block placed a value off onto
+    print beside it (question numbers, a frame) reads that print as a mark
+    in many fields; in the others, a real mark a value off, unflagged."""
+    block_of = np.zeros(len(flags), np.int64)
+    block_of[geo.field] = geo.block
+    out: list[int] = []
+    for b in range(len(geo.block_pitch)):
+        fields = np.flatnonzero(block_of == b).tolist()
+        if len(fields) >= 4 and sum("multiple" in flags[f] for f in fields) >= DOUBLED_SHARE * len(fields):
+            out += fields
+    return out
 
 
 def page_corners(t: OmrCheckerTemplate) -> np.ndarray:
