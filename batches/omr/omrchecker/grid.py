@@ -520,7 +520,9 @@ def place(cut: Cutout, geo: Geometry, search: float, replace_above: float = -mat
         r = min(max(1, int(math.floor(0.45 * geo.block_pitch[b] * s))), pe.pad - 2)
         dx, dy, _ = _peak(pe.window_sum(p, r) / len(idx))
         p, bp = p + [dx, dy], bp + [dx, dy]
-        A = _fit_block(pe, p, 0.25 * geo.block_pitch[b] * s) if affine else None
+        quarter = 0.25 * geo.block_pitch[b] * s
+        A = _fit_block(pe, p, quarter) if affine else None
+        stretch = False
         if affine and A is None:
             # A long block stretched (a page scaled otherwise than its
             # template): its far end lies further off than a quarter pitch,
@@ -528,20 +530,18 @@ def place(cut: Cutout, geo: Geometry, search: float, replace_above: float = -mat
             # along the block's length, neither turned nor sheared (a block
             # a few values wide fits a turn, or a stretch across, on noise
             # and on the printed numbers beside it).
-            A = _fit_block(pe, p, 0.25 * geo.block_pitch[b] * s, limit=0.45 * geo.block_pitch[b] * s)
-            if A is not None:
-                across = int(np.ptp(p[:, 0]) >= np.ptp(p[:, 1]))  # the axis across the block's length
-                shift = p @ A[:, :2].T + A[:, 2] - p
-                if (max(abs(A[0, 1]), abs(A[1, 0])) > STRETCH_TURN
-                        or np.abs(shift[:, across]).max() > 0.25 * geo.block_pitch[b] * s):
-                    A = None
+            A = _fit_block(pe, p, quarter, limit=0.45 * geo.block_pitch[b] * s)
+            stretch = A is not None
         if A is not None:
+            moved, bmoved = p @ A[:, :2].T + A[:, 2], bp @ A[:, :2].T + A[:, 2]
+            across = int(np.ptp(p[:, 0]) >= np.ptp(p[:, 1]))  # the axis across the block's length
+            along_only = not stretch or (max(abs(A[0, 1]), abs(A[1, 0])) <= STRETCH_TURN
+                                         and np.abs(moved - p)[:, across].max() <= quarter)
             # Kept only when the block sits better on its outlines,
             # counting what then shows one pitch outside it (a block
             # stretched onto the next row shows a row of outlines past its
             # end), and stays within half a pitch of where it started.
-            moved, bmoved = p @ A[:, :2].T + A[:, 2], bp @ A[:, :2].T + A[:, 2]
-            if (np.abs(moved - base_r[idx] - start).max() < 0.5 * geo.block_pitch[b] * s
+            if (along_only and np.abs(moved - base_r[idx] - start).max() < 0.5 * geo.block_pitch[b] * s
                     and _block_score(E, moved, bmoved) >= _block_score(E, p, bp)):
                 p, bp = moved, bmoved
         return p, bp
@@ -565,12 +565,12 @@ def place(cut: Cutout, geo: Geometry, search: float, replace_above: float = -mat
             shift = np.array([(pos[geo.block == b] - base_r[geo.block == b]).mean(0) for b in range(nb)])
             common = np.array([median(shift[~crowded, 0]), median(shift[~crowded, 1])])
             for b in sorted(np.flatnonzero(crowded).tolist(), key=lambda k: -np.hypot(*(shift[k] - common))):
-                if not crowded_blocks(pos, geo, s)[b]:
+                if not crowds(pos, geo, s, b):
                     continue
                 idx, bi = geo.block == b, geo.border_block == b
                 keep = pos[idx].copy(), bpos[bi].copy()
                 pos[idx], bpos[bi] = fit_block(pe, E, b, common, affine)
-                if crowded_blocks(pos, geo, s)[b]:
+                if crowds(pos, geo, s, b):
                     pos[idx], bpos[bi] = keep
         return pos, bpos
 
@@ -872,11 +872,13 @@ def crowded_blocks(pos: np.ndarray, geo: Geometry, s: float) -> np.ndarray:
     """(B,) bool: blocks placed at ``pos`` (cut-out px, ``s`` per page px)
     with a bubble within half its pitch of another block's, where the
     template keeps the two further apart."""
-    out = np.zeros(len(geo.block_pitch), bool)
-    for b, others in enumerate(_neighbour_blocks(geo)):
-        if len(others):
-            out[b] = _any_near(pos[geo.block == b], pos[others], 0.5 * float(geo.block_pitch[b]) * s)
-    return out
+    return np.array([crowds(pos, geo, s, b) for b in range(len(geo.block_pitch))], bool)
+
+
+def crowds(pos: np.ndarray, geo: Geometry, s: float, b: int) -> bool:
+    """Whether block ``b`` alone is crowded (``crowded_blocks``)."""
+    others = _neighbour_blocks(geo)[b]
+    return bool(len(others)) and _any_near(pos[geo.block == b], pos[others], 0.5 * float(geo.block_pitch[b]) * s)
 
 
 #: Blocks are checked against the bubbles of blocks this many pitches away at
@@ -1098,7 +1100,14 @@ def fields_beside_marks(geo: Geometry, outside: np.ndarray) -> list[int]:
         at = idx[outside[idx]]
         if len(at) >= 2 or (len(at) and geo.border_across[at[0]]):
             blocks.add(int(geo.border_block[at[0]]))
-    return sorted(set(geo.field[np.isin(geo.block, sorted(blocks))].tolist())) if blocks else []
+    chosen = np.zeros(len(geo.block_pitch), bool)
+    chosen[sorted(blocks)] = True
+    return fields_of_blocks(geo, chosen)
+
+
+def fields_of_blocks(geo: Geometry, chosen: np.ndarray) -> list[int]:
+    """The fields (indices, ascending) of the blocks ``chosen`` ((B,) bool)."""
+    return sorted(set(geo.field[chosen[geo.block]].tolist()))
 
 
 @per_object

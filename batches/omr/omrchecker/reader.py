@@ -38,6 +38,7 @@ from .grid import (
     Placement,
     cut_out,
     fields_beside_marks,
+    fields_of_blocks,
     gap_darkness,
     geometry,
     local_scale,
@@ -331,7 +332,7 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
     # the next block's continue its grid), or a printed bubble the template
     # leaves out is filled in.
     beside_marks = fields_beside_marks(geo, marks_outside(cut, geo, pl, m.mean, marked))
-    for f in (misaligned_fields(geo, pl) + sorted(set(geo.field[off_template[geo.block]].tolist())) + beside_marks
+    for f in (misaligned_fields(geo, pl) + fields_of_blocks(geo, off_template) + beside_marks
               + doubled_blocks(geo, flags)):
         if "misaligned" not in flags[f]:
             flags[f].append("misaligned")
@@ -411,7 +412,7 @@ def misaligned_fields(geo: Geometry, pl: Placement) -> list[int]:
         # their outlines: a block printed otherwise than the template (a row
         # off) is found so too, and one image cannot tell the two apart.
         bad = bad | pl.moved | (pl.unsure if pl.unsure is not None else False)
-    return sorted(set(geo.field[bad[geo.block]].tolist()))
+    return fields_of_blocks(geo, bad)
 
 
 #: A block with this share of its fields (four at least) read with several
@@ -428,12 +429,10 @@ def doubled_blocks(geo: Geometry, flags: list[list[str]]) -> list[int]:
     in many fields; in the others, a real mark a value off, unflagged."""
     block_of = np.zeros(len(flags), np.int64)
     block_of[geo.field] = geo.block
-    out: list[int] = []
-    for b in range(len(geo.block_pitch)):
-        fields = np.flatnonzero(block_of == b).tolist()
-        if len(fields) >= 4 and sum("multiple" in flags[f] for f in fields) >= DOUBLED_SHARE * len(fields):
-            out += fields
-    return out
+    nb = len(geo.block_pitch)
+    fields = np.bincount(block_of, minlength=nb)
+    doubled = np.bincount(block_of, weights=["multiple" in f for f in flags], minlength=nb)
+    return fields_of_blocks(geo, (fields >= 4) & (doubled >= DOUBLED_SHARE * fields))
 
 
 def page_corners(t: OmrCheckerTemplate) -> np.ndarray:
