@@ -176,10 +176,9 @@ def cmd_read(args: argparse.Namespace) -> int:
 
     jobs = args.jobs if args.jobs > 0 else idle_cores()
     if jobs > 1 and len(images) > 1:
-        # Loaded once here, what each worker would otherwise load for its first image.
-        from .imageio import load_decoders
-
-        load_decoders()
+        # What every worker would otherwise derive for its first sheet is
+        # derived once here and shared by the forked workers. (Pillow is not
+        # loaded ahead: plain JPEG and PNG files are read without it.)
         if args.omrchecker_template:
             from .omrchecker.reader import prepare
 

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, ImageSequence, UnidentifiedImageError
+
+from .headers import jpeg_orientation, read_header
+
+# Pillow is imported where a file needs it: plain JPEG and PNG files are
+# probed without it (``headers``), which spares a command-line process its
+# import and plugin loading.
 
 #: Default upper bound on the pixels of one page (60 megapixels: an A4 page at
 #: 600 dpi is 35 MP, a 50 MP phone photo still passes).
@@ -63,9 +68,40 @@ def probe(data: bytes, max_pixels: int = MAX_PIXELS) -> ImageInfo:
     """
     if not data:
         raise ImageError("empty file")
+    header = read_header(data)
+    if header is not None:
+        fmt, sizes, pages, info = header.format, [(header.width, header.height)], 1, {}
+        if header.dpi is not None:
+            info["dpi"] = header.dpi
+    else:
+        fmt, sizes, pages, info = _pillow_probe(data, max_pixels)
+    for w, h in sizes:
+        if w <= 0 or h <= 0:
+            raise ImageError("not an image (zero size)")
+        if w * h > max_pixels:
+            raise PixelLimitError(f"image is {w} x {h} pixels, over the limit of {max_pixels / 1e6:g} MP")
+    dpi = 0.0
+    raw_dpi = info.get("dpi")
+    if raw_dpi:
+        try:
+            dpi = float(max(raw_dpi))
+        except (TypeError, ValueError):
+            dpi = 0.0
+    elif info.get("jfif_unit") == 1:  # JFIF density in dots per inch
+        dpi = float(max(info.get("jfif_density", (0, 0))))
+    if dpi < 20:  # "1 x 1" or 72-dpi placeholders say nothing about a scan
+        dpi = 0.0
+    return ImageInfo(fmt, sizes[0][0], sizes[0][1], pages, dpi)
+
+
+def _pillow_probe(data: bytes, max_pixels: int) -> tuple[str, list[tuple[int, int]], int, dict]:
+    """(format, size of every page, page count, Pillow's info) of a file the
+    header reader leaves to Pillow."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
-            # Pillow warns about large images; the cap below is ours to enforce.
+            # Pillow warns about large images; the cap is ours to enforce.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
@@ -89,23 +125,7 @@ def probe(data: bytes, max_pixels: int = MAX_PIXELS) -> ImageInfo:
             except (EOFError, OSError, ValueError):
                 raise ImageError(f"damaged {fmt} file (page {i + 1} cannot be read)") from None
             sizes.append(im.size)
-    for w, h in sizes:
-        if w <= 0 or h <= 0:
-            raise ImageError("not an image (zero size)")
-        if w * h > max_pixels:
-            raise PixelLimitError(f"image is {w} x {h} pixels, over the limit of {max_pixels / 1e6:g} MP")
-    dpi = 0.0
-    raw_dpi = im.info.get("dpi")
-    if raw_dpi:
-        try:
-            dpi = float(max(raw_dpi))
-        except (TypeError, ValueError):
-            dpi = 0.0
-    elif im.info.get("jfif_unit") == 1:  # JFIF density in dots per inch
-        dpi = float(max(im.info.get("jfif_density", (0, 0))))
-    if dpi < 20:  # "1 x 1" or 72-dpi placeholders say nothing about a scan
-        dpi = 0.0
-    return ImageInfo(fmt, sizes[0][0], sizes[0][1], pages, dpi)
+    return fmt, sizes, pages, im.info
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
@@ -211,6 +231,11 @@ def exif_orientation(data: bytes) -> int:
         # Pillow decodes a whole PNG to look for EXIF after its pixels; a PNG
         # with no chunk or text key that can carry an orientation is upright.
         return 1
+    value = jpeg_orientation(data)
+    if value is not None:
+        return value if 1 <= value <= 8 else 1
+    from PIL import Image
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -281,6 +306,8 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
 
 def _pil_pages(data: bytes, grey: bool) -> list[np.ndarray]:
     """Every page through Pillow (multi-page TIFF, fax/LZW compression, odd modes)."""
+    from PIL import Image, ImageSequence
+
     out = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -306,7 +333,7 @@ def _pil_pages(data: bytes, grey: bool) -> list[np.ndarray]:
     return out
 
 
-def _frame_orientation(frame: Image.Image) -> int:
+def _frame_orientation(frame) -> int:  # a PIL.Image.Image
     # Each page of a TIFF carries its own orientation tag.
     try:
         value = frame.getexif().get(_ORIENTATION_TAG, 1)
@@ -339,12 +366,6 @@ def _decode(data: bytes, info: ImageInfo, flag: int, grey: bool) -> list[np.ndar
     if not pages:
         raise ImageError(f"damaged {info.format} file (no pages)")
     return pages
-
-
-def load_decoders() -> None:
-    """Load the image format decoders now (Pillow loads its common ones on the
-    first file it opens): worker processes forked afterwards share them."""
-    Image.preinit()
 
 
 def load_images(data: bytes, name: str = "", *, max_pixels: int = MAX_PIXELS, grey: bool = False) -> list[np.ndarray]:

@@ -39,7 +39,8 @@ def test_reading_an_omrchecker_sheet_loads_neither_the_builtin_reader_nor_the_qr
     # Every process that reads sheets pays for what it imports: an OMRChecker
     # sheet (a plain JPEG) needs neither the built-in templates' page locator
     # and template format, nor the QR decoder, nor numpy's masked
-    # arrays (batches/omr/stats.py).
+    # arrays (batches/omr/stats.py), nor Pillow (its header is read by
+    # batches/omr/headers.py).
     sheet = "tests/data/real-sheets/omrchecker/community/dxuian/omrcollegesheet.jpg"
     template = "tests/data/real-sheets/omrchecker/community/dxuian/template.json"
     code = (
@@ -47,7 +48,7 @@ def test_reading_an_omrchecker_sheet_loads_neither_the_builtin_reader_nor_the_qr
         "from batches.omr import cli\n"
         f"status = cli.main(['read', '--omrchecker-template', {template!r}, '--json', {sheet!r}])\n"
         "mods = ('batches.omr.align', 'batches.omr.bubbles', 'batches.omr.qr', 'batches.omr.reader',\n"
-        "        'batches.omr.template', 'pyzbar', 'numpy.ma')\n"
+        "        'batches.omr.template', 'pyzbar', 'numpy.ma', 'PIL')\n"
         "print(status, ','.join(sorted(m for m in mods if m in sys.modules)), file=sys.stderr)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
