@@ -52,3 +52,16 @@ def test_all_windows_at_once_equal_one_window_at_a_time():
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), trial
         cut_off += int((want[0] == -1).sum())
     assert cut_off > 0  # windows too far outside were met
+
+
+def test_ring_matches_on_two_threads_are_each_kernels_own_in_order():
+    from batches.omr.omrchecker.steps import _ring_matches, ring_template
+
+    rng = np.random.default_rng(4)
+    cut = cv2.GaussianBlur((rng.random((160, 120)) * 255).astype(np.float32), (0, 0), 1.5)
+    kernels = [ring_template(r) for r in (3.3, 4.2, 5.1, 6.0, 6.9, 7.8)]
+    got = _ring_matches(cut, kernels)
+    assert len(got) == len(kernels)
+    for ker, res in zip(kernels, got, strict=True):
+        assert np.array_equal(res, cv2.matchTemplate(cut, ker, cv2.TM_CCOEFF_NORMED))
+    assert [r.shape for r in _ring_matches(cut, kernels[:1])] == [got[0].shape]

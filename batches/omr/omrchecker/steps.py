@@ -756,12 +756,10 @@ def fit_on_grid(grey: np.ndarray, H: np.ndarray, centres: np.ndarray, half_box: 
         pred = (centres - lo) * s - 0.5  # cut-out px
         win = max(2, int(round(window * pitch * s)))
         best = None
-        for rr in ((0.55, 0.7, 0.85, 1.0, 1.15, 1.3) if radius is None else (radius,)):
-            ker = ring_template(rr * box_px)
+        rings = [(rr, ker) for rr in ((0.55, 0.7, 0.85, 1.0, 1.15, 1.3) if radius is None else (radius,))
+                 if (ker := ring_template(rr * box_px)).shape[0] < min(fw, fh)]
+        for (rr, ker), res in zip(rings, _ring_matches(cut, [ker for _rr, ker in rings]), strict=True):
             kh = ker.shape[0] // 2
-            if ker.shape[0] >= min(fw, fh):
-                continue
-            res = cv2.matchTemplate(cut, ker, cv2.TM_CCOEFF_NORMED)
             vals, pts = _best_rings(res, pred, kh, win)
             typical = float(median(vals))
             if best is None or typical > best[0]:
@@ -785,6 +783,32 @@ def fit_on_grid(grey: np.ndarray, H: np.ndarray, centres: np.ndarray, half_box: 
             return None
         out, inliers = Hn, int(keep.sum())
     return out, inliers, float(radius)
+
+
+def _ring_matches(cut: np.ndarray, kernels: list[np.ndarray]) -> list[np.ndarray]:
+    """``cv2.matchTemplate`` of ``cut`` with each kernel (normed correlation),
+    every other one on a second thread: one call uses one core, and the
+    printed radius is searched with six (the same results, in order)."""
+    out: list = [None] * len(kernels)
+
+    def match(which: range) -> None:
+        for i in which:
+            out[i] = cv2.matchTemplate(cut, kernels[i], cv2.TM_CCOEFF_NORMED)
+
+    if len(kernels) < 2:
+        match(range(len(kernels)))
+        return out
+    import threading  # (only the few sheets fitted on their bubble grid come here)
+
+    other = threading.Thread(target=match, args=(range(1, len(kernels), 2),))
+    other.start()
+    try:
+        match(range(0, len(kernels), 2))
+    finally:
+        other.join()
+    if any(r is None for r in out):
+        raise RuntimeError("ring matching failed on its second thread")
+    return out
 
 
 def _best_rings(res: np.ndarray, pred: np.ndarray, kh: int, win: int) -> tuple[np.ndarray, np.ndarray]:
