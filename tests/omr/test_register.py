@@ -94,10 +94,11 @@ def test_a_sheet_whose_page_is_placed_a_pitch_off_in_one_block_is_not_flagged_ev
     row = dict(next(r for r, p in real_captures(set_path) if p.name == name))
     out = read_omrchecker_image_bytes((ROOT / set_path / name).read_bytes(), _template(set_path), source=name)[0]
     flagged = [f for f, fl in out.to_dict()["flags"].items() if "misaligned" in fl]
-    # The booklet grid (printed otherwise than the template) is flagged; the
+    # The booklet grid (printed 1..9, 0, the template says 0..9) sits a row off
+    # the template: it is read as printed (tests/omr/test_digit_order.py); the
     # 200 questions are read, not sent to review because one block had to be
     # looked for further than half a pitch.
-    assert "Booklet_No" in flagged
+    assert out.answers["Booklet_No"] == row["Booklet_No"]
     assert len(flagged) <= 20, flagged
     assert all(out.answers[q] == row[q] for q in row if q.startswith("q"))
 

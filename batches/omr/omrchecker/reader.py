@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cv2
@@ -32,6 +32,7 @@ from ..imageio import MAX_PIXELS, ImageInfo, to_grey
 from ..layout import BubbleGeom, Group, PageLayout, Rect, Square
 from ..reading import SheetReading, read_pages
 from ..stats import median
+from .digit_order import printed_orders
 from .grid import (
     Cutout,
     Geometry,
@@ -326,6 +327,20 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
                                           (pairs, gap_darkness(cut, geo, pl, pairs)), grey)
     if 1.0 - m.ink_ratio < MIN_CONTRAST:
         out.flag("low_contrast")
+    # Digit grids printed in the other order than the template says (1..9, 0
+    # against 0..9), told by the ink of their printed digits: read as
+    # printed. Such a block sits a row off the template's grid, which is
+    # explained then, not doubt.
+    firsts = _first_bubbles(t)
+    orders = printed_orders([(int(geo.block[i]), f.values) for f, i in zip(t.fields, firsts, strict=True)],
+                            m.mean, marked)
+    relabelled: dict[int, list[int]] = {}
+    for k in orders:
+        relabelled.setdefault(int(geo.block[firsts[k]]), []).append(k)
+    for b, ks in relabelled.items():
+        off_template[b] = False
+        out.notes.append(f"{', '.join(t.fields[k].label for k in ks)}: printed {_order_name(orders[ks[0]])}, not "
+                         f"{_order_name(t.fields[ks[0]].values)} as the template says; read as printed")
     flags = [[f for f in g.flags if f != "blank"] for g in groups]
     # Marks one pitch outside a block, where the template has no bubble: the
     # block is read a row or a column off (its outlines cannot tell, where
@@ -337,8 +352,8 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         if "misaligned" not in flags[f]:
             flags[f].append("misaligned")
     confidence = [min(g.confidence, 0.5) if flags[k] else g.confidence for k, g in enumerate(groups)]
-    _answers(out, t, marked, flags, confidence)
-    out._bubble_data = (lay, np.round(levels.excess, 3), marked, centres_img)
+    _answers(out, t, marked, flags, confidence, orders)
+    out._bubble_data = (_relabelled(lay, orders), np.round(levels.excess, 3), marked, centres_img)
     out.timings_ms["bubbles"] = (time.perf_counter() - t0) * 1000
     return done()
 
@@ -487,13 +502,36 @@ def _orientation(corners: np.ndarray) -> int:
     return int(round((math.degrees(math.atan2(v[1], v[0])) % 360) / 90.0)) % 4 * 90
 
 
+def _first_bubbles(t: OmrCheckerTemplate) -> list[int]:
+    """The index of each field's first bubble (bubbles are stored field after field)."""
+    return np.cumsum([0] + [len(f.values) for f in t.fields[:-1]]).tolist() if t.fields else []
+
+
+def _order_name(values: tuple[str, ...]) -> str:
+    return "0..9" if values[0] == "0" else "1..9, 0"
+
+
+def _relabelled(lay: PageLayout, orders: dict[int, tuple[str, ...]]) -> PageLayout:
+    """``lay`` with the fields of ``orders`` (field index -> values as printed) relabelled."""
+    if not orders:
+        return lay
+    groups = list(lay.groups)
+    for k, values in orders.items():
+        g = groups[k]
+        groups[k] = replace(g, bubbles=tuple(replace(b, value=v) for b, v in zip(g.bubbles, values, strict=True)))
+    return replace(lay, groups=tuple(groups))
+
+
 def _answers(out: OmrCheckerReading, t: OmrCheckerTemplate, marked_bubbles: np.ndarray,
-             field_flags: list[list[str]], confidence: list[float]) -> None:
-    """OMRChecker's response: fields, then custom labels and output columns."""
+             field_flags: list[list[str]], confidence: list[float],
+             printed: dict[int, tuple[str, ...]] | None = None) -> None:
+    """OMRChecker's response: fields, then custom labels and output columns.
+    ``printed``: {field index: its values as printed} where they differ from
+    the template's."""
     marked: dict[str, list[str]] = {f.label: [] for f in t.fields}
     i = 0
-    for f in t.fields:
-        for v in f.values:
+    for k, f in enumerate(t.fields):
+        for v in (printed or {}).get(k, f.values):
             if marked_bubbles[i]:
                 marked[f.label].append(v)
             i += 1
