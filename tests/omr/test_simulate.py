@@ -582,3 +582,19 @@ def test_sideways_phone_photo_reads_every_answer():
         d, s = _read(t, sim)
         assert d["error"] is None and d["sheet_flags"] == [], (d["error"], d["sheet_flags"])
         assert s.right == s.fields, s.silent or f"{s.wrong_flagged} wrong, flagged"
+
+
+def test_a_form_printed_in_a_dropout_colour_is_coloured_and_its_marks_are_not(preset_sims):
+    # scan_dropout prints the form in orange: its print is dark in blue, light
+    # in red; pencil marks are grey in every channel.
+    sim = preset_sims["scan_dropout"]
+    img = sim.image.astype(np.int16)
+    b, r = img[:, :, 0], img[:, :, 2]
+    lowest = img.min(2)
+    print_px = (lowest < 170) & (r > 200)  # dark in some channel, light in red: the print
+    pencil = (img.max(2) < 110)  # dark in every channel: the marks
+    assert print_px.sum() > 800 and pencil.sum() > 300
+    assert float((r - b)[print_px].mean()) > 60
+    assert float(np.abs(r - b)[pencil].mean()) < 25
+    with pytest.raises(ValueError, match="print_ink"):
+        simulate_sheet(load_template(TEMPLATE), {}, preset=dataclasses.replace(PRESETS["clean"], print_ink="gold"))

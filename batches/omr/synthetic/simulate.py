@@ -56,6 +56,16 @@ PAPERS: dict[str, tuple[float, float, float]] = {
     "green": (0.8, 0.96, 0.84),
 }
 LIGHT_PAPERS = ("white", "white", "bright", "cream", "recycled")
+#: Print colours: the share of black print's density each channel (B, G, R)
+#: sees. Forms printed in such "dropout" inks (``Sandeep-1507``'s orange)
+#: show their outlines faint in grey and dark in the channel the ink absorbs.
+PRINT_INKS: dict[str, tuple[float, float, float] | None] = {
+    "black": None,
+    "orange": (0.55, 0.25, 0.03),
+    "red": (0.6, 0.65, 0.05),
+    "green": (0.55, 0.1, 0.6),
+    "blue": (0.05, 0.4, 0.7),
+}
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,9 @@ class SimOptions:
     Filling in:
       ``style``: mark style, one of ``STYLES`` or ``"mixed"`` (random per bubble
       among ``MIXED_STYLES``). ``pen``: ink of filled/tick/cross/circled marks:
-      ``"graphite"`` (pencil), ``"black"`` or ``"blue"`` (pen). ``erasure_rate``:
+      ``"graphite"`` (pencil), ``"black"`` or ``"blue"`` (pen). ``print_ink``:
+      what the form is printed in, ``"black"`` or a dropout colour of
+      ``PRINT_INKS`` (outlines and letters faint in grey, dark in one channel). ``erasure_rate``:
       fraction of questions where an earlier answer was erased before the real one
       (or none) was marked; ``whiteout_rate``: the same, covered with correction
       fluid instead (the ink is hidden under an opaque white blob that takes the
@@ -136,6 +148,7 @@ class SimOptions:
     dpi: float = 300
     style: str = "filled"
     pen: str = "graphite"
+    print_ink: str = "black"
     erasure_rate: float = 0.0
     handwriting: bool = True
     stray_marks: Range = 0
@@ -255,6 +268,13 @@ PRESETS: dict[str, SimOptions] = {
         dpi=75, style="paper", pen="black", bubble_letters=(0.5, 0.8), skew_deg=(0.0, 1.5), scale=(0.99, 1.01),
         lid_border_mm=(0.0, 3.0), lid_grey=(225, 245), paper="random", blur=0.4, noise=2.0, gradient=0.04,
         jpeg_quality=80,
+    ),
+    # A form printed in a light orange ("dropout" ink), scanned in colour at
+    # 100 dpi: outlines and letters faint in grey (Sandeep-1507's sheets).
+    "scan_dropout": SimOptions(
+        dpi=100, style="filled", print_ink="orange", bubble_letters=(0.5, 0.8), skew_deg=(0.0, 1.0),
+        scale=(0.99, 1.01), lid_border_mm=(0.0, 2.0), lid_grey=(225, 245), paper="white", blur=0.5, noise=2.0,
+        jpeg_quality=85,
     ),
     # A phone held sideways: the file stores the photo turned a quarter and an
     # EXIF tag that turns it back, with the phone's preview and maker data after
@@ -434,6 +454,11 @@ def simulate_sheet(template: Template | str, answers: dict[str, str], *, page: i
     if letters > 0 and printed is None:  # a printed layout of another kind draws its own
         _print_letters(ink, layout, letters)
         params["bubble_letters"] = letters
+    if opts.print_ink not in PRINT_INKS:
+        raise ValueError(f"unknown print_ink {opts.print_ink!r}; choose from {', '.join(PRINT_INKS)}")
+    if PRINT_INKS[opts.print_ink] is not None:
+        ink.print_layer = ink.page.copy()
+        params["print_ink"] = opts.print_ink
 
     # ---- the student's pencil work
     styles, bubble_styles, erased, whited = _draw_marks(ink, layout, selected, opts, field_styles, r_marks)
@@ -638,6 +663,8 @@ class _Ink:
         self.rng = rng
         self.pen = pen
         self.pen_layer: np.ndarray | None = np.ones_like(self.page) if pen == "blue" else None
+        # The printed form alone (reflectance), kept when it is printed in a colour.
+        self.print_layer: np.ndarray | None = None
         # One student, one pencil: sheet-wide habits around which marks vary.
         self.pressure = rng.uniform(0.9, 1.08)
         self.stroke_mm = rng.uniform(0.45, 0.7)
@@ -1437,10 +1464,18 @@ def _to_index(H: np.ndarray) -> np.ndarray:
 _BLUE_INK = (0.3, 0.95, 1.25)
 
 
-def _pen_channel(page: np.ndarray, pen: np.ndarray | None, c: int) -> np.ndarray:
-    if pen is None:
-        return page
-    return cv2.multiply(page, cv2.pow(cv2.max(pen, 1e-3), _BLUE_INK[c]))
+def _pen_channel(page: np.ndarray, pen: np.ndarray | None, c: int, prn: np.ndarray | None = None,
+                 absorb: tuple[float, float, float] | None = None) -> np.ndarray:
+    """Channel ``c`` of the page: a blue pen's strokes (``pen``) tinted, and a
+    form printed in a colour (``prn``, the print alone, absorbing ``absorb``
+    of each channel) seen in that colour instead of black."""
+    if pen is not None:
+        page = cv2.multiply(page, cv2.pow(cv2.max(pen, 1e-3), _BLUE_INK[c]))
+    if prn is not None and absorb is not None:
+        # page = print x marks: divide the black print out, put the coloured one in.
+        seen = np.float32(1.0) - (np.float32(1.0) - prn) * np.float32(absorb[c])
+        page = page * (seen / np.maximum(prn, np.float32(0.02)))
+    return page
 
 
 def _capture_scan(ink: _Ink, t: Template, opts: SimOptions, rg: np.random.Generator, rl: np.random.Generator,
@@ -1483,18 +1518,19 @@ def _capture_scan(ink: _Ink, t: Template, opts: SimOptions, rg: np.random.Genera
         out_h = max(16, int(round(hi[1] - lo[1] + ext[1] + ext[3])))
     H = cv2.getPerspectiveTransform(corners.astype(np.float32), q.astype(np.float32)).astype(np.float64)
     identity = np.allclose(H, np.eye(3), atol=1e-9) and (out_w, out_h) == (pw, ph)
-    page_in, pen_in = ink.page, ink.pen_layer
+    page_in, pen_in, prn_in = ink.page, ink.pen_layer, ink.print_layer
     mask = back = None
     lid = _pick(rl, opts.lid_grey)
     if identity:
-        page, pen = page_in, pen_in
+        page, pen, prn = page_in, pen_in, prn_in
     else:
         Hi = _to_index(H)
         size = (out_w, out_h)
         page = cv2.warpPerspective(page_in, Hi, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                                    borderValue=1.0)
-        pen = None if pen_in is None else cv2.warpPerspective(
-            pen_in, Hi, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0)
+        pen, prn = (None if layer is None else cv2.warpPerspective(
+            layer, Hi, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0)
+            for layer in (pen_in, prn_in))
         m8 = np.zeros((out_h, out_w), np.uint8)
         cv2.fillConvexPoly(m8, np.round((q - 0.5) * 16).astype(np.int32), 255, cv2.LINE_AA, 4)
         if m8.min() < 255:
@@ -1523,7 +1559,7 @@ def _capture_scan(ink: _Ink, t: Template, opts: SimOptions, rg: np.random.Genera
     for c in range(3):
         g = float(gains[c]) * contrast
         offset = 128.0 * (1.0 - contrast)
-        src = _pen_channel(page, pen, c)
+        src = _pen_channel(page, pen, c, prn, PRINT_INKS[opts.print_ink])
         if back is not None:
             ch = cv2.addWeighted(src, 255.0 * float(tint[c]) * g, back, g, offset)
         else:
@@ -1752,8 +1788,9 @@ def _capture_photo(ink: _Ink, t: Template, opts: SimOptions, cam: dict, rg: np.r
     # its coverage (premultiplied alpha); the coverage itself is the remap of an
     # all-white page.
     page = cv2.remap(ink.page, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-    pen = None if ink.pen_layer is None else cv2.remap(ink.pen_layer, mx, my, cv2.INTER_LINEAR,
-                                                       borderMode=cv2.BORDER_CONSTANT, borderValue=1.0)
+    pen, prn = (None if layer is None else cv2.remap(layer, mx, my, cv2.INTER_LINEAR,
+                                                     borderMode=cv2.BORDER_CONSTANT, borderValue=1.0)
+                for layer in (ink.pen_layer, ink.print_layer))
     cover = cv2.remap(np.full((ph_px, pw_px), 255, np.uint8), mx, my, cv2.INTER_LINEAR,
                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     del mx, my
@@ -1810,7 +1847,8 @@ def _capture_photo(ink: _Ink, t: Template, opts: SimOptions, cam: dict, rg: np.r
     for c in (1, 0, 2):
         g = float(gains[c]) * contrast
         lit = cv2.resize(lights[c], (W, H), interpolation=cv2.INTER_LINEAR)
-        front = cv2.multiply(_pen_channel(page, pen, c), lit, scale=255.0 * float(tint[c]) * g)
+        front = cv2.multiply(_pen_channel(page, pen, c, prn, PRINT_INKS[opts.print_ink]), lit,
+                             scale=255.0 * float(tint[c]) * g)
         small_bg = cv2.multiply(desk[:, :, c], cv2.resize(lights[c], (bw, bh), interpolation=cv2.INTER_LINEAR),
                                 scale=g)
         back = cv2.multiply(cv2.resize(small_bg, (W, H), interpolation=cv2.INTER_LINEAR), inv)
