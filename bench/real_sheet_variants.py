@@ -14,7 +14,8 @@ reviewer led by the flagged fields may pass them; and of those, on sheets
 with no field flagged misaligned, whose review page does not ask for every
 answer to be checked), and sheets sent to review
 that carry no doubtful mark. ``-v`` names each refused, silent or flagged
-reading, and each needless review with the flags that sent it there. The kinds:
+reading, each wrong column in a field with no flag of its own, and each
+needless review with the flags that sent it there. The kinds:
 
 - ``skew``: turned up to 3 degrees within the same frame (a scanner's feeder);
 - ``rotate``: turned up to 4 degrees, the frame widened to hold it all;
@@ -209,6 +210,9 @@ def main() -> None:
                         # led by the flagged fields may pass this one.
                         unflagged_field += not field_flagged
                         unnoticed += not field_flagged and not placed_apart
+                        if a.verbose and not field_flagged:
+                            print(f"  unflagged field {label} {col}: read {got!r}, truth {expected!r}"
+                                  f"{'' if placed_apart else ' (no field misaligned)'}")
                     else:
                         silent += 1
                         print(f"  SILENT   {label} {col}: read {got!r}, truth {expected!r}")
