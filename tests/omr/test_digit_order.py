@@ -21,7 +21,7 @@ INK = {"0": 0.09, "1": 0.04, "2": 0.08, "3": 0.08, "4": 0.08, "5": 0.08, "6": 0.
 def _grid(printed: tuple[str, ...], said: tuple[str, ...], columns: int, noise: float, seed: int = 0,
           marks: int = 1) -> tuple[list, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    fields = [(0, said) for _ in range(columns)]
+    fields = [(0, 10 * c, said) for c in range(columns)]
     mean = np.concatenate([[INK[d] for d in printed] for _ in range(columns)]) + rng.normal(0, noise, 10 * columns)
     marked = np.zeros(10 * columns, bool)
     for c in range(columns):
@@ -60,7 +60,7 @@ def test_strokes_running_on_from_marks_into_the_next_bubble_are_no_printed_digit
     # it from the "7" above (the simulator's "across" style on a bitonal scan
     # read 1..9, 0 into a 0..9 grid this way when the stroke counted).
     rng = np.random.default_rng(2)
-    fields = [(0, ZERO_FIRST) for _ in range(8)]
+    fields = [(0, 10 * c, ZERO_FIRST) for c in range(8)]
     mean = 0.02 + rng.normal(0, 0.003, 80)
     marked = np.zeros(80, bool)
     marked[8::10] = True

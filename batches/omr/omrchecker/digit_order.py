@@ -35,27 +35,26 @@ MIN_AGREEMENT = 0.75
 MIN_DIFFERENCE = 0.012
 
 
-def printed_orders(fields: list[tuple[int, tuple[str, ...]]], mean: np.ndarray, marked: np.ndarray
+def printed_orders(fields: list[tuple[int, int, tuple[str, ...]]], mean: np.ndarray, marked: np.ndarray
                    ) -> dict[int, tuple[str, ...]]:
     """The digit fields to read in the other order: {field index: its values
-    as printed}. ``fields``: per field, (its block, its values in bubble
-    order), bubbles stored field after field; ``mean``: each bubble's inside
+    as printed}. ``fields``: per field, (its block, the index of its first
+    bubble, its values in bubble order); ``mean``: each bubble's inside
     darkness; ``marked``: each bubble read as marked. Grids are judged block
     by block (a block's digit fields are printed alike)."""
-    starts = np.cumsum([0] + [len(v) for _b, v in fields])
     by_block: dict[int, list[int]] = {}
-    for k, (block, values) in enumerate(fields):
+    for k, (block, _first, values) in enumerate(fields):
         if values in (ZERO_FIRST, ONE_FIRST):
             by_block.setdefault(block, []).append(k)
     out: dict[int, tuple[str, ...]] = {}
     for ks in by_block.values():
-        orders = {fields[k][1] for k in ks}
+        orders = {fields[k][2] for k in ks}
         if len(orders) != 1:
             continue
         said = orders.pop()
         diffs = []
         for k in ks:
-            s = int(starts[k])
+            s = fields[k][1]
             for a, b in PAIRS:
                 # Neither bubble marked, nor next to a mark in the column (a
                 # mark's overflow or a stroke running on from it darkens those).

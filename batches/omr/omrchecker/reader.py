@@ -331,12 +331,11 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
     # against 0..9), told by the ink of their printed digits: read as
     # printed. Such a block sits a row off the template's grid, which is
     # explained then, not doubt.
-    firsts = _first_bubbles(t)
-    orders = printed_orders([(int(geo.block[i]), f.values) for f, i in zip(t.fields, firsts, strict=True)],
-                            m.mean, marked)
+    digit_fields = [(int(geo.block[i]), i, f.values) for f, i in zip(t.fields, _first_bubbles(t), strict=True)]
+    orders = printed_orders(digit_fields, m.mean, marked)
     relabelled: dict[int, list[int]] = {}
     for k in orders:
-        relabelled.setdefault(int(geo.block[firsts[k]]), []).append(k)
+        relabelled.setdefault(digit_fields[k][0], []).append(k)
     for b, ks in relabelled.items():
         off_template[b] = False
         out.notes.append(f"{', '.join(t.fields[k].label for k in ks)}: printed {_order_name(orders[ks[0]])}, not "

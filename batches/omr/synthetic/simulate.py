@@ -1464,7 +1464,7 @@ def _to_index(H: np.ndarray) -> np.ndarray:
 _BLUE_INK = (0.3, 0.95, 1.25)
 
 
-def _pen_channel(page: np.ndarray, pen: np.ndarray | None, c: int, prn: np.ndarray | None = None,
+def _page_channel(page: np.ndarray, pen: np.ndarray | None, c: int, prn: np.ndarray | None = None,
                  absorb: tuple[float, float, float] | None = None) -> np.ndarray:
     """Channel ``c`` of the page: a blue pen's strokes (``pen``) tinted, and a
     form printed in a colour (``prn``, the print alone, absorbing ``absorb``
@@ -1559,7 +1559,7 @@ def _capture_scan(ink: _Ink, t: Template, opts: SimOptions, rg: np.random.Genera
     for c in range(3):
         g = float(gains[c]) * contrast
         offset = 128.0 * (1.0 - contrast)
-        src = _pen_channel(page, pen, c, prn, PRINT_INKS[opts.print_ink])
+        src = _page_channel(page, pen, c, prn, PRINT_INKS[opts.print_ink])
         if back is not None:
             ch = cv2.addWeighted(src, 255.0 * float(tint[c]) * g, back, g, offset)
         else:
@@ -1847,7 +1847,7 @@ def _capture_photo(ink: _Ink, t: Template, opts: SimOptions, cam: dict, rg: np.r
     for c in (1, 0, 2):
         g = float(gains[c]) * contrast
         lit = cv2.resize(lights[c], (W, H), interpolation=cv2.INTER_LINEAR)
-        front = cv2.multiply(_pen_channel(page, pen, c, prn, PRINT_INKS[opts.print_ink]), lit,
+        front = cv2.multiply(_page_channel(page, pen, c, prn, PRINT_INKS[opts.print_ink]), lit,
                              scale=255.0 * float(tint[c]) * g)
         small_bg = cv2.multiply(desk[:, :, c], cv2.resize(lights[c], (bw, bh), interpolation=cv2.INTER_LINEAR),
                                 scale=g)
