@@ -25,24 +25,33 @@ def median(values):
     return zero + part[k] if a.size % 2 else (zero + part[k - 1] + part[k]) / 2
 
 
-def percentile(values, q: float):
-    """``np.percentile(values, q)`` (over all elements, linear interpolation,
-    ``q`` a plain number in 0..100): the same value and type."""
+def percentile(values, q: float, axis: int | None = None):
+    """``np.percentile(values, q, axis=axis)`` (linear interpolation, ``q`` a
+    plain number in 0..100; over all elements, or along one axis): the same
+    values and type."""
     a = np.asarray(values)
-    if a.size == 0 or a.dtype.kind not in "uif" or type(q) not in (int, float) or not 0 <= q <= 100:
-        return np.percentile(a, q)
-    virtual = (a.size - 1) * np.true_divide(q, 100, out=...)
+    if axis is None:
+        a = a.ravel()
+    if (a.ndim == 0 or a.size == 0 or a.dtype.kind not in "uif" or type(q) not in (int, float)
+            or not 0 <= q <= 100 or type(axis) not in (int, type(None))):
+        return np.percentile(values, q, axis=axis)
+    along = 0 if axis is None else axis
+    n = a.shape[along]
+    virtual = (n - 1) * np.true_divide(q, 100, out=...)
     lo = hi = -1  # at the top: the largest value
-    if virtual < a.size - 1:
+    if virtual < n - 1:
         lo = int(np.floor(virtual))
         hi = lo + 1
-    part = np.partition(a, sorted({0, -1, lo, hi}), axis=None)
+    part = np.partition(a, sorted({0, -1, lo, hi} if n > 1 else {0}), axis=along)
     gamma = float(virtual - np.intp(lo))
     # numpy's interpolation, from the nearer end.
-    below, above = part[lo], part[hi]
+    below, above = np.take(part, lo, axis=along), np.take(part, hi, axis=along)
     step = above - below
     out = np.add(below, step * gamma, out=...)
     np.subtract(above, step * (1 - gamma), out=out, where=gamma >= 0.5, casting="unsafe", dtype=type(out.dtype))
-    if a.dtype.kind == "f" and np.isnan(part[-1]):
-        return part[-1]
+    if a.dtype.kind == "f":
+        last = np.take(part, -1, axis=along)  # NaNs sort last
+        if axis is None and np.isnan(last):
+            return last
+        out[np.isnan(last)] = np.nan
     return out[()]

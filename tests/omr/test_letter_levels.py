@@ -94,3 +94,27 @@ def test_a_value_printed_once_may_be_darker_than_the_darkest_known_by_half_their
     assert np.isclose(margin[10], UNKNOWN_SPREAD * 0.20)
     # With a single value known nothing shows how letters differ: no margin.
     assert not unknown_margin(values[5:], keys[5:], blankish[5:]).any()
+
+
+def test_percentile_along_an_axis_is_numpys_to_the_bit():
+    # The page search takes a percentile of each edge profile (a row each).
+    from batches.omr.stats import percentile
+
+    rng = np.random.default_rng(11)
+    for trial in range(1500):
+        shape = (int(rng.integers(1, 30)), int(rng.integers(1, 40)))
+        dtype = (np.uint8, np.float32, np.float64)[trial % 3]
+        if dtype is np.uint8:
+            a = rng.integers(0, 256, shape).astype(dtype)
+        else:
+            a = rng.normal(0, 10.0 ** int(rng.integers(-3, 4)), shape).astype(dtype)
+            a = np.where(rng.random(shape) < 0.2, -0.0, a).astype(dtype)
+            if trial % 7 == 0:
+                a[rng.integers(0, shape[0]), rng.integers(0, shape[1])] = np.nan
+        q = (25, 60, 90, 99.5, 0, 100, float(rng.uniform(0, 100)))[trial % 7]
+        for axis in (0, 1, -1):
+            with np.errstate(all="ignore"):
+                ours, numpys = percentile(a, q, axis=axis), np.percentile(a, q, axis=axis)
+            assert type(ours) is type(numpys) and ours.dtype == numpys.dtype and ours.shape == numpys.shape
+            assert np.array_equal(ours, numpys, equal_nan=True), (a, q, axis)
+            assert np.array_equal(np.signbit(ours), np.signbit(numpys)), (a, q, axis)

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import batches.omr
 from tests.fresh_imports import modules_loaded
 
@@ -35,22 +37,31 @@ def test_the_reading_path_never_loads_the_simulator():
     assert loaded == [], f"the reading path loaded the simulator: {loaded}"
 
 
-def test_reading_an_omrchecker_sheet_loads_neither_the_builtin_reader_nor_the_qr_decoder():
+SANDEEP = "tests/data/real-sheets/omrchecker/community/Sandeep-1507/"
+
+
+@pytest.mark.parametrize("template,sheets", [
+    ("tests/data/real-sheets/omrchecker/community/dxuian/template.json",
+     ["tests/data/real-sheets/omrchecker/community/dxuian/omrcollegesheet.jpg"]),
+    # Faint 72-dpi scans on a whole-image template: the wider page search
+    # (its sides by RANSAC, its edges' percentiles), the fit of the whole
+    # layout and the digit grid's printed order all run.
+    (SANDEEP + "template.json", [SANDEEP + f"omr-{i}.png" for i in (1, 2, 3)]),
+])
+def test_reading_an_omrchecker_sheet_loads_neither_the_builtin_reader_nor_the_qr_decoder(template, sheets):
     # Every process that reads sheets pays for what it imports: an OMRChecker
-    # sheet (a plain JPEG) needs neither the built-in templates' page locator
-    # and template format, nor the QR decoder, nor numpy's masked
-    # arrays (batches/omr/stats.py), nor Pillow (its header is read by
-    # batches/omr/headers.py).
-    sheet = "tests/data/real-sheets/omrchecker/community/dxuian/omrcollegesheet.jpg"
-    template = "tests/data/real-sheets/omrchecker/community/dxuian/template.json"
+    # sheet (a plain JPEG or PNG) needs neither the built-in templates' page
+    # locator and template format, nor the QR decoder, nor numpy's masked
+    # arrays (batches/omr/stats.py) or its random generators, nor Pillow (its
+    # header is read by batches/omr/headers.py).
     code = (
         "import sys\n"
         "from batches.omr import cli\n"
-        f"status = cli.main(['read', '--omrchecker-template', {template!r}, '--json', {sheet!r}])\n"
+        f"status = cli.main(['read', '--omrchecker-template', {template!r}, '--json', '--jobs', '1', *{sheets!r}])\n"
         "mods = ('batches.omr.align', 'batches.omr.bubbles', 'batches.omr.qr', 'batches.omr.reader',\n"
-        "        'batches.omr.template', 'pyzbar', 'numpy.ma', 'PIL')\n"
+        "        'batches.omr.template', 'pyzbar', 'numpy.ma', 'numpy.random', 'PIL')\n"
         "print(status, ','.join(sorted(m for m in mods if m in sys.modules)), file=sys.stderr)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert '"answers": {' in out.stdout
+    assert out.stdout.count('"answers": {') == len(sheets)
     assert out.stderr.strip().splitlines()[-1] == "0", out.stderr

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..stats import median
+
 #: The two printings, by position in the grid.
 ZERO_FIRST = tuple("0123456789")
 ONE_FIRST = tuple("1234567890")
@@ -74,7 +76,7 @@ def _printed(diffs: np.ndarray) -> tuple[str, ...] | None:
     digit."""
     if len(diffs) < MIN_COMPARISONS:
         return None
-    typical = float(np.median(diffs))
+    typical = float(median(diffs))
     if abs(typical) < MIN_DIFFERENCE:
         return None
     if float(np.mean(np.sign(diffs) == np.sign(typical))) < MIN_AGREEMENT:

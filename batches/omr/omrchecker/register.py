@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from ..homography import apply_h
+from ..stats import percentile
 from .steps import page_cut, ring_template
 
 #: Starts: the rough placement shifted by up to this many pitches along
@@ -73,7 +74,7 @@ def outline_points(cut: np.ndarray, box_px: float, pitch_px: float) -> np.ndarra
     if len(xs) == 0:
         return np.zeros((0, 2))
     vals = best[ys, xs]
-    strong = vals >= 0.5 * float(np.percentile(vals, 90))
+    strong = vals >= 0.5 * float(percentile(vals, 90))
     return np.stack([xs[strong], ys[strong]], 1).astype(np.float64)
 
 

@@ -79,7 +79,19 @@ def _quad_from_contour(cnt: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def _quad_by_lines(cnt: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+#: The pairs of outline points each side is looked for through: the 2-D
+#: additive recurrence of the plastic number (spread evenly over all pairs,
+#: and the same every time, so the same image gives the same reading, without
+#: numpy.random's import, which costs more than this search).
+_PAIRS = np.modf(np.arange(1, 301)[:, None] * np.array([0.7548776662466927, 0.5698402909980532]) + 0.5)[0]
+
+
+def _pairs(n: int) -> np.ndarray:
+    """(300, 2) indices into ``n`` points, spread evenly over the pairs."""
+    return np.minimum((_PAIRS * n).astype(np.int64), n - 1)
+
+
+def _quad_by_lines(cnt: np.ndarray) -> np.ndarray | None:
     """The page's four sides as the four dominant straight runs of its outline
     (RANSAC, one line at a time), intersected: a pen or a hand overlapping the
     page bends its outline but leaves most of each side straight."""
@@ -93,7 +105,7 @@ def _quad_by_lines(cnt: np.ndarray, rng: np.random.Generator) -> np.ndarray | No
     for _ in range(4):
         if len(left) < 20:
             return None
-        i = rng.integers(0, len(left), (300, 2))
+        i = _pairs(len(left))
         a, b = left[i[:, 0]], left[i[:, 1]]
         d = b - a
         ln = np.hypot(d[:, 0], d[:, 1])
@@ -190,7 +202,7 @@ def page_candidates(grey: np.ndarray, limit: int = 8) -> list[tuple[np.ndarray, 
                         # The same outline at another level (a scan's paper
                         # and ink): its sides are the same.
                         if (key := big.tobytes()) not in sides:
-                            sides[key] = _quad_by_lines(big, np.random.default_rng(0))
+                            sides[key] = _quad_by_lines(big)
                         q2 = sides[key]
                         if q2 is not None and _valid_quad(q2, (h, w), 0.08):
                             add(q2)
@@ -261,7 +273,7 @@ def _refine_sides(grey: np.ndarray, quad: np.ndarray) -> np.ndarray:
             # Only where the image's edge is not paper already (a page filling
             # the scan has no edge to find; the first rise would be printing).
             edge = prof[:, :3].mean(1)
-            step_up = np.percentile(prof, 90, axis=1) - edge
+            step_up = percentile(prof, 90, axis=1) - edge
             rise = (prof[:, 4:] - prof[:, :-4]) > np.maximum(6.0, 0.4 * step_up)[:, None]  # over 2 px
             k = np.argmax(rise, axis=1) + 1
             good = rise[np.arange(len(k)), k - 1]
