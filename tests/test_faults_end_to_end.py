@@ -333,6 +333,24 @@ def test_redis_restarted_mid_batch_the_workers_find_the_lost_messages(tmp_path):
 # ---------------------------------------------------------------- a worker process killed mid-reading
 
 
+def kill_while_reading(s, victim: subprocess.Popen) -> tuple[dict, float]:
+    """Kill the worker processes of ``victim`` (a worker host) with SIGKILL
+    at a moment two processes are reading a chunk of their own. Returns the
+    sheets running just before (id: claim token) and when it was killed."""
+    deadline = time.monotonic() + 60
+    children: list[int] = []
+    while True:  # its worker process started, and two processes holding a chunk each
+        children = [int(p) for task in Path(f"/proc/{victim.pid}/task").iterdir()
+                    for p in (task / "children").read_text().split()]
+        held = dict(s.query("SELECT id, claim_token FROM batches_sheet WHERE status = 'running'"))
+        if (children and len(set(held.values())) >= 2) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+    return held, time.monotonic()
+
+
 def test_a_worker_killed_mid_reading_has_its_sheets_back_in_work_within_30_s(tmp_path):
     with fault_servers(tmp_path) as s:
         # Given two worker hosts (one process each) reading a batch of 100 pages
@@ -343,24 +361,20 @@ def test_a_worker_killed_mid_reading_has_its_sheets_back_in_work_within_30_s(tmp
         links = s.upload(pages(100))
         s.wait_for(links, lambda b: b["stage"] == "processing_sheets" and b["sheets_processed"] >= 6, 120)
 
-        # When the first one's worker process is killed (SIGKILL) while it reads
-        children = [int(p) for task in Path(f"/proc/{victim.pid}/task").iterdir()
-                    for p in (task / "children").read_text().split()]
-        deadline = time.monotonic() + 60
-        while True:  # both processes reading a chunk of their own at this moment
-            held = dict(s.query("SELECT id, claim_token FROM batches_sheet WHERE status = 'running'"))
-            if len(set(held.values())) >= 2 or time.monotonic() > deadline:
+        # When a worker process is killed (SIGKILL) while it reads (a kill that
+        # lands as its process finishes a chunk, on a loaded machine, holds
+        # nothing 2 s later: missed, it is done again on a fresh worker host)
+        for _attempt in range(3):
+            held, killed_at = kill_while_reading(s, victim)
+            time.sleep(2)
+            stuck = {pk for pk, token in s.query("SELECT id, claim_token FROM batches_sheet WHERE status = 'running'")
+                     if held.get(pk) == token}
+            if stuck:
                 break
-            time.sleep(0.02)
-        for pid in children:
-            os.kill(pid, signal.SIGKILL)
-        killed_at = time.monotonic()
+            victim = s.start_worker(processes=1)
+        assert stuck, "three kills in a row missed the reading: no sheet held by the killed process 2 s later"
 
         # Then the sheets it held are back in work (claimed again or stored) within 30 s
-        time.sleep(2)
-        stuck = {pk for pk, token in s.query("SELECT id, claim_token FROM batches_sheet WHERE status = 'running'")
-                 if held.get(pk) == token}
-        assert stuck, "the killed process held no sheet 2 s later: the kill missed the reading"
         back_after = None
         while time.monotonic() - killed_at < 60:
             rows = s.query("SELECT id, status, claim_token FROM batches_sheet")
