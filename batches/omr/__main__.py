@@ -8,14 +8,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .cli import main  # noqa: E402
 
-status = main()
 # Everything is written once the output is flushed: the interpreter's own
 # teardown (freeing numpy's and OpenCV's state module by module) would add
 # 30-50 ms to every command, several times a command's reading of a small
-# sheet. An error still leaves through SystemExit above, the usual way.
+# sheet. An error still leaves through SystemExit, the usual way.
 try:
+    status = main()
     sys.stdout.flush()
     sys.stderr.flush()
-except BrokenPipeError:  # the reader of the output went away (``| head``)
-    status = status or 1
+except BrokenPipeError:  # the reader of the output went away (``| head``): done, quietly
+    status = 1
 os._exit(status)

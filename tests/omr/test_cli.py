@@ -142,3 +142,15 @@ def test_read_on_several_cores_prints_what_one_process_prints_in_the_same_order(
     assert "not an image" in _without_timings(many.stdout)[1]["error"]
     assert many.returncode == one.returncode == 2
     assert many.stderr == one.stderr and f"error: {tmp_path / 'absent.png'}:" in many.stderr
+
+
+def test_output_cut_short_by_its_reader_ends_quietly():
+    # `python -m batches.omr layout ... | head -1`: the reader closes the pipe
+    # after one line; the command stops with status 1 and no traceback.
+    proc = subprocess.Popen([sys.executable, "-m", "batches.omr", "layout", "a4-200q-4", "--json"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 1 and json.loads(first)["page"] == 1
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
