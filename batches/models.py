@@ -131,6 +131,12 @@ class Batch(models.Model):
         end = self.finished_at or now or timezone.now()
         return max(0, int((end - start).total_seconds()))
 
+    def run_seconds(self) -> float | None:
+        """How long a finished batch ran, to a fraction of a second (None before it finishes)."""
+        if self.finished_at is None:
+            return None
+        return max(0.0, (self.finished_at - (self.started_at or self.created_at)).total_seconds())
+
 
 class SheetStatus(models.TextChoices):
     PENDING = "pending", "Pending"

@@ -318,6 +318,22 @@ def test_a_finished_batch_page_shows_the_results_and_does_not_listen(owner):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_finished_batch_shows_how_long_it_ran_to_the_tenth_of_a_second(owner):
+    # A small batch runs in under a second: its events carry whole seconds (0),
+    # its start and end the run's real length.
+    from datetime import timedelta
+
+    batch = make_batch(owner)
+    publish_run(batch)
+    batch.refresh_from_db()
+    Batch.objects.filter(pk=batch.pk).update(finished_at=batch.started_at + timedelta(seconds=0.34))
+    client = logged_in(owner)
+    html = client.get(reverse("batches:detail", args=[batch.pk])).content.decode()
+    assert re.search(r'id="elapsed">0\.3 s<', html), re.search(r'id="elapsed">[^<]*<', html)
+    assert '<div class="muted">0.3 s</div>' in client.get(reverse("batches:list")).content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_failed_batch_page_says_why(owner):
     batch = make_batch(owner)
     publish_run(batch, end=Stage.FAILED)

@@ -99,7 +99,10 @@ class BatchAdmin(admin.ModelAdmin):
 
     @admin.display(description="Duration")
     def duration(self, obj):
-        return format_duration(obj.elapsed_seconds()) if obj.started_at else "—"
+        if not obj.started_at:
+            return "—"
+        run = obj.run_seconds()
+        return format_duration(obj.elapsed_seconds() if run is None else run)
 
     @admin.display(description="Stages")
     def stage_timings(self, obj):

@@ -44,7 +44,9 @@ class ProgressState:
     sheets_processed: int
     sheets_failed: int
     sheets_needs_review: int
-    elapsed_seconds: int
+    #: Whole seconds while it runs (as the events carry them); a finished
+    #: batch's run to a fraction of a second (a small batch takes under one).
+    elapsed_seconds: int | float
     event_id: int | None
     error: str = ""
     steps: list[StageStep] = field(default_factory=list)
@@ -156,6 +158,8 @@ def progress_state(batch: Batch, events: list[ProgressEvent], now: datetime | No
     if stage == Stage.COMPLETED:
         # Corrections made after the run change the review count; the row is current.
         state.sheets_needs_review = batch.sheets_needs_review
+    if state.is_finished and (run := batch.run_seconds()) is not None:
+        state.elapsed_seconds = run
     state.steps = stage_steps(events, stage, now=None if state.is_finished else now)
     return state
 

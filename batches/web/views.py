@@ -132,9 +132,14 @@ def batch_detail(request, batch_id):
     state = progress_state(batch, events, now=timezone.now())
     exam_report = batch_report(batch) if batch.exam_id and state.is_completed else None
     retry_sheets = len(fanout.server_failures(batch.pk)) if batch.stage == Stage.COMPLETED else 0
+    reads_qr = sheet_templates.reads_qr(batch.template, batch.has_qr)
+    # Pages identified by QR code are read with the template their code names;
+    # the batch's own is only for pages without one.
+    qr_templates = (list(Sheet.objects.filter(batch=batch).exclude(template="").order_by("template")
+                         .values_list("template", flat=True).distinct()) if reads_qr else [])
     return render(request, "batches/detail.html", {"batch": batch, "state": state, "links": page_links(batch),
                                                    "report": exam_report, "retry_sheets": retry_sheets,
-                                                   "reads_qr": sheet_templates.reads_qr(batch.template, batch.has_qr)})
+                                                   "reads_qr": reads_qr, "qr_templates": qr_templates})
 
 
 @require_POST
