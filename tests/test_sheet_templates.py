@@ -173,8 +173,7 @@ def test_a_custom_template_in_this_projects_format_is_named_by_the_qr_codes(admi
         k: v for k, v in sim.truth["answers"].items() if k.startswith("q")}
     # ... and the batch's page names it, the batch's own template only for pages without a QR code
     page = admin_client.get(reverse("batches:detail", args=[batch.pk])).content.decode()
-    assert "pages identified by QR code: <code>quiz-30</code>" in page
-    assert "<code>a4-100q-5</code> for pages without one" in page
+    assert "Template from the QR codes: <code>quiz-30</code> (<code>a4-100q-5</code> for pages without one)" in page
 
 
 def test_a_batch_says_when_its_template_has_no_student_number_to_match_sheets_by(admin_client):
