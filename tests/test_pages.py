@@ -285,6 +285,19 @@ def test_running_rows_poll_and_finished_rows_do_not(owner):
     assert "Processing sheets" in row
 
 
+@pytest.mark.django_db
+def test_the_list_says_how_each_batch_finds_its_template(owner):
+    # Pages identified by QR code are read with the template their codes
+    # name: the batch's own is only for pages without one.
+    by_qr = make_batch(owner, name="qr.zip", has_qr=True)
+    in_order = make_batch(owner, name="order.zip", has_qr=False)
+    html = logged_in(owner).get(reverse("batches:list")).content.decode()
+    qr_row = re.search(rf'<tr id="batch-{by_qr.pk}".*?</tr>', html, re.S).group(0)
+    order_row = re.search(rf'<tr id="batch-{in_order.pk}".*?</tr>', html, re.S).group(0)
+    assert "by QR code" in qr_row and f"(<code>{TEMPLATE}</code> without one)" in qr_row
+    assert "QR" not in order_row and f"<code>{TEMPLATE}</code>" in order_row
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_running_batch_page_listens_to_its_stream_and_closes_on_done(owner):
     batch = make_batch(owner)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import template
 from django.template.defaultfilters import filesizeformat
 
+from .. import sheet_templates
 from ..web.timeline import format_duration
 
 register = template.Library()
@@ -45,3 +46,10 @@ def points(value) -> str:
     except (TypeError, ValueError):
         return ""
     return f"{number:.2f}".rstrip("0").rstrip(".")
+
+
+@register.filter
+def pages_by_qr(batch) -> bool:
+    """Whether ``batch`` identifies its pages by their QR codes (then its own
+    template is only for pages without one)."""
+    return sheet_templates.reads_qr(batch.template, batch.has_qr)
