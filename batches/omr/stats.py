@@ -42,7 +42,7 @@ def percentile(values, q: float, axis: int | None = None):
     if virtual < n - 1:
         lo = int(np.floor(virtual))
         hi = lo + 1
-    part = np.partition(a, sorted({0, -1, lo, hi} if n > 1 else {0}), axis=along)
+    part = np.partition(a, sorted({0, -1, lo, hi}), axis=along)
     gamma = float(virtual - np.intp(lo))
     # numpy's interpolation, from the nearer end.
     below, above = np.take(part, lo, axis=along), np.take(part, hi, axis=along)
