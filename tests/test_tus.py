@@ -700,6 +700,24 @@ def wait_finished(live, batch_id, timeout=120) -> dict:
     raise AssertionError(f"batch {batch_id} not finished: {body}\n{live.logs()}")
 
 
+def settled_offset(live, path: str, timeout: float = 10.0) -> tuple[int, dict, int]:
+    """HEAD until the stored offset holds still for half a second.
+
+    The killed client may have sent its next chunk whole before it died; the
+    server then stores it a moment later, so one HEAD taken at once can be a
+    chunk behind the offset the next client resumes from.
+    """
+    deadline = time.monotonic() + timeout
+    status, headers, _ = live.request("HEAD", path, headers=TUS)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        again, again_headers, _ = live.request("HEAD", path, headers=TUS)
+        if again_headers["Upload-Offset"] == headers["Upload-Offset"]:
+            return again, again_headers, int(again_headers["Upload-Offset"])
+        status, headers = again, again_headers
+    raise AssertionError(f"the stored offset of {path} kept moving: {headers}\n{live.logs()}")
+
+
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=False)
 def test_tuspy_killed_mid_upload_resumes_and_the_file_arrives_intact(live, tmp_path):
@@ -727,8 +745,7 @@ def test_tuspy_killed_mid_upload_resumes_and_the_file_arrives_intact(live, tmp_p
     assert lines[0] == "start 0 None"  # a new upload
     upload_url = lines[-1].split()[3]
     assert upload_url.startswith(endpoint)
-    status, headers, _ = live.request("HEAD", urlparse(upload_url).path, headers=TUS)
-    stored_offset = int(headers["Upload-Offset"])
+    status, headers, stored_offset = settled_offset(live, urlparse(upload_url).path)
     assert status == 200 and 3 * 256 * 1024 <= stored_offset < len(data)
     # And a new client resumes from its URL storage
     second = subprocess.run(args, capture_output=True, text=True, timeout=120)
