@@ -708,13 +708,13 @@ def settled_offset(live, path: str, timeout: float = 10.0) -> tuple[int, dict, i
     chunk behind the offset the next client resumes from.
     """
     deadline = time.monotonic() + timeout
-    status, headers, _ = live.request("HEAD", path, headers=TUS)
+    _, headers, _ = live.request("HEAD", path, headers=TUS)
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        again, again_headers, _ = live.request("HEAD", path, headers=TUS)
-        if again_headers["Upload-Offset"] == headers["Upload-Offset"]:
-            return again, again_headers, int(again_headers["Upload-Offset"])
-        status, headers = again, again_headers
+        status, again, _ = live.request("HEAD", path, headers=TUS)
+        if again["Upload-Offset"] == headers["Upload-Offset"]:
+            return status, again, int(again["Upload-Offset"])
+        headers = again
     raise AssertionError(f"the stored offset of {path} kept moving: {headers}\n{live.logs()}")
 
 

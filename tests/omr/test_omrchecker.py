@@ -593,3 +593,28 @@ def test_on_a_bent_page_a_block_that_passed_where_the_page_put_it_but_not_square
     assert out["error"] is None, out["error"]
     assert "misaligned" in out["flags"]["Roll"]
     assert_right_or_flagged(out, expected, must_read=False)
+
+
+def test_a_block_is_fitted_on_its_blank_outlines_not_pulled_by_its_marks():
+    from batches.omr.omrchecker.grid import _better, _sample
+
+    # Given a block of 20 bubbles whose 16 blank outlines show faint, sharp
+    # evidence at their centres, and 4 marks drawn 2 px right of theirs,
+    # whose evidence is broad and 50 times as strong
+    yy, xx = np.mgrid[0:120, 0:140].astype(np.float32)
+    centres = np.array([(30.0 + 20 * i, 20.0 + 20 * j) for j in range(5) for i in range(4)])
+    marked = np.zeros(len(centres), bool)
+    marked[[1, 6, 11, 16]] = True
+    E = np.zeros(xx.shape, np.float32)
+    for (x, y), mark in zip(centres, marked, strict=True):
+        if mark:
+            E += 1.0 * np.exp(-((xx - x - 2) ** 2 + (yy - y) ** 2) / 32)
+        else:
+            E += 0.02 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 2)
+    on_outlines, on_marks = centres, centres + [2.0, 0.0]
+    none = np.zeros((0, 2))
+    # (Their plain mean favours the placement centred on the marks.)
+    assert _sample(E, on_marks).mean() > _sample(E, on_outlines).mean()
+    # Then the placement on the printed outlines is the better one
+    assert _better(E, on_outlines, none, on_marks, none)
+    assert not _better(E, on_marks, none, on_outlines, none)

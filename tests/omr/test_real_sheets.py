@@ -186,3 +186,17 @@ def test_a_letter_printed_once_and_darker_than_every_digit_is_no_erased_answer(n
     reading = read_omrchecker_image_bytes(data, _template("sample6"), source=name)[0].to_dict()
     assert reading["answers"] == _answers("sample6", name)
     assert reading["needs_review"] is False, {k: v for k, v in reading["flags"].items() if v}
+
+
+def test_a_scan_fed_upside_down_reads_as_the_upright_one():
+    # A template without a page-finding step (the whole image is its page),
+    # and printed at other gaps than the scan: read upright only when its
+    # blocks are fitted on their faint blank outlines, not on their marks.
+    set_path, name = "community/Sandeep-1507", "omr-1.png"
+    upright = _original(set_path, name).to_dict()
+    turned = _reading_of(set_path, name, cv2.rotate(cv2.imread(str(ROOT / set_path / name)), cv2.ROTATE_180))
+    assert turned["error"] is None, turned["error"]
+    differ = [c for c, v in upright["answers"].items() if turned["answers"][c] != v]
+    unflagged = [c for c in differ if not (set(upright["flags"].get(c, [])) - {"blank"}
+                                           and set(turned["flags"].get(c, [])) - {"blank"})]
+    assert len(differ) <= 2 and not unflagged, (differ, unflagged)

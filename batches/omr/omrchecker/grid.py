@@ -455,8 +455,27 @@ def _fit_block(pe: _Padded, pos: np.ndarray, reach: float, limit: float | None =
     return A
 
 
-def _block_score(E: np.ndarray, pos: np.ndarray, border: np.ndarray) -> float:
-    score = float(_sample(E, pos).mean())
+#: A filled bubble's outline evidence is many times a printed outline's (a
+#: faint 72-dpi one most of all): taken whole, a block's few marks outweigh
+#: all its blank outlines, and a fit that puts the blank bubbles on their
+#: outlines (a block printed at other gaps than its template's) is refused
+#: for a pixel's move of its marks. In comparing two placements of a block,
+#: each bubble counts up to this many times the typical (median) evidence of
+#: the better of the two.
+MARK_WEIGHT = 3.0
+
+
+def _better(E: np.ndarray, pos: np.ndarray, border: np.ndarray, than: np.ndarray, than_border: np.ndarray) -> bool:
+    """Whether a block at ``pos`` (its border points at ``border``) sits on
+    its outlines at least as well as at ``than`` (``than_border``): its
+    evidence, capped (``MARK_WEIGHT``), less half that one pitch outside."""
+    here, there = _sample(E, pos), _sample(E, than)
+    cap = MARK_WEIGHT * max(float(median(here)), float(median(there)), 1e-6)
+    return _block_score(E, here, border, cap) >= _block_score(E, there, than_border, cap)
+
+
+def _block_score(E: np.ndarray, at_bubbles: np.ndarray, border: np.ndarray, cap: float) -> float:
+    score = float(np.minimum(at_bubbles, cap).mean())
     if len(border):
         score -= 0.5 * float(_sample(E, border).mean())
     return score
@@ -542,7 +561,7 @@ def place(cut: Cutout, geo: Geometry, search: float, replace_above: float = -mat
             # stretched onto the next row shows a row of outlines past its
             # end), and stays within half a pitch of where it started.
             if (along_only and np.abs(moved - base_r[idx] - start).max() < 0.5 * geo.block_pitch[b] * s
-                    and _block_score(E, moved, bmoved) >= _block_score(E, p, bp)):
+                    and _better(E, moved, bmoved, p, bp)):
                 p, bp = moved, bmoved
         return p, bp
 
@@ -767,7 +786,7 @@ def _settle(pe: _Padded, E: np.ndarray, pos: np.ndarray, bpos: np.ndarray, pb: f
         A = _fit_block(pe, pos, min(reach, pe.pad - 2), limit=0.75 * pb)
         if A is not None:
             p2, b2 = pos @ A[:, :2].T + A[:, 2], bpos @ A[:, :2].T + A[:, 2]
-            if _block_score(E, p2, b2) >= _block_score(E, pos, bpos):
+            if _better(E, p2, b2, pos, bpos):
                 pos, bpos = p2, b2
     return pos, bpos
 
