@@ -204,3 +204,27 @@ def test_a_custom_labels_fields_are_drawn_and_zoomed_as_its_column(admin_client)
     boxes = zoom.field_boxes(reading, ["Roll"])
     assert set(boxes) == {"Roll"}
     assert boxes["Roll"].h > 56  # both rows of the grid
+
+
+@pytest.mark.parametrize("shrink", [1.0, 0.4])
+def test_an_omrchecker_sheets_bubbles_are_drawn_at_their_printed_size(admin_client, shrink):
+    # A reviewer's picture circles each bubble at the size it is printed in
+    # this image (the template's bubble box, 32 page px, through the page's
+    # placement), whatever the scan's resolution.
+    import cv2
+    import numpy as np
+
+    from batches.omr.omrchecker.render import simulate_omrchecker_sheet
+    from batches.review import overlay
+
+    assert add_template(admin_client).status_code == 302
+    resolved = sheet_templates.resolve("school-10q")
+    sim = simulate_omrchecker_sheet(resolved.template, {"q1": "A"}, preset="scan_mild", seed=3)
+    image = cv2.resize(sim.image, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
+    reading = {**resolved.read_image(image).to_dict(), "template": "school-10q"}
+    assert reading["error"] is None
+    H = np.asarray(reading["homography"])
+    px_per_page = float(np.sqrt(abs(np.linalg.det(H[:2, :2] / H[2, 2]))))
+    radii = np.array([m.r for m in overlay.bubble_marks(reading)])
+    assert len(radii) == len(reading["bubbles"])
+    assert np.allclose(radii, 16 * px_per_page, rtol=0.1), (radii.min(), radii.max(), 16 * px_per_page)

@@ -113,9 +113,16 @@ def group_fields(reading: dict) -> dict[str, str]:
 
 
 def _radii(reading: dict, rows: list) -> list[float] | None:
-    """Each bubble's radius in image px: the template's radius (mm) times the
-    local scale of the page-to-image homography."""
-    lay = _layout(reading)
+    """Each bubble's radius in image px: the template's radius (mm; an
+    OMRChecker template's half bubble box, page px) times the local scale of
+    the page-to-image homography."""
+    resolved = _resolved(reading)
+    if resolved is not None and resolved.is_omrchecker:
+        from ..omr.omrchecker.reader import layout_of
+
+        lay = layout_of(resolved.template)  # in page px, as its homography takes them
+    else:
+        lay = _layout(reading, resolved)
     H = reading.get("homography")
     if lay is None or H is None:
         return None
