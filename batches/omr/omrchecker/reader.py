@@ -273,6 +273,14 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
             # booklet grid, labelled 0..9 and printed 1..9, 0), or the paper
             # is bent there: read where its outlines are, flagged.
             off_template = fit.off > REGISTERED_OFF
+            if pl0.as_found >= FAIL_FIT and _most_apart(H, fit.H, geo.centres) >= RIVAL_APART * pitch:
+                # The page's own placement would have been read, and the
+                # layout's fit puts most bubbles a row or a column from it:
+                # one of the two is a pitch off, and nothing here tells which
+                # (printed numbers beside a block sit on its grid too).
+                # Read with the fit, every field flagged.
+                off_template[:] = True
+                out.notes.append("the page's placement and the layout's fit are a pitch apart: every field flagged")
     out.timings_ms["align"] = (time.perf_counter() - t_start) * 1000
     if best is None:
         exc = failures[0] if failures else StepError("page not found")
@@ -459,6 +467,11 @@ def _same_start(H0: np.ndarray, H: np.ndarray, centres: np.ndarray, pitch: float
     ``H0`` puts it (page px -> image px both): a search from either finds the
     same outlines."""
     return bool(np.abs(_displaced(H0, H, centres)).max() < SAME_START * pitch)
+
+
+def _most_apart(H0: np.ndarray, H: np.ndarray, centres: np.ndarray) -> float:
+    """How far apart (page px) two placements put most bubbles (the median)."""
+    return float(median(np.hypot(*_displaced(H0, H, centres).T)))
 
 
 def _apart(H0: np.ndarray, H: np.ndarray, centres: np.ndarray) -> float:
