@@ -91,7 +91,14 @@ def _resolved(reading: dict):
 
 
 def _layout(reading: dict, resolved=None):
+    """The reading's bubble layout, in the units its homography takes: page
+    mm, or an OMRChecker template's page px (its ``Resolved.layout`` is None:
+    the review's value rules take its fields as free text)."""
     resolved = resolved or _resolved(reading)
+    if resolved is not None and resolved.is_omrchecker:
+        from ..omr.omrchecker.reader import layout_of
+
+        return layout_of(resolved.template)
     try:
         return resolved.layout(reading.get("page")) if resolved is not None else None
     except (KeyError, TypeError, ValueError, FileNotFoundError, OSError):
@@ -116,13 +123,7 @@ def _radii(reading: dict, rows: list) -> list[float] | None:
     """Each bubble's radius in image px: the template's radius (mm; an
     OMRChecker template's half bubble box, page px) times the local scale of
     the page-to-image homography."""
-    resolved = _resolved(reading)
-    if resolved is not None and resolved.is_omrchecker:
-        from ..omr.omrchecker.reader import layout_of
-
-        lay = layout_of(resolved.template)  # in page px, as its homography takes them
-    else:
-        lay = _layout(reading, resolved)
+    lay = _layout(reading)
     H = reading.get("homography")
     if lay is None or H is None:
         return None
