@@ -78,7 +78,7 @@ import numpy as np
 
 from .cache import per_object
 from .layout import PageLayout
-from .letter_levels import blank_levels, medians_by, unknown_margin
+from .letter_levels import blank_levels, lower_quartiles_by, medians_by, unknown_margin
 from .stats import median, percentile
 from .strokes import STROKE_DARK, STROKE_MIN, strokes
 
@@ -490,7 +490,14 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels,
     # (a letter's own strokes in a dark scan) lifts its other bubbles too.
     level = group_level(ex, starts, sizes)
     stroke = strokes(m.dark - group_level(m.dark, starts, sizes), m.peak, ex - level, lv.noise)
-    circled = (m.circle >= CIRCLE_MIN) & (ex < lo)
+    # A drawn circle stands out of its group: print around a group's bubbles
+    # (a table's frame beside a column) lifts every one of them, and most
+    # at a corner bubble. (Over the group's lower quartile: a student may
+    # circle several; a group of two has no level to stand out of.)
+    gid = np.repeat(np.arange(len(sizes)), sizes)
+    circle_level = np.where(sizes >= 3, lower_quartiles_by(m.circle, gid, len(sizes)), 0.0)
+    circle_over = m.circle - np.repeat(np.maximum(circle_level, 0.0), sizes)
+    circled = (m.circle >= CIRCLE_MIN) & (ex < lo) & (circle_over >= CIRCLE_PARTIAL)
     mk = (ex >= t) | stroke | circled
     # A hand's ring less closed than that (round two thirds of the free
     # directions), standing out of a group with nothing else marked: a

@@ -191,6 +191,24 @@ def test_a_letter_printed_once_and_darker_than_every_digit_is_no_erased_answer(n
     assert reading["needs_review"] is False, {k: v for k, v in reading["flags"].items() if v}
 
 
+@pytest.mark.parametrize("turn, scale, quality", [(False, 1.0, 60), (True, 1.0, 80), (False, 0.7, 95)])
+def test_a_table_frame_round_a_corner_bubble_is_no_circle_drawn_round_it(turn, scale, quality):
+    # sample6's check letters stand in a table: its frame runs above the
+    # column's top bubble "N" and down its right side, dark in most of the
+    # directions a drawn circle would be. Saved again as JPEG, turned or
+    # scaled, "N" was read circled beside the answer "Y" (a needless review).
+    name = "doc-scans/sample_roll_01.jpg"
+    image = cv2.imread(str(ROOT / "sample6" / name))
+    if turn:
+        image = cv2.rotate(image, cv2.ROTATE_180)
+    if scale != 1.0:
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+    reading = read_omrchecker_image_bytes(data, _template("sample6"), source=name)[0].to_dict()
+    assert reading["answers"] == _answers("sample6", name)
+    assert reading["needs_review"] is False, {k: v for k, v in reading["flags"].items() if v}
+
+
 def test_a_scan_fed_upside_down_reads_as_the_upright_one():
     # A template without a page-finding step (the whole image is its page),
     # and printed at other gaps than the scan: read upright only when its

@@ -27,6 +27,9 @@ SHAPES = ("circle", "square", "oval")
 #: Printed circle diameter as a share of the bubble box's smaller side.
 CIRCLE_SHARE = 0.82
 OUTLINE_MM = 0.28
+#: ``render_sheet(frame=True)``: a block's frame this many printed radii out
+#: from its outer bubbles' centres.
+FRAME_AT = 1.5
 
 
 def marker_image(size: int = 120) -> np.ndarray:
@@ -87,7 +90,7 @@ def sheet_template(t: OmrCheckerTemplate) -> Template:
 
 def render_sheet(t: OmrCheckerTemplate, dpi: float = 200.0, *, letters: bool = True,
                  decor: bool = True, circle_share: float = CIRCLE_SHARE,
-                 shape: str = "circle") -> tuple[np.ndarray, PageLayout]:
+                 shape: str = "circle", frame: bool = False) -> tuple[np.ndarray, PageLayout]:
     """The printed sheet at ``dpi`` (grey uint8) and its bubbles as a
     ``PageLayout`` in that raster's pixels (one group per OMRChecker field).
     ``letters``: each bubble's value printed in it; ``decor``: a crest and
@@ -96,7 +99,10 @@ def render_sheet(t: OmrCheckerTemplate, dpi: float = 200.0, *, letters: bool = T
     drawn with boxes larger or smaller than the printed bubbles); ``shape``:
     the printed bubble, a ``circle``, a ``square`` (a box with its side the
     circle's diameter) or an ``oval`` (as wide, two thirds as tall), as forms
-    other than OMRChecker's print them."""
+    other than OMRChecker's print them; ``frame``: each block printed in a
+    table cell, its frame ``FRAME_AT`` radii out from the outer bubbles'
+    centres, where a circle drawn round them would run (sample6's check
+    letters)."""
     if shape not in SHAPES:
         raise ValueError(f"unknown bubble shape {shape!r}: one of {', '.join(SHAPES)}")
     g = sheet_geometry(t)
@@ -141,6 +147,14 @@ def render_sheet(t: OmrCheckerTemplate, dpi: float = 200.0, *, letters: bool = T
         elif f is next(g for g in t.fields if g.block == f.block):
             cv2.putText(img, f.block, (int(x0 - r_mm * px), int(y0 - 1.8 * r_mm * px)), font, lscale, 30,
                         max(1, int(round(lscale * 1.6))), cv2.LINE_AA)
+    if frame:
+        for block in dict.fromkeys(f.block for f in t.fields):
+            xy = np.array([c for f in t.fields if f.block == block for c in f.centres()], np.float64)
+            m = FRAME_AT * r_mm * px
+            (x0, y0), (x1, y1) = ((np.array([ox, oy]) + xy.min(0) * k) * px - 0.5 - m,
+                                  (np.array([ox, oy]) + xy.max(0) * k) * px - 0.5 + m)
+            cv2.rectangle(img, (int(round(x0 * sub)), int(round(y0 * sub))), (int(round(x1 * sub)), int(round(y1 * sub))),
+                          30, thick, cv2.LINE_AA, 4)
     if g.marker_mm:
         step = next(s for s in t.steps if s.name == "CropOnMarkers")
         marker = t.images[step.options.get("relativePath", "omr_marker.jpg")]
@@ -181,7 +195,7 @@ def render_sheet(t: OmrCheckerTemplate, dpi: float = 200.0, *, letters: bool = T
 
 def simulate_omrchecker_sheet(t: OmrCheckerTemplate, answers: dict[str, str], *, preset="clean", seed: int = 0,
                               style=None, letters: bool = True, decor: bool = True,
-                              circle_share: float = CIRCLE_SHARE, shape: str = "circle"):
+                              circle_share: float = CIRCLE_SHARE, shape: str = "circle", frame: bool = False):
     """A filled-in sheet for ``t``, captured as ``preset`` (``simulate.PRESETS``)
     delivers it. ``answers``: {OMRChecker field label: values marked, e.g. "B",
     "AC"}; labels left out are blank. Returns a ``simulate.Simulated``."""
@@ -189,7 +203,7 @@ def simulate_omrchecker_sheet(t: OmrCheckerTemplate, answers: dict[str, str], *,
 
     return simulate_sheet(sheet_template(t), answers, preset=preset, seed=seed, style=style,
                           printed=lambda dpi: render_sheet(t, dpi, letters=letters, decor=decor,
-                                                           circle_share=circle_share, shape=shape))
+                                                           circle_share=circle_share, shape=shape, frame=frame))
 
 
 def expected_response(t: OmrCheckerTemplate, answers: dict[str, str]) -> dict[str, str]:
