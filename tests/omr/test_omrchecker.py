@@ -562,13 +562,13 @@ def test_blocks_a_curled_photo_bends_off_their_place_are_found_on_their_outlines
 def test_a_curled_photo_is_read_through_the_fit_of_its_whole_layout():
     # The same sheet: the layout fitted as a whole on its outlines sits on
     # them everywhere with no block moved, and no fit a row or a column off
-    # rivals it; only the roll number block, which the fit leaves off its
-    # outlines by a steady offset, is flagged.
+    # rivals it. The roll number block, which the fit leaves 0.14 pitch off
+    # its outlines (under a third: ``REGISTERED_OFF``), is put on them by
+    # its own fit and read right, not flagged for it.
     out, expected = bench_sheet("photo_hard", "mixed", 68001)
     assert "bubble layout" in out["alignment"]
     assert out["answers"] == expected
-    assert "misaligned" in out["flags"]["Roll"]
-    assert not any("misaligned" in out["flags"][c] for c in ("q1", "q6", "q13", "q5")), out["flags"]
+    assert not any("misaligned" in flags for flags in out["flags"].values()), out["flags"]
 
 
 def test_placements_are_compared_with_their_blocks_found_again_on_their_outlines():
@@ -584,15 +584,19 @@ def test_placements_are_compared_with_their_blocks_found_again_on_their_outlines
     assert sum(out["answers"][c] == v for c, v in expected.items()) >= 0.9 * len(expected)
 
 
-def test_on_a_bent_page_a_block_that_passed_where_the_page_put_it_but_not_squarely_is_flagged():
+def test_on_a_bent_page_a_block_the_page_put_a_value_off_is_read_through_the_layouts_fit():
     # A curled photo turned 114 degrees: the roll number block had to be
     # found again a row away; the two-digit block, two fields wide, passed
     # where the page put it a value off (its last value line keeps one of
     # two bubbles on something past the grid) and read 1 for 0.
+    # Such a placement is now replaced by the fit of the whole layout,
+    # which leaves the roll number block 0.18 pitch off its outlines (its
+    # own fit puts it on them): every answer right.
     out, expected = bench_sheet("photo_hard", "pencil", 22001)
     assert out["error"] is None, out["error"]
-    assert "misaligned" in out["flags"]["Roll"]
+    assert "bubble layout" in out["alignment"]
     assert_right_or_flagged(out, expected, must_read=False)
+    assert out["answers"] == expected
 
 
 def test_a_block_is_fitted_on_its_blank_outlines_not_pulled_by_its_marks():

@@ -73,8 +73,12 @@ BETTER_FIT = 0.05
 AMBIGUOUS_FIT = 0.15
 RIVAL_APART = 0.6
 #: A block whose bubbles sit this far (pitches, on average) from the
-#: outlines the layout's fit found nearest them is flagged ``misaligned``.
-REGISTERED_OFF = 0.12
+#: outlines the layout's fit found nearest them is flagged ``misaligned``:
+#: a third of the way to the next row or column, where the block's own fit
+#: may take the wrong one. (Nearer, its own fit puts it on its outlines: one
+#: homography for a whole-image page turned in a wider frame leaves blocks
+#: 0.15-0.3 pitch off, read right.)
+REGISTERED_OFF = 0.33
 #: At most this many placements are tried.
 MAX_TRIES = 10
 #: Rough placements the bubble grid is fitted from when none fits as found.
@@ -268,10 +272,9 @@ def read_omrchecker_sheet(image: np.ndarray, t: OmrCheckerTemplate, *, source: s
         if fit is not None:
             best = (_rank(fit.pl), Candidate(fit.H, cand.how + " + bubble layout", cand.notes + [
                 "placement fitted on the printed bubble layout as a whole"]), fit.H, fit.cut, fit.pl)
-            # A block the layout's fit leaves off its outlines by a steady
-            # offset is described otherwise than printed (``Sandeep-1507``'s
-            # booklet grid, labelled 0..9 and printed 1..9, 0), or the paper
-            # is bent there: read where its outlines are, flagged.
+            # A block the layout's fit leaves far off its outlines by a
+            # steady offset is described otherwise than printed, or the
+            # paper is bent there: read where its outlines are, flagged.
             off_template = fit.off > REGISTERED_OFF
             if pl0.as_found >= FAIL_FIT and _most_apart(H, fit.H, geo.centres) >= RIVAL_APART * pitch:
                 # The page's own placement would have been read, and the
