@@ -496,7 +496,7 @@ def decide_groups(lay: PageLayout, m: Measures, lv: SheetLevels,
     # circle several; a group of two has no level to stand out of.)
     gid = np.repeat(np.arange(len(sizes)), sizes)
     circle_level = np.where(sizes >= 3, lower_quartiles_by(m.circle, gid, len(sizes)), 0.0)
-    circle_over = m.circle - np.repeat(np.maximum(circle_level, 0.0), sizes)
+    circle_over = m.circle - np.repeat(circle_level, sizes)
     circled = (m.circle >= CIRCLE_MIN) & (ex < lo) & (circle_over >= CIRCLE_PARTIAL)
     mk = (ex >= t) | stroke | circled
     # A hand's ring less closed than that (round two thirds of the free

@@ -148,13 +148,13 @@ def render_sheet(t: OmrCheckerTemplate, dpi: float = 200.0, *, letters: bool = T
             cv2.putText(img, f.block, (int(x0 - r_mm * px), int(y0 - 1.8 * r_mm * px)), font, lscale, 30,
                         max(1, int(round(lscale * 1.6))), cv2.LINE_AA)
     if frame:
+        origin, m = np.array([ox, oy]), FRAME_AT * r_mm * px
         for block in dict.fromkeys(f.block for f in t.fields):
             xy = np.array([c for f in t.fields if f.block == block for c in f.centres()], np.float64)
-            m = FRAME_AT * r_mm * px
-            (x0, y0), (x1, y1) = ((np.array([ox, oy]) + xy.min(0) * k) * px - 0.5 - m,
-                                  (np.array([ox, oy]) + xy.max(0) * k) * px - 0.5 + m)
-            cv2.rectangle(img, (int(round(x0 * sub)), int(round(y0 * sub))), (int(round(x1 * sub)), int(round(y1 * sub))),
-                          30, thick, cv2.LINE_AA, 4)
+            # (Pixel centres at i + 0.5, as the bubbles are drawn.)
+            lo = np.rint(((origin + xy.min(0) * k) * px - 0.5 - m) * sub).astype(int)
+            hi = np.rint(((origin + xy.max(0) * k) * px - 0.5 + m) * sub).astype(int)
+            cv2.rectangle(img, tuple(lo.tolist()), tuple(hi.tolist()), 30, thick, cv2.LINE_AA, 4)
     if g.marker_mm:
         step = next(s for s in t.steps if s.name == "CropOnMarkers")
         marker = t.images[step.options.get("relativePath", "omr_marker.jpg")]
